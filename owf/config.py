@@ -1,0 +1,130 @@
+"""The training configuration: one dataclass, the single source of defaults; the CLI is built from it."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, field, fields
+
+from .data import DATASETS
+from .model import G_ACTIVATIONS, LOGDET_METHODS
+
+LOSSES = ("owf", "wgan", "wgan-gp")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _f(default, help):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    # data and objective
+    data: str = _f("ring", "2D data set")
+    loss: str = _f("owf", "owf: Eq. 16/17; wgan: Eq. 4 with weight clipping; wgan-gp: Eq. 4 + gradient penalty")
+    w: float = _f(0.1, "entropy weight of Appendix C.1: P_D = exp(D/w)/ζ")
+    logdet: str = _f("exact", "log|det J| estimator: exact (T = n tangents) or jvp1 (Eq. 9)")
+    # schedule
+    steps: int = _f(30000, "optimisation steps; learning rates decay linearly to 0 over them")
+    until: int = _f(0, "stop after this step (0: at --steps); a later --resume continues the same run")
+    batch: int = _f(256, "data points per discriminator step")
+    samples: int = _f(256, "S: generator samples per step, the importance samples of log ζ̂")
+    n_critic: int = _f(1, "discriminator steps per generator step")
+    # optimiser
+    lr_d: float = _f(3e-4, "discriminator learning rate (Adam)")
+    lr_g: float = _f(1e-3, "generator learning rate (Adam)")
+    beta1: float = _f(0.5, "Adam beta1 for both networks")
+    beta2: float = _f(0.9, "Adam beta2 for both networks")
+    lr_decay: bool = _f(True, "decay both learning rates linearly to 0 over --steps")
+    ema: float = _f(0.0, "decay of an exponential moving average of G used for evaluation (0: off)")
+    # networks
+    g_hidden: str = _f("128,128", "generator hidden widths (each >= n)")
+    g_activation: str = _f("tanh", "generator activation")
+    d_hidden: str = _f("128,128", "discriminator hidden widths")
+    d_slope: float = _f(0.2, "LeakyReLU slope of the discriminator")
+    spectral_norm: bool = _f(False, "spectral normalisation on D's layers")
+    gp: float = _f(10.0, "gradient-penalty weight (wgan-gp only)")
+    clip: float = _f(0.01, "weight clipping of D (wgan only)")
+    # run
+    seed: int = _f(0, "seed of every random stream")
+    device: str = _f("auto", "auto: cuda if available, else cpu")
+    threads: int = _f(0, "CPU threads for torch (0: torch's default)")
+    out: str = _f("", "run folder (default runs/<data>-<loss>-s<seed>)")
+    log_every: int = _f(500, "steps between metrics.jsonl lines (modes/HQ on 2,500 points)")
+    sample_every: int = _f(10000, "steps between pictures")
+    ckpt_every: int = _f(5000, "steps between checkpoints")
+
+    def __post_init__(self):
+        choices = {"data": tuple(DATASETS), "loss": LOSSES, "logdet": LOGDET_METHODS,
+                   "g_activation": G_ACTIVATIONS, "device": DEVICES}
+        for k, allowed in choices.items():
+            if getattr(self, k) not in allowed:
+                raise ValueError(f"{k}={getattr(self, k)!r} is not one of {list(allowed)}")
+        for k in ("steps", "batch", "samples", "n_critic", "log_every", "sample_every", "ckpt_every"):
+            if getattr(self, k) <= 0:
+                raise ValueError(f"{k}={getattr(self, k)} must be positive")
+        if not 0 <= self.until <= self.steps:
+            raise ValueError(f"until={self.until} must be in [0, steps={self.steps}]")
+        if self.w <= 0:
+            raise ValueError(f"w={self.w} must be positive")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema={self.ema} must be in [0, 1)")
+        for k in ("g_hidden", "d_hidden"):
+            try:
+                widths = self.widths(k)
+            except ValueError:
+                raise ValueError(f"{k}={getattr(self, k)!r} must be comma-separated integers, e.g. 128,128") from None
+            if not widths or min(widths) <= 0:
+                raise ValueError(f"{k}={getattr(self, k)!r} must list positive widths")
+        if not self.out:
+            self.out = f"runs/{self.data}-{self.loss}-s{self.seed}"
+
+    def widths(self, key: str) -> tuple[int, ...]:
+        return tuple(int(v) for v in str(getattr(self, key)).split(",") if v.strip())
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Fields that may change when a run is resumed; the rest define the run and come from its checkpoint.
+RESUMABLE = ("until", "device", "threads", "log_every", "sample_every", "ckpt_every")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        if "unrecognized arguments" in message:
+            bad = message.split(":", 1)[1].split()
+            flags = sorted(o for a in self._actions for o in a.option_strings if o.startswith("--"))
+            hints = []
+            for b in bad:
+                close = difflib.get_close_matches(b.split("=")[0], flags, n=3)
+                hints.append(f"{b} (did you mean {', '.join(close)}?)" if close else b)
+            message = (f"unrecognized arguments: {' '.join(hints)}\nvalid flags: {' '.join(flags)}")
+        super().error(message)
+
+
+def build_parser(prog="python -m owf.train") -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="Train a One-way Flow (or a WGAN baseline) on 2D data.")
+    defaults = Config()
+    choices = {"data": sorted(DATASETS), "loss": LOSSES, "logdet": LOGDET_METHODS,
+               "g_activation": G_ACTIVATIONS, "device": DEVICES}
+    for f in fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name) if f.name != "out" else ""
+        kw = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {default!r})")
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        else:
+            p.add_argument(flag, type=type(default), choices=choices.get(f.name), **kw)
+    p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR exactly")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def parse_args(argv=None):
+    """(given, options): the config fields given on the command line, and the other options."""
+    ns = vars(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
+    opts = {k: ns.pop(k) for k in ("resume", "overwrite", "dry_run")}
+    return ns, opts

@@ -1,0 +1,54 @@
+"""The losses, one callable per equation, in the paper's symbols and in log space.
+
+x: data [B, n]; y = G(z): generator samples [S, n]; d_x = D(x) [B]; d_y = D(y) [S];
+log_q = log q(y) [S] (Eq. 10); logdet = log|det J| [S]; w: the entropy weight of Appendix C.1.
+"""
+from __future__ import annotations
+
+import torch
+
+from owf_kernels import log_zeta
+
+
+def log_zeta_hat(d_y: torch.Tensor, log_q: torch.Tensor, w: float) -> torch.Tensor:
+    """log ζ̂ = logsumexp_i(D(y_i)/w - log q(y_i)) - log S   (Eq. 2, with Eq. 15's 1/w)."""
+    return log_zeta(d_y, log_q, w)
+
+
+def discriminator_loss_eq16(d_x, d_y, log_q, w: float) -> torch.Tensor:
+    """Eq. 16: -mean D(x)/w + log ζ̂, the negative log-likelihood of the data under P_D."""
+    return -(d_x / w).mean() + log_zeta_hat(d_y, log_q, w)
+
+
+def generator_loss_eq17(d_y, logdet, w: float) -> torch.Tensor:
+    """Eq. 17: mean(-w log|det J| - D(y)) = w·KL(P_G ‖ P_D) + const: the generator's entropy
+    (through log|det J|) is maximised alongside D."""
+    return (-w * logdet - d_y).mean()
+
+
+def wgan_discriminator_loss_eq4(d_x, d_y) -> torch.Tensor:
+    """Eq. 4: the one-sample approximation of ζ, i.e. the WGAN critic loss -mean D(x) + mean D(y)."""
+    return -d_x.mean() + d_y.mean()
+
+
+def wgan_generator_loss(d_y) -> torch.Tensor:
+    """The WGAN generator loss -mean D(y): Eq. 17 without the entropy term."""
+    return -d_y.mean()
+
+
+def gradient_penalty(D, x, y, generator=None) -> torch.Tensor:
+    """WGAN-GP: mean (‖∇D(x̂)‖ - 1)² at x̂ = εx + (1-ε)y, ε ~ U[0, 1] (Gulrajani et al., 2017)."""
+    eps = torch.rand(x.shape[0], 1, generator=generator, device=x.device)
+    xh = (eps * x + (1 - eps) * y).requires_grad_(True)
+    (g,) = torch.autograd.grad(D(xh).sum(), xh, create_graph=True)
+    return ((g.norm(dim=-1) - 1) ** 2).mean()
+
+
+def effective_sample_size(d_y, log_q, w: float) -> float:
+    """ESS of the importance weights exp(D(y)/w - log q(y)), as a fraction of S (1 = perfect).
+    A low value (below about 0.1) goes with D running ahead of G and modes being dropped."""
+    l = (d_y.detach().double() / w - log_q.detach().double())
+    l = l - l.max()
+    e = l.exp()
+    return float(e.sum() ** 2 / (e * e).sum() / l.numel())
+

@@ -1,0 +1,146 @@
+"""The one-way-flow generator (Sec. 2.4) and the energy discriminator (Sec. 2.1).
+
+Generator:  G(z) = g_n(g_u(z)),  g_u(z) = [z; r],  z ~ N(0, I_d),  r ~ N(0, I_{n-d})      (Eq. 7)
+            g_n: R^n -> R^n an MLP whose hidden widths are all >= n (no bottleneck).
+Density at its own samples (Eq. 10):
+            log q(y) = log N(z) + log N(r) - log|det J|,   J = ∂g_n/∂u at u = [z; r]   [n, n]
+This is the change of variables for an injective g_n. An MLP is not guaranteed to be one (nor onto
+R^n: a tanh network's image is bounded); where g_n folds, Eq. 10 counts one preimage only.
+
+log|det J| estimators:
+- "exact": push T = n tangent directions (the columns of I_n) through the network alongside the
+  forward pass (`owf_kernels.linear_jvp`), giving J column by column, then slogdet (closed form
+  for n = 2). Used for the 2D experiments.
+- "jvp1": the paper's one-sample estimate log|det J| ≈ log‖Jv‖, v uniform on the unit sphere
+  (Eq. 9): a single tangent. This is a *training signal* (Appendix B shows that maximising it
+  raises the true log-det), not an unbiased estimate of log|det J|, and log q built from it is
+  not a normalised density.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from owf_kernels import linear_jvp
+
+LOGDET_METHODS = ("exact", "jvp1")
+G_ACTIVATIONS = ("tanh", "leaky_relu", "softplus", "silu", "sigmoid")   # σ' ≠ 0 a.e., so J stays full rank
+
+
+def log_normal(u: torch.Tensor) -> torch.Tensor:
+    """log N(u; 0, I) summed over the last dimension: [..., n] -> [...]."""
+    return -0.5 * (u * u).sum(-1) - 0.5 * u.shape[-1] * math.log(2 * math.pi)
+
+
+def _act(h, activation, negative_slope):
+    if activation == "leaky_relu":
+        return F.leaky_relu(h, negative_slope)
+    if activation == "softplus":
+        return F.softplus(h, threshold=1e9)      # exact log(1+e^a), as in owf_kernels
+    if activation == "silu":
+        return F.silu(h)
+    return getattr(torch, activation)(h)         # tanh, sigmoid
+
+
+def logabsdet(jac_cols: torch.Tensor) -> torch.Tensor:
+    """log|det J| from tangents y_dot [T=n, B, n], where J[b][:, t] = y_dot[t, b] -> [B]."""
+    if jac_cols.shape[0] == 2 and jac_cols.shape[2] == 2:
+        (a, c), (b, d) = jac_cols[0].unbind(-1), jac_cols[1].unbind(-1)   # J = [[a, b], [c, d]]
+        return torch.log(torch.abs(a * d - b * c))
+    return torch.linalg.slogdet(jac_cols.permute(1, 2, 0)).logabsdet
+
+
+class OneWayFlow(nn.Module):
+    """y = g_n([z; r]) with log q(y) on request (Eq. 10)."""
+
+    def __init__(self, n: int = 2, d: int | None = None, hidden=(128, 128), activation: str = "tanh",
+                 negative_slope: float = 0.2):
+        super().__init__()
+        d = n if d is None else d
+        if not 1 <= d <= n:
+            raise ValueError(f"latent size d={d} must be in [1, n={n}]")
+        if any(h < n for h in hidden):
+            raise ValueError(f"hidden widths {tuple(hidden)} must all be >= n={n} (no bottleneck)")
+        if activation not in G_ACTIVATIONS:
+            raise ValueError(f"generator activation {activation!r}: choose one of {G_ACTIVATIONS} "
+                             "(their derivatives are non-zero, so J stays full rank)")
+        self.n, self.d = n, d
+        self.activation, self.negative_slope = activation, negative_slope
+        widths = [n, *hidden, n]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+
+    def noise(self, batch: int, generator=None, device=None) -> torch.Tensor:
+        """u = [z; r] ~ N(0, I_n) [batch, n] (Eq. 7: z and r are independent standard normals)."""
+        w = self.layers[0].weight
+        return torch.randn(batch, self.n, generator=generator, device=device or w.device, dtype=w.dtype)
+
+    def g_n(self, u: torch.Tensor) -> torch.Tensor:
+        """The network alone, no tangents: [B, n] -> [B, n]."""
+        h = u
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            if i < len(self.layers) - 1:
+                h = _act(h, self.activation, self.negative_slope)
+        return h
+
+    def g_n_jvp(self, u: torch.Tensor, u_dot: torch.Tensor):
+        """The network with tangents: u [B, n], u_dot [T, B, n] -> y [B, n], y_dot [T, B, n]."""
+        h, h_dot = u, u_dot
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            act = "identity" if i == last else self.activation
+            h, h_dot = linear_jvp(h, h_dot, layer.weight, layer.bias, act, self.negative_slope)
+        return h, h_dot
+
+    def logdet(self, u: torch.Tensor, method: str = "exact", generator=None):
+        """(y, log|det J| estimate) at u [B, n]."""
+        B, n = u.shape
+        if method == "exact":
+            u_dot = torch.eye(n, dtype=u.dtype, device=u.device).unsqueeze(1).expand(n, B, n)
+            y, y_dot = self.g_n_jvp(u, u_dot)
+            return y, logabsdet(y_dot)
+        if method == "jvp1":
+            v = torch.randn(B, n, generator=generator, device=u.device, dtype=u.dtype)
+            v = v / v.norm(dim=-1, keepdim=True)              # uniform on S^{n-1}
+            y, y_dot = self.g_n_jvp(u, v.unsqueeze(0))
+            return y, torch.log(y_dot[0].norm(dim=-1))         # Eq. 9: log|det J| ≈ log‖Jv‖
+        raise ValueError(f"logdet method {method!r}: choose one of {LOGDET_METHODS}")
+
+    def sample_with_log_prob(self, batch: int, method: str = "exact", generator=None):
+        """y [B, n], log q(y) [B] (Eq. 10) and log|det J| [B]."""
+        u = self.noise(batch, generator)
+        y, ld = self.logdet(u, method, generator)
+        return y, log_normal(u) - ld, ld
+
+    @torch.no_grad()
+    def sample(self, batch: int, generator=None) -> torch.Tensor:
+        return self.g_n(self.noise(batch, generator))
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.g_n(u)
+
+
+class Energy(nn.Module):
+    """D(x): an MLP to a scalar; P_D(x) = exp(D(x)/w) / ζ (Eq. 15).
+
+    spectral_norm=True wraps each linear layer in spectral normalisation (a Lipschitz bound, as for
+    WGAN critics). It is off by default: the energy of a narrow mode must be steep (slope about
+    r/σ²), which a Lipschitz bound forbids.
+    """
+
+    def __init__(self, n: int = 2, hidden=(128, 128), negative_slope: float = 0.2, spectral_norm: bool = False):
+        super().__init__()
+        widths = [n, *hidden, 1]
+        layers = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            lin = nn.Linear(a, b)
+            layers.append(nn.utils.parametrizations.spectral_norm(lin) if spectral_norm else lin)
+            if i < len(widths) - 2:
+                layers.append(nn.LeakyReLU(negative_slope))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)

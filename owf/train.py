@@ -1,0 +1,285 @@
+"""python -m owf.train: train a One-way Flow (or a WGAN baseline) on 2D data.
+
+    python -m owf.train                       # ring, CPU, a few minutes; prints the final metrics
+    python -m owf.train --data grid --out runs/grid
+    python -m owf.train --resume runs/grid    # continue exactly where it stopped
+
+The run folder holds config.json, metrics.jsonl (one line per --log-every), metrics.json (final),
+samples.png, density.png, curves.png and checkpoint.pt.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .config import RESUMABLE, Config, parse_args
+from .data import get_dataset
+from .losses import (discriminator_loss_eq16, effective_sample_size, generator_loss_eq17,
+                     gradient_penalty, wgan_discriminator_loss_eq4, wgan_generator_loss)
+from .metrics import EVAL_POINTS, mode_coverage, mode_histogram
+from .model import Energy, OneWayFlow
+from .plots import save_curves, save_density, save_samples
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but torch sees no CUDA device; use --device cpu or auto")
+    return torch.device(name)
+
+
+def build(cfg: Config, device: torch.device):
+    """Data, networks, optimisers and the one random stream every sample is drawn from."""
+    data = get_dataset(cfg.data)
+    torch.manual_seed(cfg.seed)                        # parameter initialisation
+    G = OneWayFlow(data.dim, hidden=cfg.widths("g_hidden"), activation=cfg.g_activation).to(device)
+    D = Energy(data.dim, hidden=cfg.widths("d_hidden"), negative_slope=cfg.d_slope,
+               spectral_norm=cfg.spectral_norm).to(device)
+    G_ema = OneWayFlow(data.dim, hidden=cfg.widths("g_hidden"), activation=cfg.g_activation).to(device)
+    G_ema.load_state_dict(G.state_dict())
+    G_ema.requires_grad_(False)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), fused=True)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), fused=True)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    return data, G, D, G_ema, opt_g, opt_d, gen
+
+
+@torch.no_grad()
+def evaluate(G, data, seed: int, device) -> dict:
+    """Modes and HQ on 2,500 points, always from the same latent draws (a stream of its own)."""
+    g = torch.Generator(device=device).manual_seed(10_000 + seed)
+    y = G.sample(EVAL_POINTS, g)
+    modes, hq = mode_coverage(y, data.means, data.std)
+    return {"modes": modes, "hq": hq, "per_mode": mode_histogram(y, data.means, data.std)}, y
+
+
+def save_checkpoint(path: Path, state: dict):
+    """Atomically: write a temporary file beside the target, then rename over it."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(cfg: Config, overwrite: bool) -> Path:
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"run folder {out} already exists: pass --resume {out} to continue it, "
+                                  f"--overwrite to replace it, or --out to choose another")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_pictures(run: Path, G, D, data, cfg, device, metrics):
+    with torch.no_grad():
+        y = G.sample(EVAL_POINTS, torch.Generator(device=device).manual_seed(10_000 + cfg.seed))
+        title = f"{cfg.data} {cfg.loss}: {metrics['modes']}/{len(data.means)} modes, HQ {100 * metrics['hq']:.1f}%"
+        save_samples(run / "samples.png", y, data, title)
+        save_density(run / "density.png", lambda x: D(x) / cfg.w, data, device, title=f"{cfg.data} {cfg.loss}, "
+                     f"step {metrics['step']}")
+
+
+def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool = False,
+          overrides: dict | None = None, progress: bool = True) -> dict:
+    """Run (or resume) training; returns the final metrics (also written to metrics.json)."""
+    # ---- config and run folder
+    if resume:
+        run = Path(resume)
+        ckpt_path = run / "checkpoint.pt"
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume {run}: no checkpoint.pt there")
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        cfg = Config(**state["config"])
+        bad = sorted(set(overrides or {}) - set(RESUMABLE))
+        if bad:
+            raise ValueError(f"--resume keeps the run's config; these cannot change: {bad} "
+                             f"(changeable: {list(RESUMABLE)})")
+        # a resumed run goes on to --steps unless told to stop earlier (--until)
+        cfg = replace(cfg, **{"until": 0, **(overrides or {})}, out=str(run))
+    else:
+        state = None
+        run = prepare_run_dir(cfg, overwrite)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    # ---- models, optimisers, random stream
+    data, G, D, G_ema, opt_g, opt_d, gen = build(cfg, device)
+    start, seconds = 0, 0.0
+    rows_path = run / "metrics.jsonl"
+    if state is not None:
+        G.load_state_dict(state["G"])
+        D.load_state_dict(state["D"])
+        G_ema.load_state_dict(state["G_ema"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        gen.set_state(state["rng"].to(gen.get_state().device))
+        start, seconds = state["step"], state["seconds"]
+        # keep the log consistent with the checkpoint: drop lines written after it
+        rows = [json.loads(l) for l in rows_path.read_text().splitlines()] if rows_path.exists() else []
+        rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= start))
+    g_params = list(G.parameters())
+    stop = cfg.until or cfg.steps
+    is_owf = cfg.loss == "owf"
+
+    def checkpoint(step):
+        save_checkpoint(run / "checkpoint.pt", dict(
+            config=cfg.to_dict(), step=step, seconds=seconds + time.perf_counter() - t0,
+            G=G.state_dict(), D=D.state_dict(), G_ema=G_ema.state_dict(),
+            opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), rng=gen.get_state()))
+
+    # Ctrl-C: finish the current step, save, exit. A second Ctrl-C stops at once.
+    interrupted = []
+    prev_handler = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame):
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+    if progress:
+        signal.signal(signal.SIGINT, on_sigint)
+
+    bar = tqdm(total=stop, initial=start, disable=not progress, dynamic_ncols=True, mininterval=0.5)
+    t0 = time.perf_counter()
+    step = start
+    last = {}
+    try:
+        while step < stop and not interrupted:
+            # ---- learning rates: linear decay to 0 over cfg.steps
+            scale = 1.0 - step / cfg.steps if cfg.lr_decay else 1.0
+            opt_d.param_groups[0]["lr"] = cfg.lr_d * scale
+            opt_g.param_groups[0]["lr"] = cfg.lr_g * scale
+
+            # ---- discriminator: n_critic steps; the last one's generator batch serves the G step
+            for i in range(cfg.n_critic):
+                keep = i == cfg.n_critic - 1
+                with torch.set_grad_enabled(keep):
+                    if is_owf:
+                        y, log_q, logdet = G.sample_with_log_prob(cfg.samples, cfg.logdet, gen)
+                    else:
+                        y = G(G.noise(cfg.samples, gen))
+                x = data.sample(cfg.batch, gen, device)
+                d_x, d_y_d = D(torch.cat([x, y.detach()])).split([cfg.batch, cfg.samples])   # one pass
+                if is_owf:
+                    loss_d = discriminator_loss_eq16(d_x, d_y_d, log_q.detach(), cfg.w)
+                else:
+                    loss_d = wgan_discriminator_loss_eq4(d_x, d_y_d)
+                    if cfg.loss == "wgan-gp":
+                        loss_d = loss_d + cfg.gp * gradient_penalty(D, x, y.detach(), gen)
+                opt_d.zero_grad(set_to_none=True)
+                loss_d.backward()
+                opt_d.step()
+                if cfg.loss == "wgan":
+                    with torch.no_grad():
+                        for p in D.parameters():
+                            p.clamp_(-cfg.clip, cfg.clip)
+
+            # ---- generator: Eq. 17 (or the WGAN loss); gradients for G's parameters only
+            d_y = D(y)
+            loss_g = generator_loss_eq17(d_y, logdet, cfg.w) if is_owf else wgan_generator_loss(d_y)
+            for p, g in zip(g_params, torch.autograd.grad(loss_g, g_params)):
+                p.grad = g
+            opt_g.step()
+            if cfg.ema > 0:
+                with torch.no_grad():
+                    torch._foreach_lerp_(list(G_ema.parameters()), g_params, 1.0 - cfg.ema)
+
+            # ---- stop on a non-finite loss, keeping the last good checkpoint
+            ld, lg = float(loss_d.detach()), float(loss_g.detach())
+            if not (math.isfinite(ld) and math.isfinite(lg)):
+                raise NonFiniteLoss(f"non-finite loss at step {step + 1}: loss_d={ld}, loss_g={lg}")
+            step += 1
+            bar.update(1)
+
+            # ---- log: losses, log ζ̂, ESS, modes and HQ
+            if step % cfg.log_every == 0 or step == stop:
+                G_eval = G_ema if cfg.ema > 0 else G
+                ev, _ = evaluate(G_eval, data, cfg.seed, device)
+                last = dict(step=step, seconds=round(seconds + time.perf_counter() - t0, 2),
+                            loss_d=ld, loss_g=lg, modes=ev["modes"], hq=ev["hq"],
+                            lr_scale=scale)
+                if is_owf:
+                    last["log_zeta"] = float(loss_d.detach() + (d_x.detach() / cfg.w).mean())
+                    last["ess"] = effective_sample_size(d_y_d, log_q, cfg.w)
+                with open(rows_path, "a") as f:
+                    f.write(json.dumps(last) + "\n")
+                bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in last.items()
+                                 if k in ("loss_d", "loss_g", "log_zeta", "ess", "modes", "hq")})
+            if step % cfg.sample_every == 0:
+                write_pictures(run, G_ema if cfg.ema > 0 else G, D, data, cfg, device, dict(last, step=step))
+            if step % cfg.ckpt_every == 0:
+                checkpoint(step)
+    except NonFiniteLoss as e:
+        bar.close()
+        kept = run / "checkpoint.pt"
+        msg = f"{e}. " + (f"The last good checkpoint is kept in {kept}." if kept.exists()
+                          else "No checkpoint had been written yet.")
+        raise NonFiniteLoss(msg) from None
+    finally:
+        bar.close()
+        if progress:
+            signal.signal(signal.SIGINT, prev_handler)
+
+    # ---- save, pictures, final metrics
+    checkpoint(step)
+    G_eval = G_ema if cfg.ema > 0 else G
+    ev, _ = evaluate(G_eval, data, cfg.seed, device)
+    metrics = dict(data=cfg.data, loss=cfg.loss, seed=cfg.seed, out=str(run), steps=step,
+                   seconds=round(seconds + time.perf_counter() - t0, 2), modes=ev["modes"],
+                   max_modes=len(data.means), hq=ev["hq"], per_mode=ev["per_mode"],
+                   finished=step >= cfg.steps, interrupted=bool(interrupted))
+    for k in ("loss_d", "loss_g", "log_zeta", "ess"):
+        if k in last:
+            metrics[k] = last[k]
+    write_pictures(run, G_eval, D, data, cfg, device, dict(metrics, step=step))
+    if rows_path.exists():
+        save_curves(run / "curves.png", [json.loads(l) for l in rows_path.read_text().splitlines()])
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def main(argv=None) -> int:
+    given, opts = parse_args(argv)
+    try:
+        if opts["resume"]:
+            if opts["dry_run"]:
+                state = torch.load(Path(opts["resume"]) / "checkpoint.pt", map_location="cpu", weights_only=False)
+                print(json.dumps(dict(state["config"], **given), indent=2))
+                return 0
+            metrics = train(resume=opts["resume"], overrides=given)
+        else:
+            cfg = Config(**given)
+            if opts["dry_run"]:
+                print(json.dumps(cfg.to_dict(), indent=2))
+                return 0
+            metrics = train(cfg, overwrite=opts["overwrite"])
+    except (ValueError, FileExistsError, FileNotFoundError, NonFiniteLoss) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if not isinstance(e, NonFiniteLoss) else 1
+    print(json.dumps({k: v for k, v in metrics.items() if k != "per_mode"}))
+    if metrics["interrupted"]:
+        print(f"interrupted at step {metrics['steps']}; continue with: python -m owf.train --resume "
+              f"{metrics['out']}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

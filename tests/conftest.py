@@ -1,0 +1,37 @@
+"""Test setup: Triton runs in its interpreter on CPU, and every test is seeded."""
+import os
+
+# Must happen before anything imports triton.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import random  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    torch.manual_seed(0)
+    yield
+
+
+def triton_usable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# Backends each kernel test runs under: the torch reference always; Triton when it imports
+# (through the interpreter on CPU, natively on a GPU).
+BACKENDS = ["torch"] + (["triton"] if triton_usable() else [])
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", request.param)
+    return request.param

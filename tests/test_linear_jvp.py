@@ -1,0 +1,115 @@
+"""linear_jvp against torch.func.jvp (outputs, tangents) and autograd through it (every gradient)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import DEVICE
+from owf_kernels import ACTIVATIONS, linear_jvp
+
+SLOPE = 0.2
+
+
+def act_ref(a, activation):
+    return {"identity": lambda a: a, "relu": torch.relu, "leaky_relu": lambda a: F.leaky_relu(a, SLOPE),
+            "tanh": torch.tanh, "sigmoid": torch.sigmoid, "softplus": lambda a: F.softplus(a, threshold=1e9),
+            "silu": F.silu}[activation](a)
+
+
+def reference(x, x_dot, W, b, activation):
+    """y and the T tangents by torch.func.jvp of the plain layer, one tangent at a time."""
+    f = lambda x: act_ref(F.linear(x, W, b), activation)   # noqa: E731
+    outs = [torch.func.jvp(f, (x,), (x_dot[t],)) for t in range(x_dot.shape[0])]
+    return outs[0][0], torch.stack([o[1] for o in outs])
+
+
+def make(M, K, N, T, dtype=torch.float32, device=DEVICE, bias=True, lead=None):
+    shape = (M, K) if lead is None else (*lead, K)
+    x = torch.randn(*shape, dtype=dtype, device=device)
+    xd = torch.randn(T, *shape, dtype=dtype, device=device)
+    W = torch.randn(N, K, dtype=dtype, device=device) / K ** 0.5
+    b = torch.randn(N, dtype=dtype, device=device) if bias else None
+    return x, xd, W, b
+
+
+def check(x, xd, W, b, activation, atol, rtol):
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, xd, W) + ((b,) if b is not None else ())]
+    refl = [t.detach().double().requires_grad_(True) for t in leaves]
+    y, yd = linear_jvp(*leaves[:3], leaves[3] if b is not None else None, activation, SLOPE)
+    ry, ryd = reference(*refl[:3], refl[3] if b is not None else None, activation)
+    torch.testing.assert_close(y.double(), ry, atol=atol, rtol=rtol)
+    torch.testing.assert_close(yd.double(), ryd, atol=atol, rtol=rtol)
+    # a loss that uses both outputs non-linearly, so the σ'' terms matter
+    gy, gyd = torch.randn_like(ry), torch.randn_like(ryd)
+    loss = (y.double() * gy).sum() + (yd.double() * gyd).sum() + (yd.double() ** 2).sum()
+    rloss = (ry * gy).sum() + (ryd * gyd).sum() + (ryd ** 2).sum()
+    grads = torch.autograd.grad(loss, leaves)
+    rgrads = torch.autograd.grad(rloss, refl)
+    for name, g, r in zip(("x", "x_dot", "weight", "bias"), grads, rgrads):
+        torch.testing.assert_close(g.double(), r, atol=atol * 10, rtol=rtol * 10, msg=lambda m: f"grad {name}: {m}")
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("M,K,N,T", [(1, 5, 3, 1), (7, 17, 33, 2), (129, 20, 18, 5)])
+def test_matches_func_jvp(backend, activation, M, K, N, T):
+    check(*make(M, K, N, T), activation, atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "leaky_relu"])
+def test_no_bias_and_leading_dims(backend, activation):
+    x, xd, W, b = make(0, 12, 20, 2, bias=False, lead=(3, 5))
+    check(x, xd, W, None, activation, atol=2e-4, rtol=2e-4)
+    y, yd = linear_jvp(x, xd, W, None, activation)
+    assert y.shape == (3, 5, 20) and yd.shape == (2, 3, 5, 20)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "silu", "relu"])
+def test_non_contiguous(backend, activation):
+    x, xd, W, b = make(40, 24, 20, 3)
+    x_nc = torch.randn(24, 40, device=DEVICE).t()                       # transposed view
+    xd_nc = torch.randn(40, 3, 24, device=DEVICE).permute(1, 0, 2)      # permuted view
+    W_nc = torch.randn(24, 20, device=DEVICE).t() / 5
+    b_nc = torch.randn(40, device=DEVICE)[::2]                          # strided
+    for t in (x_nc, xd_nc, W_nc, b_nc):
+        assert not t.is_contiguous()
+    check(x_nc, xd_nc, W_nc, b_nc, activation, atol=2e-4, rtol=2e-4)
+
+
+def test_chained_layers_share_a_buffer(backend):
+    """Layer outputs feed the next layer without a copy; the chain still matches func.jvp."""
+    x, xd, W1, b1 = make(33, 6, 24, 2)
+    W2, b2 = torch.randn(24, 24, device=DEVICE) / 5, torch.randn(24, device=DEVICE)
+    params = [t.requires_grad_(True) for t in (W1, b1, W2, b2)]
+    h, hd = linear_jvp(x, xd, W1, b1, "tanh")
+    y, yd = linear_jvp(h, hd, W2, b2, "softplus")
+    f = lambda x: F.softplus(F.linear(torch.tanh(F.linear(x, W1, b1)), W2, b2), threshold=1e9)  # noqa: E731
+    ryd = torch.stack([torch.func.jvp(f, (x,), (xd[t],))[1] for t in range(2)])
+    torch.testing.assert_close(yd, ryd, atol=2e-4, rtol=2e-4)
+    g = torch.autograd.grad(yd.square().sum() + y.sum(), params)
+    rg = torch.autograd.grad(ryd.square().sum() + f(x).sum(), params)
+    for a, r in zip(g, rg):
+        torch.testing.assert_close(a, r, atol=2e-3, rtol=2e-3)
+
+
+def test_gradcheck_float64_torch_path(monkeypatch):
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "torch")
+    for activation in ACTIVATIONS:
+        if activation in ("relu", "leaky_relu"):
+            continue   # kinks: finite differences straddle them
+        x, xd, W, b = (t.double().requires_grad_(True) for t in make(4, 3, 5, 2, device="cpu"))
+        assert torch.autograd.gradcheck(lambda *a: linear_jvp(*a, activation=activation), (x, xd, W, b))
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(activation="gelu"), "not supported; choose one of"),
+    (dict(x=torch.randn(4, 6)), r"does not end in K=5"),
+    (dict(x_dot=torch.randn(4, 5)), r"x_dot must be \[T, \*x.shape\]"),
+    (dict(weight=torch.randn(3, 5).double()), "share one dtype"),
+    (dict(bias=torch.randn(4)), r"bias must be \[N=3\]"),
+    (dict(activation="leaky_relu", negative_slope=-0.1), "negative_slope=-0.1"),
+])
+def test_bad_input_names_the_problem(bad, match):
+    args = dict(x=torch.randn(4, 5), x_dot=torch.randn(2, 4, 5), weight=torch.randn(3, 5), bias=torch.randn(3),
+                activation="tanh", negative_slope=0.2)
+    args.update(bad)
+    with pytest.raises(ValueError, match=match):
+        linear_jvp(**args)

@@ -1,0 +1,124 @@
+"""Training: it learns, it resumes exactly, it fails loudly and safely, and its CLI behaves."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import owf.train as train_mod
+from owf.config import Config
+from owf.train import NonFiniteLoss, main, train
+
+TINY = dict(g_hidden="32,32", d_hidden="32,32", batch=64, samples=64, log_every=10, sample_every=1000,
+            ckpt_every=10, device="cpu")
+
+
+def params(run):
+    return torch.load(os.path.join(run, "checkpoint.pt"), weights_only=False)
+
+
+def test_short_run_raises_the_mode_count(tmp_path):
+    cfg = Config(steps=1200, log_every=100, sample_every=10_000, ckpt_every=10_000, device="cpu",
+                 out=str(tmp_path / "r"))
+    m = train(cfg, progress=False)
+    rows = [json.loads(l) for l in open(tmp_path / "r" / "metrics.jsonl")]
+    assert rows[0]["modes"] < m["modes"] and m["modes"] >= 7, rows
+    assert m["hq"] > rows[0]["hq"]
+    for f in ("config.json", "metrics.json", "metrics.jsonl", "samples.png", "density.png", "checkpoint.pt"):
+        assert (tmp_path / "r" / f).stat().st_size > 0
+    assert {"modes", "hq", "steps", "seconds"} <= set(json.loads((tmp_path / "r" / "metrics.json").read_text()))
+
+
+@pytest.mark.parametrize("loss", ["owf", "wgan-gp"])
+def test_resume_continues_exactly(tmp_path, loss):
+    full = Config(steps=40, loss=loss, out=str(tmp_path / "full"), **TINY)
+    train(full, progress=False)
+    half = Config(steps=40, until=20, loss=loss, out=str(tmp_path / "half"), **TINY)
+    m = train(half, progress=False)
+    assert m["steps"] == 20 and not m["finished"]
+    m = train(resume=str(tmp_path / "half"), progress=False)
+    assert m["steps"] == 40 and m["finished"]
+    a, b = params(tmp_path / "full"), params(tmp_path / "half")
+    for k in ("G", "D", "G_ema"):
+        for name in a[k]:
+            assert torch.equal(a[k][name], b[k][name]), f"{k}.{name} differs after resume"
+    assert torch.equal(a["rng"], b["rng"])
+    rows = [json.loads(l)["step"] for l in open(tmp_path / "half" / "metrics.jsonl")]
+    assert rows == sorted(set(rows)) and rows[-1] == 40
+
+
+def test_resume_refuses_to_change_the_run(tmp_path):
+    train(Config(steps=10, out=str(tmp_path / "r"), **TINY), progress=False)
+    with pytest.raises(ValueError, match=r"these cannot change: \['w'\]"):
+        train(resume=str(tmp_path / "r"), overrides={"w": 0.5}, progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real = train_mod.generator_loss_eq17
+    calls = []
+
+    def flaky(d_y, logdet, w):
+        calls.append(1)
+        out = real(d_y, logdet, w)
+        return out * float("nan") if len(calls) == 25 else out
+    monkeypatch.setattr(train_mod, "generator_loss_eq17", flaky)
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 25.*last good checkpoint is kept"):
+        train(Config(steps=100, out=str(tmp_path / "r"), **TINY), progress=False)
+    assert params(tmp_path / "r")["step"] == 20
+    assert not (tmp_path / "r" / "checkpoint.pt.tmp").exists()
+
+
+def run_cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "owf.train", *args], capture_output=True, text=True,
+                          timeout=120, **kw)
+
+
+def test_dry_run_prints_the_resolved_config():
+    p = run_cli("--dry-run", "--data", "grid", "--w", "0.5")
+    assert p.returncode == 0
+    cfg = json.loads(p.stdout)
+    assert cfg["data"] == "grid" and cfg["w"] == 0.5 and cfg["steps"] == Config().steps
+    assert cfg["out"] == "runs/grid-owf-s0"
+
+
+def test_bad_data_and_flags_list_the_choices():
+    p = run_cli("--data", "moons", "--dry-run")
+    assert p.returncode == 2 and "invalid choice: 'moons' (choose from 'grid', 'ring')" in p.stderr
+    p = run_cli("--stepz", "5", "--dry-run")
+    assert p.returncode == 2 and "did you mean --steps" in p.stderr and "valid flags:" in p.stderr
+    p = run_cli("--loss", "gan", "--dry-run")
+    assert p.returncode == 2 and "'owf', 'wgan', 'wgan-gp'" in p.stderr
+    p = run_cli("--g-hidden", "64,x", "--dry-run")
+    assert p.returncode == 2 and "g_hidden='64,x'" in p.stderr
+
+
+def test_existing_folder_is_refused(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("results")
+    assert main(["--out", str(out), "--steps", "5"]) == 2
+    assert (out / "keep.txt").exists()
+    assert main(["--out", str(out), "--steps", "5", "--overwrite", "--g-hidden", "16", "--d-hidden", "16",
+                 "--device", "cpu"]) == 0
+    assert not (out / "keep.txt").exists() and (out / "metrics.json").exists()
+
+
+def test_ctrl_c_saves_before_exiting(tmp_path):
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "owf.train", "--out", str(out), "--steps", "100000",
+                          "--device", "cpu", "--log-every", "50"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130, stderr
+    step = params(out)["step"]
+    assert 50 <= step < 100000
+    assert f"--resume {out}" in stderr
+    assert json.loads((out / "metrics.json").read_text())["interrupted"] is True
