@@ -163,7 +163,7 @@ def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b, computed as (bᵀ aᵀ)ᵀ when the result has very few columns: BLAS (MKL here) is up to
     3x slower on a [768, 2] output than on its [2, 768] transpose."""
     if b.shape[1] <= 4 < a.shape[0]:
-        return (b.t() @ a.t()).t()
+        return (b.t() @ a.t()).t().contiguous()   # small copy; keeps gradients in the parameter's layout
     return a @ b
 
 

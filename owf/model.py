@@ -136,7 +136,9 @@ class Energy(nn.Module):
         widths = [n, *hidden, 1]
         layers = []
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-            lin = nn.Linear(a, b)
+            # no bias on the output: D is defined up to a constant, which ζ absorbs (Eq. 16 and 17
+            # do not see it), so its gradient would be pure rounding noise that Adam amplifies
+            lin = nn.Linear(a, b, bias=i < len(widths) - 2)
             layers.append(nn.utils.parametrizations.spectral_norm(lin) if spectral_norm else lin)
             if i < len(widths) - 2:
                 layers.append(nn.LeakyReLU(negative_slope))

@@ -195,7 +195,7 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
             d_y = D(y)
             loss_g = generator_loss_eq17(d_y, logdet, cfg.w) if is_owf else wgan_generator_loss(d_y)
             for p, g in zip(g_params, torch.autograd.grad(loss_g, g_params)):
-                p.grad = g
+                p.grad = g.contiguous()       # fused Adam reads grads in the parameter's layout
             opt_g.step()
             if cfg.ema > 0:
                 with torch.no_grad():
