@@ -15,6 +15,8 @@ cuBLAS GEMMs: [gx; gx_dot] = GA W, gW = GAᵀ [x; x_dot], gb = Σ_m g_a.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -60,20 +62,21 @@ def _act_fwd(a, ACT: tl.constexpr, slope):
 # ---------------------------------------------------------------------------------------------
 # Forward kernel
 # ---------------------------------------------------------------------------------------------
+# One fixed tile for the interpreter (which cannot autotune) and for OWF_KERNELS_AUTOTUNE=0.
+FIXED_CONFIG = dict(BLOCK_R=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3)
+INTERP_CONFIG = dict(BLOCK_R=32, BLOCK_N=16, BLOCK_K=16, GROUP_M=4)
+
+
 def _fwd_configs():
-    if interpreting():   # the interpreter cannot autotune; small tiles keep it quick
-        return [triton.Config({"BLOCK_R": 32, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4}, num_warps=4)]
     return [
         triton.Config({"BLOCK_R": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_R": 128, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=4),
-        triton.Config({"BLOCK_R": 64, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_R": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_R": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_R": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
     ]
 
 
-@triton.autotune(configs=_fwd_configs(), key=["M", "N", "K", "T", "TP1"])
 @triton.jit
 def _linear_jvp_fwd_kernel(
     # Pointers
@@ -148,6 +151,10 @@ def _linear_jvp_fwd_kernel(
     tl.store(out_ptrs, res.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+_linear_jvp_fwd_tuned = triton.autotune(configs=_fwd_configs(), key=["M", "N", "K", "T", "TP1"])(
+    _linear_jvp_fwd_kernel)
+
+
 # ---------------------------------------------------------------------------------------------
 # Backward elementwise kernel: (gy, gyd, y, y_dot) -> GA = [g_a; g_adot]
 #   g_adot[t] = gyd[t] σ'(a);   g_a = gy σ'(a) + c Σ_t gyd[t] v[t]
@@ -216,11 +223,24 @@ def _linear_jvp_bwd_kernel(
 # ---------------------------------------------------------------------------------------------
 # Host functions
 # ---------------------------------------------------------------------------------------------
-def _precision(dtype) -> str:
-    # fp32: full precision (as the CPU path) unless the user allowed TF32 for matmuls globally
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and not interpreting():
+def _precision(dtype):
+    """fp32 dots: full precision ("ieee", as the CPU path) unless the user allowed TF32 matmuls
+    globally; OWF_KERNELS_FP32_DOT = ieee | tf32x3 | tf32 overrides (tf32x3: three TF32 products,
+    about fp32 accuracy on tensor cores). bf16/fp16 dots: Triton's default (None)."""
+    if dtype != torch.float32:
+        return None
+    choice = os.environ.get("OWF_KERNELS_FP32_DOT", "")
+    if choice:
+        if choice not in ("ieee", "tf32x3", "tf32"):
+            raise ValueError(f"OWF_KERNELS_FP32_DOT={choice!r} is not one of ieee, tf32x3, tf32")
+        return choice
+    if torch.backends.cuda.matmul.allow_tf32 and not interpreting():
         return "tf32"
     return "ieee"
+
+
+def _autotune() -> bool:
+    return not interpreting() and os.environ.get("OWF_KERNELS_AUTOTUNE", "1") != "0"
 
 
 def _tp1(T: int) -> int:
@@ -234,16 +254,20 @@ def forward_triton(x, x_dot, weight, bias, activation, negative_slope):
     out = torch.empty((1 + T, M, N), dtype=x.dtype, device=x.device)
     TP1 = _tp1(T)
     chunks = triton.cdiv(T, TP1 - 1)
-    grid = lambda META: (triton.cdiv(M, META["BLOCK_R"] // TP1) * triton.cdiv(N, META["BLOCK_N"]), chunks)  # noqa: E731
-    _linear_jvp_fwd_kernel[grid](
-        x, x_dot, weight, bias if bias is not None else weight, out,
-        M, N, K, T,
-        x.stride(0), x.stride(1), x_dot.stride(0), x_dot.stride(1), x_dot.stride(2),
-        weight.stride(0), weight.stride(1),
-        float(negative_slope),
-        TP1=TP1, ACT=ACT_CODE[activation], HAS_BIAS=bias is not None, PRECISION=_precision(x.dtype),
-        CAST_F32=interpreting() and x.dtype != torch.float32,
-    )
+    args = (x, x_dot, weight, bias if bias is not None else weight, out,
+            M, N, K, T,
+            x.stride(0), x.stride(1), x_dot.stride(0), x_dot.stride(1), x_dot.stride(2),
+            weight.stride(0), weight.stride(1),
+            float(negative_slope))
+    meta = dict(TP1=TP1, ACT=ACT_CODE[activation], HAS_BIAS=bias is not None, PRECISION=_precision(x.dtype),
+                CAST_F32=interpreting() and x.dtype != torch.float32)
+    if _autotune():
+        grid = lambda META: (triton.cdiv(M, META["BLOCK_R"] // TP1) * triton.cdiv(N, META["BLOCK_N"]), chunks)  # noqa: E731
+        _linear_jvp_fwd_tuned[grid](*args, **meta)
+    else:
+        cfg = INTERP_CONFIG if interpreting() else FIXED_CONFIG
+        grid = (triton.cdiv(M, cfg["BLOCK_R"] // TP1) * triton.cdiv(N, cfg["BLOCK_N"]), chunks)
+        _linear_jvp_fwd_kernel[grid](*args, **meta, **cfg)
     return out
 
 

@@ -68,6 +68,47 @@ def evaluate(G, data, seed: int, device) -> dict:
     return {"modes": modes, "hq": hq, "per_mode": mode_histogram(y, data.means, data.std)}, y
 
 
+def train_step(cfg: Config, data, G, D, G_ema, opt_g, opt_d, gen, g_params, device):
+    """One optimisation step: n_critic discriminator updates, then one generator update.
+    Returns (loss_d, loss_g, D(x), D(y), log q(y)) of the last discriminator update."""
+    is_owf = cfg.loss == "owf"
+    log_q = logdet = None
+    # ---- discriminator: n_critic steps; the last one's generator batch serves the G step
+    for i in range(cfg.n_critic):
+        keep = i == cfg.n_critic - 1
+        with torch.set_grad_enabled(keep):
+            if is_owf:
+                y, log_q, logdet = G.sample_with_log_prob(cfg.samples, cfg.logdet, gen)
+            else:
+                y = G(G.noise(cfg.samples, gen))
+        x = data.sample(cfg.batch, gen, device)
+        d_x, d_y_d = D(torch.cat([x, y.detach()])).split([cfg.batch, cfg.samples])   # one pass
+        if is_owf:
+            loss_d = discriminator_loss_eq16(d_x, d_y_d, log_q.detach(), cfg.w)
+        else:
+            loss_d = wgan_discriminator_loss_eq4(d_x, d_y_d)
+            if cfg.loss == "wgan-gp":
+                loss_d = loss_d + cfg.gp * gradient_penalty(D, x, y.detach(), gen)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        if cfg.loss == "wgan":
+            with torch.no_grad():
+                for p in D.parameters():
+                    p.clamp_(-cfg.clip, cfg.clip)
+
+    # ---- generator: Eq. 17 (or the WGAN loss); gradients for G's parameters only
+    d_y = D(y)
+    loss_g = generator_loss_eq17(d_y, logdet, cfg.w) if is_owf else wgan_generator_loss(d_y)
+    for p, g in zip(g_params, torch.autograd.grad(loss_g, g_params)):
+        p.grad = g.contiguous()       # fused Adam reads grads in the parameter's layout
+    opt_g.step()
+    if cfg.ema > 0:
+        with torch.no_grad():
+            torch._foreach_lerp_(list(G_ema.parameters()), g_params, 1.0 - cfg.ema)
+    return loss_d, loss_g, d_x, d_y_d, log_q
+
+
 def save_checkpoint(path: Path, state: dict):
     """Atomically: write a temporary file beside the target, then rename over it."""
     tmp = path.with_name(path.name + ".tmp")
@@ -167,39 +208,8 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
             opt_d.param_groups[0]["lr"] = cfg.lr_d * scale
             opt_g.param_groups[0]["lr"] = cfg.lr_g * scale
 
-            # ---- discriminator: n_critic steps; the last one's generator batch serves the G step
-            for i in range(cfg.n_critic):
-                keep = i == cfg.n_critic - 1
-                with torch.set_grad_enabled(keep):
-                    if is_owf:
-                        y, log_q, logdet = G.sample_with_log_prob(cfg.samples, cfg.logdet, gen)
-                    else:
-                        y = G(G.noise(cfg.samples, gen))
-                x = data.sample(cfg.batch, gen, device)
-                d_x, d_y_d = D(torch.cat([x, y.detach()])).split([cfg.batch, cfg.samples])   # one pass
-                if is_owf:
-                    loss_d = discriminator_loss_eq16(d_x, d_y_d, log_q.detach(), cfg.w)
-                else:
-                    loss_d = wgan_discriminator_loss_eq4(d_x, d_y_d)
-                    if cfg.loss == "wgan-gp":
-                        loss_d = loss_d + cfg.gp * gradient_penalty(D, x, y.detach(), gen)
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-                if cfg.loss == "wgan":
-                    with torch.no_grad():
-                        for p in D.parameters():
-                            p.clamp_(-cfg.clip, cfg.clip)
-
-            # ---- generator: Eq. 17 (or the WGAN loss); gradients for G's parameters only
-            d_y = D(y)
-            loss_g = generator_loss_eq17(d_y, logdet, cfg.w) if is_owf else wgan_generator_loss(d_y)
-            for p, g in zip(g_params, torch.autograd.grad(loss_g, g_params)):
-                p.grad = g.contiguous()       # fused Adam reads grads in the parameter's layout
-            opt_g.step()
-            if cfg.ema > 0:
-                with torch.no_grad():
-                    torch._foreach_lerp_(list(G_ema.parameters()), g_params, 1.0 - cfg.ema)
+            loss_d, loss_g, d_x, d_y_d, log_q = train_step(cfg, data, G, D, G_ema, opt_g, opt_d, gen, g_params,
+                                                           device)
 
             # ---- stop on a non-finite loss, keeping the last good checkpoint
             ld, lg = float(loss_d.detach()), float(loss_g.detach())

@@ -113,3 +113,11 @@ def test_bad_input_names_the_problem(bad, match):
     args.update(bad)
     with pytest.raises(ValueError, match=match):
         linear_jvp(**args)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "silu", "leaky_relu"])
+def test_bfloat16_inputs_accumulate_in_fp32(backend, activation):
+    x, xd, W, b = make(33, 40, 24, 2, dtype=torch.bfloat16)
+    y, yd = linear_jvp(x, xd, W, b, activation)
+    assert y.dtype == yd.dtype == torch.bfloat16
+    check(x, xd, W, b, activation, atol=3e-2, rtol=3e-2)

@@ -1,0 +1,314 @@
+"""One GPU run: check every kernel against its reference on the GPU, then time it against the
+baselines. Installs nothing; prints a markdown table at the end; writes JSON and the table to
+--out (default: $OUT or benchmarks/results).
+
+    python benchmarks/gpu_check.py [--budget 420] [--out DIR]
+
+Sections (each guarded, so one failure does not lose the rest; a deadline skips what is left):
+ 1. ceilings: device-to-device copy bandwidth, fp32 and bf16 GEMM rates (cuBLAS)
+ 2. correctness: linear_jvp (every activation, odd shapes, T = 1, 2, 5, 9, fp32/bf16, every gradient)
+    and log_zeta (S up to 1e8, extreme values, -inf, gradients) against float64 references
+ 3. linear_jvp forward+backward, T = 1, M = 4096, K = N in 256 ... 4096: owf vs torch.func.jvp,
+    torch.compile(func.jvp) and the GEMMs alone (cuBLAS); fp32 (ieee and tf32x3 dots) and bf16
+ 4. log_zeta at S = 1e8: GB/s against the copy bandwidth
+ 5. generator steps (2D exact log-det; 784-wide jvp1) and a short training run on CUDA
+ 6. the kernel test files under pytest on the GPU, if time is left
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.testing import do_bench  # noqa: E402
+
+import providers as P  # noqa: E402
+from owf_kernels import ACTIVATIONS, linear_jvp, linear_jvp_torch, log_zeta, log_zeta_partials  # noqa: E402
+
+RESULTS: list[dict] = []
+T0 = time.time()
+
+
+def log(*a):
+    print(f"[{time.time() - T0:6.1f}s]", *a, flush=True)
+
+
+def record(**row):
+    RESULTS.append(row)
+    log(json.dumps(row))
+
+
+def bench(fn, grad_to_none=None):
+    return do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
+
+
+def section(name, deadline):
+    def wrap(f):
+        def run(*a, **k):
+            if time.time() > deadline:
+                record(section=name, status="skipped: out of time")
+                return None
+            log(f"== {name}")
+            try:
+                return f(*a, **k)
+            except Exception as e:  # keep going: one broken section must not lose the others
+                record(section=name, status=f"error: {type(e).__name__}: {e}")
+                traceback.print_exc()
+                return None
+        return run
+    return wrap
+
+
+# ---------------------------------------------------------------------------------------------
+def ceilings():
+    x = torch.empty(2 ** 29, dtype=torch.float32, device="cuda").uniform_()      # 2 GiB
+    y = torch.empty_like(x)
+    ms = bench(lambda: y.copy_(x))
+    copy_gbs = 2 * x.numel() * 4 / ms / 1e6
+    out = {"copy_GBps": copy_gbs}
+    for dt in (torch.float32, torch.bfloat16):
+        a = torch.randn(4096, 4096, device="cuda", dtype=dt)
+        b = torch.randn(4096, 4096, device="cuda", dtype=dt)
+        ms = bench(lambda: a @ b)
+        out[f"gemm_{str(dt)[6:]}_TFLOPs"] = 2 * 4096 ** 3 / ms / 1e9
+    record(section="ceilings", **{k: round(v, 1) for k, v in out.items()})
+    del x, y
+    return out
+
+
+def rel_err(a, b):
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def check_linear_jvp():
+    os.environ["OWF_KERNELS_AUTOTUNE"] = "0"        # one tile per specialisation: quick to compile
+    worst = {}
+    shapes = [(1, 5, 3, 1), (7, 17, 33, 2), (129, 20, 18, 5), (300, 64, 96, 9), (1000, 256, 130, 1)]
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        acts = ACTIVATIONS if dtype == torch.float32 else ("identity", "tanh", "leaky_relu", "silu")
+        for act in acts:
+            for (M, K, N, T) in shapes:
+                t = P.layer_inputs(M, K, N, T, dtype=dtype, device="cuda", seed=M + K)
+                xs = [t[k] for k in ("x", "xd", "W", "b")]
+                ref = [v.detach().double().requires_grad_(True) for v in xs]
+                torch.cuda.synchronize()
+                y, yd = linear_jvp(*xs, act)
+                ry, ryd = linear_jvp_torch(*ref, act)
+                g = torch.autograd.grad([y, yd], xs, [t["gy"], t["gyd"]])
+                rg = torch.autograd.grad([ry, ryd], ref, [t["gy"].double(), t["gyd"].double()])
+                errs = [rel_err(y, ry), rel_err(yd, ryd)] + [rel_err(a, b) for a, b in zip(g, rg)]
+                key = f"{str(dtype)[6:]}"
+                worst[key] = max(worst.get(key, 0), max(errs))
+                bad = [e for e in errs if not e < tol]     # NaN fails too
+                if bad:
+                    record(section="check linear_jvp", status="FAIL", dtype=key, act=act, shape=(M, K, N, T),
+                           errors=[f"{e:.2e}" for e in errs])
+    # non-contiguous inputs
+    t = P.layer_inputs(64, 48, 40, 2, device="cuda")
+    x_nc = t["x"].detach().t().contiguous().t()
+    xd_nc = t["xd"].detach().permute(1, 0, 2).contiguous().permute(1, 0, 2)
+    errs = [rel_err(a, b) for a, b in zip(linear_jvp(x_nc, xd_nc, t["W"], t["b"], "tanh"),
+                                          linear_jvp_torch(x_nc.double(), xd_nc.double(), t["W"].double(),
+                                                           t["b"].double(), "tanh"))]
+    worst["noncontig"] = max(errs)
+    os.environ.pop("OWF_KERNELS_AUTOTUNE")
+    record(section="check linear_jvp", status="ok" if all(v < 2e-2 for v in worst.values()) else "FAIL",
+           worst_rel_err={k: f"{v:.1e}" for k, v in worst.items()})
+
+
+def check_log_zeta():
+    worst = 0.0
+    for S in (1, 3, 1000, 100003, 10 ** 8):
+        for scale in (1.0, 1e3):
+            d = torch.randn(S, device="cuda") * scale * 0.1
+            lq = torch.randn(S, device="cuda") * scale
+            out = log_zeta(d, lq, 0.1).double().item()
+            ref = (torch.logsumexp(d.double() / 0.1 - lq.double(), 0) - math.log(S)).item()
+            worst = max(worst, abs(out - ref) / max(1.0, abs(ref)))
+            if S <= 100003:
+                d.requires_grad_(True)
+                lq.requires_grad_(True)
+                gd, gl = torch.autograd.grad(log_zeta(d, lq, 0.1), (d, lq))
+                p = torch.softmax(d.detach().double() / 0.1 - lq.detach().double(), 0)
+                worst = max(worst, rel_err(gd, p / 0.1), rel_err(gl, -p))
+            del d, lq
+    inf = torch.full((5,), float("-inf"), device="cuda")
+    all_inf = log_zeta(inf, torch.zeros(5, device="cuda")).item()
+    part = log_zeta_partials(torch.randn(10 ** 6, device="cuda"), torch.zeros(10 ** 6, device="cuda"))
+    record(section="check log_zeta", status="ok" if worst < 1e-5 and all_inf == -math.inf else "FAIL",
+           worst_rel_err=f"{worst:.1e}", all_neg_inf=all_inf, partials_count=float(part[3]))
+
+
+def time_linear_jvp(sizes, compile_ok):
+    T, M = 1, 4096
+    for dtype in (torch.float32, torch.bfloat16):
+        for KN in sizes:
+            t = P.layer_inputs(M, KN, KN, T, dtype=dtype, device="cuda")
+            leaves = [t[k] for k in ("x", "xd", "W", "b")]
+            row = dict(section="linear_jvp fwd+bwd", dtype=str(dtype)[6:], M=M, K=KN, N=KN, T=T)
+            flops = P.layer_flops(M, KN, KN, T, backward=True)
+            row["gemm_ms"] = bench(P.gemm_fn(t, backward=True))
+            row["owf_ms"] = bench(P.with_backward(P.layer_fn("owf", t), t), leaves)
+            row["owf_fwd_ms"] = bench(lambda: P.layer_fn("owf", t)())
+            row["plain_fwd_ms"] = bench(lambda: P._plain(t, "tanh"))
+            if dtype == torch.float32:
+                os.environ["OWF_KERNELS_FP32_DOT"] = "tf32x3"
+                try:
+                    row["owf_tf32x3_ms"] = bench(P.with_backward(P.layer_fn("owf", t), t), leaves)
+                    y3 = P.layer_fn("owf", t)()[1]
+                finally:
+                    os.environ.pop("OWF_KERNELS_FP32_DOT")
+                ref = linear_jvp_torch(*[v.detach().double() for v in leaves], "tanh")[1]
+                row["tf32x3_rel_err"] = f"{rel_err(y3, ref):.1e}"
+                row["ieee_rel_err"] = f"{rel_err(P.layer_fn('owf', t)()[1], ref):.1e}"
+            row["func.jvp_ms"] = bench(P.with_backward(P.layer_fn("func.jvp", t), t), leaves)
+            if compile_ok():
+                try:
+                    fn = P.with_backward(P.layer_fn("compile", t), t)
+                    fn()
+                    row["compile_ms"] = bench(fn, leaves)
+                except Exception as e:
+                    row["compile_ms"] = f"error: {type(e).__name__}"
+            row["owf_TFLOPs"] = flops / row["owf_ms"] / 1e9
+            row["speedup_vs_func.jvp"] = row["func.jvp_ms"] / row["owf_ms"]
+            row["owf_over_gemm"] = row["owf_ms"] / row["gemm_ms"]
+            if isinstance(row.get("compile_ms"), float):
+                row["speedup_vs_compile"] = row["compile_ms"] / row["owf_ms"]
+            record(**{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+            del t, leaves
+
+
+def time_log_zeta(copy_gbs):
+    for S in (10 ** 6, 10 ** 8):
+        d = torch.randn(S, device="cuda")
+        lq = torch.randn(S, device="cuda")
+        ms = bench(lambda: log_zeta(d, lq, 0.1))
+        ref_ms = bench(lambda: torch.logsumexp(d / 0.1 - lq, 0))
+        gbs = 2 * S * 4 / ms / 1e6
+        record(section="log_zeta fwd", S=S, owf_ms=round(ms, 4), torch_logsumexp_ms=round(ref_ms, 4),
+               GBps=round(gbs, 1), frac_of_copy=round(gbs / copy_gbs, 3) if copy_gbs else None)
+        del d, lq
+
+
+def time_generator_steps(compile_ok):
+    for name, n, width, B, method, provs in (
+            ("2D exact (T=2)", 2, 256, 512, "exact", ("owf", "func.jvp", "func.jvp+vmap", "jacobian", "compile")),
+            ("784-wide jvp1 (T=1)", 784, 784, 256, "jvp1", ("owf", "func.jvp", "forward_ad", "compile"))):
+        G = P.generator(n, width, device="cuda")
+        row = dict(section="generator step", case=name, B=B, width=width)
+        row["gemm_ms"] = bench(P.generator_gemm_fn(G, B, method))
+        for prov in provs:
+            if prov == "compile" and not compile_ok():
+                continue
+            try:
+                fn = P.generator_step_fn(prov, G, B, method)
+                fn()
+                row[f"{prov}_ms"] = round(bench(fn), 4)
+            except Exception as e:
+                row[f"{prov}_ms"] = f"error: {type(e).__name__}"
+        record(**row)
+
+
+def train_on_cuda(out):
+    t = time.time()
+    p = subprocess.run([sys.executable, "-m", "owf.train", "--device", "cuda", "--steps", "1500", "--log-every", "500",
+                        "--out", str(Path(out) / "cuda_run"), "--overwrite"],
+                       capture_output=True, text=True, timeout=240, cwd=HERE.parent)
+    last = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr[-800:]
+    record(section="train on cuda (ring, 1500 steps)", rc=p.returncode, wall_s=round(time.time() - t, 1), result=last)
+
+
+def pytest_on_gpu(seconds):
+    env = dict(os.environ, OWF_KERNELS_AUTOTUNE="0", TRITON_INTERPRET="0")
+    t = time.time()
+    try:
+        p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                            "tests/test_linear_jvp.py", "tests/test_log_zeta.py"], capture_output=True, text=True,
+                           timeout=seconds, cwd=HERE.parent, env=env)
+        tail = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr[-300:]
+        record(section="pytest kernels on GPU", rc=p.returncode, wall_s=round(time.time() - t, 1), result=tail)
+    except subprocess.TimeoutExpired:
+        record(section="pytest kernels on GPU", status=f"timed out after {seconds}s")
+
+
+def table(rows) -> str:
+    lines = []
+    lj = [r for r in rows if r.get("section") == "linear_jvp fwd+bwd"]
+    if lj:
+        lines += ["### linear_jvp forward+backward (tanh, T = 1, M = 4096), median ms",
+                  "", "| dtype | K=N | owf | owf tf32x3 | func.jvp | compile | GEMMs alone | vs func.jvp | vs compile "
+                  "| owf / GEMMs | owf fwd / plain fwd (ideal 2) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in lj:
+            f = lambda k: (f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "-")))  # noqa: E731
+            vs_c = f"{r['speedup_vs_compile']:.2f}x" if "speedup_vs_compile" in r else "-"
+            lines.append(f"| {r['dtype']} | {r['K']} | {f('owf_ms')} | {f('owf_tf32x3_ms')} | {f('func.jvp_ms')} | "
+                         f"{f('compile_ms')} | {f('gemm_ms')} | {r['speedup_vs_func.jvp']:.2f}x | {vs_c} | "
+                         f"{r['owf_over_gemm']:.2f} | {r['owf_fwd_ms'] / r['plain_fwd_ms']:.2f} |")
+    lz = [r for r in rows if r.get("section") == "log_zeta fwd"]
+    if lz:
+        lines += ["", "### log_zeta forward", "", "| S | owf ms | torch.logsumexp ms | GB/s | fraction of copy bandwidth |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['S']:.0e} | {r['owf_ms']} | {r['torch_logsumexp_ms']} | {r['GBps']} | {r['frac_of_copy']} |"
+                  for r in lz]
+    gs = [r for r in rows if r.get("section") == "generator step"]
+    if gs:
+        lines += ["", "### generator step (forward + log-det + backward), median ms", ""]
+        for r in gs:
+            lines.append(f"- {r['case']}, B = {r['B']}, width {r['width']}: " +
+                         ", ".join(f"{k[:-3]} {v}" for k, v in r.items() if k.endswith("_ms")))
+    other = [r for r in rows if r.get("section") not in ("linear_jvp fwd+bwd", "log_zeta fwd", "generator step")]
+    if other:
+        lines += ["", "### checks and notes", ""] + [f"- {json.dumps(r)}" for r in other]
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--budget", type=float, default=420.0, help="seconds before remaining sections are skipped")
+    ap.add_argument("--out", default=os.environ.get("OUT", str(HERE / "results")))
+    ap.add_argument("--sizes", default="256,512,1024,4096")
+    args = ap.parse_args()
+    deadline = T0 + args.budget
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    props = torch.cuda.get_device_properties(0)
+    header = dict(section="device", gpu=props.name, sms=props.multi_processor_count, torch=torch.__version__,
+                  triton=triton.__version__, date=datetime.date.today().isoformat(),
+                  allow_tf32=torch.backends.cuda.matmul.allow_tf32)
+    record(**header)
+    compile_ok = lambda: time.time() < deadline - 90  # noqa: E731  (compiles are the slow part)
+
+    ceil = section("ceilings", deadline)(ceilings)() or {}
+    section("check linear_jvp", deadline)(check_linear_jvp)()
+    section("check log_zeta", deadline)(check_log_zeta)()
+    section("time log_zeta", deadline)(time_log_zeta)(ceil.get("copy_GBps"))
+    section("time linear_jvp", deadline)(time_linear_jvp)([int(s) for s in args.sizes.split(",")], compile_ok)
+    section("generator steps", deadline)(time_generator_steps)(compile_ok)
+    section("train on cuda", deadline)(train_on_cuda)(args.out)
+    left = deadline - time.time()
+    if left > 40:
+        section("pytest on gpu", deadline + 60)(pytest_on_gpu)(int(left + 50))
+
+    (Path(args.out) / "gpu_results.json").write_text(json.dumps(RESULTS, indent=1, default=str))
+    md = f"## GPU check: {header['gpu']}, {header['date']} (torch {header['torch']}, triton {header['triton']})\n\n" + \
+        table(RESULTS) + "\n"
+    (Path(args.out) / "gpu_table.md").write_text(md)
+    print("\n" + md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""The providers each benchmark compares, built once per size and shared by the pytest-benchmark
+suite (CPU) and gpu_check.py (GPU). Every provider computes the same thing:
+
+- linear_jvp: y = act(x Wᵀ + b), y_dot[t] = act'(a) (x_dot[t] Wᵀ), optionally + backward with given
+  upstream gradients (gy, gyd) into x, x_dot, W, b.
+- generator step: y, log|det J| of an MLP one-way flow, loss = mean(-w·logdet - y.sum(-1)), backward
+  into the MLP's parameters. `exact` uses T = n tangents (2D), `jvp1` one tangent (Eq. 9).
+
+Providers: "owf" (owf_kernels.linear_jvp: Triton on CUDA, the fused torch path on CPU), "func.jvp"
+(torch.func.jvp of the plain layer / MLP, looped over tangents), "func.jvp+vmap" (vmapped over
+tangents), "forward_ad" (dual tensors), "compile" (torch.compile of the func.jvp path), "jacobian"
+(torch.autograd.functional.jacobian + slogdet, the paper's 2D method), and "gemm" (the same GEMMs
+alone, the floor any provider pays).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
+
+from owf.model import OneWayFlow, logabsdet
+from owf_kernels import linear_jvp
+
+ACT = {"tanh": torch.tanh, "identity": lambda a: a, "leaky_relu": lambda a: F.leaky_relu(a, 0.2),
+       "softplus": F.softplus, "silu": F.silu, "relu": torch.relu, "sigmoid": torch.sigmoid}
+
+
+# ---------------------------------------------------------------------------------------------
+# One layer
+# ---------------------------------------------------------------------------------------------
+def layer_inputs(M, K, N, T, dtype=torch.float32, device="cpu", seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, device=device, dtype=torch.float32).to(dtype)  # noqa: E731
+    t = dict(x=r(M, K), xd=r(T, M, K), W=r(N, K) / math.sqrt(K), b=r(N), gy=r(M, N), gyd=r(T, M, N))
+    for k in ("x", "xd", "W", "b"):
+        t[k].requires_grad_(True)
+    return t
+
+
+def layer_flops(M, K, N, T, backward=False):
+    """2·(1+T)·M·K·N per GEMM pass; backward adds two (gx and gW)."""
+    return 2 * (1 + T) * M * K * N * (3 if backward else 1)
+
+
+def _plain(t, act):
+    return ACT[act](F.linear(t["x"], t["W"], t["b"]))
+
+
+def layer_fn(provider, t, act="tanh"):
+    """A zero-argument function computing (y, y_dot) with `provider`."""
+    T = t["xd"].shape[0]
+    f = lambda x: ACT[act](F.linear(x, t["W"], t["b"]))  # noqa: E731
+    if provider == "owf":
+        return lambda: linear_jvp(t["x"], t["xd"], t["W"], t["b"], act)
+    if provider == "plain":
+        return lambda: (_plain(t, act), None)
+    if provider == "func.jvp":
+        def run():
+            outs = [torch.func.jvp(f, (t["x"],), (t["xd"][i],)) for i in range(T)]
+            return outs[0][0], torch.stack([o[1] for o in outs])
+        return run
+    if provider == "func.jvp+vmap":
+        return lambda: torch.func.vmap(lambda v: torch.func.jvp(f, (t["x"],), (v,)), out_dims=(None, 0))(t["xd"])
+    if provider == "forward_ad":
+        def run():
+            with fwAD.dual_level():
+                outs = [fwAD.unpack_dual(f(fwAD.make_dual(t["x"], t["xd"][i]))) for i in range(T)]
+            return outs[0].primal, torch.stack([o.tangent for o in outs])
+        return run
+    if provider == "compile":
+        fn = torch.compile(layer_fn("func.jvp", t, act), dynamic=False)
+        return fn
+    raise ValueError(f"unknown provider {provider!r}")
+
+
+def with_backward(fn, t):
+    """fn's forward, then backward of the given upstream gradients into x, x_dot, W, b."""
+    def run():
+        y, yd = fn()
+        outs, grads = [y], [t["gy"]]
+        if yd is not None:
+            outs.append(yd)
+            grads.append(t["gyd"])
+        torch.autograd.backward(outs, grads)
+    return run
+
+
+def gemm_fn(t, backward=False):
+    """The GEMMs alone on pre-stacked operands: [x; x_dot] Wᵀ, then (backward) GA W and GAᵀ [x; x_dot]."""
+    T, M, K = t["xd"].shape
+    N = t["W"].shape[0]
+    h = torch.cat([t["x"].detach()[None], t["xd"].detach()]).reshape((1 + T) * M, K)
+    W = t["W"].detach()
+    ga = torch.cat([t["gy"][None], t["gyd"]]).reshape((1 + T) * M, N)
+
+    def run():
+        out = h @ W.t()
+        if backward:
+            ga @ W
+            ga.t() @ h
+        return out
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# A generator step: an MLP one-way flow, its log-det, a loss, backward
+# ---------------------------------------------------------------------------------------------
+def generator(n, width, depth=2, device="cpu", dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    return OneWayFlow(n, hidden=(width,) * depth, activation="tanh").to(device=device, dtype=dtype)
+
+
+def _mlp(G, u):
+    return G.g_n(u)
+
+
+def generator_step_fn(provider, G, B, method="exact", w=0.1, seed=0):
+    """Zero-argument function: sample u (fixed), y and log|det J|, loss, backward into G."""
+    dev, dt = G.layers[0].weight.device, G.layers[0].weight.dtype
+    g = torch.Generator(device=dev).manual_seed(seed)
+    n = G.n
+    u = torch.randn(B, n, generator=g, device=dev, dtype=dt)
+    v = torch.randn(B, n, generator=g, device=dev, dtype=dt)
+    v = v / v.norm(dim=1, keepdim=True)
+    tangents = torch.eye(n, device=dev, dtype=dt).unsqueeze(1).expand(n, B, n) if method == "exact" else v[None]
+    params = list(G.parameters())
+
+    def finish(y, yd):
+        ld = logabsdet(yd) if method == "exact" else torch.log(yd[0].norm(dim=-1))
+        loss = (-w * ld - y.sum(-1)).mean()
+        return torch.autograd.grad(loss, params)
+
+    if provider == "owf":
+        return lambda: finish(*G.g_n_jvp(u, tangents))
+    f = lambda x: _mlp(G, x)  # noqa: E731
+    if provider == "func.jvp":
+        def run():
+            outs = [torch.func.jvp(f, (u,), (tangents[i],)) for i in range(tangents.shape[0])]
+            return finish(outs[0][0], torch.stack([o[1] for o in outs]))
+        return run
+    if provider == "func.jvp+vmap":
+        def run():
+            y, yd = torch.func.vmap(lambda t: torch.func.jvp(f, (u,), (t,)), out_dims=(None, 0))(tangents)
+            return finish(y, yd)
+        return run
+    if provider == "forward_ad":
+        def run():
+            with fwAD.dual_level():
+                outs = [fwAD.unpack_dual(f(fwAD.make_dual(u, tangents[i]))) for i in range(tangents.shape[0])]
+            return finish(outs[0].primal, torch.stack([o.tangent for o in outs]))
+        return run
+    if provider == "jacobian":       # the paper's 2D method: full per-sample Jacobians, then slogdet
+        if method != "exact":
+            raise ValueError("jacobian computes the exact log-det only")
+
+        def run():
+            y = f(u)
+            J = torch.autograd.functional.jacobian(lambda x: f(x).sum(0), u, create_graph=True)   # [n, B, n]
+            return finish(y, J.permute(2, 1, 0))
+        return run
+    if provider == "compile":
+        inner = generator_step_fn("func.jvp", G, B, method, w, seed)
+        return torch.compile(inner, dynamic=False)
+    raise ValueError(f"unknown provider {provider!r}")
+
+
+def generator_gemm_fn(G, B, method="exact"):
+    """The generator step's GEMMs alone: per layer one forward and two backward GEMMs on
+    (1+T)·B rows (the first layer's input gradient is not needed)."""
+    dev, dt = G.layers[0].weight.device, G.layers[0].weight.dtype
+    T = G.n if method == "exact" else 1
+    mats = []
+    for i, layer in enumerate(G.layers):
+        N, K = layer.weight.shape
+        h = torch.randn((1 + T) * B, K, device=dev, dtype=dt)
+        ga = torch.randn((1 + T) * B, N, device=dev, dtype=dt)
+        mats.append((h, layer.weight.detach(), ga, i > 0))
+
+    def run():
+        for h, W, ga, need_gx in mats:
+            h @ W.t()
+            ga.t() @ h
+            if need_gx:
+                ga @ W
+    return run
