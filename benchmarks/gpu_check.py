@@ -225,10 +225,13 @@ def time_generator_steps(compile_ok):
 
 def train_on_cuda(out):
     t = time.time()
+    run = Path("/tmp/owf_cuda_run")
     p = subprocess.run([sys.executable, "-m", "owf.train", "--device", "cuda", "--steps", "1500", "--log-every", "500",
-                        "--out", str(Path(out) / "cuda_run"), "--overwrite"],
+                        "--out", str(run), "--overwrite"],
                        capture_output=True, text=True, timeout=240, cwd=HERE.parent)
     last = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr[-800:]
+    if (run / "samples.png").exists():
+        (Path(out) / "cuda_samples.png").write_bytes((run / "samples.png").read_bytes())
     record(section="train on cuda (ring, 1500 steps)", rc=p.returncode, wall_s=round(time.time() - t, 1), result=last)
 
 
