@@ -97,9 +97,9 @@ def rel_err(a, b):
 def check_linear_jvp():
     os.environ["OWF_KERNELS_AUTOTUNE"] = "0"        # one tile per specialisation: quick to compile
     worst = {}
-    shapes = [(1, 5, 3, 1), (7, 17, 33, 2), (129, 20, 18, 5), (300, 64, 96, 9), (1000, 256, 130, 1)]
+    shapes = [(1, 5, 3, 1), (129, 20, 18, 5), (300, 64, 96, 9), (1000, 256, 130, 1)]
     for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
-        acts = ACTIVATIONS if dtype == torch.float32 else ("identity", "tanh", "leaky_relu", "silu")
+        acts = ACTIVATIONS if dtype == torch.float32 else ("tanh", "silu")
         for act in acts:
             for (M, K, N, T) in shapes:
                 t = P.layer_inputs(M, K, N, T, dtype=dtype, device="cuda", seed=M + K)
@@ -131,26 +131,83 @@ def check_linear_jvp():
 
 
 def check_log_zeta():
-    worst = 0.0
+    """Value: relative to max(1, |ref|). Gradients exp(l - lse): their relative error is the
+    absolute error of l - lse, i.e. fp32 spacing at |l| (2.4e-4 at |l| ~ 3e3), so the tolerance
+    scales with max |l|."""
+    worst_val, worst_grad = 0.0, 0.0
+    ok = True
     for S in (1, 3, 1000, 100003, 10 ** 8):
         for scale in (1.0, 1e3):
             d = torch.randn(S, device="cuda") * scale * 0.1
             lq = torch.randn(S, device="cuda") * scale
             out = log_zeta(d, lq, 0.1).double().item()
-            ref = (torch.logsumexp(d.double() / 0.1 - lq.double(), 0) - math.log(S)).item()
-            worst = max(worst, abs(out - ref) / max(1.0, abs(ref)))
+            l64 = d.double() / 0.1 - lq.double()
+            ref = (torch.logsumexp(l64, 0) - math.log(S)).item()
+            e = abs(out - ref) / max(1.0, abs(ref))
+            worst_val = max(worst_val, e)
+            ok &= e < 1e-6
             if S <= 100003:
                 d.requires_grad_(True)
                 lq.requires_grad_(True)
                 gd, gl = torch.autograd.grad(log_zeta(d, lq, 0.1), (d, lq))
-                p = torch.softmax(d.detach().double() / 0.1 - lq.detach().double(), 0)
-                worst = max(worst, rel_err(gd, p / 0.1), rel_err(gl, -p))
+                p = torch.softmax(l64, 0)
+                eg = max(rel_err(gd, p / 0.1), rel_err(gl, -p))
+                worst_grad = max(worst_grad, eg)
+                ok &= eg < 1e-6 * max(10.0, l64.abs().max().item())
             del d, lq
     inf = torch.full((5,), float("-inf"), device="cuda")
     all_inf = log_zeta(inf, torch.zeros(5, device="cuda")).item()
     part = log_zeta_partials(torch.randn(10 ** 6, device="cuda"), torch.zeros(10 ** 6, device="cuda"))
-    record(section="check log_zeta", status="ok" if worst < 1e-5 and all_inf == -math.inf else "FAIL",
-           worst_rel_err=f"{worst:.1e}", all_neg_inf=all_inf, partials_count=float(part[3]))
+    record(section="check log_zeta", status="ok" if ok and all_inf == -math.inf else "FAIL",
+           worst_value_rel_err=f"{worst_val:.1e}", worst_grad_rel_err=f"{worst_grad:.1e}",
+           all_neg_inf=all_inf, partials_count=float(part[3]))
+
+
+def sweep_log_zeta(copy_gbs):
+    """Launch shapes of the log_zeta reduction at S = 1e8; the default is reported beside the best."""
+    from owf_kernels.log_zeta_triton import _partials
+    S = 10 ** 8
+    d = torch.randn(S, device="cuda")
+    lq = torch.randn(S, device="cuda")
+    res = []
+    for block in (1024, 2048, 4096):
+        for pps in (4, 8, 16):
+            for warps in (4, 8):
+                ms = bench(lambda: _partials(d, lq, 0.1, block, pps, warps))
+                res.append((ms, block, pps, warps))
+    res.sort()
+    best = res[0]
+    record(section="log_zeta launch sweep (S=1e8)", best=dict(block=best[1], programs_per_sm=best[2], warps=best[3],
+           ms=round(best[0], 4), GBps=round(8 * S / best[0] / 1e6, 1),
+           frac_of_copy=round(8 * S / best[0] / 1e6 / copy_gbs, 3) if copy_gbs else None),
+           all=[(round(r[0], 4), r[1], r[2], r[3]) for r in res])
+
+
+def profile_owf():
+    """Where the host time of one owf layer forward+backward goes (small layer, launch-bound)."""
+    import cProfile
+    import io
+    import pstats
+    t = P.layer_inputs(4096, 256, 256, 1, device="cuda")
+    fn = P.with_backward(P.layer_fn("owf", t), t)
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(200):
+        fn()
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / 200 * 1e3
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(200):
+        fn()
+    torch.cuda.synchronize()
+    pr.disable()
+    buf = io.StringIO()
+    pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(14)
+    print(buf.getvalue()[-3500:])
+    record(section="profile owf layer fwd+bwd (4096x256)", wall_ms_per_call=round(wall, 4))
 
 
 def time_linear_jvp(sizes, compile_ok):
@@ -165,29 +222,29 @@ def time_linear_jvp(sizes, compile_ok):
             row["owf_ms"] = bench(P.with_backward(P.layer_fn("owf", t), t), leaves)
             row["owf_fwd_ms"] = bench(lambda: P.layer_fn("owf", t)())
             row["plain_fwd_ms"] = bench(lambda: P._plain(t, "tanh"))
+            ref = linear_jvp_torch(*[v.detach().double() for v in leaves], "tanh")[1]
+            row["owf_rel_err"] = f"{rel_err(P.layer_fn('owf', t)()[1], ref):.1e}"
             if dtype == torch.float32:
-                os.environ["OWF_KERNELS_FP32_DOT"] = "tf32x3"
+                os.environ["OWF_KERNELS_FP32_DOT"] = "ieee"
                 try:
-                    row["owf_tf32x3_ms"] = bench(P.with_backward(P.layer_fn("owf", t), t), leaves)
-                    y3 = P.layer_fn("owf", t)()[1]
+                    row["owf_ieee_ms"] = bench(P.with_backward(P.layer_fn("owf", t), t), leaves)
                 finally:
                     os.environ.pop("OWF_KERNELS_FP32_DOT")
-                ref = linear_jvp_torch(*[v.detach().double() for v in leaves], "tanh")[1]
-                row["tf32x3_rel_err"] = f"{rel_err(y3, ref):.1e}"
-                row["ieee_rel_err"] = f"{rel_err(P.layer_fn('owf', t)()[1], ref):.1e}"
-            row["func.jvp_ms"] = bench(P.with_backward(P.layer_fn("func.jvp", t), t), leaves)
-            if compile_ok():
+            for prov in ("manual", "func.jvp", "compile", "compile-manual"):
+                if prov.startswith("compile") and not compile_ok():
+                    continue
                 try:
-                    fn = P.with_backward(P.layer_fn("compile", t), t)
+                    fn = P.with_backward(P.layer_fn(prov, t), t)
                     fn()
-                    row["compile_ms"] = bench(fn, leaves)
+                    row[f"{prov}_ms"] = bench(fn, leaves)
                 except Exception as e:
-                    row["compile_ms"] = f"error: {type(e).__name__}"
+                    row[f"{prov}_ms"] = f"error: {type(e).__name__}: {str(e)[:160]}"
             row["owf_TFLOPs"] = flops / row["owf_ms"] / 1e9
             row["speedup_vs_func.jvp"] = row["func.jvp_ms"] / row["owf_ms"]
+            compiled = [row[k] for k in ("compile_ms", "compile-manual_ms") if isinstance(row.get(k), float)]
+            if compiled:
+                row["speedup_vs_best_compile"] = min(compiled) / row["owf_ms"]
             row["owf_over_gemm"] = row["owf_ms"] / row["gemm_ms"]
-            if isinstance(row.get("compile_ms"), float):
-                row["speedup_vs_compile"] = row["compile_ms"] / row["owf_ms"]
             record(**{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
             del t, leaves
 
@@ -219,7 +276,7 @@ def time_generator_steps(compile_ok):
                 fn()
                 row[f"{prov}_ms"] = round(bench(fn), 4)
             except Exception as e:
-                row[f"{prov}_ms"] = f"error: {type(e).__name__}"
+                row[f"{prov}_ms"] = f"error: {type(e).__name__}: {str(e)[:160]}"
         record(**row)
 
 
@@ -252,16 +309,18 @@ def table(rows) -> str:
     lines = []
     lj = [r for r in rows if r.get("section") == "linear_jvp fwd+bwd"]
     if lj:
-        lines += ["### linear_jvp forward+backward (tanh, T = 1, M = 4096), median ms",
-                  "", "| dtype | K=N | owf | owf tf32x3 | func.jvp | compile | GEMMs alone | vs func.jvp | vs compile "
-                  "| owf / GEMMs | owf fwd / plain fwd (ideal 2) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        cols = ["owf", "owf_ieee", "manual", "func.jvp", "compile", "compile-manual", "gemm"]
+        lines += ["### linear_jvp forward+backward (tanh, T = 1, M = 4096), median ms", "",
+                  "| dtype | K=N | " + " | ".join(c if c != "gemm" else "GEMMs alone" for c in cols) +
+                  " | vs func.jvp | vs best compile | owf / GEMMs | owf fwd / plain fwd (ideal 2) | owf rel err |",
+                  "|---|---|" + "---|" * (len(cols) + 5)]
         for r in lj:
-            f = lambda k: (f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "-")))  # noqa: E731
-            vs_c = f"{r['speedup_vs_compile']:.2f}x" if "speedup_vs_compile" in r else "-"
-            lines.append(f"| {r['dtype']} | {r['K']} | {f('owf_ms')} | {f('owf_tf32x3_ms')} | {f('func.jvp_ms')} | "
-                         f"{f('compile_ms')} | {f('gemm_ms')} | {r['speedup_vs_func.jvp']:.2f}x | {vs_c} | "
-                         f"{r['owf_over_gemm']:.2f} | {r['owf_fwd_ms'] / r['plain_fwd_ms']:.2f} |")
+            f = lambda k: (f"{r[k]:.3f}" if isinstance(r.get(k), float) else  # noqa: E731
+                           ("error" if str(r.get(k, "-")).startswith("error") else "-"))
+            vs_c = f"{r['speedup_vs_best_compile']:.2f}x" if "speedup_vs_best_compile" in r else "-"
+            lines.append(f"| {r['dtype']} | {r['K']} | " + " | ".join(f(c + "_ms") for c in cols) +
+                         f" | {r['speedup_vs_func.jvp']:.2f}x | {vs_c} | {r['owf_over_gemm']:.2f} | "
+                         f"{r['owf_fwd_ms'] / r['plain_fwd_ms']:.2f} | {r.get('owf_rel_err', '-')} |")
     lz = [r for r in rows if r.get("section") == "log_zeta fwd"]
     if lz:
         lines += ["", "### log_zeta forward", "", "| S | owf ms | torch.logsumexp ms | GB/s | fraction of copy bandwidth |",
@@ -273,8 +332,12 @@ def table(rows) -> str:
         lines += ["", "### generator step (forward + log-det + backward), median ms", ""]
         for r in gs:
             lines.append(f"- {r['case']}, B = {r['B']}, width {r['width']}: " +
-                         ", ".join(f"{k[:-3]} {v}" for k, v in r.items() if k.endswith("_ms")))
+                         ", ".join(f"{k[:-3]} {v:.3f}" if isinstance(v, float) else f"{k[:-3]} {str(v)[:60]}"
+                                   for k, v in r.items() if k.endswith("_ms")))
     other = [r for r in rows if r.get("section") not in ("linear_jvp fwd+bwd", "log_zeta fwd", "generator step")]
+    lj_err = [f"{r['dtype']} {r['K']} {k}: {v}" for r in lj for k, v in r.items() if str(v).startswith("error")]
+    if lj_err:
+        lines += ["", "errors: " + "; ".join(lj_err[:4])]
     if other:
         lines += ["", "### checks and notes", ""] + [f"- {json.dumps(r)}" for r in other]
     return "\n".join(lines)
@@ -285,6 +348,8 @@ def main():
     ap.add_argument("--budget", type=float, default=420.0, help="seconds before remaining sections are skipped")
     ap.add_argument("--out", default=os.environ.get("OUT", str(HERE / "results")))
     ap.add_argument("--sizes", default="256,512,1024,4096")
+    ap.add_argument("--skip-train", action="store_true", help="skip the short CUDA training run")
+    ap.add_argument("--skip-pytest", action="store_true", help="skip the kernel tests under pytest")
     args = ap.parse_args()
     deadline = T0 + args.budget
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -299,11 +364,14 @@ def main():
     section("check linear_jvp", deadline)(check_linear_jvp)()
     section("check log_zeta", deadline)(check_log_zeta)()
     section("time log_zeta", deadline)(time_log_zeta)(ceil.get("copy_GBps"))
+    section("sweep log_zeta", deadline)(sweep_log_zeta)(ceil.get("copy_GBps"))
+    section("profile owf", deadline)(profile_owf)()
     section("time linear_jvp", deadline)(time_linear_jvp)([int(s) for s in args.sizes.split(",")], compile_ok)
     section("generator steps", deadline)(time_generator_steps)(compile_ok)
-    section("train on cuda", deadline)(train_on_cuda)(args.out)
+    if not args.skip_train:
+        section("train on cuda", deadline)(train_on_cuda)(args.out)
     left = deadline - time.time()
-    if left > 40:
+    if left > 40 and not args.skip_pytest:
         section("pytest on gpu", deadline + 60)(pytest_on_gpu)(int(left + 50))
 
     (Path(args.out) / "gpu_results.json").write_text(json.dumps(RESULTS, indent=1, default=str))

@@ -6,7 +6,9 @@ suite (CPU) and gpu_check.py (GPU). Every provider computes the same thing:
 - generator step: y, log|det J| of an MLP one-way flow, loss = mean(-w·logdet - y.sum(-1)), backward
   into the MLP's parameters. `exact` uses T = n tangents (2D), `jvp1` one tangent (Eq. 9).
 
-Providers: "owf" (owf_kernels.linear_jvp: Triton on CUDA, the fused torch path on CPU), "func.jvp"
+Providers: "owf" (owf_kernels.linear_jvp: Triton on CUDA, the fused torch path on CPU), "manual"
+(F.linear on primal and tangents under autograd, the chain rule by hand), "compile-manual" (its
+torch.compile), "func.jvp"
 (torch.func.jvp of the plain layer / MLP, looped over tangents), "func.jvp+vmap" (vmapped over
 tangents), "forward_ad" (dual tensors), "compile" (torch.compile of the func.jvp path), "jacobian"
 (torch.autograd.functional.jacobian + slogdet, the paper's 2D method), and "gemm" (the same GEMMs
@@ -25,6 +27,10 @@ from owf_kernels import linear_jvp
 
 ACT = {"tanh": torch.tanh, "identity": lambda a: a, "leaky_relu": lambda a: F.leaky_relu(a, 0.2),
        "softplus": F.softplus, "silu": F.silu, "relu": torch.relu, "sigmoid": torch.sigmoid}
+DACT = {"tanh": lambda a, y: 1 - y * y, "identity": lambda a, y: torch.ones_like(a),
+        "leaky_relu": lambda a, y: torch.where(a > 0, 1.0, 0.2), "relu": lambda a, y: (a > 0).to(a.dtype),
+        "softplus": lambda a, y: torch.sigmoid(a), "sigmoid": lambda a, y: y * (1 - y),
+        "silu": lambda a, y: torch.sigmoid(a) * (1 + a * (1 - torch.sigmoid(a)))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,10 +75,20 @@ def layer_fn(provider, t, act="tanh"):
                 outs = [fwAD.unpack_dual(f(fwAD.make_dual(t["x"], t["xd"][i]))) for i in range(T)]
             return outs[0].primal, torch.stack([o.tangent for o in outs])
         return run
+    if provider == "manual":     # the chain rule by hand: F.linear on primal and tangents under autograd
+        return lambda: _manual_layer(t["x"], t["xd"], t["W"], t["b"], act)
     if provider == "compile":
-        fn = torch.compile(layer_fn("func.jvp", t, act), dynamic=False)
-        return fn
+        return torch.compile(layer_fn("func.jvp", t, act), dynamic=False)
+    if provider == "compile-manual":
+        fn = torch.compile(_manual_layer, dynamic=False)
+        return lambda: fn(t["x"], t["xd"], t["W"], t["b"], act)
     raise ValueError(f"unknown provider {provider!r}")
+
+
+def _manual_layer(x, xd, W, b, act):
+    a = F.linear(x, W, b)
+    y = ACT[act](a)
+    return y, DACT[act](a, y) * F.linear(xd, W)        # y_dot = σ'(a) (x_dot Wᵀ)
 
 
 def with_backward(fn, t):

@@ -8,7 +8,7 @@ import pytest
 import providers as P
 from conftest import DEVICE, smoke
 
-PROVIDERS = ["owf", "func.jvp", "func.jvp+vmap", "forward_ad", "compile", "plain", "gemm"]
+PROVIDERS = ["owf", "manual", "func.jvp", "func.jvp+vmap", "forward_ad", "compile", "compile-manual", "plain", "gemm"]
 
 
 def pytest_generate_tests(metafunc):

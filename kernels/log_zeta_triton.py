@@ -122,26 +122,29 @@ def _log_zeta_bwd_kernel(
 # ---------------------------------------------------------------------------------------------
 # Host functions
 # ---------------------------------------------------------------------------------------------
-def _launch_shape(S: int):
+def _launch_shape(S: int, block=None, programs_per_sm=None):
     """(BLOCK, CHUNK, programs): enough programs to fill a GPU, few enough to combine in one launch."""
     if interpreting():
-        BLOCK, max_programs = 256, 8
+        BLOCK, max_programs = block or 256, 8
     else:
-        BLOCK = 1024
-        max_programs = 4 * torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+        BLOCK = block or 1024
+        sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+        max_programs = (programs_per_sm or 4) * sms
     programs = max(1, min(max_programs, triton.cdiv(S, 4 * BLOCK)))
     chunk = triton.cdiv(triton.cdiv(S, programs), BLOCK) * BLOCK
     return BLOCK, chunk, triton.cdiv(S, chunk)
 
 
-def _partials(d, log_q, w):
-    """Per-program partials [P, 3] (fp32) and the log-sum-exp (0-dim fp32)."""
+def _partials(d, log_q, w, block=None, programs_per_sm=None, num_warps=4):
+    """Per-program partials [P, 3] (fp32) and the log-sum-exp (0-dim fp32). The launch shape is
+    a parameter so that benchmarks/gpu_check.py can sweep it."""
     d, log_q = d.contiguous(), log_q.contiguous()
     S = d.numel()
-    BLOCK, CHUNK, P = _launch_shape(S)
+    BLOCK, CHUNK, P = _launch_shape(S, block, programs_per_sm)
     parts = torch.empty((P, 3), dtype=torch.float32, device=d.device)
     lse = torch.empty((), dtype=torch.float32, device=d.device)
-    _log_zeta_partials_kernel[(P,)](d, log_q, parts, lse, S, CHUNK, 1.0 / w, BLOCK=BLOCK, WRITE_LSE=P == 1)
+    _log_zeta_partials_kernel[(P,)](d, log_q, parts, lse, S, CHUNK, 1.0 / w, BLOCK=BLOCK, WRITE_LSE=P == 1,
+                                    num_warps=num_warps)
     if P > 1:
         _log_zeta_combine_kernel[(1,)](parts, lse, P, BLOCK=256)
     return parts, lse
