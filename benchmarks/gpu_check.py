@@ -348,8 +348,8 @@ def main():
     ap.add_argument("--budget", type=float, default=420.0, help="seconds before remaining sections are skipped")
     ap.add_argument("--out", default=os.environ.get("OUT", str(HERE / "results")))
     ap.add_argument("--sizes", default="256,512,1024,4096")
-    ap.add_argument("--skip-train", action="store_true", help="skip the short CUDA training run")
-    ap.add_argument("--skip-pytest", action="store_true", help="skip the kernel tests under pytest")
+    ap.add_argument("--sections", default="ceilings,check_linear_jvp,check_log_zeta,time_log_zeta,sweep_log_zeta,"
+                    "profile,time_linear_jvp,generator,train,pytest", help="comma-separated sections to run")
     args = ap.parse_args()
     deadline = T0 + args.budget
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -360,18 +360,19 @@ def main():
     record(**header)
     compile_ok = lambda: time.time() < deadline - 90  # noqa: E731  (compiles are the slow part)
 
-    ceil = section("ceilings", deadline)(ceilings)() or {}
-    section("check linear_jvp", deadline)(check_linear_jvp)()
-    section("check log_zeta", deadline)(check_log_zeta)()
-    section("time log_zeta", deadline)(time_log_zeta)(ceil.get("copy_GBps"))
-    section("sweep log_zeta", deadline)(sweep_log_zeta)(ceil.get("copy_GBps"))
-    section("profile owf", deadline)(profile_owf)()
-    section("time linear_jvp", deadline)(time_linear_jvp)([int(s) for s in args.sizes.split(",")], compile_ok)
-    section("generator steps", deadline)(time_generator_steps)(compile_ok)
-    if not args.skip_train:
-        section("train on cuda", deadline)(train_on_cuda)(args.out)
+    want = set(args.sections.split(","))
+    run = lambda name, f, *a: section(name, deadline)(f)(*a) if name in want else None  # noqa: E731
+    ceil = run("ceilings", ceilings) or {}
+    run("check_linear_jvp", check_linear_jvp)
+    run("check_log_zeta", check_log_zeta)
+    run("time_log_zeta", time_log_zeta, ceil.get("copy_GBps"))
+    run("sweep_log_zeta", sweep_log_zeta, ceil.get("copy_GBps"))
+    run("profile", profile_owf)
+    run("time_linear_jvp", time_linear_jvp, [int(s) for s in args.sizes.split(",")], compile_ok)
+    run("generator", time_generator_steps, compile_ok)
+    run("train", train_on_cuda, args.out)
     left = deadline - time.time()
-    if left > 40 and not args.skip_pytest:
+    if left > 40 and "pytest" in want:
         section("pytest on gpu", deadline + 60)(pytest_on_gpu)(int(left + 50))
 
     (Path(args.out) / "gpu_results.json").write_text(json.dumps(RESULTS, indent=1, default=str))

@@ -233,6 +233,8 @@ class _LinearJVPTorch(torch.autograd.Function):
 def linear_jvp_torch(x, x_dot, weight, bias=None, activation="identity", negative_slope=0.2):
     """The pure-PyTorch reference; same contract as `linear_jvp`."""
     lead, M, K, N, T = check_inputs(x, x_dot, weight, bias, activation, negative_slope)
+    if x.dim() == 2:       # no reshape/view autograd nodes when there is nothing to reshape
+        return _LinearJVPTorch.apply(x, x_dot, weight, bias, activation, float(negative_slope))
     y, yd = _LinearJVPTorch.apply(x.reshape(M, K), x_dot.reshape(T, M, K), weight, bias,
                                   activation, float(negative_slope))
     return y.view(*lead, N), yd.view(T, *lead, N)
