@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field, fields
 
 from .data import DATASETS
-from .model import G_ACTIVATIONS, LOGDET_METHODS
+from .model import D_ACTIVATIONS, G_ACTIVATIONS, LOGDET_METHODS
 
 LOSSES = ("owf", "wgan", "wgan-gp")
 DEVICES = ("auto", "cpu", "cuda")
@@ -42,6 +42,7 @@ class Config:
     g_hidden: str = _f("128,128", "generator hidden widths (each >= n)")
     g_activation: str = _f("tanh", "generator activation")
     d_hidden: str = _f("128,128", "discriminator hidden widths")
+    d_activation: str = _f("leaky_relu", "discriminator activation")
     d_slope: float = _f(0.2, "LeakyReLU slope of the discriminator")
     spectral_norm: bool = _f(False, "spectral normalisation on D's layers")
     gp: float = _f(10.0, "gradient-penalty weight (wgan-gp only)")
@@ -57,7 +58,7 @@ class Config:
 
     def __post_init__(self):
         choices = {"data": tuple(DATASETS), "loss": LOSSES, "logdet": LOGDET_METHODS,
-                   "g_activation": G_ACTIVATIONS, "device": DEVICES}
+                   "g_activation": G_ACTIVATIONS, "d_activation": tuple(D_ACTIVATIONS), "device": DEVICES}
         for k, allowed in choices.items():
             if getattr(self, k) not in allowed:
                 raise ValueError(f"{k}={getattr(self, k)!r} is not one of {list(allowed)}")
@@ -108,7 +109,7 @@ def build_parser(prog="python -m owf.train") -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description="Train a One-way Flow (or a WGAN baseline) on 2D data.")
     defaults = Config()
     choices = {"data": sorted(DATASETS), "loss": LOSSES, "logdet": LOGDET_METHODS,
-               "g_activation": G_ACTIVATIONS, "device": DEVICES}
+               "g_activation": G_ACTIVATIONS, "d_activation": tuple(D_ACTIVATIONS), "device": DEVICES}
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name) if f.name != "out" else ""

@@ -28,6 +28,8 @@ from owf_kernels import linear_jvp
 
 LOGDET_METHODS = ("exact", "jvp1")
 G_ACTIVATIONS = ("tanh", "leaky_relu", "softplus", "silu", "sigmoid")   # σ' ≠ 0 a.e., so J stays full rank
+D_ACTIVATIONS = {"leaky_relu": nn.LeakyReLU, "silu": nn.SiLU, "softplus": nn.Softplus, "tanh": nn.Tanh,
+                 "elu": nn.ELU, "gelu": nn.GELU}
 
 
 def log_normal(u: torch.Tensor) -> torch.Tensor:
@@ -131,8 +133,11 @@ class Energy(nn.Module):
     r/σ²), which a Lipschitz bound forbids.
     """
 
-    def __init__(self, n: int = 2, hidden=(128, 128), negative_slope: float = 0.2, spectral_norm: bool = False):
+    def __init__(self, n: int = 2, hidden=(128, 128), negative_slope: float = 0.2, spectral_norm: bool = False,
+                 activation: str = "leaky_relu"):
         super().__init__()
+        if activation not in D_ACTIVATIONS:
+            raise ValueError(f"discriminator activation {activation!r}: choose one of {list(D_ACTIVATIONS)}")
         widths = [n, *hidden, 1]
         layers = []
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
@@ -141,7 +146,7 @@ class Energy(nn.Module):
             lin = nn.Linear(a, b, bias=i < len(widths) - 2)
             layers.append(nn.utils.parametrizations.spectral_norm(lin) if spectral_norm else lin)
             if i < len(widths) - 2:
-                layers.append(nn.LeakyReLU(negative_slope))
+                layers.append(nn.LeakyReLU(negative_slope) if activation == "leaky_relu" else D_ACTIVATIONS[activation]())
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ def build(cfg: Config, device: torch.device):
     torch.manual_seed(cfg.seed)                        # parameter initialisation
     G = OneWayFlow(data.dim, hidden=cfg.widths("g_hidden"), activation=cfg.g_activation).to(device)
     D = Energy(data.dim, hidden=cfg.widths("d_hidden"), negative_slope=cfg.d_slope,
-               spectral_norm=cfg.spectral_norm).to(device)
+               spectral_norm=cfg.spectral_norm, activation=cfg.d_activation).to(device)
     G_ema = OneWayFlow(data.dim, hidden=cfg.widths("g_hidden"), activation=cfg.g_activation).to(device)
     G_ema.load_state_dict(G.state_dict())
     G_ema.requires_grad_(False)

@@ -1,0 +1,175 @@
+"""The trained model as a normalised density: P_D(x) = exp(D(x)/w) / ζ  (Eq. 15).
+
+ζ is a constant of D, estimated once by importance sampling (Eq. 2) with many samples and cached
+(Sec. 3.2):   log ζ̂ = log (1/S) Σ_i exp(D(y_i)/w - log p(y_i)),   y_i ~ p,
+with p the generator (its exact density at its own samples, Eq. 10) or N(0, I). The samples are
+streamed in chunks and combined exactly through owf_kernels' partial log-sum-exp, so memory is
+bounded by `batch_size` whatever `num_samples` is.
+
+    model = owf.load("runs/ring-owf-s0")
+    est = model.estimate_log_zeta(10**6)          # log ζ̂, its standard error, the ESS
+    model.cache_log_zeta(est)
+    model.log_prob(x)                             # energy - log ζ̂
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from owf_kernels import LogZetaAccumulator
+
+from .config import Config
+from .data import get_dataset
+from .model import Energy, OneWayFlow, log_normal
+
+PROPOSALS = ("generator", "normal")
+LOW_ESS_FRACTION = 0.01
+
+
+@dataclass
+class ZetaEstimate:
+    log_zeta: float        # log ζ̂
+    se: float              # delta-method standard error of log ζ̂: sqrt(1/ESS - 1/S)
+    ess: float             # Kish effective sample size of the importance weights
+    num_samples: int
+    proposal: str
+    low_ess: bool          # ESS below 1% of the samples: the estimate is not to be trusted
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class OWFModel:
+    """A trained One-way Flow: the generator (a sampler with a known density) and the energy."""
+
+    def __init__(self, G: OneWayFlow, D: Energy, config: Config, log_zeta: dict | None = None,
+                 checkpoint: str | None = None, device="cpu"):
+        self.G, self.D, self.config = G.eval(), D.eval(), config
+        self.w = config.w
+        self.device = torch.device(device)
+        self.checkpoint = checkpoint
+        self.zeta = ZetaEstimate(**log_zeta) if log_zeta else None
+        self.data = get_dataset(config.data)
+
+    # ---- the generator
+    @torch.no_grad()
+    def sample(self, n: int, generator=None) -> torch.Tensor:
+        return self.G.sample(n, generator)
+
+    @torch.no_grad()
+    def sample_with_log_prob(self, n: int, generator=None, method: str = "exact"):
+        """Samples y and log q(y) (Eq. 10). `exact` pushes n tangents; `jvp1` is a training signal only
+        (Eq. 9), not a density, and is refused here."""
+        if method != "exact":
+            raise ValueError(f"method={method!r}: only the exact log-det gives a density for importance sampling")
+        y, log_q, _ = self.G.sample_with_log_prob(n, "exact", generator)
+        return y, log_q
+
+    # ---- the energy and the density
+    @torch.no_grad()
+    def energy(self, x: torch.Tensor) -> torch.Tensor:
+        """D(x)/w: the unnormalised log-density."""
+        return self.D(x.to(self.device, torch.float32)) / self.w
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log P_D(x) = D(x)/w - log ζ̂, with the cached estimate of log ζ."""
+        if self.zeta is None:
+            raise RuntimeError("log ζ has not been estimated yet: call model.cache_log_zeta("
+                               "model.estimate_log_zeta(num_samples)), or run `python -m owf.evaluate RUN_DIR`")
+        return self.energy(x) - self.zeta.log_zeta
+
+    @torch.no_grad()
+    def estimate_log_zeta(self, num_samples: int, proposal: str = "generator", batch_size: int = 65536,
+                          generator: torch.Generator | None = None, progress: bool = False) -> ZetaEstimate:
+        """log ζ̂ from `num_samples` importance samples of `proposal`, in chunks of `batch_size`."""
+        if not isinstance(num_samples, int) or num_samples <= 0:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size!r}")
+        if proposal not in PROPOSALS:
+            raise ValueError(f"proposal={proposal!r}: choose one of {PROPOSALS}")
+        acc = LogZetaAccumulator(1.0)      # on the energy D/w directly
+        bad = 0
+        done = 0
+        with tqdm(total=num_samples, disable=not progress, desc=f"log ζ ({proposal})", unit="sample") as bar:
+            while done < num_samples:
+                n = min(batch_size, num_samples - done)
+                if proposal == "generator":
+                    y, log_p = self.sample_with_log_prob(n, generator)
+                else:
+                    y = torch.randn(n, self.G.n, generator=generator, device=self.device)
+                    log_p = log_normal(y)
+                e = self.energy(y)
+                finite = torch.isfinite(e) & torch.isfinite(log_p)
+                bad += int((~finite).sum())
+                acc.update(e, log_p)
+                done += n
+                bar.update(n)
+        if bad:
+            raise ValueError(f"{bad} of {num_samples} importance samples had a non-finite energy or proposal "
+                             "density; the model is not usable as a density as it stands")
+        log_zeta, se, ess = acc.estimate()
+        est = ZetaEstimate(log_zeta, se, ess, num_samples, proposal, ess < LOW_ESS_FRACTION * num_samples)
+        if est.low_ess:
+            warnings.warn(f"log ζ estimate with ESS {ess:.1f} = {100 * ess / num_samples:.3f}% of {num_samples} "
+                          f"samples (< {100 * LOW_ESS_FRACTION:g}%): the estimate is unreliable", RuntimeWarning,
+                          stacklevel=2)
+        return est
+
+    def cache_log_zeta(self, est: ZetaEstimate, save: bool = True):
+        """Keep `est` for log_prob, and (save=True) write it into the checkpoint atomically."""
+        self.zeta = est
+        if save and self.checkpoint:
+            state = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
+            state["log_zeta"] = est.to_dict()
+            tmp = self.checkpoint + ".tmp"
+            torch.save(state, tmp)
+            os.replace(tmp, self.checkpoint)
+        return self
+
+
+def load(path: str | os.PathLike, device: str = "cpu") -> OWFModel:
+    """A run folder or a checkpoint file -> OWFModel (the EMA generator when the run kept one)."""
+    p = Path(path)
+    ckpt = p / "checkpoint.pt" if p.is_dir() else p
+    if not ckpt.exists():
+        raise FileNotFoundError(f"no checkpoint at {ckpt}: train first (python -m owf.train --out {p})")
+    state = torch.load(ckpt, map_location=device, weights_only=False)
+    cfg = Config(**state["config"])
+    data = get_dataset(cfg.data)
+    G = OneWayFlow(data.dim, hidden=cfg.widths("g_hidden"), activation=cfg.g_activation).to(device)
+    G.load_state_dict(state["G_ema"] if cfg.ema > 0 else state["G"])
+    D = Energy(data.dim, hidden=cfg.widths("d_hidden"), negative_slope=cfg.d_slope,
+               spectral_norm=cfg.spectral_norm, activation=cfg.d_activation).to(device)
+    D.load_state_dict(state["D"])
+    return OWFModel(G, D, cfg, state.get("log_zeta"), str(ckpt), device)
+
+
+def quadrature_log_zeta(model: OWFModel, res: int = 1500, far: float = 4.0, far_res: int = 400) -> dict:
+    """log ∫ exp(energy) over the plane by two Riemann sums: a fine grid on the data's box (cells of
+    about σ/5 or finer) and a coarse one on a box `far` times wider, minus its inner part. Returns
+    the total and the share of the mass outside the data box (which a proposal may never visit)."""
+    from .plots import plane_grid
+    lo, hi = model.data.extent(0.5)
+    h = (hi - lo) / res
+    if h > model.data.std / 4:
+        res = int(math.ceil((hi - lo) / (model.data.std / 4)))
+    pts, area = plane_grid(lo, hi, res)
+    inner = _lse_energy(model, pts) + math.log(area)
+    big_lo, big_hi = far * lo, far * hi
+    pts, area_far = plane_grid(big_lo, big_hi, far_res)
+    outside = ~((pts[:, 0] >= lo) & (pts[:, 0] < hi) & (pts[:, 1] >= lo) & (pts[:, 1] < hi))
+    outer = _lse_energy(model, pts[outside]) + math.log(area_far) if outside.any() else -math.inf
+    total = float(torch.logaddexp(torch.tensor(inner), torch.tensor(outer)))
+    return {"log_zeta": total, "mass_outside_data_box": math.exp(outer - total), "cells": res * res}
+
+
+def _lse_energy(model, pts, chunk=262144) -> float:
+    vals = torch.cat([model.energy(p.float()).double().cpu() for p in pts.split(chunk)])
+    return float(torch.logsumexp(vals, 0))

@@ -1,0 +1,102 @@
+"""The normalised density of a trained model: log ζ estimates, log_prob, owf.evaluate."""
+import json
+import math
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import owf
+from owf.config import Config
+from owf.density import quadrature_log_zeta
+from owf.train import train
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("density") / "ring"
+    train(Config(steps=1500, lr_d=1e-3, lr_g=3e-3, log_every=500, sample_every=10 ** 6, ckpt_every=10 ** 6,
+                 device="cpu", out=str(out)), progress=False)
+    return out
+
+
+def test_log_prob_integrates_to_one_on_a_trained_model(run_dir):
+    model = owf.load(run_dir)
+    est = model.estimate_log_zeta(50_000, generator=torch.Generator().manual_seed(0))
+    model.cache_log_zeta(est, save=False)
+    quad = quadrature_log_zeta(model)                      # log ∫ exp(energy) on a fine grid of the plane
+    integral = math.exp(quad["log_zeta"] - est.log_zeta)   # = ∫ exp(log_prob)
+    assert abs(integral - 1) < 0.02, (integral, est)
+    assert quad["mass_outside_data_box"] < 1e-3
+
+
+def test_estimate_is_chunked_and_reports_its_error(run_dir):
+    model = owf.load(run_dir)
+    a = model.estimate_log_zeta(20_000, batch_size=20_000, generator=torch.Generator().manual_seed(1))
+    b = model.estimate_log_zeta(20_000, batch_size=777, generator=torch.Generator().manual_seed(2))
+    assert a.num_samples == b.num_samples == 20_000
+    assert 0 < a.se < 0.1 and 0 < a.ess <= 20_000
+    assert abs(a.log_zeta - b.log_zeta) < 5 * math.hypot(a.se, b.se)
+    assert abs(a.se - math.sqrt(1 / a.ess - 1 / a.num_samples)) < 1e-12
+
+
+def test_generator_proposal_beats_a_normal_one(run_dir):
+    model = owf.load(run_dir)
+    g = torch.Generator().manual_seed(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gen = [model.estimate_log_zeta(100, generator=g).log_zeta for _ in range(10)]
+        nrm = [model.estimate_log_zeta(100, "normal", generator=g).log_zeta for _ in range(10)]
+    assert torch.tensor(gen).std() * 10 < torch.tensor(nrm).std()
+
+
+def test_log_prob_needs_an_estimate_first(run_dir):
+    model = owf.load(run_dir)
+    model.zeta = None
+    with pytest.raises(RuntimeError, match="estimate_log_zeta"):
+        model.log_prob(torch.zeros(3, 2))
+
+
+def test_bad_requests_are_refused(run_dir):
+    model = owf.load(run_dir)
+    with pytest.raises(ValueError, match="num_samples must be a positive integer, got 0"):
+        model.estimate_log_zeta(0)
+    with pytest.raises(ValueError, match="proposal='data'"):
+        model.estimate_log_zeta(10, "data")
+    real = model.energy
+    model.energy = lambda x: torch.where(torch.arange(len(x)) % 4 == 0, float("inf"), real(x))
+    with pytest.raises(ValueError, match="250 of 1000 importance samples had a non-finite energy"):
+        model.estimate_log_zeta(1000)
+
+
+def test_low_ess_is_flagged(run_dir):
+    model = owf.load(run_dir)
+    model.energy = lambda x: -1e4 * (x * x).sum(1)         # far sharper than the N(0, I) proposal
+    with pytest.warns(RuntimeWarning, match="unreliable"):
+        est = model.estimate_log_zeta(1000, "normal", generator=torch.Generator().manual_seed(0))
+    assert est.low_ess and est.ess < 10
+    model = owf.load(run_dir)
+    assert not model.estimate_log_zeta(1000, generator=torch.Generator().manual_seed(0)).low_ess
+
+
+def test_evaluate_cli(run_dir):
+    p = subprocess.run([sys.executable, "-m", "owf.evaluate", str(run_dir), "--zeta-samples", "20000",
+                        "--convergence-max-s", "300"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    res = json.loads((run_dir / "eval.json").read_text())
+    for k in ("log_zeta", "log_zeta_se", "ess", "num_samples", "modes", "hq", "log_zeta_quadrature", "test_nll",
+              "true_nll"):
+        assert k in res
+    assert abs(res["true_nll"] - (-4.289)) < 0.02            # the ring's entropy: log 8 + log(2πe σ²)
+    for f in ("zeta_convergence.png", "energy_hist.png", "density.png"):
+        assert (run_dir / f).stat().st_size > 0
+    cached = torch.load(run_dir / "checkpoint.pt", weights_only=False)["log_zeta"]
+    assert cached["log_zeta"] == res["log_zeta"]
+    assert owf.load(run_dir).log_prob(torch.zeros(1, 2)).shape == (1,)
+
+
+def test_evaluate_without_a_checkpoint(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "owf.evaluate", str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode == 2 and "no checkpoint at" in p.stderr
