@@ -13,7 +13,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def smoke(config) -> bool:
-    return bool(config.getoption("benchmark_disable"))
+    # --benchmark-enable overrides the --benchmark-disable that pytest.ini sets
+    return bool(config.getoption("benchmark_disable")) and not config.getoption("benchmark_enable")
 
 
 @pytest.fixture
