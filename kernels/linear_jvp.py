@@ -98,7 +98,7 @@ def act_and_slope(a: torch.Tensor, activation: str, negative_slope: float):
         pos = a > 0
         return torch.where(pos, a, a * negative_slope), torch.where(pos, 1.0, negative_slope).to(a.dtype)
     if activation == "tanh":
-        y = torch.tanh(a)
+        y = _tanh_(a.clone())
         return y, 1 - y * y
     if activation == "sigmoid":
         y = torch.sigmoid(a)
@@ -177,7 +177,7 @@ def _forward_torch(h, weight, bias, activation, negative_slope):
     if activation == "identity":
         return A
     if activation == "tanh":
-        a.tanh_()                                               # y
+        _tanh_(a)                                               # y
         ad.mul_(torch.addcmul(_one(a), a, a, value=-1))         # y_dot = (1 - y²) a_dot
         return A
     y, d1 = act_and_slope(a, activation, negative_slope)     # read MN, write 2MN
@@ -186,45 +186,72 @@ def _forward_torch(h, weight, bias, activation, negative_slope):
     return A
 
 
+def _tanh_(a):
+    """tanh in place as 2 sigmoid(2a) - 1, the Triton epilogue's formula: on the 2-core AMD EPYC
+    machines here torch.tanh costs 2.5 ns/element and this 1.6 ns (absolute error ~1e-7)."""
+    return a.mul_(2).sigmoid_().mul_(2).sub_(1)
+
+
 def _one(t):
     return torch.ones((), dtype=t.dtype, device=t.device)
+
+
+def _forward_const_tangents(x, x_dot, weight, bias, activation, negative_slope):
+    """x_dot constant over the batch (stride 0, e.g. the identity tangents of an exact log-det):
+    a_dot[t] = x_dot[t, 0] Wᵀ is one row, broadcast over M, instead of a GEMM over T·M rows."""
+    T, M, K = x_dot.shape
+    a = F.linear(x, weight, bias)                                   # [M, N]
+    ad = F.linear(x_dot[:, 0], weight)                              # [T, N]
+    y, d1 = act_and_slope(a, activation, negative_slope)
+    out = torch.empty((1 + T, M, a.shape[1]), dtype=a.dtype, device=a.device)
+    out[0] = y
+    torch.mul(d1, ad[:, None, :], out=out[1:])                      # y_dot[t] = σ'(a) ⊙ a_dot[t]
+    pre = torch.cat([a[None], ad[:, None, :].expand(T, M, -1)]) if activation == "silu" else None
+    return out, pre
 
 
 class _LinearJVPTorch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, x_dot, weight, bias, activation, negative_slope):
         T, M, K = x_dot.shape
-        h = stack_primal_tangents(x, x_dot)                                 # [1+T, M, K]
-        if activation == "silu":
-            # silu is not invertible from y: keep the pre-activations (a free by-product here)
-            A = F.linear(h, weight)
-            if bias is not None:
-                A[0] += bias
-            y, d1 = act_and_slope(A[0], activation, negative_slope)
-            out = torch.cat([y.unsqueeze(0), A[1:] * d1], 0)
-            ctx.save_for_backward(h, weight, bias, out, A)
+        ctx.const = M > 1 and x_dot.stride(1) == 0
+        if ctx.const:
+            out, pre = _forward_const_tangents(x, x_dot, weight, bias, activation, negative_slope)
+            h = None
         else:
-            out = _forward_torch(h, weight, bias, activation, negative_slope)   # [1+T, M, N]
-            # Saved: the inputs (needed for gx, gW anyway) and the outputs, from which σ' and
-            # σ'' a_dot follow; no pre-activation is kept.
-            ctx.save_for_backward(h, weight, bias, out)
+            h = stack_primal_tangents(x, x_dot)                             # [1+T, M, K]
+            if activation == "silu":
+                # silu is not invertible from y: keep the pre-activations (a free by-product here)
+                pre = F.linear(h, weight)
+                if bias is not None:
+                    pre[0] += bias
+                y, d1 = act_and_slope(pre[0], activation, negative_slope)
+                out = torch.cat([y.unsqueeze(0), pre[1:] * d1], 0)
+            else:
+                out, pre = _forward_torch(h, weight, bias, activation, negative_slope), None   # [1+T, M, N]
+        # Saved: the inputs (needed for gx, gW anyway) and the outputs, from which σ' and σ'' a_dot
+        # follow; pre-activations only for silu.
+        ctx.save_for_backward(x, x_dot, h, weight, bias, out, pre)
         ctx.activation, ctx.negative_slope = activation, negative_slope
         return out[0], out[1:]
 
     @staticmethod
     def backward(ctx, gy, gyd):
-        h, weight, bias, out, *A = ctx.saved_tensors
-        T1, M, K = h.shape
-        N = weight.shape[0]
+        x, x_dot, h, weight, bias, out, pre = ctx.saved_tensors
+        T1, M, N = out.shape
+        K = weight.shape[1]
         G = stack_primal_tangents(gy, gyd)                                 # [1+T, M, N]
-        GA = _grad_preact(G, out, ctx.activation, ctx.negative_slope, A[0] if A else None)
+        GA = _grad_preact(G, out, ctx.activation, ctx.negative_slope, pre)  # [1+T, M, N]
         gx = gxd = gw = gb = None
         GA2 = GA.reshape(T1 * M, N)
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            gh = _mm(GA2, weight).reshape(T1, M, K)                        # [gx; gx_dot] = GA W
+            gh = (GA2 @ weight).view(T1, M, K)                              # [gx; gx_dot] = GA W
             gx, gxd = gh[0], gh[1:]
         if ctx.needs_input_grad[2]:
-            gw = _mm(GA2.t(), h.reshape(T1 * M, K))                         # gW = GAᵀ [x; x_dot]
+            if ctx.const:   # gW = g_aᵀ x + Σ_t (Σ_m g_adot[t, m])ᵀ x_dot[t, 0]
+                gw = _mm(GA[0].t(), x) + GA[1:].sum(1).t() @ x_dot[:, 0]
+            else:           # gW = GAᵀ [x; x_dot]
+                gw = _mm(GA2.t(), h.reshape(T1 * M, K))
         if bias is not None and ctx.needs_input_grad[3]:
             gb = GA[0].sum(0)                                               # gb = Σ_m g_a
         return gx, gxd, gw, gb, None, None

@@ -121,3 +121,22 @@ def test_bfloat16_inputs_accumulate_in_fp32(backend, activation):
     y, yd = linear_jvp(x, xd, W, b, activation)
     assert y.dtype == yd.dtype == torch.bfloat16
     check(x, xd, W, b, activation, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "silu", "leaky_relu"])
+def test_tangents_constant_over_the_batch(backend, activation):
+    """Identity tangents expanded over the batch (stride 0), as in the exact log-det: passed as they
+    are (no copy), with gradients for x, W and b."""
+    x, _, W, b = make(40, 3, 24, 3)
+    xd = torch.eye(3, device=DEVICE).unsqueeze(1).expand(3, 40, 3)
+    assert xd.stride(1) == 0
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, W, b)]
+    y, yd = linear_jvp(leaves[0], xd, leaves[1], leaves[2], activation, SLOPE)
+    ref = [t.detach().double().requires_grad_(True) for t in (x, W, b)]
+    ry, ryd = reference(ref[0], xd.double(), ref[1], ref[2], activation)
+    torch.testing.assert_close(y.double(), ry, atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(yd.double(), ryd, atol=2e-4, rtol=2e-4)
+    g = torch.autograd.grad((yd.double() ** 2).sum() + y.double().sum(), leaves)
+    rg = torch.autograd.grad((ryd ** 2).sum() + ry.sum(), ref)
+    for a, r in zip(g, rg):
+        torch.testing.assert_close(a.double(), r, atol=2e-3, rtol=2e-3)

@@ -81,7 +81,9 @@ def test_dry_run_prints_the_resolved_config():
     p = run_cli("--dry-run", "--data", "grid", "--w", "0.5")
     assert p.returncode == 0
     cfg = json.loads(p.stdout)
-    assert cfg["data"] == "grid" and cfg["w"] == 0.5 and cfg["steps"] == Config().steps
+    assert cfg["data"] == "grid" and cfg["w"] == 0.5
+    from owf.config import DATA_DEFAULTS       # per-data defaults are resolved before printing
+    assert {k: cfg[k] for k in DATA_DEFAULTS["grid"]} == DATA_DEFAULTS["grid"]
     assert cfg["out"] == "runs/grid-owf-s0"
 
 
