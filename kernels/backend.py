@@ -43,6 +43,8 @@ def interpreting() -> bool:
 def use_triton(t: torch.Tensor) -> bool:
     """The one decision each public op makes: run the Triton kernel on tensor `t`'s device?"""
     global _warned
+    if not isinstance(t, torch.Tensor):
+        return False          # the reference's input checks then name the bad argument
     name = backend_name()
     if name == "torch":
         return False

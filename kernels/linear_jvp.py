@@ -123,7 +123,8 @@ def _grad_preact(G, out, activation, negative_slope, A=None):
         sigmoid:  σ' = y (1 - y),     σ'' a_dot = (1 - 2y) ⊙ y_dot
         softplus: σ' = 1 - e^-y,      σ'' a_dot = e^-y ⊙ y_dot
         relu, leaky_relu, identity: σ' from the sign of y (slope ≥ 0), σ'' = 0
-        silu:     not invertible: uses the pre-activations A = [a; a_dot], recomputed by the caller,
+        silu:     not invertible: uses the pre-activations A = [a; a_dot] (kept by the torch path,
+                  where they are a by-product; recomputed by the Triton backward),
                   σ' = s (1 + a (1 - s)), σ'' = s (1 - s) (2 + a (1 - 2s)), s = sigmoid(a).
     """
     y, yd = out[0], out[1:]
@@ -257,14 +258,19 @@ class _LinearJVPTorch(torch.autograd.Function):
         return gx, gxd, gw, gb, None, None
 
 
-def linear_jvp_torch(x, x_dot, weight, bias=None, activation="identity", negative_slope=0.2):
-    """The pure-PyTorch reference; same contract as `linear_jvp`."""
+def apply_layer(fn, x, x_dot, weight, bias, activation, negative_slope):
+    """Validate, flatten to [M, K] / [T, M, K], run the autograd Function `fn`, restore the leading
+    dims. Shared by the torch and Triton paths."""
     lead, M, K, N, T = check_inputs(x, x_dot, weight, bias, activation, negative_slope)
     if x.dim() == 2:       # no reshape/view autograd nodes when there is nothing to reshape
-        return _LinearJVPTorch.apply(x, x_dot, weight, bias, activation, float(negative_slope))
-    y, yd = _LinearJVPTorch.apply(x.reshape(M, K), x_dot.reshape(T, M, K), weight, bias,
-                                  activation, float(negative_slope))
+        return fn.apply(x, x_dot, weight, bias, activation, float(negative_slope))
+    y, yd = fn.apply(x.reshape(M, K), x_dot.reshape(T, M, K), weight, bias, activation, float(negative_slope))
     return y.view(*lead, N), yd.view(T, *lead, N)
+
+
+def linear_jvp_torch(x, x_dot, weight, bias=None, activation="identity", negative_slope=0.2):
+    """The pure-PyTorch reference; same contract as `linear_jvp`."""
+    return apply_layer(_LinearJVPTorch, x, x_dot, weight, bias, activation, negative_slope)
 
 
 # ---------------------------------------------------------------------------------------------

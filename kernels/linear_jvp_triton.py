@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .backend import interpreting
-from .linear_jvp import ACTIVATIONS, check_inputs, stack_primal_tangents
+from .linear_jvp import ACTIVATIONS, apply_layer, stack_primal_tangents
 
 ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}   # identity 0, relu 1, leaky_relu 2, tanh 3, sigmoid 4, softplus 5, silu 6
 TP1_MAX = 8
@@ -332,9 +332,4 @@ class _LinearJVPTriton(torch.autograd.Function):
 
 def linear_jvp_triton(x, x_dot, weight, bias=None, activation="identity", negative_slope=0.2):
     """The Triton path; same contract as `owf_kernels.linear_jvp`."""
-    lead, M, K, N, T = check_inputs(x, x_dot, weight, bias, activation, negative_slope)
-    if x.dim() == 2:       # no reshape/view autograd nodes when there is nothing to reshape
-        return _LinearJVPTriton.apply(x, x_dot, weight, bias, activation, float(negative_slope))
-    y, yd = _LinearJVPTriton.apply(x.reshape(M, K), x_dot.reshape(T, M, K), weight, bias,
-                                   activation, float(negative_slope))
-    return y.view(*lead, N), yd.view(T, *lead, N)
+    return apply_layer(_LinearJVPTriton, x, x_dot, weight, bias, activation, negative_slope)

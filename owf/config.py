@@ -24,7 +24,7 @@ def _f(default, help, kind=None):
 # want a slower discriminator than the grid; the grid gets the longer budget (see README, Results).
 DATA_DEFAULTS = {
     "ring": dict(steps=18000, lr_d=1e-3, lr_g=3e-3, d_activation="leaky_relu"),
-    "grid": dict(steps=50000, lr_d=3e-3, lr_g=3e-3, d_activation="leaky_relu"),
+    "grid": dict(steps=50000, lr_d=3e-3, lr_g=3e-3, d_activation="silu"),
 }
 
 
