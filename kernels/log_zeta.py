@@ -48,16 +48,11 @@ def _log_weights(d, log_q, w):
     return d.to(dt) / w - log_q.to(dt)
 
 
-def _lse_torch(l):
-    """log Σ exp(l) with the all -inf case giving -inf (torch.logsumexp already does)."""
-    return torch.logsumexp(l, 0)
-
-
 class _LogZetaTorch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, d, log_q, w):
         l = _log_weights(d, log_q, w)
-        lse = _lse_torch(l)                                   # saved for backward, as in softmax
+        lse = torch.logsumexp(l, 0)         # all -inf gives -inf; saved for backward, as in softmax
         ctx.save_for_backward(d, log_q, lse)
         ctx.w = w
         return (lse - math.log(l.numel())).to(d.dtype)
@@ -73,6 +68,7 @@ class _LogZetaTorch(torch.autograd.Function):
 
 
 def log_zeta_torch(d, log_q, w=1.0):
+    """The pure-PyTorch reference; same contract as `log_zeta`."""
     check_inputs(d, log_q, w)
     return _LogZetaTorch.apply(d, log_q, float(w))
 
@@ -83,11 +79,10 @@ def log_zeta(d, log_q, w=1.0):
     d: [S] discriminator outputs D(y_i); log_q: [S] log-density of the proposal at y_i; w > 0.
     Returns a 0-dim tensor. Triton on CUDA, the torch reference on CPU (see backend.py).
     """
-    check_inputs(d, log_q, w)
     if use_triton(d):
         from .log_zeta_triton import log_zeta_triton
         return log_zeta_triton(d, log_q, float(w))
-    return _LogZetaTorch.apply(d, log_q, float(w))
+    return log_zeta_torch(d, log_q, w)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,7 +103,6 @@ def log_zeta_partials_torch(d, log_q, w=1.0) -> torch.Tensor:
 
 def log_zeta_partials(d, log_q, w=1.0) -> torch.Tensor:
     """Partials [m, s1, s2, n] (float64) of one chunk; Triton on CUDA, torch on CPU."""
-    check_inputs(d, log_q, w)
     if use_triton(d):
         from .log_zeta_triton import log_zeta_partials_triton
         return log_zeta_partials_triton(d, log_q, float(w))

@@ -177,6 +177,7 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
         rows = [json.loads(l) for l in rows_path.read_text().splitlines()] if rows_path.exists() else []
         rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= start))
     g_params = list(G.parameters())
+    G_eval = G_ema if cfg.ema > 0 else G          # what evaluation and pictures sample from
     stop = cfg.until or cfg.steps
     is_owf = cfg.loss == "owf"
 
@@ -220,7 +221,6 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
 
             # ---- log: losses, log ζ̂, ESS, modes and HQ
             if step % cfg.log_every == 0 or step == stop:
-                G_eval = G_ema if cfg.ema > 0 else G
                 ev, _ = evaluate(G_eval, data, cfg.seed, device)
                 last = dict(step=step, seconds=round(seconds + time.perf_counter() - t0, 2),
                             loss_d=ld, loss_g=lg, modes=ev["modes"], hq=ev["hq"],
@@ -233,11 +233,10 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
                 bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in last.items()
                                  if k in ("loss_d", "loss_g", "log_zeta", "ess", "modes", "hq")})
             if step % cfg.sample_every == 0:
-                write_pictures(run, G_ema if cfg.ema > 0 else G, D, data, cfg, device, dict(last, step=step))
+                write_pictures(run, G_eval, D, data, cfg, device, dict(last, step=step))
             if step % cfg.ckpt_every == 0:
                 checkpoint(step)
     except NonFiniteLoss as e:
-        bar.close()
         kept = run / "checkpoint.pt"
         msg = f"{e}. " + (f"The last good checkpoint is kept in {kept}." if kept.exists()
                           else "No checkpoint had been written yet.")
@@ -249,7 +248,6 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
 
     # ---- save, pictures, final metrics
     checkpoint(step)
-    G_eval = G_ema if cfg.ema > 0 else G
     ev, _ = evaluate(G_eval, data, cfg.seed, device)
     metrics = dict(data=cfg.data, loss=cfg.loss, seed=cfg.seed, out=str(run), steps=step,
                    seconds=round(seconds + time.perf_counter() - t0, 2), modes=ev["modes"],
