@@ -9,13 +9,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def smoke(config) -> bool:
-    # --benchmark-enable overrides the --benchmark-disable that pytest.ini sets
-    return bool(config.getoption("benchmark_disable")) and not config.getoption("benchmark_enable")
-
 
 @pytest.fixture
 def run(benchmark):

@@ -7,7 +7,7 @@
 import pytest
 
 import providers as P
-from conftest import DEVICE, smoke
+from bench_support import DEVICE, smoke
 
 CASES = {"2d-exact": (2, 256, 512, "exact"), "784-jvp1": (784, 784, 256, "jvp1")}
 SMOKE = {"2d-exact": (2, 16, 32, "exact"), "784-jvp1": (16, 16, 8, "jvp1")}

@@ -6,7 +6,7 @@ forward+backward is three times that. extra_info holds flops and the ideal ratio
 import pytest
 
 import providers as P
-from conftest import DEVICE, smoke
+from bench_support import DEVICE, smoke
 
 PROVIDERS = ["owf", "manual", "func.jvp", "func.jvp+vmap", "forward_ad", "compile", "compile-manual", "plain", "gemm"]
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import DEVICE, smoke
+from bench_support import DEVICE, smoke
 from owf_kernels import log_zeta, log_zeta_torch
 
 

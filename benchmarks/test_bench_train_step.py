@@ -6,7 +6,7 @@ step with the generator's tangents from torch.func.jvp, looped over tangents).
 import pytest
 import torch
 
-from conftest import DEVICE, smoke
+from bench_support import DEVICE, smoke
 from owf.config import Config
 from owf.train import build, train_step
 

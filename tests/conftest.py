@@ -9,26 +9,14 @@ import random  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from support import BACKENDS  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def _seed():
     random.seed(0)
     torch.manual_seed(0)
     yield
-
-
-def triton_usable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-# Backends each kernel test runs under: the torch reference always; Triton when it imports
-# (through the interpreter on CPU, natively on a GPU).
-BACKENDS = ["torch"] + (["triton"] if triton_usable() else [])
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture(params=BACKENDS)

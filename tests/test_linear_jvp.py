@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import DEVICE
+from support import DEVICE
 from owf_kernels import ACTIVATIONS, linear_jvp
 
 SLOPE = 0.2

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from conftest import DEVICE
+from support import DEVICE
 from owf_kernels import (LogZetaAccumulator, combine_partials, log_zeta, log_zeta_partials,
                          log_zeta_torch, partials_to_estimate)
 

@@ -12,6 +12,7 @@ import torch
 import owf.train as train_mod
 from owf.config import Config
 from owf.train import NonFiniteLoss, build, main, train
+from support import BACKENDS
 
 TINY = dict(g_hidden="32,32", d_hidden="32,32", batch=64, samples=64, log_every=10, sample_every=1000,
             ckpt_every=10, device="cpu")
@@ -126,7 +127,7 @@ def test_ctrl_c_saves_before_exiting(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["interrupted"] is True
 
 
-@pytest.mark.skipif("triton" not in __import__("conftest").BACKENDS, reason="triton not installed")
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton not installed")
 def test_trains_the_same_under_the_triton_backend(tmp_path, monkeypatch):
     """A short run on the Triton kernels (interpreted on CPU) ends where the torch path ends.
 
@@ -141,11 +142,12 @@ def test_trains_the_same_under_the_triton_backend(tmp_path, monkeypatch):
     train(Config(out=str(tmp_path / "triton"), **kw), progress=False)
     a, b = params(tmp_path / "torch"), params(tmp_path / "triton")
     assert a["step"] == b["step"] == 8
+    # float tolerance: 2e-5 is 0.1% of how far 8 Adam steps at lr 3e-3 move a parameter
     for name in a["G"]:
-        torch.testing.assert_close(a["G"][name], b["G"][name], atol=1e-6, rtol=1e-5, msg=f"G.{name}")
+        torch.testing.assert_close(a["G"][name], b["G"][name], atol=2e-5, rtol=1e-4, msg=f"G.{name}")
     for name in a["D"]:
         if name.endswith("weight"):
-            torch.testing.assert_close(a["D"][name], b["D"][name], atol=1e-6, rtol=1e-5, msg=f"D.{name}")
+            torch.testing.assert_close(a["D"][name], b["D"][name], atol=2e-5, rtol=1e-4, msg=f"D.{name}")
     from owf.data import ring
     from owf.model import Energy
     x = ring().sample(500, torch.Generator().manual_seed(0))
