@@ -42,6 +42,8 @@ class Config:
     batch: int = _f(256, "data points per discriminator step")
     samples: int = _f(256, "S: generator samples per step, the importance samples of log ζ̂")
     n_critic: int = _f(1, "discriminator steps per generator step")
+    ess_gate: float = _f(0.0, "skip a discriminator update when the ESS of its importance weights is below "
+                              "this fraction of S: log ζ̂ is then biased low and D runs ahead of G (0: never)")
     # optimiser
     lr_d: float = _f(None, "discriminator learning rate (Adam; None: per data set)", float)
     lr_g: float = _f(None, "generator learning rate (Adam; None: per data set)", float)
@@ -81,6 +83,8 @@ class Config:
                 raise ValueError(f"{k}={getattr(self, k)} must be positive")
         if not 0 <= self.until <= self.steps:
             raise ValueError(f"until={self.until} must be in [0, steps={self.steps}]")
+        if not 0 <= self.ess_gate < 1:
+            raise ValueError(f"ess_gate={self.ess_gate} must be in [0, 1)")
         if self.w <= 0:
             raise ValueError(f"w={self.w} must be positive")
         if not 0 <= self.ema < 1:

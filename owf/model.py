@@ -50,8 +50,10 @@ def _act(h, activation, negative_slope):
 def logabsdet(jac_cols: torch.Tensor) -> torch.Tensor:
     """log|det J| from tangents y_dot [T=n, B, n], where J[b][:, t] = y_dot[t, b] -> [B]."""
     if jac_cols.shape[0] == 2 and jac_cols.shape[2] == 2:
-        (a, c), (b, d) = jac_cols[0].unbind(-1), jac_cols[1].unbind(-1)   # J = [[a, b], [c, d]]
-        return torch.log(torch.abs(a * d - b * c))
+        # J = [[a, b], [c, d]]; the products are formed in float64: in fp32 a saturated sample's
+        # det can underflow to 0 and make log|det J| = -inf
+        (a, c), (b, d) = jac_cols[0].double().unbind(-1), jac_cols[1].double().unbind(-1)
+        return torch.log(torch.abs(a * d - b * c)).to(jac_cols.dtype)
     return torch.linalg.slogdet(jac_cols.permute(1, 2, 0)).logabsdet
 
 

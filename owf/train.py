@@ -70,9 +70,11 @@ def evaluate(G, data, seed: int, device) -> dict:
 
 def train_step(cfg: Config, data, G, D, G_ema, opt_g, opt_d, gen, g_params, device):
     """One optimisation step: n_critic discriminator updates, then one generator update.
-    Returns (loss_d, loss_g, D(x), D(y), log q(y)) of the last discriminator update."""
+    Returns (loss_d, loss_g, D(x), D(y), log q(y)) of the last discriminator update, and how many
+    discriminator updates the ESS gate skipped."""
     is_owf = cfg.loss == "owf"
     log_q = logdet = None
+    skipped = 0
     # ---- discriminator: n_critic steps; the last one's generator batch serves the G step
     for i in range(cfg.n_critic):
         keep = i == cfg.n_critic - 1
@@ -89,6 +91,9 @@ def train_step(cfg: Config, data, G, D, G_ema, opt_g, opt_d, gen, g_params, devi
             loss_d = wgan_discriminator_loss_eq4(d_x, d_y_d)
             if cfg.loss == "wgan-gp":
                 loss_d = loss_d + cfg.gp * gradient_penalty(D, x, y.detach(), gen)
+        if is_owf and cfg.ess_gate > 0 and effective_sample_size(d_y_d, log_q, cfg.w) < cfg.ess_gate:
+            skipped += 1          # the importance weights have collapsed: let G catch up first
+            continue
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
@@ -106,7 +111,7 @@ def train_step(cfg: Config, data, G, D, G_ema, opt_g, opt_d, gen, g_params, devi
     if cfg.ema > 0:
         with torch.no_grad():
             torch._foreach_lerp_(list(G_ema.parameters()), g_params, 1.0 - cfg.ema)
-    return loss_d, loss_g, d_x, d_y_d, log_q
+    return loss_d, loss_g, d_x, d_y_d, log_q, skipped
 
 
 def save_checkpoint(path: Path, state: dict):
@@ -202,6 +207,7 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
     t0 = time.perf_counter()
     step = start
     last = {}
+    d_skipped = 0           # discriminator updates skipped by the ESS gate since the last log line
     try:
         while step < stop and not interrupted:
             # ---- learning rates: linear decay to 0 over cfg.steps
@@ -209,8 +215,9 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
             opt_d.param_groups[0]["lr"] = cfg.lr_d * scale
             opt_g.param_groups[0]["lr"] = cfg.lr_g * scale
 
-            loss_d, loss_g, d_x, d_y_d, log_q = train_step(cfg, data, G, D, G_ema, opt_g, opt_d, gen, g_params,
-                                                           device)
+            loss_d, loss_g, d_x, d_y_d, log_q, skipped = train_step(cfg, data, G, D, G_ema, opt_g, opt_d, gen,
+                                                                    g_params, device)
+            d_skipped += skipped
 
             # ---- stop on a non-finite loss, keeping the last good checkpoint
             ld, lg = float(loss_d.detach()), float(loss_g.detach())
@@ -228,6 +235,8 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
                 if is_owf:
                     last["log_zeta"] = float(loss_d.detach() + (d_x.detach() / cfg.w).mean())
                     last["ess"] = effective_sample_size(d_y_d, log_q, cfg.w)
+                    last["d_skipped"] = d_skipped
+                    d_skipped = 0
                 with open(rows_path, "a") as f:
                     f.write(json.dumps(last) + "\n")
                 bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in last.items()
