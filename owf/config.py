@@ -23,8 +23,8 @@ def _f(default, help, kind=None):
 # Defaults that differ by data set, for the fields left at None. The ring's narrow modes (σ = 0.01)
 # want a slower discriminator than the grid; the grid gets the longer budget (see README, Results).
 DATA_DEFAULTS = {
-    "ring": dict(steps=18000, lr_d=1e-3, lr_g=3e-3, d_activation="leaky_relu"),
-    "grid": dict(steps=50000, lr_d=3e-3, lr_g=3e-3, d_activation="silu"),
+    "ring": dict(steps=18000, lr_d=1e-3, lr_g=3e-3, d_activation="leaky_relu", ess_gate=0.0),
+    "grid": dict(steps=50000, lr_d=3e-3, lr_g=3e-3, d_activation="silu", ess_gate=0.05),
 }
 
 
@@ -42,8 +42,9 @@ class Config:
     batch: int = _f(256, "data points per discriminator step")
     samples: int = _f(256, "S: generator samples per step, the importance samples of log ζ̂")
     n_critic: int = _f(1, "discriminator steps per generator step")
-    ess_gate: float = _f(0.0, "skip a discriminator update when the ESS of its importance weights is below "
-                              "this fraction of S: log ζ̂ is then biased low and D runs ahead of G (0: never)")
+    ess_gate: float = _f(None, "skip a discriminator update when the ESS of its importance weights is below "
+                               "this fraction of S: log ζ̂ is then biased low and D runs ahead of G "
+                               "(0: never; None: per data set)", float)
     # optimiser
     lr_d: float = _f(None, "discriminator learning rate (Adam; None: per data set)", float)
     lr_g: float = _f(None, "generator learning rate (Adam; None: per data set)", float)
