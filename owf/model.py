@@ -114,6 +114,20 @@ class OneWayFlow(nn.Module):
             return y, torch.log(y_dot[0].norm(dim=-1))         # Eq. 9: log|det J| ≈ log‖Jv‖
         raise ValueError(f"logdet method {method!r}: choose one of {LOGDET_METHODS}")
 
+    @torch.no_grad()
+    def det_sign_fractions(self, u: torch.Tensor) -> tuple[float, float]:
+        """Fractions of the points u [B, n] where det J < 0 and where det J > 0.
+
+        Eq. 10 counts one preimage per sample. That is exact only if g_n is injective. A continuous
+        g_n whose det J takes both signs has a fold curve (det J = 0) and covers the region past it
+        more than once, so there the true q(y) is a sum over preimages and log q from Eq. 10 is
+        too low, and log ζ̂ from Eq. 16 too high. Both fractions clearly above zero is that warning."""
+        B, n = u.shape
+        u_dot = torch.eye(n, dtype=u.dtype, device=u.device).unsqueeze(1).expand(n, B, n)
+        _, y_dot = self.g_n_jvp(u, u_dot)
+        sign = torch.linalg.det(y_dot.permute(1, 2, 0).double()).sign()
+        return float((sign < 0).double().mean()), float((sign > 0).double().mean())
+
     def sample_with_log_prob(self, batch: int, method: str = "exact", generator=None):
         """y [B, n], log q(y) [B] (Eq. 10) and log|det J| [B]."""
         u = self.noise(batch, generator)

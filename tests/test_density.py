@@ -87,7 +87,7 @@ def test_evaluate_cli(run_dir):
     assert p.returncode == 0, p.stderr
     res = json.loads((run_dir / "eval.json").read_text())
     for k in ("log_zeta", "log_zeta_se", "ess", "num_samples", "modes", "hq", "log_zeta_quadrature", "test_nll",
-              "true_nll"):
+              "true_nll", "det_negative_fraction", "det_positive_fraction", "folds"):
         assert k in res
     assert abs(res["true_nll"] - (-4.289)) < 0.02            # the ring's entropy: log 8 + log(2πe σ²)
     for f in ("zeta_convergence.png", "energy_hist.png", "density.png"):

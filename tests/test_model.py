@@ -77,3 +77,19 @@ def test_latent_smaller_than_n():
 def test_energy_shapes_and_spectral_norm():
     D = Energy(2, hidden=(16, 16), spectral_norm=True)
     assert D(torch.randn(5, 2)).shape == (5,)
+
+
+def test_det_sign_fractions_find_a_fold():
+    """y = (tanh u1, tanh(u2 + 1) + c·tanh(1 - u2)): with c = 1, y2 is even in u2, so u and its mirror
+    give one y (not injective) and det J = tanh'(u1)·(sech²(u2 + 1) - sech²(1 - u2)) < 0 exactly
+    where u2 > 0. With c = 0 the map is injective and det J > 0 everywhere."""
+    G = OneWayFlow(2, hidden=(3,), activation="tanh")
+    u = torch.randn(20_000, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        G.layers[0].weight.copy_(torch.tensor([[1.0, 0], [0, 1], [0, -1]]))
+        G.layers[0].bias.copy_(torch.tensor([0.0, 1, 1]))
+        G.layers[1].bias.zero_()
+        for c, expected in ((1.0, ((u[:, 1] > 0).double().mean().item(), (u[:, 1] < 0).double().mean().item())),
+                            (0.0, (0.0, 1.0))):
+            G.layers[1].weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1, c]]))
+            assert G.det_sign_fractions(u) == pytest.approx(expected, abs=1e-12)
