@@ -30,10 +30,10 @@ from owf_kernels import log_zeta as log_zeta_of  # noqa: E402
 
 from .density import OWFModel, load, quadrature_log_zeta  # noqa: E402
 from .metrics import EVAL_POINTS, mode_coverage  # noqa: E402
+from .model import FOLD_CHECK_MAX_N  # noqa: E402
 from .plots import save_density  # noqa: E402
 
 S_GRID = [1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000]
-FOLD_CHECK_MAX_N = 16          # det J of every sample costs n tangents: checked for small n only
 FOLD_CHECK_POINTS = 100_000
 FOLD_TOLERANCE = 1e-3          # both signs of det J on more than this share of samples: a fold
 

@@ -58,6 +58,9 @@ def logabsdet(jac_cols: torch.Tensor) -> torch.Tensor:
     return torch.linalg.slogdet(jac_cols.permute(1, 2, 0)).logabsdet
 
 
+FOLD_CHECK_MAX_N = 16    # det J of every sample costs n tangents: the fold check is for small n only
+
+
 class OneWayFlow(nn.Module):
     """y = g_n([z; r]) with log q(y) on request (Eq. 10)."""
 

@@ -74,7 +74,7 @@ def save_density(path, energy_fn, data, device="cpu", res=400, log_zeta=None, ti
     return lz
 
 
-def save_curves(path, rows, keys=("hq", "ess", "log_zeta")):
+def save_curves(path, rows, keys=("hq", "ess", "log_zeta", "fold")):
     """Training curves from metrics.jsonl rows."""
     keys = [k for k in keys if any(k in r for r in rows)]
     if not keys:

@@ -27,7 +27,7 @@ from .data import get_dataset
 from .losses import (discriminator_loss_eq16, effective_sample_size, generator_loss_eq17,
                      gradient_penalty, wgan_discriminator_loss_eq4, wgan_generator_loss)
 from .metrics import EVAL_POINTS, mode_coverage, mode_histogram
-from .model import Energy, OneWayFlow
+from .model import FOLD_CHECK_MAX_N, Energy, OneWayFlow
 from .plots import save_curves, save_density, save_samples
 
 
@@ -61,11 +61,17 @@ def build(cfg: Config, device: torch.device):
 
 @torch.no_grad()
 def evaluate(G, data, seed: int, device) -> dict:
-    """Modes and HQ on 2,500 points, always from the same latent draws (a stream of its own)."""
+    """Modes and HQ on 2,500 points, always from the same latent draws (a stream of its own), and
+    `fold`: the share of those points where det J has the minority sign (> 0: G is not injective,
+    so Eq. 10's log q is too low there; see OneWayFlow.det_sign_fractions). Small n only."""
     g = torch.Generator(device=device).manual_seed(10_000 + seed)
-    y = G.sample(EVAL_POINTS, g)
+    u = G.noise(EVAL_POINTS, g)
+    y = G.g_n(u)
     modes, hq = mode_coverage(y, data.means, data.std)
-    return {"modes": modes, "hq": hq, "per_mode": mode_histogram(y, data.means, data.std)}, y
+    ev = {"modes": modes, "hq": hq, "per_mode": mode_histogram(y, data.means, data.std)}
+    if G.n <= FOLD_CHECK_MAX_N:
+        ev["fold"] = min(G.det_sign_fractions(u))
+    return ev, y
 
 
 def train_step(cfg: Config, data, G, D, G_ema, opt_g, opt_d, gen, g_params, device):
@@ -231,7 +237,7 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
                 ev, _ = evaluate(G_eval, data, cfg.seed, device)
                 last = dict(step=step, seconds=round(seconds + time.perf_counter() - t0, 2),
                             loss_d=ld, loss_g=lg, modes=ev["modes"], hq=ev["hq"],
-                            lr_scale=scale)
+                            lr_scale=scale, **({"fold": ev["fold"]} if "fold" in ev else {}))
                 if is_owf:
                     last["log_zeta"] = float(loss_d.detach() + (d_x.detach() / cfg.w).mean())
                     last["ess"] = effective_sample_size(d_y_d, log_q, cfg.w)
@@ -261,7 +267,8 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
     metrics = dict(data=cfg.data, loss=cfg.loss, seed=cfg.seed, out=str(run), steps=step,
                    seconds=round(seconds + time.perf_counter() - t0, 2), modes=ev["modes"],
                    max_modes=len(data.means), hq=ev["hq"], per_mode=ev["per_mode"],
-                   finished=step >= cfg.steps, interrupted=bool(interrupted))
+                   finished=step >= cfg.steps, interrupted=bool(interrupted),
+                   **({"fold": ev["fold"]} if "fold" in ev else {}))
     for k in ("loss_d", "loss_g", "log_zeta", "ess"):
         if k in last:
             metrics[k] = last[k]
