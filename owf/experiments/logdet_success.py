@@ -84,7 +84,7 @@ def one_sample_logdet(net, z, g) -> torch.Tensor:
     return torch.log(jv[0].norm(dim=1)).mean()
 
 
-def run_cell(n, depth, networks, steps, batch, lr, seed):
+def run_cell(n, depth, networks, steps, batch, lr, seed, bar=None):
     rng = random.Random(seed)
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -103,6 +103,8 @@ def run_cell(n, depth, networks, steps, batch, lr, seed):
                 cur = true_logdet(net, z).item()
             deltas.append(cur - prev)
             prev = cur
+        if bar is not None:
+            bar.update(1)
     d = torch.tensor(deltas)
     return {"n": n, "depth": depth, "success": float((d > 0).double().mean()), "steps": len(deltas),
             "median_delta": float(d.median()), "deltas": deltas}
@@ -127,9 +129,11 @@ def main(argv=None):
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     cells = []
-    for n in tqdm(sizes, desc="vector sizes"):
-        for depth in depths:
-            cells.append(run_cell(n, depth, a.networks, a.steps, a.batch, a.lr, a.seed + 1000 * n + depth))
+    with tqdm(total=len(sizes) * len(depths) * a.networks, desc="networks", unit="net") as bar:
+        for n in sizes:
+            for depth in depths:
+                bar.set_postfix(n=n, depth=depth)
+                cells.append(run_cell(n, depth, a.networks, a.steps, a.batch, a.lr, a.seed + 1000 * n + depth, bar))
     # table
     lines = [f"Appendix B: success rate (true log|det J| increased after a step of maximising log‖Jv‖), "
              f"{a.networks} networks x {a.steps} steps per cell, lr {a.lr}", "",
