@@ -1,10 +1,17 @@
-"""The trained model as a normalised density: P_D(x) = exp(D(x)/w) / ζ  (Eq. 15).
+"""The trained model as a normalised density: P_D(x) = exp(D(x)/w) / ζ  (Eq. 15) on the data's domain.
 
 ζ is a constant of D, estimated once by importance sampling (Eq. 2) with many samples and cached
 (Sec. 3.2):   log ζ̂ = log (1/S) Σ_i exp(D(y_i)/w - log p(y_i)),   y_i ~ p,
 with p the generator (its exact density at its own samples, Eq. 10) or N(0, I). The samples are
 streamed in chunks and combined exactly through owf_kernels' partial log-sum-exp, so memory is
 bounded by `batch_size` whatever `num_samples` is.
+
+The domain. exp(D/w) need not be integrable over all of R^n: a LeakyReLU energy is piecewise linear
+and nothing in training constrains it away from the data and the generator's samples. On the grid,
+2 of 4 trained energies grew without bound away from the data (ζ over the plane = ∞, so that
+"density" does not exist). P_D is therefore defined on the data's domain, a box (for the 2D
+mixtures the modes' square plus DOMAIN_MARGIN): ζ = ∫_box exp(D/w), and log_prob = -inf outside it.
+An importance sample outside the box has weight 0, which keeps the estimate unbiased for this ζ.
 
     model = owf.load("runs/ring-owf-s0")
     est = model.estimate_log_zeta(10**6)          # log ζ̂, its standard error, the ESS
@@ -30,6 +37,7 @@ from .model import Energy, OneWayFlow, log_normal
 
 PROPOSALS = ("generator", "normal")
 LOW_ESS_FRACTION = 0.01
+DOMAIN_MARGIN = 0.5          # the 2D domain: [-(max |mean| + margin), max |mean| + margin]²
 
 
 @dataclass
@@ -56,6 +64,7 @@ class OWFModel:
         self.checkpoint = checkpoint
         self.zeta = ZetaEstimate(**log_zeta) if log_zeta else None
         self.data = get_dataset(config.data)
+        self.domain = self.data.extent(DOMAIN_MARGIN)     # (lo, hi): the box [lo, hi]^n
 
     # ---- the generator
     @torch.no_grad()
@@ -77,17 +86,26 @@ class OWFModel:
         """D(x)/w: the unnormalised log-density."""
         return self.D(x.to(self.device, torch.float32)) / self.w
 
+    @torch.no_grad()
+    def energy_on_domain(self, x: torch.Tensor) -> torch.Tensor:
+        """D(x)/w inside the domain box, -inf outside it: the unnormalised log P_D."""
+        e = self.energy(x)
+        lo, hi = self.domain
+        inside = ((x >= lo) & (x <= hi)).all(-1).to(e.device)
+        return e.masked_fill(~inside, -math.inf)
+
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log P_D(x) = D(x)/w - log ζ̂, with the cached estimate of log ζ."""
+        """log P_D(x) = D(x)/w - log ζ̂ inside the domain (-inf outside), with the cached log ζ̂."""
         if self.zeta is None:
             raise RuntimeError("log ζ has not been estimated yet: call model.cache_log_zeta("
                                "model.estimate_log_zeta(num_samples)), or run `python -m owf.evaluate RUN_DIR`")
-        return self.energy(x) - self.zeta.log_zeta
+        return self.energy_on_domain(x) - self.zeta.log_zeta
 
     @torch.no_grad()
     def estimate_log_zeta(self, num_samples: int, proposal: str = "generator", batch_size: int = 65536,
                           generator: torch.Generator | None = None, progress: bool = False) -> ZetaEstimate:
-        """log ζ̂ from `num_samples` importance samples of `proposal`, in chunks of `batch_size`."""
+        """log ζ̂ = log (1/S) Σ exp(energy_on_domain(y_i) - log p(y_i)) from `num_samples` samples of
+        `proposal`, in chunks of `batch_size`."""
         if not isinstance(num_samples, int) or num_samples <= 0:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         if batch_size <= 0:
@@ -108,7 +126,7 @@ class OWFModel:
                 e = self.energy(y)
                 finite = torch.isfinite(e) & torch.isfinite(log_p)
                 bad += int((~finite).sum())
-                acc.update(e, log_p)
+                acc.update(self.energy_on_domain(y), log_p)       # outside the domain: weight 0
                 done += n
                 bar.update(n)
         if bad:
@@ -152,11 +170,12 @@ def load(path: str | os.PathLike, device: str = "cpu") -> OWFModel:
 
 
 def quadrature_log_zeta(model: OWFModel, res: int = 1500, far: float = 4.0, far_res: int = 400) -> dict:
-    """log ∫ exp(energy) over the plane by two Riemann sums: a fine grid on the data's box (cells of
-    about σ/5 or finer) and a coarse one on a box `far` times wider, minus its inner part. Returns
-    the total and the share of the mass outside the data box (which a proposal may never visit)."""
+    """log ζ = log ∫_domain exp(energy) by a Riemann sum on a fine grid of the domain box (cells of σ/4
+    or finer). Also, as a diagnostic, log ∫ exp(energy) over a box `far` times wider (a coarse grid
+    outside the domain) and the share of that mass outside the domain: near 1 means the energy
+    grows away from the data and is not normalisable over the plane."""
     from .plots import plane_grid
-    lo, hi = model.data.extent(0.5)
+    lo, hi = model.domain
     h = (hi - lo) / res
     if h > model.data.std / 4:
         res = int(math.ceil((hi - lo) / (model.data.std / 4)))
@@ -167,7 +186,8 @@ def quadrature_log_zeta(model: OWFModel, res: int = 1500, far: float = 4.0, far_
     outside = ~((pts[:, 0] >= lo) & (pts[:, 0] < hi) & (pts[:, 1] >= lo) & (pts[:, 1] < hi))
     outer = _lse_energy(model, pts[outside]) + math.log(area_far) if outside.any() else -math.inf
     total = float(torch.logaddexp(torch.tensor(inner), torch.tensor(outer)))
-    return {"log_zeta": total, "mass_outside_data_box": math.exp(outer - total), "cells": res * res}
+    return {"log_zeta": inner, "log_zeta_wide": total, "mass_outside_domain": math.exp(outer - total),
+            "cells": res * res}
 
 
 def _lse_energy(model, pts, chunk=262144) -> float:

@@ -1,7 +1,9 @@
 """python -m owf.evaluate RUN_DIR [--zeta-samples N]: the trained model as a density.
 
 Estimates log ζ with the generator as proposal, caches it in the checkpoint, and writes eval.json:
-log_zeta, log_zeta_se, ess, num_samples, modes, hq; for 2D data also log_zeta_quadrature,
+log_zeta, log_zeta_se, ess, num_samples, modes, hq; for 2D data also log_zeta_quadrature (on the
+domain box where P_D is defined, see density.py; log_zeta_quadrature_wide and
+energy_mass_outside_domain over a 4x wider box),
 test_nll (fresh data under log_prob), true_nll (the mixture's entropy), and the integral of
 exp(log_prob) over the plane; for n <= 16 the shares of samples where det J < 0 and > 0 (both
 clearly non-zero: the generator folds, and log ζ̂ is biased high). Pictures:
@@ -49,7 +51,7 @@ def log_zeta_samples(model: OWFModel, proposal: str, S: int, g: torch.Generator)
     else:   # the data distribution, with its exact density
         y = model.data.sample(S, g)
         log_p = model.data.log_prob(y).float()
-    return float(log_zeta_of(model.energy(y), log_p, 1.0))
+    return float(log_zeta_of(model.energy_on_domain(y), log_p, 1.0))
 
 
 def zeta_convergence(model, out: Path, quad: float | None, repeats: int = 10, s_max: int = 100_000, seed: int = 0):
@@ -123,12 +125,17 @@ def evaluate_run(run: str, zeta_samples: int = 1_000_000, batch_size: int = 6553
     if model.G.n == 2:
         quad = quadrature_log_zeta(model)
         x = model.data.sample(100_000, torch.Generator().manual_seed(2 * 10 ** 6))
-        res.update(log_zeta_quadrature=quad["log_zeta"], quadrature_mass_outside_data_box=quad["mass_outside_data_box"],
+        res.update(log_zeta_quadrature=quad["log_zeta"], domain=list(model.domain),
+                   log_zeta_quadrature_wide=quad["log_zeta_wide"], energy_mass_outside_domain=quad["mass_outside_domain"],
                    log_zeta_minus_quadrature=est.log_zeta - quad["log_zeta"],
                    integral_of_density=math.exp(quad["log_zeta"] - est.log_zeta),
                    test_nll=float(-model.log_prob(x).double().mean()),
                    true_nll=float(-model.data.log_prob(x).mean()))
         res["nll_gap"] = res["test_nll"] - res["true_nll"]
+        if quad["mass_outside_domain"] > 0.01:
+            warnings.warn(f"{quad['mass_outside_domain']:.1%} of ∫ exp(energy) over a box 4x wider lies outside the "
+                          f"domain {list(model.domain)}: the energy grows away from the data, and P_D is a density "
+                          "only because it is restricted to the domain")
         if abs(res["log_zeta_minus_quadrature"]) > 0.05 + 3 * est.se:
             warnings.warn(f"log ζ̂ = {est.log_zeta:.4f} ± {est.se:.4f} differs from the quadrature value "
                           f"{quad['log_zeta']:.4f} by {res['log_zeta_minus_quadrature']:+.4f}: "
@@ -137,7 +144,7 @@ def evaluate_run(run: str, zeta_samples: int = 1_000_000, batch_size: int = 6553
             conv = zeta_convergence(model, out / "zeta_convergence.png", quad["log_zeta"], s_max=convergence_max_s)
             res["zeta_std_at_S100"] = {p: conv[p][100][1] for p in conv}
             res["energy_mean_train_vs_heldout"] = energy_hist(model, out / "energy_hist.png")
-            save_density(out / "density.png", model.energy, model.data, log_zeta=est.log_zeta,
+            save_density(out / "density.png", model.energy_on_domain, model.data, log_zeta=est.log_zeta,
                          title=f"{model.config.data}: normalised with log ζ̂ = {est.log_zeta:.3f} ± {est.se:.3f} "
                                f"(S = {est.num_samples:,}, generator proposal)")
     (out / "eval.json").write_text(json.dumps(res, indent=2) + "\n")
