@@ -1,0 +1,79 @@
+"""Generator steps timed round-robin: one call of each provider per round, medians over rounds.
+
+    python benchmarks/interleaved.py [--rounds 15] [--threads 2]
+
+pytest-benchmark times one provider after another, so a machine whose speed drifts during the run
+(shared CPUs) skews the ratios between them. Here every round calls each provider once, in turn,
+so drift hits all of them alike; the ratios are what to read. The ops are those of
+test_bench_generator_step.py: the 2D MLP with the exact log-det (B = 512, width 256, T = 2) and the
+784-wide MLP with jvp1 (B = 256), forward + log-det + backward; "gemm" is the same GEMMs alone.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import torch  # noqa: E402
+
+import providers as P  # noqa: E402
+
+CASES = {
+    "2D exact, B=512, width 256": (dict(n=2, width=256), 512, "exact",
+                                   ["owf", "func.jvp", "func.jvp+vmap", "jacobian", "compile"]),
+    "784 jvp1, B=256": (dict(n=784, width=784), 256, "jvp1", ["owf", "func.jvp", "forward_ad", "compile"]),
+}
+
+
+def run_case(name, spec, B, method, providers, rounds):
+    G = P.generator(spec["n"], spec["width"])
+    fns = {}
+    for p in providers:
+        try:
+            fns[p] = P.generator_step_fn(p, G, B, method)
+            fns[p]()                                  # warm-up (and compile)
+        except Exception as e:                        # noqa: BLE001 - report and go on
+            print(f"  {p}: failed ({type(e).__name__}: {str(e).splitlines()[0][:80]})")
+            fns.pop(p, None)
+    fns["gemm"] = P.generator_gemm_fn(G, B, method)
+    for f in fns.values():
+        f()
+    times = {p: [] for p in fns}
+    for _ in range(rounds):
+        for p, f in fns.items():
+            t = time.perf_counter()
+            f()
+            times[p].append(time.perf_counter() - t)
+    med = {p: statistics.median(v) * 1e3 for p, v in times.items()}
+    jvp_best = min(med[p] for p in med if p.startswith("func.jvp")) if any(p.startswith("func.jvp") for p in med) else None
+    print(f"\n{name} ({rounds} rounds, {torch.get_num_threads()} threads)\n")
+    print("| provider | median ms | owf speedup over it | / GEMMs alone |\n|---|---|---|---|")
+    for p in sorted(med, key=med.get):
+        print(f"| {p} | {med[p]:.2f} | {med[p] / med['owf']:.2f}x | {med[p] / med['gemm']:.2f} |")
+    if jvp_best:
+        print(f"\nowf vs the best torch.func.jvp path: {jvp_best / med['owf']:.2f}x; owf / GEMMs alone: "
+              f"{med['owf'] / med['gemm']:.2f}")
+    return med
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    a = p.parse_args(argv)
+    if a.rounds <= 0:
+        p.error(f"--rounds must be positive, got {a.rounds}")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    for name in a.cases:
+        spec, B, method, providers = CASES[name]
+        run_case(name, spec, B, method, providers, a.rounds)
+
+
+if __name__ == "__main__":
+    main()
