@@ -145,7 +145,7 @@ def evaluate_run(run: str, zeta_samples: int = 1_000_000, batch_size: int = 6553
             res["zeta_std_at_S100"] = {p: conv[p][100][1] for p in conv}
             res["energy_mean_train_vs_heldout"] = energy_hist(model, out / "energy_hist.png")
             save_density(out / "density.png", model.energy_on_domain, model.data, log_zeta=est.log_zeta,
-                         title=f"{model.config.data}: normalised with log ζ̂ = {est.log_zeta:.3f} ± {est.se:.3f} "
+                         title=f"{model.config.data}: normalised with log ζ̂ = {est.log_zeta:.3f} ± {est.se:.1g} "
                                f"(S = {est.num_samples:,}, generator proposal)")
     (out / "eval.json").write_text(json.dumps(res, indent=2) + "\n")
     return res
