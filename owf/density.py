@@ -8,7 +8,7 @@ bounded by `batch_size` whatever `num_samples` is.
 
 The domain. exp(D/w) need not be integrable over all of R^n: a LeakyReLU energy is piecewise linear
 and nothing in training constrains it away from the data and the generator's samples. On the grid,
-2 of 4 trained energies grew without bound away from the data (ζ over the plane = ∞, so that
+3 of 5 trained energies grew without bound away from the data (ζ over the plane = ∞, so that
 "density" does not exist). P_D is therefore defined on the data's domain, a box (for the 2D
 mixtures the modes' square plus DOMAIN_MARGIN): ζ = ∫_box exp(D/w), and log_prob = -inf outside it.
 An importance sample outside the box has weight 0, which keeps the estimate unbiased for this ζ.
@@ -86,13 +86,19 @@ class OWFModel:
         """D(x)/w: the unnormalised log-density."""
         return self.D(x.to(self.device, torch.float32)) / self.w
 
+    def in_domain(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., n] -> [...] bool: x lies in the domain box [lo, hi]^n."""
+        lo, hi = self.domain
+        return ((x >= lo) & (x <= hi)).all(-1)
+
+    def _on_domain(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """The energies e = energy(x), set to -inf outside the domain."""
+        return e.masked_fill(~self.in_domain(x).to(e.device), -math.inf)
+
     @torch.no_grad()
     def energy_on_domain(self, x: torch.Tensor) -> torch.Tensor:
         """D(x)/w inside the domain box, -inf outside it: the unnormalised log P_D."""
-        e = self.energy(x)
-        lo, hi = self.domain
-        inside = ((x >= lo) & (x <= hi)).all(-1).to(e.device)
-        return e.masked_fill(~inside, -math.inf)
+        return self._on_domain(x, self.energy(x))
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log P_D(x) = D(x)/w - log ζ̂ inside the domain (-inf outside), with the cached log ζ̂."""
@@ -126,7 +132,7 @@ class OWFModel:
                 e = self.energy(y)
                 finite = torch.isfinite(e) & torch.isfinite(log_p)
                 bad += int((~finite).sum())
-                acc.update(self.energy_on_domain(y), log_p)       # outside the domain: weight 0
+                acc.update(self._on_domain(y, e), log_p)         # outside the domain: weight 0
                 done += n
                 bar.update(n)
         if bad:
@@ -183,7 +189,7 @@ def quadrature_log_zeta(model: OWFModel, res: int = 1500, far: float = 4.0, far_
     inner = _lse_energy(model, pts) + math.log(area)
     big_lo, big_hi = far * lo, far * hi
     pts, area_far = plane_grid(big_lo, big_hi, far_res)
-    outside = ~((pts[:, 0] >= lo) & (pts[:, 0] < hi) & (pts[:, 1] >= lo) & (pts[:, 1] < hi))
+    outside = ~model.in_domain(pts)
     outer = _lse_energy(model, pts[outside]) + math.log(area_far) if outside.any() else -math.inf
     total = float(torch.logaddexp(torch.tensor(inner), torch.tensor(outer)))
     return {"log_zeta": inner, "log_zeta_wide": total, "mass_outside_domain": math.exp(outer - total),

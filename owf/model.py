@@ -103,12 +103,17 @@ class OneWayFlow(nn.Module):
             h, h_dot = linear_jvp(h, h_dot, layer.weight, layer.bias, act, self.negative_slope)
         return h, h_dot
 
+    def jacobian_columns(self, u: torch.Tensor):
+        """y [B, n] and all n columns of J at u [B, n]: the identity tangents (batch-constant, so
+        linear_jvp's first layer takes its broadcast path) pushed through g_n -> y_dot [n, B, n]."""
+        B, n = u.shape
+        return self.g_n_jvp(u, torch.eye(n, dtype=u.dtype, device=u.device).unsqueeze(1).expand(n, B, n))
+
     def logdet(self, u: torch.Tensor, method: str = "exact", generator=None):
         """(y, log|det J| estimate) at u [B, n]."""
         B, n = u.shape
         if method == "exact":
-            u_dot = torch.eye(n, dtype=u.dtype, device=u.device).unsqueeze(1).expand(n, B, n)
-            y, y_dot = self.g_n_jvp(u, u_dot)
+            y, y_dot = self.jacobian_columns(u)
             return y, logabsdet(y_dot)
         if method == "jvp1":
             v = torch.randn(B, n, generator=generator, device=u.device, dtype=u.dtype)
@@ -125,9 +130,7 @@ class OneWayFlow(nn.Module):
         g_n whose det J takes both signs has a fold curve (det J = 0) and covers the region past it
         more than once, so there the true q(y) is a sum over preimages and log q from Eq. 10 is
         too low, and log ζ̂ from Eq. 16 too high. Both fractions clearly above zero is that warning."""
-        B, n = u.shape
-        u_dot = torch.eye(n, dtype=u.dtype, device=u.device).unsqueeze(1).expand(n, B, n)
-        _, y_dot = self.g_n_jvp(u, u_dot)
+        _, y_dot = self.jacobian_columns(u)
         sign = torch.linalg.det(y_dot.permute(1, 2, 0).double()).sign()
         return float((sign < 0).double().mean()), float((sign > 0).double().mean())
 
