@@ -37,6 +37,10 @@ class Config:
     loss: str = _f("owf", "owf: Eq. 16/17; wgan: Eq. 4 with weight clipping; wgan-gp: Eq. 4 + gradient penalty")
     w: float = _f(0.1, "entropy weight of Appendix C.1: P_D = exp(D/w)/ζ")
     logdet: str = _f("exact", "log|det J| estimator: exact (T = n tangents) or jvp1 (Eq. 9)")
+    orient: bool = _f(None, "G's entropy term keeps one orientation of g_n (losses.oriented_logdet): "
+                            "samples whose det J has the minority sign are pulled back through det J = 0 "
+                            "instead of held there, so g_n does not fold (None: on with the exact log-det, "
+                            "which it needs)", bool)
     # schedule
     steps: int = _f(None, "optimisation steps; learning rates decay linearly to 0 over them "
                           "(None: per data set, see DATA_DEFAULTS)", int)
@@ -57,6 +61,8 @@ class Config:
     # networks
     g_hidden: str = _f("128,128", "generator hidden widths (each >= n)")
     g_activation: str = _f("tanh", "generator activation")
+    g_skip: bool = _f(False, "add a learnable linear skip A u to g_n (zero at the start): g_n is then proper, "
+                             "so with one sign of det J (--orient) it is injective and Eq. 10 exact")
     d_hidden: str = _f("128,128", "discriminator hidden widths")
     d_activation: str = _f(None, "discriminator activation (None: per data set)", str)
     d_slope: float = _f(0.2, "LeakyReLU slope of the discriminator")
@@ -88,6 +94,10 @@ class Config:
             raise ValueError(f"until={self.until} must be in [0, steps={self.steps}]")
         if not 0 <= self.ess_gate < 1:
             raise ValueError(f"ess_gate={self.ess_gate} must be in [0, 1)")
+        if self.orient is None:
+            self.orient = self.logdet == "exact"
+        if self.orient and self.logdet != "exact":
+            raise ValueError(f"orient=True needs logdet='exact' (got {self.logdet!r}): jvp1 carries no sign of det J")
         if self.w <= 0:
             raise ValueError(f"w={self.w} must be positive")
         if not 0 <= self.ema < 1:
@@ -133,7 +143,7 @@ def build_parser(prog="python -m owf.train") -> argparse.ArgumentParser:
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.name != "out" else ""
-        shown = "per data set" if default is None else repr(default)
+        shown = ("per data set" if f.name in DATA_DEFAULTS["ring"] else "see above") if default is None else repr(default)
         kw = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {shown})")
         if f.metadata["type"] is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)

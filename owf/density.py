@@ -167,7 +167,7 @@ def load(path: str | os.PathLike, device: str = "cpu") -> OWFModel:
     state = torch.load(ckpt, map_location=device, weights_only=False)
     cfg = Config(**state["config"])
     data = get_dataset(cfg.data)
-    G = OneWayFlow(data.dim, hidden=cfg.widths("g_hidden"), activation=cfg.g_activation).to(device)
+    G = OneWayFlow.from_config(cfg, data.dim).to(device)
     G.load_state_dict(state["G_ema"] if cfg.ema > 0 else state["G"])
     D = Energy(data.dim, hidden=cfg.widths("d_hidden"), negative_slope=cfg.d_slope,
                spectral_norm=cfg.spectral_norm, activation=cfg.d_activation).to(device)

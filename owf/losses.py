@@ -26,6 +26,31 @@ def generator_loss_eq17(d_y, logdet, w: float) -> torch.Tensor:
     return (-w * logdet - d_y).mean()
 
 
+def oriented_logdet(logdet: torch.Tensor, sign: torch.Tensor, margin: float = 3.0) -> torch.Tensor:
+    """An orientation-keeping stand-in for log|det J| in the generator's loss (Eq. 17), for exact
+    log-dets. logdet, sign: log|det J| and sign(det J) [S] -> [S].
+
+    Why: Eq. 10 is the change of variables of an injective g_n. Once g_n folds, det J takes both
+    signs, and -w log|det J| is a barrier at det J = 0 from *both* sides: it holds the fold in
+    place. Here, with s the batch's majority sign and x = s·det J (x > 0 on the majority side),
+
+        f(x) = log x                       for x >= ε      (the paper's term, unchanged)
+        f(x) = log ε - 1 + x/ε             for |x| < ε     (the tangent line of log at ε)
+        f(x) = 2 log ε - 2 - log(-x)       for x <= -ε     (log reflected)
+
+    f is C¹ and increasing everywhere, so a minority sample (x < 0) is pulled towards det J = 0
+    and through it, with the force the entropy term would push it away; on the majority side
+    above ε it is log|det J| exactly. ε = e^-margin · median|det J| of the batch (detached), so it
+    follows the scale of J."""
+    s = torch.where(sign.sum() >= 0, 1.0, -1.0).to(logdet.dtype)
+    minority = s * sign < 0
+    log_eps = logdet.detach().median() - margin
+    near = logdet < log_eps
+    x_over_eps = s * sign * torch.exp(torch.clamp(logdet - log_eps, max=0.0))   # in (-1, 1) where used
+    far = torch.where(minority, 2 * log_eps - 2 - logdet, logdet)
+    return torch.where(near, log_eps - 1 + x_over_eps, far)
+
+
 def wgan_discriminator_loss_eq4(d_x, d_y) -> torch.Tensor:
     """Eq. 4: the one-sample approximation of ζ, i.e. the WGAN critic loss -mean D(x) + mean D(y)."""
     return -d_x.mean() + d_y.mean()

@@ -48,14 +48,21 @@ def _act(h, activation, negative_slope):
     return getattr(torch, activation)(h)         # tanh, sigmoid
 
 
-def logabsdet(jac_cols: torch.Tensor) -> torch.Tensor:
-    """log|det J| from tangents y_dot [T=n, B, n], where J[b][:, t] = y_dot[t, b] -> [B]."""
+def slogdet_cols(jac_cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sign of det J, log|det J|) from tangents y_dot [T=n, B, n], where J[b][:, t] = y_dot[t, b] -> [B], [B]."""
     if jac_cols.shape[0] == 2 and jac_cols.shape[2] == 2:
         # J = [[a, b], [c, d]]; the products are formed in float64: in fp32 a saturated sample's
         # det can underflow to 0 and make log|det J| = -inf
         (a, c), (b, d) = jac_cols[0].double().unbind(-1), jac_cols[1].double().unbind(-1)
-        return torch.log(torch.abs(a * d - b * c)).to(jac_cols.dtype)
-    return torch.linalg.slogdet(jac_cols.permute(1, 2, 0)).logabsdet
+        det = a * d - b * c
+        return det.sign().to(jac_cols.dtype), torch.log(torch.abs(det)).to(jac_cols.dtype)
+    out = torch.linalg.slogdet(jac_cols.permute(1, 2, 0))
+    return out.sign, out.logabsdet
+
+
+def logabsdet(jac_cols: torch.Tensor) -> torch.Tensor:
+    """log|det J| from tangents y_dot [T=n, B, n], where J[b][:, t] = y_dot[t, b] -> [B]."""
+    return slogdet_cols(jac_cols)[1]
 
 
 FOLD_CHECK_MAX_N = 16    # det J of every sample costs n tangents: the fold check is for small n only
@@ -65,7 +72,7 @@ class OneWayFlow(nn.Module):
     """y = g_n([z; r]) with log q(y) on request (Eq. 10)."""
 
     def __init__(self, n: int = 2, d: int | None = None, hidden=(128, 128), activation: str = "tanh",
-                 negative_slope: float = 0.2):
+                 negative_slope: float = 0.2, skip: bool = False):
         super().__init__()
         d = n if d is None else d
         if not 1 <= d <= n:
@@ -79,6 +86,21 @@ class OneWayFlow(nn.Module):
         self.activation, self.negative_slope = activation, negative_slope
         widths = [n, *hidden, n]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        # Optional linear skip: g_n(u) = MLP(u) + A u, A [n, n] learnable, zero at the start.
+        # A bounded activation (tanh) makes the MLP alone bounded, so the Gaussian's tails pile up
+        # at the extreme points of its image and can wrap around them: those points are then covered
+        # more than once although det J never changes sign, and Eq. 10 undercounts q there. With
+        # A u (A non-singular) g_n is proper, and a proper map with det J ≠ 0 everywhere is
+        # injective (Hadamard's global inverse function theorem).
+        self.skip = None
+        if skip:
+            self.skip = nn.Linear(n, n, bias=False)
+            nn.init.zeros_(self.skip.weight)
+
+    @classmethod
+    def from_config(cls, cfg, n: int) -> "OneWayFlow":
+        """The generator a training config (owf.config.Config) describes, for data of dimension n."""
+        return cls(n, hidden=cfg.widths("g_hidden"), activation=cfg.g_activation, skip=cfg.g_skip)
 
     def noise(self, batch: int, generator=None, device=None) -> torch.Tensor:
         """u = [z; r] ~ N(0, I_n) [batch, n] (Eq. 7: z and r are independent standard normals)."""
@@ -92,7 +114,7 @@ class OneWayFlow(nn.Module):
             h = layer(h)
             if i < len(self.layers) - 1:
                 h = _act(h, self.activation, self.negative_slope)
-        return h
+        return h if self.skip is None else h + self.skip(u)
 
     def g_n_jvp(self, u: torch.Tensor, u_dot: torch.Tensor):
         """The network with tangents: u [B, n], u_dot [T, B, n] -> y [B, n], y_dot [T, B, n]."""
@@ -101,6 +123,9 @@ class OneWayFlow(nn.Module):
         for i, layer in enumerate(self.layers):
             act = "identity" if i == last else self.activation
             h, h_dot = linear_jvp(h, h_dot, layer.weight, layer.bias, act, self.negative_slope)
+        if self.skip is not None:                       # + (A u, A u_dot)
+            s, s_dot = linear_jvp(u, u_dot, self.skip.weight, None, "identity")
+            h, h_dot = h + s, h_dot + s_dot
         return h, h_dot
 
     def jacobian_columns(self, u: torch.Tensor):
@@ -109,12 +134,15 @@ class OneWayFlow(nn.Module):
         B, n = u.shape
         return self.g_n_jvp(u, torch.eye(n, dtype=u.dtype, device=u.device).unsqueeze(1).expand(n, B, n))
 
-    def logdet(self, u: torch.Tensor, method: str = "exact", generator=None):
-        """(y, log|det J| estimate) at u [B, n]."""
+    def logdet(self, u: torch.Tensor, method: str = "exact", generator=None, signed: bool = False):
+        """(y, log|det J| estimate) at u [B, n]; with signed=True (exact only) also the sign of det J [B]."""
         B, n = u.shape
         if method == "exact":
             y, y_dot = self.jacobian_columns(u)
-            return y, logabsdet(y_dot)
+            sign, ld = slogdet_cols(y_dot)
+            return (y, ld, sign) if signed else (y, ld)
+        if signed:
+            raise ValueError("signed=True needs method='exact': jvp1's ‖Jv‖ carries no sign of det J")
         if method == "jvp1":
             v = torch.randn(B, n, generator=generator, device=u.device, dtype=u.dtype)
             v = v / v.norm(dim=-1, keepdim=True)              # uniform on S^{n-1}
@@ -131,14 +159,14 @@ class OneWayFlow(nn.Module):
         more than once, so there the true q(y) is a sum over preimages and log q from Eq. 10 is
         too low, and log ζ̂ from Eq. 16 too high. Both fractions clearly above zero is that warning."""
         _, y_dot = self.jacobian_columns(u)
-        sign = torch.linalg.det(y_dot.permute(1, 2, 0).double()).sign()
+        sign, _ = slogdet_cols(y_dot.double())
         return float((sign < 0).double().mean()), float((sign > 0).double().mean())
 
-    def sample_with_log_prob(self, batch: int, method: str = "exact", generator=None):
-        """y [B, n], log q(y) [B] (Eq. 10) and log|det J| [B]."""
+    def sample_with_log_prob(self, batch: int, method: str = "exact", generator=None, signed: bool = False):
+        """y [B, n], log q(y) [B] (Eq. 10) and log|det J| [B]; with signed=True also sign(det J) [B]."""
         u = self.noise(batch, generator)
-        y, ld = self.logdet(u, method, generator)
-        return y, log_normal(u) - ld, ld
+        y, ld, *sign = self.logdet(u, method, generator, signed)
+        return (y, log_normal(u) - ld, ld, *sign)
 
     @torch.no_grad()
     def sample(self, batch: int, generator=None) -> torch.Tensor:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .config import RESUMABLE, Config, parse_args
 from .data import get_dataset
 from .losses import (discriminator_loss_eq16, effective_sample_size, generator_loss_eq17,
-                     gradient_penalty, wgan_discriminator_loss_eq4, wgan_generator_loss)
+                     gradient_penalty, oriented_logdet, wgan_discriminator_loss_eq4, wgan_generator_loss)
 from .metrics import EVAL_POINTS, mode_coverage, mode_histogram
 from .model import FOLD_CHECK_MAX_N, Energy, OneWayFlow
 from .plots import save_curves, save_density, save_samples
@@ -47,10 +47,10 @@ def build(cfg: Config, device: torch.device):
     """Data, networks, optimisers and the one random stream every sample is drawn from."""
     data = get_dataset(cfg.data)
     torch.manual_seed(cfg.seed)                        # parameter initialisation
-    G = OneWayFlow(data.dim, hidden=cfg.widths("g_hidden"), activation=cfg.g_activation).to(device)
+    G = OneWayFlow.from_config(cfg, data.dim).to(device)
     D = Energy(data.dim, hidden=cfg.widths("d_hidden"), negative_slope=cfg.d_slope,
                spectral_norm=cfg.spectral_norm, activation=cfg.d_activation).to(device)
-    G_ema = OneWayFlow(data.dim, hidden=cfg.widths("g_hidden"), activation=cfg.g_activation).to(device)
+    G_ema = OneWayFlow.from_config(cfg, data.dim).to(device)
     G_ema.load_state_dict(G.state_dict())
     G_ema.requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), fused=True)
@@ -86,7 +86,7 @@ def train_step(cfg: Config, data, G, D, G_ema, opt_g, opt_d, gen, g_params, devi
         keep = i == cfg.n_critic - 1
         with torch.set_grad_enabled(keep):
             if is_owf:
-                y, log_q, logdet = G.sample_with_log_prob(cfg.samples, cfg.logdet, gen)
+                y, log_q, logdet, *sign = G.sample_with_log_prob(cfg.samples, cfg.logdet, gen, cfg.orient)
             else:
                 y = G(G.noise(cfg.samples, gen))
         x = data.sample(cfg.batch, gen, device)
@@ -110,6 +110,8 @@ def train_step(cfg: Config, data, G, D, G_ema, opt_g, opt_d, gen, g_params, devi
 
     # ---- generator: Eq. 17 (or the WGAN loss); gradients for G's parameters only
     d_y = D(y)
+    if is_owf and cfg.orient:
+        logdet = oriented_logdet(logdet, sign[0])     # log|det J| on the majority side, reflected on the other
     loss_g = generator_loss_eq17(d_y, logdet, cfg.w) if is_owf else wgan_generator_loss(d_y)
     for p, g in zip(g_params, torch.autograd.grad(loss_g, g_params)):
         p.grad = g.contiguous()       # fused Adam reads grads in the parameter's layout

@@ -99,6 +99,11 @@ def test_bad_data_and_flags_list_the_choices():
     assert p.returncode == 2 and "g_hidden='64,x'" in p.stderr
 
 
+def test_orient_needs_the_exact_logdet():
+    with pytest.raises(ValueError, match="orient=True needs logdet='exact' \\(got 'jvp1'\\)"):
+        Config(logdet="jvp1", orient=True)
+
+
 def test_existing_folder_is_refused(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
