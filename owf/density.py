@@ -13,6 +13,16 @@ and nothing in training constrains it away from the data and the generator's sam
 mixtures the modes' square plus DOMAIN_MARGIN): ζ = ∫_box exp(D/w), and log_prob = -inf outside it.
 An importance sample outside the box has weight 0, which keeps the estimate unbiased for this ζ.
 
+Signed weights. Eq. 10 counts one preimage per sample, so where g_n covers a region k times the
+plain estimator counts ∫ exp(D/w) there k times. If g_n folds (det J takes both signs), the sheets
+over a folded region alternate in orientation, and the signed count Σ_preimages sign(det J) is the
+degree of g_n, which is the same (±1) everywhere for a proper g_n (e.g. with `--g-skip`). So
+weighting each generator sample by sign(det J) makes the estimator unbiased despite folds:
+|(1/S) Σ sign_i exp(D(y_i)/w - log q(y_i))| = |∫ deg·exp(D/w)| = ζ. That is
+the default (`signed=True`); with no minority samples it is the plain estimator. It cannot undo
+a region covered twice with one orientation (the tails of a bounded g_n wrapping around the
+extreme points of its image), which needs a proper g_n.
+
     model = owf.load("runs/ring-owf-s0")
     est = model.estimate_log_zeta(10**6)          # log ζ̂, its standard error, the ESS
     model.cache_log_zeta(est)
@@ -29,7 +39,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from owf_kernels import LogZetaAccumulator
+from owf_kernels import LogZetaAccumulator, partials_to_estimate
 
 from .config import Config
 from .data import get_dataset
@@ -53,6 +63,31 @@ class ZetaEstimate:
         return asdict(self)
 
 
+def signed_estimate(pos: torch.Tensor, neg: torch.Tensor):
+    """(log ζ̂, se, ESS) of signed importance weights: +w_i where det J > 0, -w_i where det J < 0,
+    from the two sides' partials [m, s1, s2, n] (owf_kernels.log_zeta_partials; each side's n counts
+    all samples, the other side's as weight 0). g_n's orientation (its degree, ±1) is the side with
+    the larger total: the estimate is |Σ± w| (a count of samples would not do: y = u³ - 3u has
+    det < 0 on 68% of a normal u, yet degree +1). With M = max(m), S_± = s1_± e^(m_± - M):
+
+        ζ̂ = e^M |S_+ - S_-| / n = e^M μ,      E[w²] = e^2M (s2_+ e^(2(m_+ - M)) + s2_- e^(2(m_- - M))) / n
+        se(log ζ̂) = sqrt((E[w²] - μ²)/n) / μ,       ESS = (Σ s_i w_i)² / Σ w_i²
+
+    which is owf_kernels.partials_to_estimate when one side is empty; nan when the sides cancel."""
+    if float(neg[1]) == 0.0 or float(pos[1]) == 0.0:
+        return partials_to_estimate(pos if float(neg[1]) == 0.0 else neg)
+    mp, s1p, s2p, n = (float(v) for v in pos)
+    mn, s1n, s2n, _ = (float(v) for v in neg)
+    M = max(mp, mn)
+    S = abs(s1p * math.exp(mp - M) - s1n * math.exp(mn - M))
+    if S == 0.0:
+        return math.nan, math.nan, 0.0
+    S2 = s2p * math.exp(2 * (mp - M)) + s2n * math.exp(2 * (mn - M))
+    mu = S / n
+    se = math.sqrt(max(S2 / n - mu * mu, 0.0) / n) / mu
+    return M + math.log(mu), se, S * S / S2
+
+
 class OWFModel:
     """A trained One-way Flow: the generator (a sampler with a known density) and the energy."""
 
@@ -72,13 +107,13 @@ class OWFModel:
         return self.G.sample(n, generator)
 
     @torch.no_grad()
-    def sample_with_log_prob(self, n: int, generator=None, method: str = "exact"):
-        """Samples y and log q(y) (Eq. 10). `exact` pushes n tangents; `jvp1` is a training signal only
-        (Eq. 9), not a density, and is refused here."""
+    def sample_with_log_prob(self, n: int, generator=None, method: str = "exact", signed: bool = False):
+        """Samples y and log q(y) (Eq. 10), and with signed=True sign(det J) [n]. `exact` pushes n
+        tangents; `jvp1` is a training signal only (Eq. 9), not a density, and is refused here."""
         if method != "exact":
             raise ValueError(f"method={method!r}: only the exact log-det gives a density for importance sampling")
-        y, log_q, _ = self.G.sample_with_log_prob(n, "exact", generator)
-        return y, log_q
+        y, log_q, _, sign = self.G.sample_with_log_prob(n, "exact", generator, signed=True)
+        return (y, log_q, sign) if signed else (y, log_q)
 
     # ---- the energy and the density
     @torch.no_grad()
@@ -109,36 +144,44 @@ class OWFModel:
 
     @torch.no_grad()
     def estimate_log_zeta(self, num_samples: int, proposal: str = "generator", batch_size: int = 65536,
-                          generator: torch.Generator | None = None, progress: bool = False) -> ZetaEstimate:
-        """log ζ̂ = log (1/S) Σ exp(energy_on_domain(y_i) - log p(y_i)) from `num_samples` samples of
-        `proposal`, in chunks of `batch_size`."""
+                          generator: torch.Generator | None = None, progress: bool = False,
+                          signed: bool = True) -> ZetaEstimate:
+        """log ζ̂ = log (1/S) Σ s_i exp(energy_on_domain(y_i) - log p(y_i)) from `num_samples` samples of
+        `proposal`, in chunks of `batch_size`; s_i = sign(det J) for the generator with signed=True
+        (see the module's "Signed weights"; then the absolute value of the sum), else 1."""
         if not isinstance(num_samples, int) or num_samples <= 0:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size!r}")
         if proposal not in PROPOSALS:
             raise ValueError(f"proposal={proposal!r}: choose one of {PROPOSALS}")
-        acc = LogZetaAccumulator(1.0)      # on the energy D/w directly
+        # on the energy D/w directly; generator samples by the sign of det J (see "Signed weights")
+        acc = {+1: LogZetaAccumulator(1.0), -1: LogZetaAccumulator(1.0)}
+        signed = signed and proposal == "generator"
         bad = 0
         done = 0
         with tqdm(total=num_samples, disable=not progress, desc=f"log ζ ({proposal})", unit="sample") as bar:
             while done < num_samples:
                 n = min(batch_size, num_samples - done)
                 if proposal == "generator":
-                    y, log_p = self.sample_with_log_prob(n, generator)
+                    y, log_p, sign = self.sample_with_log_prob(n, generator, signed=True)
                 else:
                     y = torch.randn(n, self.G.n, generator=generator, device=self.device)
-                    log_p = log_normal(y)
+                    log_p, sign = log_normal(y), torch.ones(n, device=self.device)
                 e = self.energy(y)
                 finite = torch.isfinite(e) & torch.isfinite(log_p)
                 bad += int((~finite).sum())
-                acc.update(self._on_domain(y, e), log_p)         # outside the domain: weight 0
+                e = self._on_domain(y, e)                           # outside the domain: weight 0
+                if not signed:
+                    sign = torch.ones_like(e)
+                for k in (+1, -1):
+                    acc[k].update(e.masked_fill((sign * k <= 0).to(e.device), -math.inf), log_p)
                 done += n
                 bar.update(n)
         if bad:
             raise ValueError(f"{bad} of {num_samples} importance samples had a non-finite energy or proposal "
                              "density; the model is not usable as a density as it stands")
-        log_zeta, se, ess = acc.estimate()
+        log_zeta, se, ess = signed_estimate(acc[+1].partials, acc[-1].partials)
         est = ZetaEstimate(log_zeta, se, ess, num_samples, proposal, ess < LOW_ESS_FRACTION * num_samples)
         if est.low_ess:
             warnings.warn(f"log ζ estimate with ESS {ess:.1f} = {100 * ess / num_samples:.3f}% of {num_samples} "
