@@ -183,3 +183,16 @@ def test_signed_weights_undo_a_fold(run_dir):
     plain = model.estimate_log_zeta(400_000, generator=torch.Generator().manual_seed(1), signed=False)
     assert abs(signed.log_zeta - exact) < 4 * signed.se + 1e-3, (signed, exact)
     assert plain.log_zeta - exact > 0.5, (plain, exact)             # folded region counted 3 times
+
+
+def test_zeta_by_mode_splits_both_estimates(run_dir):
+    """The per-mode shares add up (in log space) to the whole quadrature and to a whole importance
+    estimate from the same generator stream."""
+    from owf.experiments.zeta_by_mode import zeta_by_mode
+    rows = zeta_by_mode(run_dir, samples=60_000, chunk=20_000)
+    assert len(rows) == 8
+    quad = torch.logsumexp(torch.tensor([q for _, _, q in rows], dtype=torch.float64), 0)
+    assert float(quad) == pytest.approx(quadrature_log_zeta(owf.load(run_dir))["log_zeta"], abs=1e-9)
+    is_total = float(torch.logsumexp(torch.tensor([i for _, i, _ in rows], dtype=torch.float64), 0))
+    est = owf.load(run_dir).estimate_log_zeta(60_000, batch_size=20_000, generator=torch.Generator().manual_seed(0))
+    assert is_total == pytest.approx(est.log_zeta, abs=1e-6)
