@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from owf_kernels import LogZetaAccumulator, partials_to_estimate
+from owf_kernels import combine_partials, log_zeta_partials, partials_to_estimate
 
 from .config import Config
 from .data import get_dataset
@@ -61,6 +61,14 @@ class ZetaEstimate:
 
     def to_dict(self):
         return asdict(self)
+
+
+def signed_partials(log_w: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """Partials [2, 4] (owf_kernels.log_zeta_partials) of the log weights log_w [S] of the samples with
+    sign > 0 (row 0) and sign < 0 (row 1); every other sample counts as weight 0 on that side."""
+    sign = sign.to(log_w.device)
+    return torch.stack([log_zeta_partials(log_w.masked_fill(sign * k <= 0, -math.inf), torch.zeros_like(log_w))
+                        for k in (1, -1)])
 
 
 def signed_estimate(pos: torch.Tensor, neg: torch.Tensor):
@@ -156,7 +164,7 @@ class OWFModel:
         if proposal not in PROPOSALS:
             raise ValueError(f"proposal={proposal!r}: choose one of {PROPOSALS}")
         # on the energy D/w directly; generator samples by the sign of det J (see "Signed weights")
-        acc = {+1: LogZetaAccumulator(1.0), -1: LogZetaAccumulator(1.0)}
+        parts = torch.tensor([[-math.inf, 0.0, 0.0, 0.0]] * 2, dtype=torch.float64)     # (+, -) partials
         signed = signed and proposal == "generator"
         bad = 0
         done = 0
@@ -174,14 +182,14 @@ class OWFModel:
                 e = self._on_domain(y, e)                           # outside the domain: weight 0
                 if not signed:
                     sign = torch.ones_like(e)
-                for k in (+1, -1):
-                    acc[k].update(e.masked_fill((sign * k <= 0).to(e.device), -math.inf), log_p)
+                new = signed_partials(e - log_p.to(e.device), sign).cpu()
+                parts = torch.stack([combine_partials([parts[i], new[i]]) for i in range(2)])
                 done += n
                 bar.update(n)
         if bad:
             raise ValueError(f"{bad} of {num_samples} importance samples had a non-finite energy or proposal "
                              "density; the model is not usable as a density as it stands")
-        log_zeta, se, ess = signed_estimate(acc[+1].partials, acc[-1].partials)
+        log_zeta, se, ess = signed_estimate(*parts)
         est = ZetaEstimate(log_zeta, se, ess, num_samples, proposal, ess < LOW_ESS_FRACTION * num_samples)
         if est.low_ess:
             warnings.warn(f"log ζ estimate with ESS {ess:.1f} = {100 * ess / num_samples:.3f}% of {num_samples} "

@@ -29,9 +29,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from owf_kernels import log_zeta as log_zeta_of  # noqa: E402
-from owf_kernels import log_zeta_partials  # noqa: E402
 
-from .density import OWFModel, load, quadrature_log_zeta, signed_estimate  # noqa: E402
+from .density import OWFModel, load, quadrature_log_zeta, signed_estimate, signed_partials  # noqa: E402
 from .metrics import EVAL_POINTS, mode_coverage  # noqa: E402
 from .model import FOLD_CHECK_MAX_N  # noqa: E402
 from .plots import save_density  # noqa: E402
@@ -46,9 +45,7 @@ def log_zeta_samples(model: OWFModel, proposal: str, S: int, g: torch.Generator)
     """One estimate log ζ̂(S) with S samples of `proposal` (generator | normal | data)."""
     if proposal == "generator":       # signed weights, as estimate_log_zeta (see owf.density)
         y, log_p, sign = model.sample_with_log_prob(S, g, signed=True)
-        e = model.energy_on_domain(y)
-        parts = [log_zeta_partials(e.masked_fill(sign * k <= 0, -math.inf), log_p, 1.0) for k in (1, -1)]
-        return signed_estimate(*parts)[0]
+        return signed_estimate(*signed_partials(model.energy_on_domain(y) - log_p, sign))[0]
     elif proposal == "normal":
         y = torch.randn(S, model.G.n, generator=g)
         log_p = -0.5 * (y * y).sum(1) - 0.5 * y.shape[1] * math.log(2 * math.pi)

@@ -15,8 +15,9 @@ import sys
 
 import torch
 
-from ..density import load
-from ..model import log_normal
+from owf_kernels import combine_partials
+
+from ..density import load, signed_estimate, signed_partials
 from ..plots import plane_grid
 
 
@@ -27,27 +28,19 @@ def zeta_by_mode(run, samples: int = 1_000_000, seed: int = 0, chunk: int = 100_
     means = model.data.means.double()
     K = len(means)
     g = torch.Generator().manual_seed(seed)
-    pos, neg = [[] for _ in range(K)], [[] for _ in range(K)]
+    parts = torch.tensor([[[-math.inf, 0.0, 0.0, 0.0]] * 2] * K, dtype=torch.float64)   # [K, (+, -), 4]
     for start in range(0, samples, chunk):
-        n = min(chunk, samples - start)
-        u = model.G.noise(n, g)
-        y, ld, sign = model.G.logdet(u, "exact", signed=True)
-        lw = model.energy_on_domain(y).double() - (log_normal(u) - ld).double()
+        y, log_q, sign = model.sample_with_log_prob(min(chunk, samples - start), g, signed=True)
+        log_w = model.energy_on_domain(y).double() - log_q.double()
         near = torch.cdist(y.double(), means).argmin(1)
         for k in range(K):
-            pos[k].append(lw[(near == k) & (sign > 0)])
-            neg[k].append(lw[(near == k) & (sign < 0)])
-    rows = []
+            new = signed_partials(log_w.masked_fill(near != k, -math.inf), sign)
+            parts[k] = torch.stack([combine_partials([parts[k, i], new[i]]) for i in range(2)])
     pts, area = plane_grid(*model.domain, res)
     E = torch.cat([model.energy(p.float()).double() for p in pts.split(262_144)])
     nq = torch.cat([torch.cdist(p.double(), means).argmin(1) for p in pts.split(262_144)])
-    for k in range(K):
-        lp, ln = (torch.logsumexp(torch.cat(v[k]), 0) for v in (pos, neg))
-        hi, lo = torch.maximum(lp, ln), torch.minimum(lp, ln)
-        is_k = float(hi + torch.log1p(-torch.exp(lo - hi))) if torch.isfinite(lo) else float(hi)
-        rows.append((means[k].tolist(), is_k - math.log(samples),
-                     float(torch.logsumexp(E[nq == k], 0)) + math.log(area)))
-    return rows
+    return [(means[k].tolist(), signed_estimate(*parts[k])[0],
+             float(torch.logsumexp(E[nq == k], 0)) + math.log(area)) for k in range(K)]
 
 
 def main(argv=None):
