@@ -10,6 +10,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from owf_kernels import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()      # for every provider alike: fresh mmap'd pages would cost each of them page faults
+
 ROUND_BUDGET_S = 3.0
 
 

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import torch  # noqa: E402
 
 import providers as P  # noqa: E402
+from owf_kernels import keep_freed_memory  # noqa: E402
 
 CASES = {
     "2D exact, B=512, width 256": (dict(n=2, width=256), 512, "exact",
@@ -65,9 +66,13 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--glibc-trim", action="store_true",
+                   help="leave glibc's default mmap/trim thresholds (by default keep_freed_memory() is applied, to every provider alike)")
     a = p.parse_args(argv)
     if a.rounds <= 0:
         p.error(f"--rounds must be positive, got {a.rounds}")
+    if not a.glibc_trim:
+        print(f"keep_freed_memory(): {keep_freed_memory()}")
     if a.threads:
         torch.set_num_threads(a.threads)
     for name in a.cases:

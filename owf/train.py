@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from owf_kernels import keep_freed_memory
 from tqdm import tqdm
 
 from .config import RESUMABLE, Config, parse_args
@@ -172,6 +173,8 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if device.type == "cpu":
+        keep_freed_memory()     # glibc: reuse freed tensors' pages instead of faulting in fresh ones (owf_kernels.cpu_malloc)
     (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     # ---- models, optimisers, random stream
