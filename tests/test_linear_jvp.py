@@ -140,3 +140,18 @@ def test_tangents_constant_over_the_batch(backend, activation):
     rg = torch.autograd.grad((ryd ** 2).sum() + ry.sum(), ref)
     for a, r in zip(g, rg):
         torch.testing.assert_close(a.double(), r, atol=2e-3, rtol=2e-3)
+
+
+def test_keep_freed_memory_is_accepted_by_glibc():
+    """mallopt refuses values beyond its limits (e.g. an mmap threshold above 32 MiB) by returning
+    0: on Linux with glibc all three settings must be accepted; elsewhere it changes nothing."""
+    import platform
+    import sys
+
+    from owf_kernels import keep_freed_memory
+    ok = keep_freed_memory()
+    assert ok is keep_freed_memory()                     # applied once, then remembered
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert ok == glibc
+    x = torch.ones(3, 512, 256)                          # still allocates and computes as before
+    assert float(x.sum()) == 3 * 512 * 256
