@@ -196,3 +196,22 @@ def test_zeta_by_mode_splits_both_estimates(run_dir):
     is_total = float(torch.logsumexp(torch.tensor([i for _, i, _ in rows], dtype=torch.float64), 0))
     est = owf.load(run_dir).estimate_log_zeta(60_000, batch_size=20_000, generator=torch.Generator().manual_seed(0))
     assert is_total == pytest.approx(est.log_zeta, abs=1e-6)
+
+
+def test_cover_counts_sees_a_double_cover():
+    """y = u (one sheet everywhere) and y = u² as a complex number (two sheets, both with det J =
+    4|u|² > 0, over every disc away from 0): the latent quadrature counts 1 and 2, signed and not."""
+    from owf.experiments.zeta_by_mode import cover_counts
+    means = torch.tensor([[1.0, 0.0], [0.0, -1.5]])
+
+    def identity(u):
+        return u, torch.zeros(len(u)), torch.ones(len(u))
+
+    def square(u):
+        y = torch.stack([u[:, 0] ** 2 - u[:, 1] ** 2, 2 * u[:, 0] * u[:, 1]], 1)
+        return y, torch.log(4 * (u ** 2).sum(1)), torch.ones(len(u))
+
+    for (c, cs) in cover_counts(identity, means, 0.2, half_width=3, res=600):
+        assert c == pytest.approx(1, abs=0.03) and cs == pytest.approx(1, abs=0.03)
+    for (c, cs) in cover_counts(square, means, 0.2, half_width=3, res=600):
+        assert c == pytest.approx(2, abs=0.05) and cs == pytest.approx(2, abs=0.05)
