@@ -15,7 +15,9 @@ Backward, given gy = ∂L/∂y [M, N] and gyd = ∂L/∂y_dot [T, M, N]:
 
 Both σ'(a) and σ''(a) ⊙ a_dot are written in terms of the *outputs* y, y_dot for every monotone
 activation (see `_grad_preact`), so backward needs no pre-activation tensor: forward saves only
-its inputs and outputs. silu is not invertible from y; its backward recomputes a and a_dot.
+its inputs and outputs (the torch path also keeps tanh's σ' = 1 - y², which its forward forms
+anyway, saving backward a pass). silu is not invertible from y; its backward recomputes a and a_dot
+(the torch path keeps them, a by-product of its forward).
 
 Two implementations share this contract:
 - `linear_jvp_torch`: the pure-PyTorch reference. It is the CPU path and the test oracle. It runs
@@ -123,6 +125,7 @@ def _grad_preact(G, out, activation, negative_slope, A=None):
         sigmoid:  σ' = y (1 - y),     σ'' a_dot = (1 - 2y) ⊙ y_dot
         softplus: σ' = 1 - e^-y,      σ'' a_dot = e^-y ⊙ y_dot
         relu, leaky_relu, identity: σ' from the sign of y (slope ≥ 0), σ'' = 0
+        tanh:     A, when given, is σ' = 1 - y² [M, N] as the torch forward kept it.
         silu:     not invertible: uses the pre-activations A = [a; a_dot] (kept by the torch path,
                   where they are a by-product; recomputed by the Triton backward),
                   σ' = s (1 + a (1 - s)), σ'' = s (1 - s) (2 + a (1 - 2s)), s = sigmoid(a).
