@@ -60,6 +60,8 @@ class Config:
     beta2: float = _f(0.9, "Adam beta2 for both networks")
     lr_decay: bool = _f(True, "decay both learning rates linearly to 0 over --steps")
     ema: float = _f(0.0, "decay of an exponential moving average of G used for evaluation (0: off)")
+    d_freeze: float = _f(0.0, "fraction of the steps, at the end, in which D is frozen and only G trains "
+                              "(G then minimises w·KL(q || P_D) for a fixed P_D and catches up with it)")
     # networks
     g_hidden: str = _f("128,128", "generator hidden widths (each >= n)")
     g_activation: str = _f("tanh", "generator activation")
@@ -104,6 +106,8 @@ class Config:
             raise ValueError(f"w={self.w} must be positive")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema={self.ema} must be in [0, 1)")
+        if not 0 <= self.d_freeze < 1:
+            raise ValueError(f"d_freeze={self.d_freeze} must be in [0, 1)")
         for k in ("g_hidden", "d_hidden"):
             try:
                 widths = self.widths(k)

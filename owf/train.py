@@ -75,8 +75,9 @@ def evaluate(G, data, seed: int, device) -> dict:
     return ev, y
 
 
-def train_step(cfg: Config, data, G, D, G_ema, opt_g, opt_d, gen, g_params, device):
-    """One optimisation step: n_critic discriminator updates, then one generator update.
+def train_step(cfg: Config, data, G, D, G_ema, opt_g, opt_d, gen, g_params, device, update_d: bool = True):
+    """One optimisation step: n_critic discriminator updates (computed but not applied when
+    update_d is False), then one generator update.
     Returns (loss_d, loss_g, D(x), D(y), log q(y)) of the last discriminator update, and how many
     discriminator updates the ESS gate skipped."""
     is_owf = cfg.loss == "owf"
@@ -98,6 +99,8 @@ def train_step(cfg: Config, data, G, D, G_ema, opt_g, opt_d, gen, g_params, devi
             loss_d = wgan_discriminator_loss_eq4(d_x, d_y_d)
             if cfg.loss == "wgan-gp":
                 loss_d = loss_d + cfg.gp * gradient_penalty(D, x, y.detach(), gen)
+        if not update_d:
+            continue              # D frozen (cfg.d_freeze): same random draws, no update
         if is_owf and cfg.ess_gate > 0 and effective_sample_size(d_y_d, log_q, cfg.w) < cfg.ess_gate:
             skipped += 1          # the importance weights have collapsed: let G catch up first
             continue
@@ -226,8 +229,9 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
             opt_d.param_groups[0]["lr"] = cfg.lr_d * scale
             opt_g.param_groups[0]["lr"] = cfg.lr_g * scale
 
+            update_d = step < (1.0 - cfg.d_freeze) * cfg.steps           # D frozen over the last d_freeze
             loss_d, loss_g, d_x, d_y_d, log_q, skipped = train_step(cfg, data, G, D, G_ema, opt_g, opt_d, gen,
-                                                                    g_params, device)
+                                                                    g_params, device, update_d)
             d_skipped += skipped
 
             # ---- stop on a non-finite loss, keeping the last good checkpoint

@@ -52,6 +52,25 @@ def test_resume_continues_exactly(tmp_path, loss):
     assert rows == sorted(set(rows)) and rows[-1] == 40
 
 
+def test_d_freeze_stops_d_and_not_g(tmp_path):
+    """--d-freeze 0.5 of 20 steps: D after step 20 is D after step 10, exactly; G moved on. Up to
+    step 10 the run is the unfrozen run, step for step (same random draws)."""
+    kw = dict(TINY, ckpt_every=10)
+    train(Config(steps=20, until=10, d_freeze=0.5, out=str(tmp_path / "f"), **kw), progress=False)
+    train(Config(steps=20, until=10, out=str(tmp_path / "u"), **kw), progress=False)
+    at10, plain10 = params(tmp_path / "f"), params(tmp_path / "u")
+    for k in at10["D"]:
+        assert torch.equal(at10["D"][k], plain10["D"][k]), k
+    train(resume=str(tmp_path / "f"), progress=False)
+    at20 = params(tmp_path / "f")
+    assert at20["step"] == 20
+    for k in at10["D"]:
+        assert torch.equal(at20["D"][k], at10["D"][k]), k
+    assert any(not torch.equal(at20["G"][k], at10["G"][k]) for k in at10["G"])
+    with pytest.raises(ValueError, match="d_freeze=1.0"):
+        Config(d_freeze=1.0)
+
+
 def test_resume_refuses_to_change_the_run(tmp_path):
     train(Config(steps=10, out=str(tmp_path / "r"), **TINY), progress=False)
     with pytest.raises(ValueError, match=r"these cannot change: \['w'\]"):
