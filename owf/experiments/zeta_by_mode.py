@@ -78,10 +78,10 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=1_000_000)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    rows = zeta_by_mode(a.run, a.samples, a.seed)
     model = load(a.run)
     if model.G.n != 2:
         raise SystemExit(f"zeta_by_mode is for 2D data; {a.run} has n = {model.G.n}")
+    rows = zeta_by_mode(a.run, a.samples, a.seed)
     covers = cover_counts(lambda u: model.G.logdet(u, "exact", signed=True), model.data.means, 3 * model.data.std)
     print("| mode | log ζ̂ share (IS) | quadrature share | IS − quadrature | covers of the 3σ disc (signed) |\n"
           "|---|---|---|---|---|")
