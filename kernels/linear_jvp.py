@@ -125,7 +125,7 @@ def _grad_preact(G, out, activation, negative_slope, A=None):
         sigmoid:  σ' = y (1 - y),     σ'' a_dot = (1 - 2y) ⊙ y_dot
         softplus: σ' = 1 - e^-y,      σ'' a_dot = e^-y ⊙ y_dot
         relu, leaky_relu, identity: σ' from the sign of y (slope ≥ 0), σ'' = 0
-        tanh:     A, when given, is σ' = 1 - y² [M, N] as the torch forward kept it.
+        tanh:     A is σ' = 1 - y² [M, N], which the torch forward forms anyway and keeps.
         silu:     not invertible: uses the pre-activations A = [a; a_dot] (kept by the torch path,
                   where they are a by-product; recomputed by the Triton backward),
                   σ' = s (1 + a (1 - s)), σ'' = s (1 - s) (2 + a (1 - 2s)), s = sigmoid(a).
@@ -145,9 +145,7 @@ def _grad_preact(G, out, activation, negative_slope, A=None):
         GA[0] += d2 * (G[1:] * ad).sum(0)
         return GA
     if activation == "tanh":
-        # A: σ' = 1 - y², saved by the torch forward, which forms it anyway (one pass less here)
-        d1 = A if A is not None else torch.addcmul(_one(y), y, y, value=-1)
-        GA = G * d1                                                      # G (1 - y²)
+        GA = G * A                                                       # G σ', σ' = 1 - y² (A, from forward)
         GA[0].addcmul_(_sum_products(G[1:], yd), y, value=-2)            # + Σ_t gyd[t] (-2 y y_dot[t])
         return GA
     if activation == "sigmoid":
@@ -194,7 +192,7 @@ def _forward_torch(h, weight, bias, activation, negative_slope):
     if activation == "identity":
         return A, None
     if activation == "tanh":
-        d1 = torch.addcmul(_one(a), _tanh_(a), a, value=-1)     # y = tanh a; σ' = 1 - y²
+        d1 = _tanh_slope_(a)                                    # y = tanh a in place; σ' = 1 - y²
         ad.mul_(d1)                                             # y_dot = σ' a_dot
         return A, d1
     y, d1 = act_and_slope(a, activation, negative_slope)     # read MN, write 2MN
@@ -210,30 +208,25 @@ def _tanh_(a):
     in energy, past tests/test_train.py's tolerance. Three passes: 2a, sigmoid, then -1 + 2s in one
     (2s is exact, so the result is bitwise that of 2 * s - 1)."""
     s = a.mul_(2).sigmoid_()
-    return torch.add(_MINUS_ONE.get(a), s, alpha=2, out=a)
+    return torch.add(_scalar(-1.0, a), s, alpha=2, out=a)
 
 
-class _Scalars(dict):
-    """Cached 0-dim tensors of one value per (dtype, device): torch.addcmul and torch.add want a
+def _tanh_slope_(a):
+    """a <- tanh a in place; returns σ' = 1 - y² (a new [M, N] tensor)."""
+    return torch.addcmul(_scalar(1.0, a), _tanh_(a), a, value=-1)
+
+
+_SCALARS: dict = {}
+
+
+def _scalar(value: float, t: torch.Tensor) -> torch.Tensor:
+    """A cached 0-dim tensor of `value` in t's dtype and device: torch.addcmul and torch.add want a
     tensor first operand, and making one costs more than the op on small inputs."""
-
-    def __init__(self, value):
-        super().__init__()
-        self.value = value
-
-    def get(self, t):
-        key = (t.dtype, t.device)
-        c = dict.get(self, key)
-        if c is None:
-            c = self[key] = torch.full((), self.value, dtype=t.dtype, device=t.device)
-        return c
-
-
-_ONES, _MINUS_ONE = _Scalars(1.0), _Scalars(-1.0)
-
-
-def _one(t):
-    return _ONES.get(t)
+    key = (value, t.dtype, t.device)
+    c = _SCALARS.get(key)
+    if c is None:
+        c = _SCALARS[key] = torch.full((), value, dtype=t.dtype, device=t.device)
+    return c
 
 
 def _forward_const_tangents(x, x_dot, weight, bias, activation, negative_slope):
@@ -250,7 +243,7 @@ def _forward_const_tangents(x, x_dot, weight, bias, activation, negative_slope):
     ad = F.linear(x_dot[:, 0], weight)                              # [T, N]
     pre = torch.cat([a[None], ad[:, None, :].expand(T, M, -1)]) if activation == "silu" else None
     if activation == "tanh":
-        d1 = pre = torch.addcmul(_one(a), _tanh_(a), a, value=-1)  # y = tanh a; σ' = 1 - y² (kept for backward)
+        d1 = pre = _tanh_slope_(a)                                  # y = tanh a in place; σ' kept for backward
     else:
         y, d1 = act_and_slope(a, activation, negative_slope)
         a.copy_(y)

@@ -22,14 +22,15 @@ import torch
 
 from owf_kernels import combine_partials
 
-from ..density import load, signed_estimate, signed_partials
+from ..density import OWFModel, load, signed_estimate, signed_partials
 from ..plots import plane_grid
 
 
 @torch.no_grad()
 def zeta_by_mode(run, samples: int = 1_000_000, seed: int = 0, chunk: int = 100_000, res: int = 1500):
-    """[(mode mean, log IS share, log quadrature share)] for every mode of the run's data set."""
-    model = load(run)
+    """[(mode mean, log IS share, log quadrature share)] for every mode of the run's data set; `run` is
+    a run folder or checkpoint, or a model owf.load has returned."""
+    model = run if isinstance(run, OWFModel) else load(run)
     means = model.data.means.double()
     K = len(means)
     g = torch.Generator().manual_seed(seed)
@@ -81,7 +82,7 @@ def main(argv=None):
     model = load(a.run)
     if model.G.n != 2:
         raise SystemExit(f"zeta_by_mode is for 2D data; {a.run} has n = {model.G.n}")
-    rows = zeta_by_mode(a.run, a.samples, a.seed)
+    rows = zeta_by_mode(model, a.samples, a.seed)
     covers = cover_counts(lambda u: model.G.logdet(u, "exact", signed=True), model.data.means, 3 * model.data.std)
     print("| mode | log ζ̂ share (IS) | quadrature share | IS − quadrature | covers of the 3σ disc (signed) |\n"
           "|---|---|---|---|---|")
