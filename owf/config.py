@@ -20,16 +20,14 @@ def _f(default, help, kind=None):
     return field(default=default, metadata={"help": help, "type": kind or default.__class__})
 
 
-# Defaults that differ by data set, for the fields left at None. The ring's narrow modes (σ = 0.01)
-# want a slower discriminator than the grid; the grid gets the longer budget. Measured alternatives
-# (README, "What we tried"): a SiLU energy sharpens the grid's modes (91.9% HQ, seed 0) but diverged
-# on seed 1; with --ess-gate 0.01 both seeds were stable (76.3% with 24/25 modes, 90.6%).
-# HQ rises with the number of steps (the rates decay to 0 over them): grid 50k steps 81.8%, 100k
-# 88.6% (5 seeds, 85.3-91.0%; 8 min alone); ring 18k 81.7%, 36k 88-89% (2 seeds), which would not
-# fit the ring's 3-minute budget.
+# Defaults that differ by data set, for the fields left at None. Both use the quadratic energy head
+# (d_quadratic = 16), which made the modes Gaussian-shaped: 5 seeds (README), ring 18k steps HQ
+# 91.2% (min 90.4%), grid 50k steps 94.5% (min 93.8%), against 81.7% and 88.6% (100k steps) with a
+# linear head. The grid's lr_G 5e-3 (3e-3 lost a corner mode in 1 seed of 5: G lagged behind D).
+# Measured alternatives (README, "What we tried"): a SiLU energy, --ess-gate, EMA of G, w.
 DATA_DEFAULTS = {
     "ring": dict(steps=18000, lr_d=1e-3, lr_g=3e-3, d_activation="leaky_relu", ess_gate=0.0),
-    "grid": dict(steps=100000, lr_d=3e-3, lr_g=3e-3, d_activation="leaky_relu", ess_gate=0.0),
+    "grid": dict(steps=50000, lr_d=1e-3, lr_g=5e-3, d_activation="leaky_relu", ess_gate=0.0),
 }
 
 
@@ -72,6 +70,9 @@ class Config:
     d_hidden: str = _f("128,128", "discriminator hidden widths")
     d_activation: str = _f(None, "discriminator activation (None: per data set)", str)
     d_slope: float = _f(0.2, "LeakyReLU slope of the discriminator")
+    d_quadratic: int = _f(16, "0: D's output is a linear layer; m > 0: D = -½‖f(x)‖² with f's last layer m wide, "
+                             "so a LeakyReLU D is piecewise quadratic (Gaussian-shaped modes) instead of "
+                             "piecewise linear")
     spectral_norm: bool = _f(False, "spectral normalisation on D's layers")
     gp: float = _f(10.0, "gradient-penalty weight (wgan-gp only)")
     clip: float = _f(0.01, "weight clipping of D (wgan only)")
@@ -93,6 +94,8 @@ class Config:
         for k, allowed in choices.items():
             if getattr(self, k) not in allowed:
                 raise ValueError(f"{k}={getattr(self, k)!r} is not one of {list(allowed)}")
+        if self.d_quadratic < 0:
+            raise ValueError(f"d_quadratic={self.d_quadratic} must be >= 0")
         for k in ("steps", "batch", "samples", "n_critic", "log_every", "sample_every", "ckpt_every"):
             if getattr(self, k) <= 0:
                 raise ValueError(f"{k}={getattr(self, k)} must be positive")
@@ -120,12 +123,21 @@ class Config:
         if not self.out:
             self.out = f"runs/{self.data}-{self.loss}-s{self.seed}"
 
+    @classmethod
+    def from_saved(cls, saved: dict) -> "Config":
+        """The config a checkpoint stored. Fields added after it was written take the value such runs
+        used (LEGACY_VALUES), not today's default: an old linear-head run loads as one."""
+        return cls(**{**LEGACY_VALUES, **saved})
+
     def widths(self, key: str) -> tuple[int, ...]:
         return tuple(int(v) for v in str(getattr(self, key)).split(",") if v.strip())
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+
+# Fields whose default changed after runs were saved without them: the value those runs used.
+LEGACY_VALUES = {"d_quadratic": 0}
 
 # Fields that may change when a run is resumed; the rest define the run and come from its checkpoint.
 RESUMABLE = ("until", "device", "threads", "log_every", "sample_every", "ckpt_every")

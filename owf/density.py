@@ -216,12 +216,11 @@ def load(path: str | os.PathLike, device: str = "cpu") -> OWFModel:
     if not ckpt.exists():
         raise FileNotFoundError(f"no checkpoint at {ckpt}: train first (python -m owf.train --out {p})")
     state = torch.load(ckpt, map_location=device, weights_only=False)
-    cfg = Config(**state["config"])
+    cfg = Config.from_saved(state["config"])
     data = get_dataset(cfg.data)
     G = OneWayFlow.from_config(cfg, data.dim).to(device)
     G.load_state_dict(state["G_ema"] if cfg.ema > 0 else state["G"])
-    D = Energy(data.dim, hidden=cfg.widths("d_hidden"), negative_slope=cfg.d_slope,
-               spectral_norm=cfg.spectral_norm, activation=cfg.d_activation).to(device)
+    D = Energy.from_config(cfg, data.dim).to(device)
     D.load_state_dict(state["D"])
     return OWFModel(G, D, cfg, state.get("log_zeta"), str(ckpt), device)
 

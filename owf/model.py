@@ -182,23 +182,42 @@ class Energy(nn.Module):
     spectral_norm=True wraps each linear layer in spectral normalisation (a Lipschitz bound, as for
     WGAN critics). It is off by default: the energy of a narrow mode must be steep (slope about
     r/σ²), which a Lipschitz bound forbids.
+
+    quadratic=m > 0 replaces the scalar output layer by m outputs f(x) and D(x) = -½‖f(x)‖². A
+    LeakyReLU f is piecewise affine, f(x) = A x + c on each linear region, so D is piecewise
+    *quadratic*: each region's P_D is a Gaussian's shape, -½ (x - μ)ᵀ AᵀA (x - μ) + const, where a
+    linear head gives piecewise-linear cones that fall too slowly near a mode's centre (README,
+    "What we tried"). D ≤ 0 is bounded above, and falls quadratically away from the data.
     """
 
     def __init__(self, n: int = 2, hidden=(128, 128), negative_slope: float = 0.2, spectral_norm: bool = False,
-                 activation: str = "leaky_relu"):
+                 activation: str = "leaky_relu", quadratic: int = 0):
         super().__init__()
         if activation not in D_ACTIVATIONS:
             raise ValueError(f"discriminator activation {activation!r}: choose one of {list(D_ACTIVATIONS)}")
-        widths = [n, *hidden, 1]
+        if quadratic < 0:
+            raise ValueError(f"quadratic={quadratic} must be >= 0 (0: a linear output layer)")
+        self.quadratic = quadratic
+        widths = [n, *hidden, quadratic or 1]
         layers = []
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-            # no bias on the output: D is defined up to a constant, which ζ absorbs (Eq. 16 and 17
-            # do not see it), so its gradient would be pure rounding noise that Adam amplifies
-            lin = nn.Linear(a, b, bias=i < len(widths) - 2)
+            # no bias on a linear output: D is defined up to a constant, which ζ absorbs (Eq. 16 and
+            # 17 do not see it), so its gradient would be pure rounding noise that Adam amplifies.
+            # The quadratic head's output bias is not a constant of D: it places the peaks.
+            lin = nn.Linear(a, b, bias=i < len(widths) - 2 or quadratic > 0)
             layers.append(nn.utils.parametrizations.spectral_norm(lin) if spectral_norm else lin)
             if i < len(widths) - 2:
                 layers.append(nn.LeakyReLU(negative_slope) if activation == "leaky_relu" else D_ACTIVATIONS[activation]())
         self.net = nn.Sequential(*layers)
 
+    @classmethod
+    def from_config(cls, cfg, n: int) -> "Energy":
+        """The discriminator a training config (owf.config.Config) describes, for data of dimension n."""
+        return cls(n, hidden=cfg.widths("d_hidden"), negative_slope=cfg.d_slope, spectral_norm=cfg.spectral_norm,
+                   activation=cfg.d_activation, quadratic=cfg.d_quadratic)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+        f = self.net(x)                               # [..., m] or [..., 1]
+        if self.quadratic:
+            return -0.5 * (f * f).sum(-1)             # D = -½‖f(x)‖²
+        return f.squeeze(-1)

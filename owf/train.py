@@ -49,8 +49,7 @@ def build(cfg: Config, device: torch.device):
     data = get_dataset(cfg.data)
     torch.manual_seed(cfg.seed)                        # parameter initialisation
     G = OneWayFlow.from_config(cfg, data.dim).to(device)
-    D = Energy(data.dim, hidden=cfg.widths("d_hidden"), negative_slope=cfg.d_slope,
-               spectral_norm=cfg.spectral_norm, activation=cfg.d_activation).to(device)
+    D = Energy.from_config(cfg, data.dim).to(device)
     G_ema = OneWayFlow.from_config(cfg, data.dim).to(device)
     G_ema.load_state_dict(G.state_dict())
     G_ema.requires_grad_(False)
@@ -163,7 +162,7 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume {run}: no checkpoint.pt there")
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        cfg = Config(**state["config"])
+        cfg = Config.from_saved(state["config"])
         bad = sorted(set(overrides or {}) - set(RESUMABLE))
         if bad:
             raise ValueError(f"--resume keeps the run's config; these cannot change: {bad} "

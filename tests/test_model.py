@@ -84,6 +84,25 @@ def test_energy_shapes_and_spectral_norm():
     assert D(torch.randn(5, 2)).shape == (5,)
 
 
+def test_quadratic_energy_is_minus_half_the_squared_features():
+    """D = -½‖f(x)‖² with f the LeakyReLU net up to its m-wide last layer (which has a bias). On a
+    linear region f(x) = A x + c, so D's Hessian there is -AᵀA (a Gaussian's shape), checked
+    against autograd at a point, with A = ∂f/∂x from autograd too."""
+    torch.manual_seed(0)
+    D = Energy(2, hidden=(16, 16), quadratic=8).double()
+    assert D.net[-1].bias is not None and D.net[-1].out_features == 8
+    x = torch.randn(5, 2, dtype=torch.float64)
+    f = D.net(x)
+    torch.testing.assert_close(D(x), -0.5 * (f ** 2).sum(-1))
+    assert (D(torch.randn(1000, 2, dtype=torch.float64)) <= 0).all()
+    x0 = torch.randn(2, dtype=torch.float64)
+    A = torch.autograd.functional.jacobian(D.net, x0)                  # [8, 2]
+    H = torch.autograd.functional.hessian(D, x0)                        # [2, 2]
+    torch.testing.assert_close(H, -A.T @ A)
+    with pytest.raises(ValueError, match="quadratic=-1"):
+        Energy(2, quadratic=-1)
+
+
 def folded_flow(c):
     """y = (tanh u1, tanh(u2 + 1) + c·tanh(1 - u2)) as a OneWayFlow (hidden width 3)."""
     G = OneWayFlow(2, hidden=(3,), activation="tanh")

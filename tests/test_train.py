@@ -116,6 +116,8 @@ def test_bad_data_and_flags_list_the_choices():
     assert p.returncode == 2 and "'owf', 'wgan', 'wgan-gp'" in p.stderr
     p = run_cli("--g-hidden", "64,x", "--dry-run")
     assert p.returncode == 2 and "g_hidden='64,x'" in p.stderr
+    p = run_cli("--d-quadratic", "-2", "--dry-run")
+    assert p.returncode == 2 and "d_quadratic=-2 must be >= 0" in p.stderr
 
 
 def test_orient_needs_the_exact_logdet():
@@ -185,3 +187,13 @@ def test_trains_the_same_under_the_triton_backend(tmp_path, monkeypatch):
     torch.testing.assert_close(energies[0], energies[1], atol=1e-5, rtol=1e-4)
     G0 = build(Config(**kw), torch.device("cpu"))[1]          # the initial generator: training moved it
     assert not torch.allclose(G0.layers[0].weight, a["G"]["layers.0.weight"], atol=1e-4)
+
+
+def test_a_checkpoint_saved_before_a_field_existed_loads_with_its_old_value():
+    """Runs saved before `d_quadratic` existed had a linear energy head: they load as d_quadratic=0,
+    not as today's default, so their state dicts still fit."""
+    saved = Config(device="cpu").to_dict()
+    assert saved["d_quadratic"] == 16
+    assert Config.from_saved(saved).d_quadratic == 16
+    del saved["d_quadratic"]
+    assert Config.from_saved(saved).d_quadratic == 0
