@@ -179,7 +179,7 @@ def test_trains_the_same_under_the_triton_backend(tmp_path, monkeypatch):
     x = ring().sample(500, torch.Generator().manual_seed(0))
     energies = []
     for st in (a, b):
-        D = Energy(2, hidden=(16, 16))
+        D = Energy.from_config(Config(**kw), 2)
         D.load_state_dict(st["D"])
         with torch.no_grad():
             e = D(x)
