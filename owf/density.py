@@ -19,9 +19,17 @@ over a folded region alternate in orientation, and the signed count Σ_preimages
 degree of g_n, which is the same (±1) everywhere for a proper g_n (e.g. with `--g-skip`). So
 weighting each generator sample by sign(det J) makes the estimator unbiased despite folds:
 |(1/S) Σ sign_i exp(D(y_i)/w - log q(y_i))| = |∫ deg·exp(D/w)| = ζ. That is
-the default (`signed=True`); with no minority samples it is the plain estimator. It cannot undo
-a region covered twice with one orientation (the tails of a bounded g_n wrapping around the
-extreme points of its image), which needs a proper g_n.
+the default (`signed=True`) when the preimages below are not searched; with no minority samples it is
+the plain estimator. It cannot undo a region covered twice with one orientation (the tails of a
+bounded g_n wrapping around the extreme points of its image, or the ring generators that cover two
+modes twice).
+
+All preimages. For n <= PREIMAGES_MAX_N (the 2D data sets) the generator's density at each sample
+is summed over every preimage that owf.preimages finds, q(y) = Σ_{g_n(u') = y} N(u')/|det J(u')|:
+the true density of the generator's samples, folded or not, so the plain estimator with it is
+unbiased and no signs are needed (`preimages=None`, the default, turns this on for small n). On
+the 5 ring runs of the README, Eq. 10 gave log ζ̂ 0.11-0.15 above the quadrature in 4; with the
+preimages, see the README's density table.
 
     model = owf.load("runs/ring-owf-s0")
     est = model.estimate_log_zeta(10**6)          # log ζ̂, its standard error, the ESS
@@ -30,10 +38,11 @@ extreme points of its image), which needs a proper g_n.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -44,8 +53,10 @@ from owf_kernels import combine_partials, log_zeta_partials, partials_to_estimat
 from .config import Config
 from .data import get_dataset
 from .model import Energy, OneWayFlow, log_normal
+from .preimages import all_preimages
 
 PROPOSALS = ("generator", "normal")
+PREIMAGES_MAX_N = 2          # search every preimage of the generator's samples by default up to this n
 LOW_ESS_FRACTION = 0.01
 DOMAIN_MARGIN = 0.5          # the 2D domain: [-(max |mean| + margin), max |mean| + margin]²
 
@@ -58,9 +69,14 @@ class ZetaEstimate:
     num_samples: int
     proposal: str
     low_ess: bool          # ESS below 1% of the samples: the estimate is not to be trusted
+    preimages: bool = False            # generator densities summed over every preimage (owf.preimages)
+    multi_cover: float | None = None   # with preimages: share of samples with more than one preimage
+    # kept only on request (keep_log_weights=True), never saved: log |w_i| and the sign of w_i [S]
+    log_weights: torch.Tensor | None = field(default=None, repr=False)
+    signs: torch.Tensor | None = field(default=None, repr=False)
 
     def to_dict(self):
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("log_weights", "signs")}
 
 
 def signed_partials(log_w: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
@@ -102,6 +118,7 @@ class OWFModel:
     def __init__(self, G: OneWayFlow, D: Energy, config: Config, log_zeta: dict | None = None,
                  checkpoint: str | None = None, device="cpu"):
         self.G, self.D, self.config = G.eval(), D.eval(), config
+        self._G64 = None                                  # float64 copy of G, for the preimage search
         self.w = config.w
         self.device = torch.device(device)
         self.checkpoint = checkpoint
@@ -115,13 +132,34 @@ class OWFModel:
         return self.G.sample(n, generator)
 
     @torch.no_grad()
-    def sample_with_log_prob(self, n: int, generator=None, method: str = "exact", signed: bool = False):
+    def sample_with_log_prob(self, n: int, generator=None, method: str = "exact", signed: bool = False,
+                             preimages: bool = False):
         """Samples y and log q(y) (Eq. 10), and with signed=True sign(det J) [n]. `exact` pushes n
-        tangents; `jvp1` is a training signal only (Eq. 9), not a density, and is refused here."""
+        tangents; `jvp1` is a training signal only (Eq. 9), not a density, and is refused here.
+        preimages=True: log q(y) summed over every preimage (sample_with_all_preimages); the signs
+        are then all +1, as the density needs none."""
         if method != "exact":
             raise ValueError(f"method={method!r}: only the exact log-det gives a density for importance sampling")
-        y, log_q, _, sign = self.G.sample_with_log_prob(n, "exact", generator, signed=True)
+        if preimages:
+            pre = self.sample_with_all_preimages(n, generator)
+            y, log_q, sign = pre.y.float(), pre.log_q, torch.ones(n, device=pre.y.device)
+        else:
+            y, log_q, _, sign = self.G.sample_with_log_prob(n, "exact", generator, signed=True)
         return (y, log_q, sign) if signed else (y, log_q)
+
+    @torch.no_grad()
+    def sample_with_all_preimages(self, n: int, generator=None, **search):
+        """n generator samples with log q(y) over every preimage (owf.preimages.all_preimages, in
+        float64; `search` goes to it): a Preimages with y, log_q, log_q_eq10 and roots [n]. The
+        reference latents are drawn from `generator` too, so a seeded stream repeats exactly."""
+        if self._G64 is None:
+            self._G64 = copy.deepcopy(self.G).double()
+        u = self.G.noise(n, generator).double()
+        refs = None
+        if generator is not None:
+            refs = torch.Generator(generator.device).manual_seed(
+                int(torch.randint(2 ** 62, (1,), generator=generator, device=generator.device)))
+        return all_preimages(self._G64.jacobian_columns, u, generator=refs, **search)
 
     # ---- the energy and the density
     @torch.no_grad()
@@ -153,25 +191,38 @@ class OWFModel:
     @torch.no_grad()
     def estimate_log_zeta(self, num_samples: int, proposal: str = "generator", batch_size: int = 65536,
                           generator: torch.Generator | None = None, progress: bool = False,
-                          signed: bool = True) -> ZetaEstimate:
+                          signed: bool = True, preimages: bool | None = None,
+                          keep_log_weights: bool = False) -> ZetaEstimate:
         """log ζ̂ = log (1/S) Σ s_i exp(energy_on_domain(y_i) - log p(y_i)) from `num_samples` samples of
-        `proposal`, in chunks of `batch_size`; s_i = sign(det J) for the generator with signed=True
-        (see the module's "Signed weights"; then the absolute value of the sum), else 1."""
+        `proposal`, in chunks of `batch_size`.
+
+        For the generator, log p(y) is summed over every preimage with preimages=True (None: when
+        n <= PREIMAGES_MAX_N; see the module's "All preimages"), and s_i = 1. Otherwise log p is
+        Eq. 10's and, with signed=True, s_i = sign(det J) (see "Signed weights"; then the absolute
+        value of the sum). keep_log_weights=True keeps log |w_i| and s_i on the estimate (memory
+        grows with num_samples), e.g. to draw convergence curves from the same samples."""
         if not isinstance(num_samples, int) or num_samples <= 0:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size!r}")
         if proposal not in PROPOSALS:
             raise ValueError(f"proposal={proposal!r}: choose one of {PROPOSALS}")
+        if preimages is None:
+            preimages = self.G.n <= PREIMAGES_MAX_N
+        preimages = preimages and proposal == "generator"
+        signed = signed and proposal == "generator" and not preimages
         # on the energy D/w directly; generator samples by the sign of det J (see "Signed weights")
         parts = torch.tensor([[-math.inf, 0.0, 0.0, 0.0]] * 2, dtype=torch.float64)     # (+, -) partials
-        signed = signed and proposal == "generator"
-        bad = 0
-        done = 0
+        bad = done = multi = 0
+        kept = []
         with tqdm(total=num_samples, disable=not progress, desc=f"log ζ ({proposal})", unit="sample") as bar:
             while done < num_samples:
                 n = min(batch_size, num_samples - done)
-                if proposal == "generator":
+                if preimages:
+                    pre = self.sample_with_all_preimages(n, generator)
+                    y, log_p, sign = pre.y.float(), pre.log_q, torch.ones(n, device=pre.y.device)
+                    multi += int((pre.roots > 1).sum())
+                elif proposal == "generator":
                     y, log_p, sign = self.sample_with_log_prob(n, generator, signed=True)
                 else:
                     y = torch.randn(n, self.G.n, generator=generator, device=self.device)
@@ -182,15 +233,21 @@ class OWFModel:
                 e = self._on_domain(y, e)                           # outside the domain: weight 0
                 if not signed:
                     sign = torch.ones_like(e)
-                new = signed_partials(e - log_p.to(e.device), sign).cpu()
+                log_w = e.double() - log_p.to(e.device, torch.float64)
+                new = signed_partials(log_w, sign).cpu()
                 parts = torch.stack([combine_partials([parts[i], new[i]]) for i in range(2)])
+                if keep_log_weights:
+                    kept.append((log_w.cpu(), sign.cpu()))
                 done += n
                 bar.update(n)
         if bad:
             raise ValueError(f"{bad} of {num_samples} importance samples had a non-finite energy or proposal "
                              "density; the model is not usable as a density as it stands")
         log_zeta, se, ess = signed_estimate(*parts)
-        est = ZetaEstimate(log_zeta, se, ess, num_samples, proposal, ess < LOW_ESS_FRACTION * num_samples)
+        est = ZetaEstimate(log_zeta, se, ess, num_samples, proposal, ess < LOW_ESS_FRACTION * num_samples,
+                           preimages, multi / num_samples if preimages else None)
+        if keep_log_weights:
+            est.log_weights, est.signs = (torch.cat(t) for t in zip(*kept))
         if est.low_ess:
             warnings.warn(f"log ζ estimate with ESS {ess:.1f} = {100 * ess / num_samples:.3f}% of {num_samples} "
                           f"samples (< {100 * LOW_ESS_FRACTION:g}%): the estimate is unreliable", RuntimeWarning,

@@ -6,9 +6,13 @@ domain box where P_D is defined, see density.py; log_zeta_quadrature_wide and
 energy_mass_outside_domain over a 4x wider box),
 test_nll (fresh data under log_prob), true_nll (the mixture's entropy), and the integral of
 exp(log_prob) over the plane; for n <= 16 the shares of samples where det J < 0 and > 0 (both
-clearly non-zero: the generator folds, and log ζ̂ is biased high). Pictures:
+clearly non-zero: the generator folds). For n <= 2 the generator's density at each sample is summed
+over all its preimages (owf.preimages; `preimages`, and `multi_cover`: the share of samples with
+more than one), and eval.json also holds log_zeta_eq10, the estimate with Eq. 10's one-preimage
+density (signed weights), for comparison. Pictures:
 - zeta_convergence.png (Fig. 2a): log ζ̂ against S for the proposals N(0, I), the generator and the
   data distribution itself, 10 repeats each (error bars: their standard deviation), quadrature line;
+  in 2D the generator's repeats are disjoint slices of the main estimate's samples;
 - energy_hist.png (Fig. 3): energies of the training stream's data against held-out data;
 - density.png (Fig. 1): the normalised model density next to the truth.
 """
@@ -30,7 +34,8 @@ import torch  # noqa: E402
 
 from owf_kernels import log_zeta as log_zeta_of  # noqa: E402
 
-from .density import OWFModel, load, quadrature_log_zeta, signed_estimate, signed_partials  # noqa: E402
+from .density import (PREIMAGES_MAX_N, OWFModel, load, quadrature_log_zeta, signed_estimate,  # noqa: E402
+                      signed_partials)
 from .metrics import EVAL_POINTS, mode_coverage  # noqa: E402
 from .model import FOLD_CHECK_MAX_N  # noqa: E402
 from .plots import save_density  # noqa: E402
@@ -38,14 +43,15 @@ from .plots import save_density  # noqa: E402
 S_GRID = [1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000]
 FOLD_CHECK_POINTS = 100_000
 FOLD_TOLERANCE = 1e-3          # both signs of det J on more than this share of samples: a fold
+SPREAD_REPEATS = 200           # estimates of log ζ̂(S = 100) per proposal for the spread target
 
 
 @torch.no_grad()
 def log_zeta_samples(model: OWFModel, proposal: str, S: int, g: torch.Generator) -> float:
     """One estimate log ζ̂(S) with S samples of `proposal` (generator | normal | data)."""
-    if proposal == "generator":       # signed weights, as estimate_log_zeta (see owf.density)
-        y, log_p, sign = model.sample_with_log_prob(S, g, signed=True)
-        return signed_estimate(*signed_partials(model.energy_on_domain(y) - log_p, sign))[0]
+    if proposal == "generator":       # as estimate_log_zeta: all preimages for small n, else signed weights
+        y, log_p, sign = model.sample_with_log_prob(S, g, signed=True, preimages=model.G.n <= PREIMAGES_MAX_N)
+        return signed_estimate(*signed_partials(model.energy_on_domain(y).double() - log_p, sign))[0]
     elif proposal == "normal":
         y = torch.randn(S, model.G.n, generator=g)
         log_p = -0.5 * (y * y).sum(1) - 0.5 * y.shape[1] * math.log(2 * math.pi)
@@ -55,14 +61,44 @@ def log_zeta_samples(model: OWFModel, proposal: str, S: int, g: torch.Generator)
     return float(log_zeta_of(model.energy_on_domain(y), log_p, 1.0))
 
 
-def zeta_convergence(model, out: Path, quad: float | None, repeats: int = 10, s_max: int = 100_000, seed: int = 0):
-    """Fig. 2a. Returns {proposal: {S: (mean, std)}}."""
+def _pool_estimates(pool, S: int, repeats: int) -> np.ndarray:
+    """log ζ̂ of `repeats` disjoint slices of S weights of an estimate kept with keep_log_weights=True."""
+    return np.array([signed_estimate(*signed_partials(pool.log_weights[i * S:(i + 1) * S],
+                                                      pool.signs[i * S:(i + 1) * S]))[0] for i in range(repeats)])
+
+
+def zeta_spread(model: OWFModel, S: int = 100, repeats: int = SPREAD_REPEATS, seed: int = 0, pool=None) -> dict:
+    """{proposal: standard deviation of log ζ̂(S) over `repeats` independent estimates}: the spread
+    target's statistic. With 10 repeats (Fig. 2a) a standard deviation is itself uncertain by about
+    ±25%; 200 make it about ±5%. The generator's repeats are slices of `pool` when it holds enough
+    weights, else of a fresh pool of repeats x S samples."""
+    g = torch.Generator().manual_seed(seed)
+    if pool is None or pool.log_weights is None or len(pool.log_weights) < S * repeats:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pool = model.estimate_log_zeta(S * repeats, generator=g, keep_log_weights=True)
+    out = {"generator": _pool_estimates(pool, S, repeats)}
+    for prop in ("normal", "data"):
+        out[prop] = np.array([log_zeta_samples(model, prop, S, g) for _ in range(repeats)])
+    return {p: float(v[np.isfinite(v)].std()) for p, v in out.items()}
+
+
+def zeta_convergence(model, out: Path, quad: float | None, repeats: int = 10, s_max: int = 100_000, seed: int = 0,
+                     pool=None):
+    """Fig. 2a. Returns {proposal: {S: (mean, std, finite repeats)}}. pool: an estimate made with
+    keep_log_weights=True; the generator's repeats at S are then its disjoint slices of S weights
+    (for S up to len(pool) / repeats), which saves drawing (and searching preimages) again."""
     g = torch.Generator().manual_seed(seed)
     res = {}
     for prop in ("normal", "generator", "data"):
         res[prop] = {}
         for S in [s for s in S_GRID if s <= s_max]:
-            vals = np.array([log_zeta_samples(model, prop, S, g) for _ in range(repeats)])
+            if prop == "generator" and pool is not None:
+                if S * repeats > len(pool.log_weights):
+                    continue
+                vals = _pool_estimates(pool, S, repeats)
+            else:
+                vals = np.array([log_zeta_samples(model, prop, S, g) for _ in range(repeats)])
             finite = vals[np.isfinite(vals)]
             res[prop][S] = (float(finite.mean()) if len(finite) else -math.inf,
                             float(finite.std()) if len(finite) > 1 else 0.0, int(len(finite)))
@@ -110,16 +146,20 @@ def evaluate_run(run: str, zeta_samples: int = 1_000_000, batch_size: int = 6553
     model = load(run)
     out = Path(model.checkpoint).parent
     g = torch.Generator().manual_seed(seed)
-    est = model.estimate_log_zeta(zeta_samples, "generator", batch_size, g, progress=progress)
+    est = model.estimate_log_zeta(zeta_samples, "generator", batch_size, g, progress=progress,
+                                  keep_log_weights=figures and model.G.n == 2)
     model.cache_log_zeta(est)
     y = model.sample(EVAL_POINTS, torch.Generator().manual_seed(10_000 + model.config.seed))
     modes, hq = mode_coverage(y, model.data.means, model.data.std)
     res = dict(log_zeta=est.log_zeta, log_zeta_se=est.se, ess=est.ess, num_samples=est.num_samples,
-               low_ess=est.low_ess, modes=modes, hq=hq)
+               low_ess=est.low_ess, modes=modes, hq=hq, preimages=est.preimages, multi_cover=est.multi_cover)
+    if est.preimages:    # the same estimate with Eq. 10's density (one preimage, signed weights): what it corrects
+        eq10 = model.estimate_log_zeta(zeta_samples, "generator", batch_size, g, preimages=False)
+        res.update(log_zeta_eq10=eq10.log_zeta, log_zeta_eq10_se=eq10.se, ess_eq10=eq10.ess)
     if model.G.n <= FOLD_CHECK_MAX_N:
         neg, pos = model.G.det_sign_fractions(model.G.noise(FOLD_CHECK_POINTS, torch.Generator().manual_seed(seed + 1)))
         res.update(det_negative_fraction=neg, det_positive_fraction=pos, folds=min(neg, pos) > FOLD_TOLERANCE)
-        if res["folds"]:
+        if res["folds"] and not est.preimages:
             warnings.warn(f"the generator folds: det J < 0 at {neg:.1%} and > 0 at {pos:.1%} of its samples, so "
                           "it is not injective, Eq. 10 undercounts q(y) where its sheets overlap, and log ζ̂ is "
                           "biased high (see det_sign_fractions)")
@@ -129,6 +169,8 @@ def evaluate_run(run: str, zeta_samples: int = 1_000_000, batch_size: int = 6553
         res.update(log_zeta_quadrature=quad["log_zeta"], domain=list(model.domain),
                    log_zeta_quadrature_wide=quad["log_zeta_wide"], energy_mass_outside_domain=quad["mass_outside_domain"],
                    log_zeta_minus_quadrature=est.log_zeta - quad["log_zeta"],
+                   **({"log_zeta_eq10_minus_quadrature": res["log_zeta_eq10"] - quad["log_zeta"]}
+                      if "log_zeta_eq10" in res else {}),
                    integral_of_density=math.exp(quad["log_zeta"] - est.log_zeta),
                    test_nll=float(-model.log_prob(x).double().mean()),
                    true_nll=float(-model.data.log_prob(x).mean()))
@@ -142,8 +184,10 @@ def evaluate_run(run: str, zeta_samples: int = 1_000_000, batch_size: int = 6553
                           f"{quad['log_zeta']:.4f} by {res['log_zeta_minus_quadrature']:+.4f}: "
                           f"∫ exp(log_prob) = {res['integral_of_density']:.3f}")
         if figures:
-            conv = zeta_convergence(model, out / "zeta_convergence.png", quad["log_zeta"], s_max=convergence_max_s)
-            res["zeta_std_at_S100"] = {p: conv[p][100][1] for p in conv}
+            pool = est if est.log_weights is not None else None
+            zeta_convergence(model, out / "zeta_convergence.png", quad["log_zeta"], s_max=convergence_max_s, pool=pool)
+            res["zeta_std_at_S100"] = zeta_spread(model, 100, SPREAD_REPEATS, seed + 2, pool)
+            res["zeta_spread_repeats"] = SPREAD_REPEATS
             res["energy_mean_train_vs_heldout"] = energy_hist(model, out / "energy_hist.png")
             save_density(out / "density.png", model.energy_on_domain, model.data, log_zeta=est.log_zeta,
                          title=f"{model.config.data}: normalised with log ζ̂ = {est.log_zeta:.3f} ± {est.se:.1g} "

@@ -12,6 +12,7 @@ import owf
 from owf.config import Config
 from owf.density import quadrature_log_zeta
 from owf.train import train
+from test_preimages import cubic_fold
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +137,9 @@ def test_density_table_checks_each_target():
          "det_positive_fraction": 0.999, "energy_mass_outside_domain": 0.0}
     assert targets(e) == {"zeta": True, "integral": False, "nll": True, "spread": False}
     assert row("r", e).endswith("| 2/4 |") and "| 0.1% |" in row("r", e)
+    assert "| - | - |" in row("r", e)                          # evaluated before the preimage search
+    e.update(multi_cover=0.0848, log_zeta_eq10_minus_quadrature=0.1605)
+    assert "| 8.5% | +0.161 |" in row("r", e)
 
 
 def test_signed_estimate_is_the_signed_importance_sum():
@@ -157,12 +161,18 @@ class _CubicFold(torch.nn.Module):
     """y = (u1, u2³ - 3u2): proper, degree 1, folded: |y2| < 2 has three preimages (+, -, +)."""
     n = 2
 
+    def noise(self, n, generator=None):
+        return torch.randn(n, 2, generator=generator)
+
     def sample_with_log_prob(self, n, method="exact", generator=None, signed=False):
-        u = torch.randn(n, 2, generator=generator)
+        u = self.noise(n, generator)
         y = torch.stack([u[:, 0], u[:, 1] ** 3 - 3 * u[:, 1]], 1)
         det = 3 * u[:, 1] ** 2 - 3
         log_q = -0.5 * (u * u).sum(1) - math.log(2 * math.pi) - det.abs().log()
         return y, log_q, det.abs().log(), det.sign()
+
+    def jacobian_columns(self, u):                # for the preimage search
+        return cubic_fold(u)
 
 
 class _GaussianEnergy(torch.nn.Module):
@@ -179,22 +189,34 @@ def test_signed_weights_undo_a_fold(run_dir):
     model.G, model.D = _CubicFold(), _GaussianEnergy(model.w)
     lo, hi = model.domain
     exact = 2 * math.log(torch.special.ndtr(torch.tensor(hi)) - torch.special.ndtr(torch.tensor(lo)))
-    signed = model.estimate_log_zeta(400_000, generator=torch.Generator().manual_seed(1))
-    plain = model.estimate_log_zeta(400_000, generator=torch.Generator().manual_seed(1), signed=False)
+    signed = model.estimate_log_zeta(400_000, generator=torch.Generator().manual_seed(1), preimages=False)
+    plain = model.estimate_log_zeta(400_000, generator=torch.Generator().manual_seed(1), signed=False,
+                                    preimages=False)
     assert abs(signed.log_zeta - exact) < 4 * signed.se + 1e-3, (signed, exact)
     assert plain.log_zeta - exact > 0.5, (plain, exact)             # folded region counted 3 times
+
+
+def test_all_preimages_undo_a_fold_without_signs(run_dir):
+    """The default for 2D: q summed over the three sheets, no signs (owf.preimages)."""
+    model = owf.load(run_dir)
+    model.G, model.D = _CubicFold(), _GaussianEnergy(model.w)
+    lo, hi = model.domain
+    exact = 2 * math.log(torch.special.ndtr(torch.tensor(hi)) - torch.special.ndtr(torch.tensor(lo)))
+    est = model.estimate_log_zeta(40_000, generator=torch.Generator().manual_seed(1))
+    assert est.preimages and 0.9 < est.multi_cover < 0.96     # |y2| < 2 where |u2| < 2: P = 0.954
+    assert abs(est.log_zeta - exact) < 4 * est.se + 0.01, (est, exact)
 
 
 def test_zeta_by_mode_splits_both_estimates(run_dir):
     """The per-mode shares add up (in log space) to the whole quadrature and to a whole importance
     estimate from the same generator stream."""
     from owf.experiments.zeta_by_mode import zeta_by_mode
-    rows = zeta_by_mode(run_dir, samples=60_000, chunk=20_000)
+    rows = zeta_by_mode(run_dir, samples=20_000, chunk=10_000)
     assert len(rows) == 8
     quad = torch.logsumexp(torch.tensor([q for _, _, q in rows], dtype=torch.float64), 0)
     assert float(quad) == pytest.approx(quadrature_log_zeta(owf.load(run_dir))["log_zeta"], abs=1e-9)
     is_total = float(torch.logsumexp(torch.tensor([i for _, i, _ in rows], dtype=torch.float64), 0))
-    est = owf.load(run_dir).estimate_log_zeta(60_000, batch_size=20_000, generator=torch.Generator().manual_seed(0))
+    est = owf.load(run_dir).estimate_log_zeta(20_000, batch_size=10_000, generator=torch.Generator().manual_seed(0))
     assert is_total == pytest.approx(est.log_zeta, abs=1e-6)
 
 

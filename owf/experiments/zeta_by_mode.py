@@ -3,9 +3,11 @@
     python -m owf.experiments.zeta_by_mode RUN_DIR [--samples 1000000]
 
 For each mode k of a 2D mixture: log of the importance sum over generator samples whose nearest
-mean is k (signed weights, as owf.density), and log of the quadrature (Riemann sum over the
+mean is k (their density summed over all preimages, as owf.density does in 2D; with --no-preimages,
+Eq. 10's density and signed weights), and log of the quadrature (Riemann sum over the
 domain box, cells as in owf.density.quadrature_log_zeta) over the cells whose nearest mean is k.
-A mode covered twice by the generator (Eq. 10 counts one preimage) shows up as ≈ log 2 = 0.69.
+A mode covered twice by the generator shows up as ≈ log 2 = 0.69 with --no-preimages (Eq. 10
+counts one preimage), and as ≈ 0 with the preimages.
 
 It also counts the covers directly, by quadrature in the latent plane (`cover_counts`): over a
 fine grid of u, Σ |det J(u)| du over the cells that g_n maps into the disc of radius 3σ around the
@@ -27,7 +29,8 @@ from ..plots import plane_grid
 
 
 @torch.no_grad()
-def zeta_by_mode(run, samples: int = 1_000_000, seed: int = 0, chunk: int = 100_000, res: int = 1500):
+def zeta_by_mode(run, samples: int = 1_000_000, seed: int = 0, chunk: int = 100_000, res: int = 1500,
+                 preimages: bool = True):
     """[(mode mean, log IS share, log quadrature share)] for every mode of the run's data set; `run` is
     a run folder or checkpoint, or a model owf.load has returned."""
     model = run if isinstance(run, OWFModel) else load(run)
@@ -36,7 +39,7 @@ def zeta_by_mode(run, samples: int = 1_000_000, seed: int = 0, chunk: int = 100_
     g = torch.Generator().manual_seed(seed)
     parts = torch.tensor([[[-math.inf, 0.0, 0.0, 0.0]] * 2] * K, dtype=torch.float64)   # [K, (+, -), 4]
     for start in range(0, samples, chunk):
-        y, log_q, sign = model.sample_with_log_prob(min(chunk, samples - start), g, signed=True)
+        y, log_q, sign = model.sample_with_log_prob(min(chunk, samples - start), g, signed=True, preimages=preimages)
         log_w = model.energy_on_domain(y).double() - log_q.double()
         near = torch.cdist(y.double(), means).argmin(1)
         for k in range(K):
@@ -78,11 +81,12 @@ def main(argv=None):
     p.add_argument("run")
     p.add_argument("--samples", type=int, default=1_000_000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-preimages", action="store_true", help="Eq. 10's one-preimage density, signed weights")
     a = p.parse_args(argv)
     model = load(a.run)
     if model.G.n != 2:
         raise SystemExit(f"zeta_by_mode is for 2D data; {a.run} has n = {model.G.n}")
-    rows = zeta_by_mode(model, a.samples, a.seed)
+    rows = zeta_by_mode(model, a.samples, a.seed, preimages=not a.no_preimages)
     covers = cover_counts(lambda u: model.G.logdet(u, "exact", signed=True), model.data.means, 3 * model.data.std)
     print("| mode | log ζ̂ share (IS) | quadrature share | IS − quadrature | covers of the 3σ disc (signed) |\n"
           "|---|---|---|---|---|")
