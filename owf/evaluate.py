@@ -12,7 +12,8 @@ more than one), and eval.json also holds log_zeta_eq10, the estimate with Eq. 10
 density (signed weights), for comparison. Pictures:
 - zeta_convergence.png (Fig. 2a): log ζ̂ against S for the proposals N(0, I), the generator and the
   data distribution itself, 10 repeats each (error bars: their standard deviation), quadrature line;
-  in 2D the generator's repeats are disjoint slices of the main estimate's samples;
+  in 2D the generator's repeats are disjoint slices of the main estimate's samples, and eval.json
+  keeps the 10 estimates at S = 10^4 (log_zeta_S1e4) and the one farthest from the quadrature;
 - energy_hist.png (Fig. 3): energies of the training stream's data against held-out data;
 - density.png (Fig. 1): the normalised model density next to the truth.
 """
@@ -188,6 +189,11 @@ def evaluate_run(run: str, zeta_samples: int = 1_000_000, batch_size: int = 6553
             zeta_convergence(model, out / "zeta_convergence.png", quad["log_zeta"], s_max=convergence_max_s, pool=pool)
             res["zeta_std_at_S100"] = zeta_spread(model, 100, SPREAD_REPEATS, seed + 2, pool)
             res["zeta_spread_repeats"] = SPREAD_REPEATS
+            if pool is not None and len(pool.log_weights) >= 10 * 10_000:    # the target's S = 10^4, 10 repeats
+                at = _pool_estimates(pool, 10_000, 10)
+                res["log_zeta_S1e4"] = at.tolist()
+                res["log_zeta_S1e4_worst_minus_quadrature"] = float(at[np.argmax(np.abs(at - quad["log_zeta"]))]
+                                                                    - quad["log_zeta"])
             res["energy_mean_train_vs_heldout"] = energy_hist(model, out / "energy_hist.png")
             save_density(out / "density.png", model.energy_on_domain, model.data, log_zeta=est.log_zeta,
                          title=f"{model.config.data}: normalised with log ζ̂ = {est.log_zeta:.3f} ± {est.se:.1g} "

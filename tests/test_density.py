@@ -139,7 +139,9 @@ def test_density_table_checks_each_target():
     assert row("r", e).endswith("| 2/4 |") and "| 0.1% |" in row("r", e)
     assert "| - | - |" in row("r", e)                          # evaluated before the preimage search
     e.update(multi_cover=0.0848, log_zeta_eq10_minus_quadrature=0.1605)
-    assert "| 8.5% | +0.161 |" in row("r", e)
+    assert "| 8.5% | +0.161 | - |" in row("r", e)
+    e.update(log_zeta_S1e4_worst_minus_quadrature=-0.06)        # one of the 10 estimates at S = 10^4 is off
+    assert not targets(e)["zeta"] and "| -0.060 |" in row("r", e)
 
 
 def test_signed_estimate_is_the_signed_importance_sum():

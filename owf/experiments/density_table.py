@@ -19,13 +19,15 @@ from pathlib import Path
 
 HEADER = ("| run | modes | HQ | log ζ̂ (S = 10^6) ± se | quadrature (domain) | ζ̂ − quadrature | ∫ exp(log_prob) "
           "| test NLL − true NLL | std log ζ̂ at S=100: generator / N(0,I) | fold share | samples with > 1 preimage "
-          "| Eq. 10 ζ̂ − quadrature | mass outside domain | targets met |")
+          "| Eq. 10 ζ̂ − quadrature | worst of 10 ζ̂(S = 10^4) − quadrature | mass outside domain | targets met |")
 
 
 def targets(e: dict) -> dict:
-    """Which of the four targets this eval.json meets."""
+    """Which of the four targets this eval.json meets. log ζ̂ must be within 0.05 of the quadrature at
+    S = 10^6 and in each of 10 estimates at S = 10^4 (the issue's S), where eval.json has them."""
     spread = e["zeta_std_at_S100"]
-    return {"zeta": abs(e["log_zeta_minus_quadrature"]) <= 0.05,
+    worst = e.get("log_zeta_S1e4_worst_minus_quadrature", e["log_zeta_minus_quadrature"])
+    return {"zeta": max(abs(e["log_zeta_minus_quadrature"]), abs(worst)) <= 0.05,
             "integral": abs(e["integral_of_density"] - 1) <= 0.02,
             "nll": e["nll_gap"] <= 0.5,
             "spread": spread["normal"] >= 10 * spread["generator"]}
@@ -39,6 +41,7 @@ def row(name: str, e: dict) -> str:
             f"{e['log_zeta_quadrature']:.3f} | {e['log_zeta_minus_quadrature']:+.3f} | {e['integral_of_density']:.3g} | "
             f"{e['nll_gap']:.3f} | {s['generator']:.3f} / {s['normal']:.2f} | {100 * fold:.2g}% | "
             f"{_pct(e.get('multi_cover'))} | {_signed(e.get('log_zeta_eq10_minus_quadrature'))} | "
+            f"{_signed(e.get('log_zeta_S1e4_worst_minus_quadrature'))} | "
             f"{e['energy_mass_outside_domain']:.2g} | {sum(met.values())}/4 |")
 
 
@@ -59,8 +62,8 @@ def main(argv=None):
     lines = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
     for run in map(Path, a.runs):
         ev = run / "eval.json"
-        # (--no-figures skips the spread; evaluations before it had 200 repeats used 10)
-        if not ev.exists() or "zeta_spread_repeats" not in json.loads(ev.read_text()):
+        # (--no-figures skips these; evaluations made before them lack the 200-repeat spread and S = 10^4)
+        if not ev.exists() or "log_zeta_S1e4" not in json.loads(ev.read_text()):
             cmd = [sys.executable, "-m", "owf.evaluate", str(run)]
             if a.zeta_samples:
                 cmd += ["--zeta-samples", str(a.zeta_samples)]
