@@ -35,8 +35,7 @@ import torch  # noqa: E402
 
 from owf_kernels import log_zeta as log_zeta_of  # noqa: E402
 
-from .density import (PREIMAGES_MAX_N, OWFModel, load, quadrature_log_zeta, signed_estimate,  # noqa: E402
-                      signed_partials)
+from .density import OWFModel, load, quadrature_log_zeta, signed_estimate, signed_partials  # noqa: E402
 from .metrics import EVAL_POINTS, mode_coverage  # noqa: E402
 from .model import FOLD_CHECK_MAX_N  # noqa: E402
 from .plots import save_density  # noqa: E402
@@ -51,7 +50,7 @@ SPREAD_REPEATS = 200           # estimates of log ζ̂(S = 100) per proposal for
 def log_zeta_samples(model: OWFModel, proposal: str, S: int, g: torch.Generator) -> float:
     """One estimate log ζ̂(S) with S samples of `proposal` (generator | normal | data)."""
     if proposal == "generator":       # as estimate_log_zeta: all preimages for small n, else signed weights
-        y, log_p, sign = model.sample_with_log_prob(S, g, signed=True, preimages=model.G.n <= PREIMAGES_MAX_N)
+        y, log_p, sign = model.sample_with_log_prob(S, g, signed=True, preimages=model.searches_preimages)
         return signed_estimate(*signed_partials(model.energy_on_domain(y).double() - log_p, sign))[0]
     elif proposal == "normal":
         y = torch.randn(S, model.G.n, generator=g)

@@ -186,11 +186,17 @@ class _GaussianEnergy(torch.nn.Module):
         return self.w * (-0.5 * (x * x).sum(1) - math.log(2 * math.pi))
 
 
-def test_signed_weights_undo_a_fold(run_dir):
+def _cubic_fold_model(run_dir):
+    """The trained model with G = the cubic fold and the energy log N(x; 0, I), and the exact log ζ
+    on its domain box [lo, hi]²: 2 log(Φ(hi) - Φ(lo))."""
     model = owf.load(run_dir)
     model.G, model.D = _CubicFold(), _GaussianEnergy(model.w)
     lo, hi = model.domain
-    exact = 2 * math.log(torch.special.ndtr(torch.tensor(hi)) - torch.special.ndtr(torch.tensor(lo)))
+    return model, 2 * math.log(torch.special.ndtr(torch.tensor(hi)) - torch.special.ndtr(torch.tensor(lo)))
+
+
+def test_signed_weights_undo_a_fold(run_dir):
+    model, exact = _cubic_fold_model(run_dir)
     signed = model.estimate_log_zeta(400_000, generator=torch.Generator().manual_seed(1), preimages=False)
     plain = model.estimate_log_zeta(400_000, generator=torch.Generator().manual_seed(1), signed=False,
                                     preimages=False)
@@ -200,10 +206,7 @@ def test_signed_weights_undo_a_fold(run_dir):
 
 def test_all_preimages_undo_a_fold_without_signs(run_dir):
     """The default for 2D: q summed over the three sheets, no signs (owf.preimages)."""
-    model = owf.load(run_dir)
-    model.G, model.D = _CubicFold(), _GaussianEnergy(model.w)
-    lo, hi = model.domain
-    exact = 2 * math.log(torch.special.ndtr(torch.tensor(hi)) - torch.special.ndtr(torch.tensor(lo)))
+    model, exact = _cubic_fold_model(run_dir)
     est = model.estimate_log_zeta(40_000, generator=torch.Generator().manual_seed(1))
     assert est.preimages and 0.9 < est.multi_cover < 0.96     # |y2| < 2 where |u2| < 2: P = 0.954
     assert abs(est.log_zeta - exact) < 4 * est.se + 0.01, (est, exact)

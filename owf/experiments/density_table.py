@@ -4,7 +4,7 @@
 
 Runs `python -m owf.evaluate RUN` for each run folder that has no complete eval.json yet (so an
 interrupted table resumes), then prints one row per run from its eval.json. Runs evaluated before the
-preimage search (owf.preimages) show "-" in its two columns. The targets (issue: normalised
+preimage search (owf.preimages) show "-" in its three columns. The targets (issue: normalised
 density): |log ζ̂ − quadrature| ≤ 0.05, ∫ exp(log_prob) = 1 ± 0.02, test NLL within 0.5 nats of the
 mixture's entropy, and a spread of log ζ̂ at S = 100 at least 10x lower with the generator as
 proposal than with N(0, I).
