@@ -76,15 +76,26 @@ def check_inputs(x, x_dot, weight, bias, activation, negative_slope):
     return lead, M, K, N, x_dot.shape[0]
 
 
-def stack_primal_tangents(x: torch.Tensor, x_dot: torch.Tensor) -> torch.Tensor:
-    """[M, K] and [T, M, K] -> [1+T, M, K], without a copy when x_dot directly follows x in memory
-    (as it does when both are views of one stacked buffer, e.g. the outputs of the previous layer)."""
+def stacked_view(x: torch.Tensor, x_dot: torch.Tensor):
+    """[x; x_dot] as one [1+T, M, K] view when x_dot directly follows x in memory (as it does when
+    both are views of one stacked buffer, e.g. the outputs of the previous layer), else None."""
     T, M, K = x_dot.shape
     if (x.is_contiguous() and x_dot.is_contiguous() and x.dtype == x_dot.dtype
             and x.untyped_storage().data_ptr() == x_dot.untyped_storage().data_ptr()
             and x_dot.data_ptr() == x.data_ptr() + x.numel() * x.element_size()):
         return x.as_strided((1 + T, M, K), (M * K, K, 1))
-    return torch.cat([x.reshape(1, M, K), x_dot], 0)
+    return None
+
+
+def stack_primal_tangents(x: torch.Tensor, x_dot: torch.Tensor) -> torch.Tensor:
+    """[M, K] and [T, M, K] -> [1+T, M, K], without a copy when they are already stacked in memory."""
+    h = stacked_view(x, x_dot)
+    return h if h is not None else torch.cat([x.reshape(1, *x.shape), x_dot], 0)
+
+
+def _const_tangents(x_dot: torch.Tensor) -> bool:
+    """x_dot [T, M, K] constant over the batch (stride 0, e.g. the identity tangents of an exact log-det)."""
+    return x_dot.shape[1] > 1 and x_dot.stride(1) == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,22 +131,12 @@ def _grad_preact(G, out, activation, negative_slope, A=None):
         g_adot[t] = gyd[t] ⊙ σ'(a)
         g_a       = gy ⊙ σ'(a) + Σ_t gyd[t] ⊙ (σ''(a) ⊙ a_dot[t])
 
-    In terms of outputs (σ'' a_dot is what y_dot carries, scaled):
-        tanh:     σ' = 1 - y²,        σ'' a_dot = -2 y ⊙ y_dot
-        sigmoid:  σ' = y (1 - y),     σ'' a_dot = (1 - 2y) ⊙ y_dot
-        softplus: σ' = 1 - e^-y,      σ'' a_dot = e^-y ⊙ y_dot
-        relu, leaky_relu, identity: σ' from the sign of y (slope ≥ 0), σ'' = 0
-        tanh:     A is σ' = 1 - y² [M, N], which the torch forward forms anyway and keeps.
-        silu:     not invertible: uses the pre-activations A = [a; a_dot] (kept by the torch path,
-                  where they are a by-product; recomputed by the Triton backward),
-                  σ' = s (1 + a (1 - s)), σ'' = s (1 - s) (2 + a (1 - 2s)), s = sigmoid(a).
+    σ' and σ'' a_dot from the outputs: see `_slope_curvature`. silu is not invertible: it uses the
+    pre-activations A = [a; a_dot] (kept by the torch path, where they are a by-product; recomputed
+    by the Triton backward), σ' = s (1 + a (1 - s)), σ'' = s (1 - s) (2 + a (1 - 2s)), s = sigmoid(a).
     """
-    y, yd = out[0], out[1:]
     if activation == "identity":
         return G
-    if activation in ("relu", "leaky_relu"):
-        slope = 0.0 if activation == "relu" else negative_slope
-        return G * torch.where(y > 0, 1.0, slope).to(G.dtype)
     if activation == "silu":
         a, ad = A[0], A[1:]
         s = torch.sigmoid(a)
@@ -144,20 +145,55 @@ def _grad_preact(G, out, activation, negative_slope, A=None):
         GA = G * d1
         GA[0] += d2 * (G[1:] * ad).sum(0)
         return GA
-    if activation == "tanh":
-        GA = G * A                                                       # G σ', σ' = 1 - y² (A, from forward)
-        GA[0].addcmul_(_sum_products(G[1:], yd), y, value=-2)            # + Σ_t gyd[t] (-2 y y_dot[t])
-        return GA
-    if activation == "sigmoid":
-        d1, c = y * (1 - y), 1 - 2 * y
-    elif activation == "softplus":
-        c = torch.exp(-y)
-        d1 = -torch.expm1(-y)
-    else:
-        raise ValueError(f"activation={activation!r} is not supported; choose one of {ACTIVATIONS}")
+    d1, c, k = _slope_curvature(out[0], activation, negative_slope, A)
     GA = G * d1
-    GA[0].addcmul_(c, _sum_products(G[1:], yd))
+    if c is not None:
+        GA[0].addcmul_(c, _sum_products(G[1:], out[1:]), value=k)     # + k c ⊙ Σ_t gyd[t] ⊙ y_dot[t]
     return GA
+
+
+def _slope_curvature(y, activation, negative_slope, A=None):
+    """(σ'(a), c, k) from the outputs, with σ''(a) ⊙ a_dot = k c ⊙ y_dot (c None where σ'' = 0):
+        tanh:     σ' = 1 - y²  (A: kept by forward),  c = y,       k = -2
+        sigmoid:  σ' = y (1 - y),                     c = 1 - 2y,  k = 1
+        softplus: σ' = 1 - e^-y,                      c = e^-y,    k = 1
+        relu, leaky_relu: σ' from the sign of y (slope ≥ 0), σ'' = 0.   identity: σ' = 1."""
+    if activation == "identity":
+        return torch.ones_like(y), None, 0.0
+    if activation in ("relu", "leaky_relu"):
+        slope = 0.0 if activation == "relu" else negative_slope
+        return torch.where(y > 0, 1.0, slope).to(y.dtype), None, 0.0
+    if activation == "tanh":
+        return A, y, -2.0
+    if activation == "sigmoid":
+        return y * (1 - y), 1 - 2 * y, 1.0
+    if activation == "softplus":
+        return -torch.expm1(-y), torch.exp(-y), 1.0
+    raise ValueError(f"activation={activation!r} is not supported; choose one of {ACTIVATIONS}")
+
+
+def _grads_const_tangents(G, out, x, x_dot, weight, activation, negative_slope, pre):
+    """gW and g_a for batch-constant tangents x_dot[t] = (row r_t, broadcast over M) when no input
+    gradient is wanted (the first layer of an exact log-det). There y_dot[t] = σ' ⊙ ad_t with
+    ad_t = r_t Wᵀ a row, so with σ'' a_dot = k c ⊙ y_dot (see `_slope_curvature`):
+
+        g_a             = σ' ⊙ (gy + k c ⊙ Σ_t gyd[t] ⊙ ad_t)          [M, N]
+        Σ_m g_adot[t]   = Σ_m gyd[t] ⊙ σ'                             [T, N]
+        gW              = g_aᵀ x + Σ_t (Σ_m g_adot[t])ᵀ r_t
+
+    without forming g_adot [T, M, N] (_grad_preact's GA), which only its column sums need."""
+    d1, c, k = _slope_curvature(out[0], activation, negative_slope, pre)
+    if c is None:
+        ga = G[0] * d1
+    else:
+        ad = F.linear(x_dot[:, 0], weight)                              # [T, N]: ad_t
+        q = G[1] * ad[0]
+        for t in range(1, ad.shape[0]):
+            q.addcmul_(G[1 + t], ad[t])                                 # Σ_t gyd[t] ⊙ ad_t
+        ga = torch.addcmul(G[0], c, q, value=k, out=q).mul_(d1)
+    colsums = (G[1:] * d1).sum(1)                                       # Σ_m g_adot[t]  [T, N]
+    gw = _mm(ga.t(), x) + colsums.t() @ x_dot[:, 0]
+    return gw, ga
 
 
 def _sum_products(a, b):
@@ -180,40 +216,69 @@ def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b
 
 
-def _forward_torch(h, weight, bias, activation, negative_slope):
-    """[1+T, M, K] -> (out = [y; y_dot] [1+T, M, N], computed in place in the GEMM's output;
-    σ' = 1 - y² [M, N] for tanh, which backward reuses, else None)."""
-    # A = [a; a_dot] = h Wᵀ: one GEMM over (1+T)·M rows, W read once    # read (1+T)MK + NK, write (1+T)MN
-    T1, M, K = h.shape                                        # _mm: (W hᵀ)ᵀ for the last layer's N = n
-    A = _mm(h.reshape(T1 * M, K), weight.t()).view(T1, M, weight.shape[0])
+def _forward_torch(x, x_dot, weight, bias, activation, negative_slope):
+    """x [M, K], x_dot [T, M, K] -> (out = [y; y_dot] [1+T, M, N], computed in place in the GEMMs'
+    output; pre: σ' = 1 - y² [M, N] for tanh, which backward reuses; the pre-activations
+    [a; a_dot] for silu, which is not invertible from y; else None).
+
+    a = x Wᵀ + b and a_dot = x_dot Wᵀ are two GEMMs (M and T·M rows) written into one [1+T, M, N]
+    buffer: no [1+T, M, K] stacked copy of the inputs, and the primal's GEMM adds the bias (for
+    tanh it gives 2a directly, see _tanh_from_2a_). W is [N, K]: reading it twice costs little.
+    """
+    T, M, K = x_dot.shape
+    N = weight.shape[0]
+    if N <= 4 < M:
+        # tiny outputs (the last layer of a 2D flow): one GEMM over the stacked rows, as (W hᵀ)ᵀ
+        # (see _mm); the stacking is free when x, x_dot are the previous layer's outputs
+        A = _mm(stack_primal_tangents(x, x_dot).reshape((1 + T) * M, K), weight.t()).view(1 + T, M, N)
+        if bias is not None:
+            A[0] += bias
+        if activation == "tanh":
+            A[0].mul_(2)                                                        # 2a
+    else:
+        A = torch.empty((1 + T, M, N), dtype=x.dtype, device=x.device)
+        if activation == "tanh":
+            _addmm2(bias, x, weight, A[0])                                      # 2a
+        elif bias is None:
+            torch.mm(x, weight.t(), out=A[0])                                   # a
+        else:
+            torch.addmm(bias, x, weight.t(), out=A[0])                          # a
+        torch.mm(x_dot.reshape(T * M, K), weight.t(), out=A[1:].view(T * M, N))  # a_dot
     a, ad = A[0], A[1:]
-    if bias is not None:
-        a += bias
     if activation == "identity":
         return A, None
     if activation == "tanh":
-        d1 = _tanh_slope_(a)                                    # y = tanh a in place; σ' = 1 - y²
-        ad.mul_(d1)                                             # y_dot = σ' a_dot
+        d1 = _tanh_from_2a_(a)                                                  # y in place; σ' = 1 - y²
+        ad.mul_(d1)                                                             # y_dot = σ' a_dot
         return A, d1
-    y, d1 = act_and_slope(a, activation, negative_slope)     # read MN, write 2MN
-    ad.mul_(d1)                                                 # y_dot = σ'(a) a_dot
+    pre = A.clone() if activation == "silu" else None
+    y, d1 = act_and_slope(a, activation, negative_slope)                        # read MN, write 2MN
+    ad.mul_(d1)                                                                 # y_dot = σ'(a) a_dot
     a.copy_(y)
-    return A, None
+    return A, pre
+
+
+def _addmm2(bias, x, weight, out):
+    """out <- 2 (x Wᵀ + b) in one BLAS call (alpha = beta = 2; without a bias, beta = 0)."""
+    if bias is None:
+        return torch.addmm(out, x, weight.t(), beta=0, alpha=2, out=out)
+    return torch.addmm(bias, x, weight.t(), beta=2, alpha=2, out=out)
 
 
 def _tanh_(a):
     """tanh in place as 2 sigmoid(2a) - 1, the Triton epilogue's formula (Triton's interpreter has
     no tanh), so that both paths round alike: with torch.tanh_ instead (1 pass, 28 us on [512, 256]
     against 78 us for four passes) a short training run on the two backends drifted apart by 1.7e-5
-    in energy, past tests/test_train.py's tolerance. Three passes: 2a, sigmoid, then -1 + 2s in one
-    (2s is exact, so the result is bitwise that of 2 * s - 1)."""
-    s = a.mul_(2).sigmoid_()
-    return torch.add(_scalar(-1.0, a), s, alpha=2, out=a)
+    in energy, past tests/test_train.py's tolerance."""
+    return _tanh_from_2a_(a.mul_(2))
 
 
-def _tanh_slope_(a):
-    """a <- tanh a in place; returns σ' = 1 - y² (a new [M, N] tensor)."""
-    return torch.addcmul(_scalar(1.0, a), _tanh_(a), a, value=-1)
+def _tanh_from_2a_(a2):
+    """a2 = 2a -> y = tanh a = 2 sigmoid(2a) - 1 in place, in two passes (sigmoid, then -1 + 2s in
+    one: 2s is exact, so the result is bitwise that of 2 * s - 1); returns σ' = 1 - y² (a new tensor)."""
+    s = a2.sigmoid_()
+    y = torch.add(_scalar(-1.0, s), s, alpha=2, out=s)
+    return torch.addcmul(_scalar(1.0, y), y, y, value=-1)
 
 
 _SCALARS: dict = {}
@@ -236,66 +301,79 @@ def _forward_const_tangents(x, x_dot, weight, bias, activation, negative_slope):
     N = weight.shape[0]
     out = torch.empty((1 + T, M, N), dtype=x.dtype, device=x.device)
     a = out[0]                                                      # a, then y, in place: [M, N]
-    if bias is None:
-        torch.mm(x, weight.t(), out=a)
-    else:
-        torch.addmm(bias, x, weight.t(), out=a)
     ad = F.linear(x_dot[:, 0], weight)                              # [T, N]
-    pre = torch.cat([a[None], ad[:, None, :].expand(T, M, -1)]) if activation == "silu" else None
     if activation == "tanh":
-        d1 = pre = _tanh_slope_(a)                                  # y = tanh a in place; σ' kept for backward
+        _addmm2(bias, x, weight, a)                                 # 2a (see _forward_torch)
+        d1 = pre = _tanh_from_2a_(a)                                # y = tanh a in place; σ' kept for backward
     else:
+        if bias is None:
+            torch.mm(x, weight.t(), out=a)
+        else:
+            torch.addmm(bias, x, weight.t(), out=a)
+        pre = torch.cat([a[None], ad[:, None, :].expand(T, M, -1)]) if activation == "silu" else None
         y, d1 = act_and_slope(a, activation, negative_slope)
         a.copy_(y)
     torch.mul(d1, ad[:, None, :], out=out[1:])                      # y_dot[t] = σ'(a) ⊙ a_dot[t]
     return out, pre
 
 
+def forward_layer(x, x_dot, weight, bias, activation, negative_slope):
+    """The torch path's forward of one layer, x [M, K], x_dot [T, M, K] -> (out = [y; y_dot]
+    [1+T, M, N], saved), where `saved` = (x, x_dot, h, pre) is what `backward_layer` needs besides
+    weight, bias and out: the inputs (for gx, gW anyway); h = [x; x_dot] when they are stacked in
+    memory already (gW is then one GEMM), else None; and `pre` (see _forward_torch). From the
+    outputs follow σ' and σ'' a_dot."""
+    if _const_tangents(x_dot):
+        out, pre = _forward_const_tangents(x, x_dot, weight, bias, activation, negative_slope)
+        return out, (x, x_dot, None, pre)
+    out, pre = _forward_torch(x, x_dot, weight, bias, activation, negative_slope)   # [1+T, M, N]
+    return out, (x, x_dot, stacked_view(x, x_dot), pre)
+
+
+def backward_layer(G, saved, weight, bias, out, activation, negative_slope, needs=(True, True, True)):
+    """The torch path's backward of one layer: G = [gy; gyd] [1+T, M, N] -> (gh = [gx; gx_dot]
+    [1+T, M, K] or None, gW or None, gb or None), for needs = (input grads, gW, gb)."""
+    x, x_dot, h, pre = saved
+    T1, M, N = out.shape
+    K = weight.shape[1]
+    const = _const_tangents(x_dot)
+    if const and not needs[0] and activation != "silu":
+        gw, ga = _grads_const_tangents(G, out, x, x_dot, weight, activation, negative_slope, pre)
+        gb = ga.sum(0) if bias is not None and needs[2] else None      # gb = Σ_m g_a
+        return None, (gw if needs[1] else None), gb
+    GA = _grad_preact(G, out, activation, negative_slope, pre)         # [1+T, M, N]
+    GA2 = GA.reshape(T1 * M, N)
+    gh = gw = gb = None
+    if needs[0]:
+        gh = (GA2 @ weight).view(T1, M, K)                              # [gx; gx_dot] = GA W
+    if needs[1]:
+        if const:               # batch-constant tangents: gW = g_aᵀ x + Σ_t (Σ_m g_adot[t, m])ᵀ x_dot[t, 0]
+            gw = _mm(GA[0].t(), x) + GA[1:].sum(1).t() @ x_dot[:, 0]
+        elif h is not None:     # gW = GAᵀ [x; x_dot], one GEMM over the stacked rows
+            gw = _mm(GA2.t(), h.reshape(T1 * M, K))
+        else:                   # the same as two GEMMs, g_aᵀ x + g_adotᵀ x_dot
+            gw = _mm(GA[0].t(), x).addmm_(GA[1:].reshape((T1 - 1) * M, N).t(), x_dot.reshape((T1 - 1) * M, K))
+    if bias is not None and needs[2]:
+        gb = GA[0].sum(0)                                               # gb = Σ_m g_a
+    return gh, gw, gb
+
+
 class _LinearJVPTorch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, x_dot, weight, bias, activation, negative_slope):
-        T, M, K = x_dot.shape
-        ctx.const = M > 1 and x_dot.stride(1) == 0
-        if ctx.const:
-            out, pre = _forward_const_tangents(x, x_dot, weight, bias, activation, negative_slope)
-            h = None
-        else:
-            h = stack_primal_tangents(x, x_dot)                             # [1+T, M, K]
-            if activation == "silu":
-                # silu is not invertible from y: keep the pre-activations (a free by-product here)
-                pre = F.linear(h, weight)
-                if bias is not None:
-                    pre[0] += bias
-                y, d1 = act_and_slope(pre[0], activation, negative_slope)
-                out = torch.cat([y.unsqueeze(0), pre[1:] * d1], 0)
-            else:
-                out, pre = _forward_torch(h, weight, bias, activation, negative_slope)   # [1+T, M, N]
-        # Saved: the inputs (needed for gx, gW anyway) and the outputs, from which σ' and σ'' a_dot
-        # follow; `pre` is the pre-activations for silu, σ' = 1 - y² for tanh (formed by forward
-        # anyway: saves backward a pass), else None.
-        ctx.save_for_backward(x, x_dot, h, weight, bias, out, pre)
+        out, saved = forward_layer(x, x_dot, weight, bias, activation, negative_slope)
+        ctx.save_for_backward(*saved, weight, bias, out)
         ctx.activation, ctx.negative_slope = activation, negative_slope
         return out[0], out[1:]
 
     @staticmethod
     def backward(ctx, gy, gyd):
-        x, x_dot, h, weight, bias, out, pre = ctx.saved_tensors
-        T1, M, N = out.shape
-        K = weight.shape[1]
+        *saved, weight, bias, out = ctx.saved_tensors
         G = stack_primal_tangents(gy, gyd)                                 # [1+T, M, N]
-        GA = _grad_preact(G, out, ctx.activation, ctx.negative_slope, pre)  # [1+T, M, N]
-        gx = gxd = gw = gb = None
-        GA2 = GA.reshape(T1 * M, N)
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            gh = (GA2 @ weight).view(T1, M, K)                              # [gx; gx_dot] = GA W
-            gx, gxd = gh[0], gh[1:]
-        if ctx.needs_input_grad[2]:
-            if ctx.const:   # gW = g_aᵀ x + Σ_t (Σ_m g_adot[t, m])ᵀ x_dot[t, 0]
-                gw = _mm(GA[0].t(), x) + GA[1:].sum(1).t() @ x_dot[:, 0]
-            else:           # gW = GAᵀ [x; x_dot]
-                gw = _mm(GA2.t(), h.reshape(T1 * M, K))
-        if bias is not None and ctx.needs_input_grad[3]:
-            gb = GA[0].sum(0)                                               # gb = Σ_m g_a
+        n = ctx.needs_input_grad
+        gh, gw, gb = backward_layer(G, saved, weight, bias, out, ctx.activation, ctx.negative_slope,
+                                    (n[0] or n[1], n[2], n[3]))
+        gx, gxd = (None, None) if gh is None else (gh[0], gh[1:])
         return gx, gxd, gw, gb, None, None
 
 

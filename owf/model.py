@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from owf_kernels import linear_jvp
+from owf_kernels import linear_jvp, mlp_jvp
 
 LOGDET_METHODS = ("exact", "jvp1")
 G_ACTIVATIONS = ("tanh", "leaky_relu", "softplus", "silu", "sigmoid")   # σ' ≠ 0 a.e., so J stays full rank
@@ -51,10 +51,7 @@ def _act(h, activation, negative_slope):
 def slogdet_cols(jac_cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sign of det J, log|det J|) from tangents y_dot [T=n, B, n], where J[b][:, t] = y_dot[t, b] -> [B], [B]."""
     if jac_cols.shape[0] == 2 and jac_cols.shape[2] == 2:
-        # J = [[a, b], [c, d]]; the products are formed in float64: in fp32 a saturated sample's
-        # det can underflow to 0 and make log|det J| = -inf
-        (a, c), (b, d) = jac_cols[0].double().unbind(-1), jac_cols[1].double().unbind(-1)
-        det = a * d - b * c
+        det = _det2(jac_cols)
         return det.sign().to(jac_cols.dtype), torch.log(torch.abs(det)).to(jac_cols.dtype)
     out = torch.linalg.slogdet(jac_cols.permute(1, 2, 0))
     return out.sign, out.logabsdet
@@ -62,7 +59,16 @@ def slogdet_cols(jac_cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def logabsdet(jac_cols: torch.Tensor) -> torch.Tensor:
     """log|det J| from tangents y_dot [T=n, B, n], where J[b][:, t] = y_dot[t, b] -> [B]."""
-    return slogdet_cols(jac_cols)[1]
+    if jac_cols.shape[0] == 2 and jac_cols.shape[2] == 2:
+        return torch.log(torch.abs(_det2(jac_cols))).to(jac_cols.dtype)     # no sign: the training step's path
+    return torch.linalg.slogdet(jac_cols.permute(1, 2, 0)).logabsdet
+
+
+def _det2(jac_cols):
+    """det J for n = 2, J = [[a, b], [c, d]] with a, c = y_dot[0, :, :] and b, d = y_dot[1, :, :],
+    formed in float64: in fp32 a saturated sample's det can underflow to 0 and make log|det J| = -inf."""
+    (a, c), (b, d) = jac_cols[0].double().unbind(-1), jac_cols[1].double().unbind(-1)
+    return a * d - b * c
 
 
 FOLD_CHECK_MAX_N = 16    # det J of every sample costs n tangents: the fold check is for small n only
@@ -118,11 +124,8 @@ class OneWayFlow(nn.Module):
 
     def g_n_jvp(self, u: torch.Tensor, u_dot: torch.Tensor):
         """The network with tangents: u [B, n], u_dot [T, B, n] -> y [B, n], y_dot [T, B, n]."""
-        h, h_dot = u, u_dot
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            act = "identity" if i == last else self.activation
-            h, h_dot = linear_jvp(h, h_dot, layer.weight, layer.bias, act, self.negative_slope)
+        h, h_dot = mlp_jvp(u, u_dot, [layer.weight for layer in self.layers], [layer.bias for layer in self.layers],
+                           self.activation, "identity", self.negative_slope)     # one autograd node on CPU
         if self.skip is not None:                       # + (A u, A u_dot)
             s, s_dot = linear_jvp(u, u_dot, self.skip.weight, None, "identity")
             h, h_dot = h + s, h_dot + s_dot
