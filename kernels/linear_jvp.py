@@ -125,8 +125,9 @@ def act_and_slope(a: torch.Tensor, activation: str, negative_slope: float):
     raise ValueError(f"activation={activation!r} is not supported; choose one of {ACTIVATIONS}")
 
 
-def _grad_preact(G, out, activation, negative_slope, A=None):
-    """From G = [gy; gyd] and out = [y; y_dot] (both [1+T, M, N]) to GA = [g_a; g_adot].
+def _grad_preact(gy, gyd, out, activation, negative_slope, A=None):
+    """From gy [M, N], gyd [T, M, N] and out = [y; y_dot] [1+T, M, N] to GA = [g_a; g_adot]
+    [1+T, M, N] (a new buffer; identity: gy and gyd stacked, a view when they are already):
 
         g_adot[t] = gyd[t] ⊙ σ'(a)
         g_a       = gy ⊙ σ'(a) + Σ_t gyd[t] ⊙ (σ''(a) ⊙ a_dot[t])
@@ -136,19 +137,22 @@ def _grad_preact(G, out, activation, negative_slope, A=None):
     by the Triton backward), σ' = s (1 + a (1 - s)), σ'' = s (1 - s) (2 + a (1 - 2s)), s = sigmoid(a).
     """
     if activation == "identity":
-        return G
+        return stack_primal_tangents(gy, gyd)
+    GA = torch.empty((1 + gyd.shape[0], *gy.shape), dtype=gy.dtype, device=gy.device)
     if activation == "silu":
         a, ad = A[0], A[1:]
         s = torch.sigmoid(a)
         d1 = s * (1 + a * (1 - s))
         d2 = s * (1 - s) * (2 + a * (1 - 2 * s))
-        GA = G * d1
-        GA[0] += d2 * (G[1:] * ad).sum(0)
+        torch.mul(gy, d1, out=GA[0])
+        torch.mul(gyd, d1, out=GA[1:])
+        GA[0] += d2 * (gyd * ad).sum(0)
         return GA
     d1, c, k = _slope_curvature(out[0], activation, negative_slope, A)
-    GA = G * d1
+    torch.mul(gy, d1, out=GA[0])                                        # gy σ'
+    torch.mul(gyd, d1, out=GA[1:])                                      # g_adot = gyd σ'
     if c is not None:
-        GA[0].addcmul_(c, _sum_products(G[1:], out[1:]), value=k)     # + k c ⊙ Σ_t gyd[t] ⊙ y_dot[t]
+        GA[0].addcmul_(c, _sum_products(gyd, out[1:]), value=k)         # + k c ⊙ Σ_t gyd[t] ⊙ y_dot[t]
     return GA
 
 
@@ -172,7 +176,7 @@ def _slope_curvature(y, activation, negative_slope, A=None):
     raise ValueError(f"activation={activation!r} is not supported; choose one of {ACTIVATIONS}")
 
 
-def _grads_const_tangents(G, out, x, x_dot, weight, activation, negative_slope, pre):
+def _grads_const_tangents(gy, gyd, out, x, x_dot, weight, activation, negative_slope, pre):
     """gW and g_a for batch-constant tangents x_dot[t] = (row r_t, broadcast over M) when no input
     gradient is wanted (the first layer of an exact log-det). There y_dot[t] = σ' ⊙ ad_t with
     ad_t = r_t Wᵀ a row, so with σ'' a_dot = k c ⊙ y_dot (see `_slope_curvature`):
@@ -184,14 +188,14 @@ def _grads_const_tangents(G, out, x, x_dot, weight, activation, negative_slope, 
     without forming g_adot [T, M, N] (_grad_preact's GA), which only its column sums need."""
     d1, c, k = _slope_curvature(out[0], activation, negative_slope, pre)
     if c is None:
-        ga = G[0] * d1
+        ga = gy * d1
     else:
         ad = F.linear(x_dot[:, 0], weight)                              # [T, N]: ad_t
-        q = G[1] * ad[0]
+        q = gyd[0] * ad[0]
         for t in range(1, ad.shape[0]):
-            q.addcmul_(G[1 + t], ad[t])                                 # Σ_t gyd[t] ⊙ ad_t
-        ga = torch.addcmul(G[0], c, q, value=k, out=q).mul_(d1)
-    colsums = (G[1:] * d1).sum(1)                                       # Σ_m g_adot[t]  [T, N]
+            q.addcmul_(gyd[t], ad[t])                                   # Σ_t gyd[t] ⊙ ad_t
+        ga = torch.addcmul(gy, c, q, value=k, out=q).mul_(d1)
+    colsums = (gyd * d1).sum(1)                                         # Σ_m g_adot[t]  [T, N]
     gw = _mm(ga.t(), x) + colsums.t() @ x_dot[:, 0]
     return gw, ga
 
@@ -330,31 +334,42 @@ def forward_layer(x, x_dot, weight, bias, activation, negative_slope):
     return out, (x, x_dot, stacked_view(x, x_dot), pre)
 
 
-def backward_layer(G, saved, weight, bias, out, activation, negative_slope, needs=(True, True, True)):
-    """The torch path's backward of one layer: G = [gy; gyd] [1+T, M, N] -> (gh = [gx; gx_dot]
-    [1+T, M, K] or None, gW or None, gb or None), for needs = (input grads, gW, gb)."""
+def backward_layer(gy, gyd, saved, weight, bias, out, activation, negative_slope, needs=(True, True, True)):
+    """The torch path's backward of one layer: gy [M, N], gyd [T, M, N] -> (gh = [gx; gx_dot]
+    [1+T, M, K] or None, gW or None, gb or None), for needs = (input grads, gW, gb). GA = [g_a;
+    g_adot] is one buffer (see _grad_preact; for identity GA = [gy; gyd], which may be two), so
+    [gx; gx_dot] = GA W is one GEMM; gW = GAᵀ [x; x_dot] is one GEMM when the inputs are stacked in
+    memory, else two (g_aᵀ x + g_adotᵀ x_dot). No [1+T, ...] stacking copy of any operand."""
     x, x_dot, h, pre = saved
-    T1, M, N = out.shape
+    T, M, N = gyd.shape
     K = weight.shape[1]
     const = _const_tangents(x_dot)
     if const and not needs[0] and activation != "silu":
-        gw, ga = _grads_const_tangents(G, out, x, x_dot, weight, activation, negative_slope, pre)
+        gw, ga = _grads_const_tangents(gy, gyd, out, x, x_dot, weight, activation, negative_slope, pre)
         gb = ga.sum(0) if bias is not None and needs[2] else None      # gb = Σ_m g_a
         return None, (gw if needs[1] else None), gb
-    GA = _grad_preact(G, out, activation, negative_slope, pre)         # [1+T, M, N]
-    GA2 = GA.reshape(T1 * M, N)
+    if activation == "identity":        # GA = G: one buffer if gy, gyd are stacked already, else two
+        GA, ga, gad = stacked_view(gy, gyd), gy, gyd
+    else:
+        GA = _grad_preact(gy, gyd, out, activation, negative_slope, pre)   # [1+T, M, N]
+        ga, gad = GA[0], GA[1:]
     gh = gw = gb = None
     if needs[0]:
-        gh = (GA2 @ weight).view(T1, M, K)                              # [gx; gx_dot] = GA W
+        if GA is not None:      # [gx; gx_dot] = GA W, one GEMM
+            gh = (GA.reshape((1 + T) * M, N) @ weight).view(1 + T, M, K)
+        else:                   # the same as two GEMMs into one buffer
+            gh = torch.empty((1 + T, M, K), dtype=gy.dtype, device=gy.device)
+            torch.mm(ga, weight, out=gh[0])
+            torch.mm(gad.reshape(T * M, N), weight, out=gh[1:].view(T * M, K))
     if needs[1]:
         if const:               # batch-constant tangents: gW = g_aᵀ x + Σ_t (Σ_m g_adot[t, m])ᵀ x_dot[t, 0]
-            gw = _mm(GA[0].t(), x) + GA[1:].sum(1).t() @ x_dot[:, 0]
-        elif h is not None:     # gW = GAᵀ [x; x_dot], one GEMM over the stacked rows
-            gw = _mm(GA2.t(), h.reshape(T1 * M, K))
+            gw = _mm(ga.t(), x) + gad.sum(1).t() @ x_dot[:, 0]
+        elif GA is not None and h is not None:      # gW = GAᵀ [x; x_dot], one GEMM over the stacked rows
+            gw = _mm(GA.reshape((1 + T) * M, N).t(), h.reshape((1 + T) * M, K))
         else:                   # the same as two GEMMs, g_aᵀ x + g_adotᵀ x_dot
-            gw = _mm(GA[0].t(), x).addmm_(GA[1:].reshape((T1 - 1) * M, N).t(), x_dot.reshape((T1 - 1) * M, K))
+            gw = _mm(ga.t(), x).addmm_(gad.reshape(T * M, N).t(), x_dot.reshape(T * M, K))
     if bias is not None and needs[2]:
-        gb = GA[0].sum(0)                                               # gb = Σ_m g_a
+        gb = ga.sum(0)                                                  # gb = Σ_m g_a
     return gh, gw, gb
 
 
@@ -369,9 +384,8 @@ class _LinearJVPTorch(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy, gyd):
         *saved, weight, bias, out = ctx.saved_tensors
-        G = stack_primal_tangents(gy, gyd)                                 # [1+T, M, N]
         n = ctx.needs_input_grad
-        gh, gw, gb = backward_layer(G, saved, weight, bias, out, ctx.activation, ctx.negative_slope,
+        gh, gw, gb = backward_layer(gy, gyd, saved, weight, bias, out, ctx.activation, ctx.negative_slope,
                                     (n[0] or n[1], n[2], n[3]))
         gx, gxd = (None, None) if gh is None else (gh[0], gh[1:])
         return gx, gxd, gw, gb, None, None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from .backend import use_triton
-from .linear_jvp import ACTIVATIONS, backward_layer, check_inputs, forward_layer, linear_jvp, stack_primal_tangents
+from .linear_jvp import ACTIVATIONS, backward_layer, check_inputs, forward_layer, linear_jvp
 
 
 def _activations(n_layers, activation, last_activation):
@@ -82,13 +82,14 @@ class _MLPJVPTorch(torch.autograd.Function):
         needs = ctx.needs_input_grad
         need_w, need_b = needs[5:5 + L], needs[5 + L:]
         grads_w, grads_b = [None] * L, [None] * L
-        G = stack_primal_tangents(gy, gyd)                     # [gy; gyd] of the last layer
         for i in reversed(range(L)):
             *s, out = flat[5 * i:5 * i + 5]
             need_in = i > 0 or needs[0] or needs[1]
-            G, grads_w[i], grads_b[i] = backward_layer(G, s, weights[i], biases[i], out, ctx.acts[i],
-                                                       ctx.negative_slope, (need_in, need_w[i], need_b[i]))
-        gx, gxd = (None, None) if G is None else (G[0], G[1:])
+            gh, grads_w[i], grads_b[i] = backward_layer(gy, gyd, s, weights[i], biases[i], out, ctx.acts[i],
+                                                        ctx.negative_slope, (need_in, need_w[i], need_b[i]))
+            if gh is not None:
+                gy, gyd = gh[0], gh[1:]         # [gx; gx_dot], one buffer: the layer below's [gy; gyd]
+        gx, gxd = (gy, gyd) if needs[0] or needs[1] else (None, None)
         return (gx, gxd, None, None, None, *grads_w, *grads_b)
 
 
