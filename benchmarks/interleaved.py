@@ -1,6 +1,6 @@
-"""Generator steps timed round-robin: one call of each provider per round, medians over rounds.
+"""Generator steps and linear_jvp layers timed round-robin: one call of each provider per round, medians over rounds.
 
-    python benchmarks/interleaved.py [--rounds 15] [--threads 2]
+    python benchmarks/interleaved.py [--rounds 15] [--threads 2] [--cases NAME ...]
 
 pytest-benchmark times one provider after another, so a machine whose speed drifts during the run
 (shared CPUs) skews the ratios between them. Here every round calls each provider once, so drift
@@ -9,6 +9,8 @@ a provider's time depends on what ran just before it (caches), by up to 0.15 ms 
 in a fixed order here. The ops are those of
 test_bench_generator_step.py: the 2D MLP with the exact log-det (B = 512, width 256, T = 2) and the
 784-wide MLP with jvp1 (B = 256), forward + log-det + backward; "gemm" is the same GEMMs alone.
+And the layer cases of test_bench_linear_jvp.py (tanh, M = 4096, widths 64/256/1024, T = 1, 2): the
+forward against a plain forward, forward+backward against torch.compile.
 """
 from __future__ import annotations
 
@@ -26,24 +28,44 @@ import torch  # noqa: E402
 import providers as P  # noqa: E402
 from owf_kernels import keep_freed_memory  # noqa: E402
 
-CASES = {
+GENERATOR_CASES = {
     "2D exact, B=512, width 256": (dict(n=2, width=256), 512, "exact",
                                    ["owf", "func.jvp", "func.jvp+vmap", "jacobian", "compile"]),
     "784 jvp1, B=256": (dict(n=784, width=784), 256, "jvp1", ["owf", "func.jvp", "forward_ad", "compile"]),
 }
+# linear_jvp (tanh) at M = 4096: the forward against a plain forward (target: at most 1.3 (1+T)
+# times it) and forward+backward against torch.compile(func.jvp) (target: not slower)
+LAYER_CASES = {f"layer W={W} T={T}": (W, T) for W in (64, 256, 1024) for T in (1, 2)}
+CASES = {**GENERATOR_CASES, **LAYER_CASES}
 
 
-def run_case(name, spec, B, method, providers, rounds):
+def generator_fns(name):
+    spec, B, method, providers = GENERATOR_CASES[name]
     G = P.generator(spec["n"], spec["width"])
+    fns = {p: (lambda p=p: P.generator_step_fn(p, G, B, method)) for p in providers}
+    fns["gemm"] = lambda: P.generator_gemm_fn(G, B, method)
+    return fns
+
+
+def layer_fns(name):
+    W, T = LAYER_CASES[name]
+    t = P.layer_inputs(4096, W, W, T)
+    fns = {p: (lambda p=p: P.layer_fn(p, t)) for p in ("owf", "plain")}
+    fns.update({f"{p} fwd+bwd": (lambda p=p: P.with_backward(P.layer_fn(p, t), t)) for p in ("owf", "compile")})
+    return fns
+
+
+def timed(builders, rounds):
+    """Build and warm up each provider (compiling where it does), then `rounds` rounds in which every
+    provider runs once, in a shuffled (seeded) order. -> median ms per provider."""
     fns = {}
-    for p in providers:
+    for p, build in builders.items():
         try:
-            fns[p] = P.generator_step_fn(p, G, B, method)
+            fns[p] = build()
             fns[p]()                                  # warm-up (and compile)
         except Exception as e:                        # noqa: BLE001 - report and go on
             print(f"  {p}: failed ({type(e).__name__}: {str(e).splitlines()[0][:80]})")
             fns.pop(p, None)
-    fns["gemm"] = P.generator_gemm_fn(G, B, method)
     for f in fns.values():
         f()
     times = {p: [] for p in fns}
@@ -55,7 +77,11 @@ def run_case(name, spec, B, method, providers, rounds):
             t = time.perf_counter()
             fns[p]()
             times[p].append(time.perf_counter() - t)
-    med = {p: statistics.median(v) * 1e3 for p, v in times.items()}
+    return {p: statistics.median(v) * 1e3 for p, v in times.items()}
+
+
+def run_generator_case(name, rounds):
+    med = timed(generator_fns(name), rounds)
     jvp_best = min(med[p] for p in med if p.startswith("func.jvp")) if any(p.startswith("func.jvp") for p in med) else None
     print(f"\n{name} ({rounds} rounds, {torch.get_num_threads()} threads)\n")
     print("| provider | median ms | owf speedup over it | / GEMMs alone |\n|---|---|---|---|")
@@ -65,6 +91,16 @@ def run_case(name, spec, B, method, providers, rounds):
         print(f"\nowf vs the best torch.func.jvp path: {jvp_best / med['owf']:.2f}x; owf / GEMMs alone: "
               f"{med['owf'] / med['gemm']:.2f}")
     return med
+
+
+def run_layer_case(name, rounds):
+    W, T = LAYER_CASES[name]
+    med = timed(layer_fns(name), rounds)
+    ratio = med["owf"] / med["plain"]
+    line = (f"| {W} | {T} | {med['plain']:.3f} | {med['owf']:.3f} | {ratio:.2f} (≤ {1.3 * (1 + T):.1f}) "
+            f"| {med['owf fwd+bwd']:.3f} | {med.get('compile fwd+bwd', float('nan')):.3f} "
+            f"| {med.get('compile fwd+bwd', float('nan')) / med['owf fwd+bwd']:.2f}x |")
+    return med, line
 
 
 def main(argv=None):
@@ -81,9 +117,17 @@ def main(argv=None):
         print(f"keep_freed_memory(): {keep_freed_memory()}")
     if a.threads:
         torch.set_num_threads(a.threads)
+    layer_lines = []
     for name in a.cases:
-        spec, B, method, providers = CASES[name]
-        run_case(name, spec, B, method, providers, a.rounds)
+        if name in GENERATOR_CASES:
+            run_generator_case(name, a.rounds)
+        else:
+            layer_lines.append(run_layer_case(name, a.rounds)[1])
+    if layer_lines:
+        print(f"\nlinear_jvp, tanh, M = 4096 ({a.rounds} rounds, {torch.get_num_threads()} threads)\n")
+        print("| width | T | plain fwd ms | owf fwd ms | owf / plain (target) | owf fwd+bwd ms "
+              "| compile fwd+bwd ms | owf speedup over compile |\n|---|---|---|---|---|---|---|---|")
+        print("\n".join(layer_lines))
 
 
 if __name__ == "__main__":
