@@ -14,15 +14,17 @@ Backward, given gy = ∂L/∂y [M, N] and gyd = ∂L/∂y_dot [T, M, N]:
     gb      = Σ_m g_a
 
 Both σ'(a) and σ''(a) ⊙ a_dot are written in terms of the *outputs* y, y_dot for every monotone
-activation (see `_grad_preact`), so backward needs no pre-activation tensor: forward saves only
+activation (see `_slope_curvature`), so backward needs no pre-activation tensor: forward saves only
 its inputs and outputs (the torch path also keeps tanh's σ' = 1 - y², which its forward forms
 anyway, saving backward a pass). silu is not invertible from y; its backward recomputes a and a_dot
 (the torch path keeps them, a by-product of its forward).
 
 Two implementations share this contract:
-- `linear_jvp_torch`: the pure-PyTorch reference. It is the CPU path and the test oracle. It runs
-  primal and tangents as one GEMM over a stacked [1+T, M, K] operand (W read once for all 1+T
-  products) and has a hand-written backward of three GEMMs and a few elementwise passes.
+- `linear_jvp_torch`: the pure-PyTorch reference. It is the CPU path and the test oracle. Its
+  forward writes a and a_dot into one [1+T, M, N] buffer with two GEMMs (no stacked copy of x and
+  x_dot; see `_forward_torch`), its hand-written backward takes GA W and GAᵀ [x; x_dot] as GEMMs
+  around a few elementwise passes (`backward_layer`). `forward_layer` / `backward_layer` are also
+  the layers of `mlp_jvp`'s single autograd node.
 - the Triton kernel in `linear_jvp_triton.py`: one launch for y and all T tangents.
 `linear_jvp` picks one with a single `if` (see backend.py).
 """
@@ -127,7 +129,7 @@ def act_and_slope(a: torch.Tensor, activation: str, negative_slope: float):
 
 def _grad_preact(gy, gyd, out, activation, negative_slope, A=None):
     """From gy [M, N], gyd [T, M, N] and out = [y; y_dot] [1+T, M, N] to GA = [g_a; g_adot]
-    [1+T, M, N] (a new buffer; identity: gy and gyd stacked, a view when they are already):
+    [1+T, M, N], a new buffer (for identity GA = [gy; gyd]: backward_layer uses them as they are):
 
         g_adot[t] = gyd[t] ⊙ σ'(a)
         g_a       = gy ⊙ σ'(a) + Σ_t gyd[t] ⊙ (σ''(a) ⊙ a_dot[t])
@@ -136,8 +138,6 @@ def _grad_preact(gy, gyd, out, activation, negative_slope, A=None):
     pre-activations A = [a; a_dot] (kept by the torch path, where they are a by-product; recomputed
     by the Triton backward), σ' = s (1 + a (1 - s)), σ'' = s (1 - s) (2 + a (1 - 2s)), s = sigmoid(a).
     """
-    if activation == "identity":
-        return stack_primal_tangents(gy, gyd)
     GA = torch.empty((1 + gyd.shape[0], *gy.shape), dtype=gy.dtype, device=gy.device)
     if activation == "silu":
         a, ad = A[0], A[1:]

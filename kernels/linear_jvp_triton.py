@@ -10,7 +10,7 @@ TP1 = next power of two >= 1+T, at most 8: with T > 7 the tangents are split int
 grid axis 1, and each chunk recomputes the primal rows (it needs σ'(a)) and re-reads W.
 
 Backward: one elementwise launch turns (gy, gyd, y, y_dot) into GA = [g_a; g_adot] with the
-output-based formulas of `_grad_preact` in linear_jvp.py (silu alone recomputes a, a_dot), then
+output-based formulas of `_slope_curvature` in linear_jvp.py (silu alone recomputes a, a_dot), then
 cuBLAS GEMMs: [gx; gx_dot] = GA W, gW = GAᵀ [x; x_dot], gb = Σ_m g_a.
 """
 from __future__ import annotations
