@@ -6,8 +6,8 @@ baselines. Installs nothing; prints a markdown table at the end; writes JSON and
 
 Sections (each guarded, so one failure does not lose the rest; a deadline skips what is left):
  1. ceilings: device-to-device copy bandwidth, fp32 and bf16 GEMM rates (cuBLAS)
- 2. correctness: linear_jvp (every activation, odd shapes, T = 1, 2, 5, 9, fp32/bf16, every gradient)
-    and log_zeta (S up to 1e8, extreme values, -inf, gradients) against float64 references
+ 2. correctness: linear_jvp (every activation, odd shapes, T = 1, 2, 5, 9, fp32/bf16, every gradient),
+    mlp_jvp (the Triton chain) and log_zeta (S up to 1e8, extreme values, -inf, gradients) against float64 references
  3. linear_jvp forward+backward, T = 1, M = 4096, K = N in 256 ... 4096: owf vs torch.func.jvp,
     torch.compile(func.jvp) and the GEMMs alone (cuBLAS); fp32 (ieee and tf32x3 dots) and bf16
  4. log_zeta at S = 1e8: GB/s against the copy bandwidth
@@ -36,7 +36,8 @@ import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 import providers as P  # noqa: E402
-from owf_kernels import ACTIVATIONS, linear_jvp, linear_jvp_torch, log_zeta, log_zeta_partials  # noqa: E402
+from owf_kernels import (ACTIVATIONS, linear_jvp, linear_jvp_torch, log_zeta, log_zeta_partials,  # noqa: E402
+                         mlp_jvp, mlp_jvp_torch)
 
 RESULTS: list[dict] = []
 T0 = time.time()
@@ -125,9 +126,32 @@ def check_linear_jvp():
                                           linear_jvp_torch(x_nc.double(), xd_nc.double(), t["W"].double(),
                                                            t["b"].double(), "tanh"))]
     worst["noncontig"] = max(errs)
+    worst["mlp_jvp"] = check_mlp_jvp()
     os.environ.pop("OWF_KERNELS_AUTOTUNE")
     record(section="check linear_jvp", status="ok" if all(v < 2e-2 for v in worst.values()) else "FAIL",
            worst_rel_err={k: f"{v:.1e}" for k, v in worst.items()})
+
+
+def check_mlp_jvp(device="cuda"):
+    """mlp_jvp (chained Triton launches on CUDA) against its torch path in float64: a 2D generator's
+    identity tangents and a 3-layer MLP with random tangents; values and every gradient. -> worst error."""
+    errs = []
+    for n, width, T in ((2, 64, 2), (24, 40, 1)):
+        Ws, bs = [], []
+        for a, b in zip([n, width, width], [width, width, n]):
+            Ws.append((torch.randn(b, a, device=device) / a ** 0.5).requires_grad_(True))
+            bs.append(torch.randn(b, device=device).requires_grad_(True))
+        x = torch.randn(300, n, device=device)
+        xd = torch.eye(n, device=device)[:T].unsqueeze(1).expand(T, 300, n) if n == 2 else torch.randn(T, 300, n, device=device)
+        ps = Ws + bs
+        rps = [p.detach().double().requires_grad_(True) for p in ps]
+        y, yd = mlp_jvp(x, xd, Ws, bs, "tanh")
+        ry, ryd = mlp_jvp_torch(x.double(), xd.double(), rps[:3], rps[3:], "tanh")
+        gy, gyd = torch.randn_like(ry), torch.randn_like(ryd)
+        g = torch.autograd.grad([y, yd], ps, [gy.float(), gyd.float()])
+        rg = torch.autograd.grad([ry, ryd], rps, [gy, gyd])
+        errs += [rel_err(y, ry), rel_err(yd, ryd)] + [rel_err(a, b) for a, b in zip(g, rg)]
+    return max(errs)
 
 
 def check_log_zeta():
@@ -297,7 +321,7 @@ def pytest_on_gpu(seconds):
     t = time.time()
     try:
         p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                            "tests/test_linear_jvp.py", "tests/test_log_zeta.py"], capture_output=True, text=True,
+                            "tests/test_linear_jvp.py", "tests/test_mlp_jvp.py", "tests/test_log_zeta.py"], capture_output=True, text=True,
                            timeout=seconds, cwd=HERE.parent, env=env)
         tail = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr[-300:]
         record(section="pytest kernels on GPU", rc=p.returncode, wall_s=round(time.time() - t, 1), result=tail)
