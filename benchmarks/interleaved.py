@@ -30,8 +30,9 @@ from owf_kernels import keep_freed_memory  # noqa: E402
 
 GENERATOR_CASES = {
     "2D exact, B=512, width 256": (dict(n=2, width=256), 512, "exact",
-                                   ["owf", "func.jvp", "func.jvp+vmap", "jacobian", "compile"]),
-    "784 jvp1, B=256": (dict(n=784, width=784), 256, "jvp1", ["owf", "func.jvp", "forward_ad", "compile"]),
+                                   ["owf", "func.jvp", "func.jvp+vmap", "jacobian", "compile", "manual", "compile-manual"]),
+    "784 jvp1, B=256": (dict(n=784, width=784), 256, "jvp1",
+                        ["owf", "func.jvp", "forward_ad", "compile", "manual", "compile-manual"]),
 }
 # linear_jvp (tanh) at M = 4096: the forward against a plain forward (target: at most 1.3 (1+T)
 # times it) and forward+backward against torch.compile(func.jvp) (target: not slower)
@@ -90,6 +91,9 @@ def run_generator_case(name, rounds):
     if jvp_best:
         print(f"\nowf vs the best torch.func.jvp path: {jvp_best / med['owf']:.2f}x; owf / GEMMs alone: "
               f"{med['owf'] / med['gemm']:.2f}")
+    compiled = [p for p in ("compile", "compile-manual") if p in med]
+    if compiled:
+        print("owf vs " + ", ".join(f"{p}: {med[p] / med['owf']:.2f}x" for p in compiled))
     return med
 
 

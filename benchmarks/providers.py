@@ -6,9 +6,9 @@ suite (CPU) and gpu_check.py (GPU). Every provider computes the same thing:
 - generator step: y, log|det J| of an MLP one-way flow, loss = mean(-w·logdet - y.sum(-1)), backward
   into the MLP's parameters. `exact` uses T = n tangents (2D), `jvp1` one tangent (Eq. 9).
 
-Providers: "owf" (owf_kernels.linear_jvp: Triton on CUDA, the fused torch path on CPU), "manual"
-(F.linear on primal and tangents under autograd, the chain rule by hand), "compile-manual" (its
-torch.compile), "func.jvp"
+Providers: "owf" (owf_kernels.linear_jvp / mlp_jvp: Triton on CUDA, the fused torch path on CPU),
+"manual" (F.linear on primal and tangents under autograd, the chain rule by hand; layers and
+generator steps), "compile-manual" (its torch.compile), "func.jvp"
 (torch.func.jvp of the plain layer / MLP, looped over tangents), "func.jvp+vmap" (vmapped over
 tangents), "forward_ad" (dual tensors), "compile" (torch.compile of the func.jvp path), "jacobian"
 (torch.autograd.functional.jacobian + slogdet, the paper's 2D method), and "gemm" (the same GEMMs
@@ -143,10 +143,12 @@ def generator_step_fn(provider, G, B, method="exact", w=0.1, seed=0):
     tangents = torch.eye(n, device=dev, dtype=dt).unsqueeze(1).expand(n, B, n) if method == "exact" else v[None]
     params = list(G.parameters())
 
-    def finish(y, yd):
+    def loss_of(y, yd):
         ld = logabsdet(yd) if method == "exact" else torch.log(yd[0].norm(dim=-1))
-        loss = (-w * ld - y.sum(-1)).mean()
-        return torch.autograd.grad(loss, params)
+        return (-w * ld - y.sum(-1)).mean()
+
+    def finish(y, yd):
+        return torch.autograd.grad(loss_of(y, yd), params)
 
     if provider == "owf":
         return lambda: finish(*G.g_n_jvp(u, tangents))
@@ -179,7 +181,27 @@ def generator_step_fn(provider, G, B, method="exact", w=0.1, seed=0):
     if provider == "compile":
         inner = generator_step_fn("func.jvp", G, B, method, w, seed)
         return torch.compile(inner, dynamic=False)
+    if provider == "manual":
+        return lambda: finish(*_manual_mlp_jvp(G, u, tangents))
+    if provider == "compile-manual":      # inductor fuses the elementwise work of forward and backward
+        loss = torch.compile(lambda u, t: loss_of(*_manual_mlp_jvp(G, u, t)), dynamic=False)
+        return lambda: torch.autograd.grad(loss(u, tangents), params)
     raise ValueError(f"unknown provider {provider!r}")
+
+
+def _manual_mlp_jvp(G, u, tangents):
+    """The chain rule by hand through G's MLP under autograd: F.linear on primal and tangents, then
+    y = σ(a), y_dot = σ'(a) ⊙ a_dot per layer (what "compile-manual" hands to torch.compile)."""
+    h, hd = u, tangents
+    last = len(G.layers) - 1
+    for i, layer in enumerate(G.layers):
+        a, ad = F.linear(h, layer.weight, layer.bias), F.linear(hd, layer.weight)
+        if i == last:
+            h, hd = a, ad
+        else:
+            h = ACT[G.activation](a)
+            hd = DACT[G.activation](a, h) * ad
+    return h, hd
 
 
 def generator_gemm_fn(G, B, method="exact"):

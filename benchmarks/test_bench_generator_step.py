@@ -11,8 +11,9 @@ from bench_support import DEVICE, smoke
 
 CASES = {"2d-exact": (2, 256, 512, "exact"), "784-jvp1": (784, 784, 256, "jvp1")}
 SMOKE = {"2d-exact": (2, 16, 32, "exact"), "784-jvp1": (16, 16, 8, "jvp1")}
-PROVIDERS = {"exact": ["owf", "func.jvp", "func.jvp+vmap", "forward_ad", "jacobian", "compile", "gemm"],
-             "jvp1": ["owf", "func.jvp", "forward_ad", "compile", "gemm"]}
+PROVIDERS = {"exact": ["owf", "func.jvp", "func.jvp+vmap", "forward_ad", "jacobian", "compile", "manual",
+                       "compile-manual", "gemm"],
+             "jvp1": ["owf", "func.jvp", "forward_ad", "compile", "manual", "compile-manual", "gemm"]}
 
 
 def pytest_generate_tests(metafunc):
