@@ -9,7 +9,7 @@ R^n: a tanh network's image is bounded); where g_n folds, Eq. 10 counts one prei
 
 log|det J| estimators:
 - "exact": push T = n tangent directions (the columns of I_n) through the network alongside the
-  forward pass (`owf_kernels.linear_jvp`), giving J column by column, then slogdet (closed form
+  forward pass (`owf_kernels.mlp_jvp`: linear_jvp layers), giving J column by column, then slogdet (closed form
   for n = 2). Used for the 2D experiments.
 - "jvp1": the paper's one-sample estimate log|det J| ≈ log‖Jv‖, v uniform on the unit sphere
   (Eq. 9): a single tangent. This is a *training signal* (the paper's Appendix B argues that
