@@ -9,8 +9,8 @@ R^n: a tanh network's image is bounded); where g_n folds, Eq. 10 counts one prei
 
 log|det J| estimators:
 - "exact": push T = n tangent directions (the columns of I_n) through the network alongside the
-  forward pass (`owf_kernels.mlp_jvp`: linear_jvp layers), giving J column by column, then slogdet (closed form
-  for n = 2). Used for the 2D experiments.
+  forward pass (`owf_kernels.mlp_jvp`: linear_jvp layers), giving J column by column, then slogdet
+  (closed form for n = 2). Used for the 2D experiments.
 - "jvp1": the paper's one-sample estimate log|det J| ≈ log‖Jv‖, v uniform on the unit sphere
   (Eq. 9): a single tangent. This is a *training signal* (the paper's Appendix B argues that
   maximising it raises the true log-det; `python -m owf.experiments.logdet_success` measures
