@@ -193,15 +193,10 @@ def _manual_mlp_jvp(G, u, tangents):
     """The chain rule by hand through G's MLP under autograd: F.linear on primal and tangents, then
     y = σ(a), y_dot = σ'(a) ⊙ a_dot per layer (what "compile-manual" hands to torch.compile)."""
     h, hd = u, tangents
-    last = len(G.layers) - 1
-    for i, layer in enumerate(G.layers):
-        a, ad = F.linear(h, layer.weight, layer.bias), F.linear(hd, layer.weight)
-        if i == last:
-            h, hd = a, ad
-        else:
-            h = ACT[G.activation](a)
-            hd = DACT[G.activation](a, h) * ad
-    return h, hd
+    *hidden, last = G.layers
+    for layer in hidden:
+        h, hd = _manual_layer(h, hd, layer.weight, layer.bias, G.activation)
+    return F.linear(h, last.weight, last.bias), F.linear(hd, last.weight)
 
 
 def generator_gemm_fn(G, B, method="exact"):

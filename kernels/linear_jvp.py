@@ -113,8 +113,8 @@ def act_and_slope(a: torch.Tensor, activation: str, negative_slope: float):
         pos = a > 0
         return torch.where(pos, a, a * negative_slope), torch.where(pos, 1.0, negative_slope).to(a.dtype)
     if activation == "tanh":
-        y = _tanh_(a.clone())
-        return y, 1 - y * y
+        y = a * 2
+        return y, _tanh_from_2a_(y)                      # y = tanh a in place of 2a; σ' = 1 - y²
     if activation == "sigmoid":
         y = torch.sigmoid(a)
         return y, y * (1 - y)
@@ -241,12 +241,7 @@ def _forward_torch(x, x_dot, weight, bias, activation, negative_slope):
             A[0].mul_(2)                                                        # 2a
     else:
         A = torch.empty((1 + T, M, N), dtype=x.dtype, device=x.device)
-        if activation == "tanh":
-            _addmm2(bias, x, weight, A[0])                                      # 2a
-        elif bias is None:
-            torch.mm(x, weight.t(), out=A[0])                                   # a
-        else:
-            torch.addmm(bias, x, weight.t(), out=A[0])                          # a
+        _linear_into(x, weight, bias, A[0], 2.0 if activation == "tanh" else 1.0)   # 2a for tanh, else a
         torch.mm(x_dot.reshape(T * M, K), weight.t(), out=A[1:].view(T * M, N))  # a_dot
     a, ad = A[0], A[1:]
     if activation == "identity":
@@ -262,24 +257,21 @@ def _forward_torch(x, x_dot, weight, bias, activation, negative_slope):
     return A, pre
 
 
-def _addmm2(bias, x, weight, out):
-    """out <- 2 (x Wᵀ + b) in one BLAS call (alpha = beta = 2; without a bias, beta = 0)."""
+def _linear_into(x, weight, bias, out, scale=1.0):
+    """out <- scale (x Wᵀ + b) in one BLAS call (alpha = beta = scale; without a bias, beta = 0).
+    scale = 2 gives tanh's 2a: scaling by 2 is exact, so it is bitwise 2 (x Wᵀ + b)."""
     if bias is None:
-        return torch.addmm(out, x, weight.t(), beta=0, alpha=2, out=out)
-    return torch.addmm(bias, x, weight.t(), beta=2, alpha=2, out=out)
-
-
-def _tanh_(a):
-    """tanh in place as 2 sigmoid(2a) - 1, the Triton epilogue's formula (Triton's interpreter has
-    no tanh), so that both paths round alike: with torch.tanh_ instead (1 pass, 28 us on [512, 256]
-    against 78 us for four passes) a short training run on the two backends drifted apart by 1.7e-5
-    in energy, past tests/test_train.py's tolerance."""
-    return _tanh_from_2a_(a.mul_(2))
+        return torch.addmm(out, x, weight.t(), beta=0, alpha=scale, out=out)
+    return torch.addmm(bias, x, weight.t(), beta=scale, alpha=scale, out=out)
 
 
 def _tanh_from_2a_(a2):
     """a2 = 2a -> y = tanh a = 2 sigmoid(2a) - 1 in place, in two passes (sigmoid, then -1 + 2s in
-    one: 2s is exact, so the result is bitwise that of 2 * s - 1); returns σ' = 1 - y² (a new tensor)."""
+    one: 2s is exact, so the result is bitwise that of 2 * s - 1); returns σ' = 1 - y² (a new tensor).
+    This is the Triton epilogue's formula (Triton's interpreter has no tanh), so that both paths
+    round alike: with torch.tanh_ instead (1 pass, 28 us on [512, 256] against 78 us for four passes)
+    a short training run on the two backends drifted apart by 1.7e-5 in energy, past
+    tests/test_train.py's tolerance."""
     s = a2.sigmoid_()
     y = torch.add(_scalar(-1.0, s), s, alpha=2, out=s)
     return torch.addcmul(_scalar(1.0, y), y, y, value=-1)
@@ -306,14 +298,10 @@ def _forward_const_tangents(x, x_dot, weight, bias, activation, negative_slope):
     out = torch.empty((1 + T, M, N), dtype=x.dtype, device=x.device)
     a = out[0]                                                      # a, then y, in place: [M, N]
     ad = F.linear(x_dot[:, 0], weight)                              # [T, N]
+    _linear_into(x, weight, bias, a, 2.0 if activation == "tanh" else 1.0)   # 2a for tanh, else a
     if activation == "tanh":
-        _addmm2(bias, x, weight, a)                                 # 2a (see _forward_torch)
         d1 = pre = _tanh_from_2a_(a)                                # y = tanh a in place; σ' kept for backward
     else:
-        if bias is None:
-            torch.mm(x, weight.t(), out=a)
-        else:
-            torch.addmm(bias, x, weight.t(), out=a)
         pre = torch.cat([a[None], ad[:, None, :].expand(T, M, -1)]) if activation == "silu" else None
         y, d1 = act_and_slope(a, activation, negative_slope)
         a.copy_(y)

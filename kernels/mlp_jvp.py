@@ -114,8 +114,7 @@ def mlp_jvp(x, x_dot, weights, biases=None, activation="tanh", last_activation="
     Returns y [..., N_L] and y_dot [T, ..., N_L], differentiable in x, x_dot, weights and biases.
     Triton on CUDA (chained linear_jvp launches), one autograd node on the torch path."""
     if use_triton(x):
-        check_mlp(x, x_dot, weights, biases, activation, last_activation, negative_slope)
-        biases = [None] * len(weights) if biases is None else biases
+        *_, biases = check_mlp(x, x_dot, weights, biases, activation, last_activation, negative_slope)
         h, h_dot = x, x_dot
         for W, b, act in zip(weights, biases, _activations(len(weights), activation, last_activation)):
             h, h_dot = linear_jvp(h, h_dot, W, b, act, negative_slope)
