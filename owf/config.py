@@ -52,6 +52,12 @@ class Config:
     ess_gate: float = _f(None, "skip a discriminator update when the ESS of its importance weights is below "
                                "this fraction of S: log ζ̂ is then biased low and D runs ahead of G "
                                "(0: never; None: per data set)", float)
+    defensive: float = _f(0.0, "adds ceil(F·S) samples of a Gaussian kernel density of the data batch to log ζ̂'s "
+                               "importance samples (losses.data_kernel_proposal; defensive importance sampling): "
+                               "ζ̂ stays unbiased and sees every mode of the data, also one G has lost (0: off, "
+                               "the paper's Eq. 16)")
+    g_alpha: float = _f(1.0, "α of the generator's Rényi divergence D_α(q ‖ P_D) (losses.generator_loss_renyi): 1 is "
+                             "Eq. 17's KL; below 1 the samples where G is thin for P_D weigh more")
     # optimiser
     lr_d: float = _f(None, "discriminator learning rate (Adam; None: per data set)", float)
     lr_g: float = _f(None, "generator learning rate (Adam; None: per data set)", float)
@@ -101,6 +107,10 @@ class Config:
                 raise ValueError(f"{k}={getattr(self, k)} must be positive")
         if not 0 <= self.until <= self.steps:
             raise ValueError(f"until={self.until} must be in [0, steps={self.steps}]")
+        if not 0 <= self.g_alpha <= 1:
+            raise ValueError(f"g_alpha={self.g_alpha} must be in [0, 1]")
+        if self.defensive < 0:
+            raise ValueError(f"defensive={self.defensive} must be >= 0")
         if not 0 <= self.ess_gate < 1:
             raise ValueError(f"ess_gate={self.ess_gate} must be in [0, 1)")
         if self.orient is None:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .config import RESUMABLE, Config, parse_args
 from .data import get_dataset
-from .losses import (discriminator_loss_eq16, effective_sample_size, generator_loss_eq17,
+from .losses import (data_kernel_proposal, discriminator_loss_eq16, effective_sample_size, generator_loss_renyi,
                      gradient_penalty, oriented_logdet, wgan_discriminator_loss_eq4, wgan_generator_loss)
 from .metrics import EVAL_POINTS, mode_coverage, mode_histogram
 from .model import FOLD_CHECK_MAX_N, Energy, OneWayFlow
@@ -91,9 +91,13 @@ def train_step(cfg: Config, data, G, D, G_ema, opt_g, opt_d, gen, g_params, devi
             else:
                 y = G(G.noise(cfg.samples, gen))
         x = data.sample(cfg.batch, gen, device)
-        d_x, d_y_d = D(torch.cat([x, y.detach()])).split([cfg.batch, cfg.samples])   # one pass
+        n_k = math.ceil(cfg.defensive * cfg.samples) if is_owf else 0
+        y_k, log_k = data_kernel_proposal(x, n_k, gen) if n_k else (y.detach()[:0], None)
+        d_x, d_y_d, d_k = D(torch.cat([x, y.detach(), y_k])).split([cfg.batch, cfg.samples, n_k])   # one pass
         if is_owf:
-            loss_d = discriminator_loss_eq16(d_x, d_y_d, log_q.detach(), cfg.w)
+            # log ζ̂ from G's samples and, with --defensive, the data kernel's: one pooled estimate
+            d_is, log_q_is = (torch.cat([d_y_d, d_k]), torch.cat([log_q.detach(), log_k])) if n_k else (d_y_d, log_q.detach())
+            loss_d = discriminator_loss_eq16(d_x, d_is, log_q_is, cfg.w)
         else:
             loss_d = wgan_discriminator_loss_eq4(d_x, d_y_d)
             if cfg.loss == "wgan-gp":
@@ -115,7 +119,7 @@ def train_step(cfg: Config, data, G, D, G_ema, opt_g, opt_d, gen, g_params, devi
     d_y = D(y)
     if is_owf and cfg.orient:
         logdet = oriented_logdet(logdet, sign[0])     # log|det J| on the majority side, reflected on the other
-    loss_g = generator_loss_eq17(d_y, logdet, cfg.w) if is_owf else wgan_generator_loss(d_y)
+    loss_g = generator_loss_renyi(d_y, logdet, log_q, cfg.w, cfg.g_alpha) if is_owf else wgan_generator_loss(d_y)
     for p, g in zip(g_params, torch.autograd.grad(loss_g, g_params)):
         p.grad = g.contiguous()       # fused Adam reads grads in the parameter's layout
     opt_g.step()

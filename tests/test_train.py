@@ -34,11 +34,11 @@ def test_short_run_raises_the_mode_count(tmp_path):
     assert {"modes", "hq", "steps", "seconds"} <= set(json.loads((tmp_path / "r" / "metrics.json").read_text()))
 
 
-@pytest.mark.parametrize("loss", ["owf", "wgan-gp"])
-def test_resume_continues_exactly(tmp_path, loss):
-    full = Config(steps=40, loss=loss, out=str(tmp_path / "full"), **TINY)
+@pytest.mark.parametrize("loss, extra", [("owf", {}), ("wgan-gp", {}), ("owf", {"defensive": 0.25})])
+def test_resume_continues_exactly(tmp_path, loss, extra):
+    full = Config(steps=40, loss=loss, out=str(tmp_path / "full"), **TINY, **extra)
     train(full, progress=False)
-    half = Config(steps=40, until=20, loss=loss, out=str(tmp_path / "half"), **TINY)
+    half = Config(steps=40, until=20, loss=loss, out=str(tmp_path / "half"), **TINY, **extra)
     m = train(half, progress=False)
     assert m["steps"] == 20 and not m["finished"]
     m = train(resume=str(tmp_path / "half"), progress=False)
@@ -69,6 +69,10 @@ def test_d_freeze_stops_d_and_not_g(tmp_path):
     assert any(not torch.equal(at20["G"][k], at10["G"][k]) for k in at10["G"])
     with pytest.raises(ValueError, match="d_freeze=1.0"):
         Config(d_freeze=1.0)
+    with pytest.raises(ValueError, match="defensive=-0.1"):
+        Config(defensive=-0.1)
+    with pytest.raises(ValueError, match="g_alpha=1.5"):
+        Config(g_alpha=1.5)
 
 
 def test_resume_refuses_to_change_the_run(tmp_path):
