@@ -91,12 +91,13 @@ def train_step(cfg: Config, data, G, D, G_ema, opt_g, opt_d, gen, g_params, devi
             else:
                 y = G(G.noise(cfg.samples, gen))
         x = data.sample(cfg.batch, gen, device)
-        n_k = math.ceil(cfg.defensive * cfg.samples) if is_owf else 0
-        y_k, log_k = data_kernel_proposal(x, n_k, gen) if n_k else (y.detach()[:0], None)
-        d_x, d_y_d, d_k = D(torch.cat([x, y.detach(), y_k])).split([cfg.batch, cfg.samples, n_k])   # one pass
+        y_is, log_q_is = y.detach(), (log_q.detach() if is_owf else None)     # log ζ̂'s importance samples
+        if is_owf and cfg.defensive > 0:       # the data kernel's samples join G's: one pooled estimate
+            y_k, log_k = data_kernel_proposal(x, math.ceil(cfg.defensive * cfg.samples), gen)
+            y_is, log_q_is = torch.cat([y_is, y_k]), torch.cat([log_q_is, log_k])
+        d_x, d_is = D(torch.cat([x, y_is])).split([cfg.batch, len(y_is)])     # one pass
+        d_y_d = d_is[:cfg.samples]                                            # G's samples' energies
         if is_owf:
-            # log ζ̂ from G's samples and, with --defensive, the data kernel's: one pooled estimate
-            d_is, log_q_is = (torch.cat([d_y_d, d_k]), torch.cat([log_q.detach(), log_k])) if n_k else (d_y_d, log_q.detach())
             loss_d = discriminator_loss_eq16(d_x, d_is, log_q_is, cfg.w)
         else:
             loss_d = wgan_discriminator_loss_eq4(d_x, d_y_d)
