@@ -218,9 +218,10 @@ def test_zeta_by_mode_splits_both_estimates(run_dir):
     from owf.experiments.zeta_by_mode import zeta_by_mode
     rows = zeta_by_mode(run_dir, samples=20_000, chunk=10_000)
     assert len(rows) == 8
-    quad = torch.logsumexp(torch.tensor([q for _, _, q in rows], dtype=torch.float64), 0)
+    quad = torch.logsumexp(torch.tensor([q for _, _, q, _ in rows], dtype=torch.float64), 0)
     assert float(quad) == pytest.approx(quadrature_log_zeta(owf.load(run_dir))["log_zeta"], abs=1e-9)
-    is_total = float(torch.logsumexp(torch.tensor([i for _, i, _ in rows], dtype=torch.float64), 0))
+    is_total = float(torch.logsumexp(torch.tensor([i for _, i, _, _ in rows], dtype=torch.float64), 0))
+    assert sum(n for *_, n in rows) == pytest.approx(1.0, abs=1e-12)    # every sample has a nearest mode
     est = owf.load(run_dir).estimate_log_zeta(20_000, batch_size=10_000, generator=torch.Generator().manual_seed(0))
     assert is_total == pytest.approx(est.log_zeta, abs=1e-6)
 
@@ -242,3 +243,25 @@ def test_cover_counts_sees_a_double_cover():
         assert c == pytest.approx(1, abs=0.03) and cs == pytest.approx(1, abs=0.03)
     for (c, cs) in cover_counts(square, means, 0.2, half_width=3, res=600):
         assert c == pytest.approx(2, abs=0.05) and cs == pytest.approx(2, abs=0.05)
+
+
+def test_continue_run_reports_against_the_model_and_leaves_the_run_alone(run_dir):
+    """owf.experiments.continue_run (the README's mechanism checks): its step-0 line agrees with the
+    loaded model's own energy and quadrature, it reports on the schedule asked, and it only reads the run."""
+    from owf.experiments.continue_run import continue_run
+    before = (run_dir / "checkpoint.pt").read_bytes()
+    rows = continue_run(run_dir, steps=4, reports=2, mode=3, defensive=0.25, g_alpha=0.75)
+    assert [r["step"] for r in rows] == [0, 2, 4] and {r["mode"] for r in rows} == {3}
+    model = owf.load(run_dir)
+    with torch.no_grad():
+        e = model.energy(model.data.means)
+    others = torch.cat([e[:3], e[4:]])
+    assert rows[0]["watched_lead"] == pytest.approx(float(e[3] - others.median()), abs=2e-3)
+    assert rows[0]["log_zeta_quadrature"] == pytest.approx(quadrature_log_zeta(model)["log_zeta"], abs=1e-3)
+    assert rows[0]["modes"] == 8 and rows[0]["watched_samples"] >= rows[0]["fewest_samples"] > 20
+    assert rows[2] != rows[0]                                       # it trained
+    assert (run_dir / "checkpoint.pt").read_bytes() == before
+    thinnest = continue_run(run_dir, steps=1, reports=1)[0]
+    assert thinnest["watched_samples"] == thinnest["fewest_samples"]
+    with pytest.raises(ValueError, match="steps=0"):
+        continue_run(run_dir, steps=0)

@@ -31,17 +31,21 @@ from ..plots import plane_grid
 @torch.no_grad()
 def zeta_by_mode(run, samples: int = 1_000_000, seed: int = 0, chunk: int = 100_000, res: int = 1500,
                  preimages: bool = True):
-    """[(mode mean, log IS share, log quadrature share)] for every mode of the run's data set; `run` is
-    a run folder or checkpoint, or a model owf.load has returned."""
+    """[(mode mean, log IS share, log quadrature share, G's sample share)] for every mode of the run's
+    data set; `run` is a run folder or checkpoint, or a model owf.load has returned. A mode whose
+    quadrature share (P_D's mass) is far above its sample share (q's mass) carries importance
+    weights that many times the average: it is where G has thinned a mode of P_D."""
     model = run if isinstance(run, OWFModel) else load(run)
     means = model.data.means.double()
     K = len(means)
     g = torch.Generator().manual_seed(seed)
     parts = torch.tensor([[[-math.inf, 0.0, 0.0, 0.0]] * 2] * K, dtype=torch.float64)   # [K, (+, -), 4]
+    counts = torch.zeros(K, dtype=torch.float64)
     for start in range(0, samples, chunk):
         y, log_q, sign = model.sample_with_log_prob(min(chunk, samples - start), g, signed=True, preimages=preimages)
         log_w = model.energy_on_domain(y).double() - log_q.double()
         near = torch.cdist(y.double(), means).argmin(1)
+        counts += torch.bincount(near, minlength=K)
         for k in range(K):
             new = signed_partials(log_w.masked_fill(near != k, -math.inf), sign)
             parts[k] = torch.stack([combine_partials([parts[k, i], new[i]]) for i in range(2)])
@@ -49,7 +53,7 @@ def zeta_by_mode(run, samples: int = 1_000_000, seed: int = 0, chunk: int = 100_
     E = torch.cat([model.energy(p.float()).double() for p in pts.split(262_144)])
     nq = torch.cat([torch.cdist(p.double(), means).argmin(1) for p in pts.split(262_144)])
     return [(means[k].tolist(), signed_estimate(*parts[k])[0],
-             float(torch.logsumexp(E[nq == k], 0)) + math.log(area)) for k in range(K)]
+             float(torch.logsumexp(E[nq == k], 0)) + math.log(area), float(counts[k]) / samples) for k in range(K)]
 
 
 @torch.no_grad()
@@ -88,10 +92,12 @@ def main(argv=None):
         raise SystemExit(f"zeta_by_mode is for 2D data; {a.run} has n = {model.G.n}")
     rows = zeta_by_mode(model, a.samples, a.seed, preimages=not a.no_preimages)
     covers = cover_counts(lambda u: model.G.logdet(u, "exact", signed=True), model.data.means, 3 * model.data.std)
-    print("| mode | log ζ̂ share (IS) | quadrature share | IS − quadrature | covers of the 3σ disc (signed) |\n"
-          "|---|---|---|---|---|")
-    for (m, i, q), (c, cs) in zip(rows, covers):
-        print(f"| ({m[0]:g}, {m[1]:g}) | {i:.3f} | {q:.3f} | {i - q:+.3f} | {c:.3f} ({cs:+.3f}) |")
+    lz = math.log(sum(math.exp(q) for _, _, q, _ in rows))
+    print("| mode | log ζ̂ share (IS) | quadrature share | IS − quadrature | P_D's mass | G's samples | "
+          "covers of the 3σ disc (signed) |\n|---|---|---|---|---|---|---|")
+    for (m, i, q, n), (c, cs) in zip(rows, covers):
+        print(f"| ({m[0]:g}, {m[1]:g}) | {i:.3f} | {q:.3f} | {i - q:+.3f} | {100 * math.exp(q - lz):.2f}% | "
+              f"{100 * n:.2f}% | {c:.3f} ({cs:+.3f}) |")
     return 0
 
 
