@@ -25,9 +25,14 @@ def _f(default, help, kind=None):
 # 91.2% (min 90.4%), grid 50k steps 94.5% (min 93.8%), against 81.7% and 88.6% (100k steps) with a
 # linear head. The grid's lr_G 5e-3 (3e-3 lost a corner mode in 1 seed of 5: G lagged behind D).
 # Measured alternatives (README, "What we tried"): a SiLU energy, --ess-gate, EMA of G, w.
+# The grid's --defensive 0.25 --g-alpha 0.75 (README, "Why grid runs fail"): with Eq. 16/17 alone
+# G thinned or lost a mode in 2 of 10 seeds and D's energy then ran away there; with both, 10/10
+# seeds kept all 25 modes. The ring never needed them (10/10 without).
 DATA_DEFAULTS = {
-    "ring": dict(steps=18000, lr_d=1e-3, lr_g=3e-3, d_activation="leaky_relu", ess_gate=0.0),
-    "grid": dict(steps=50000, lr_d=1e-3, lr_g=5e-3, d_activation="leaky_relu", ess_gate=0.0),
+    "ring": dict(steps=18000, lr_d=1e-3, lr_g=3e-3, d_activation="leaky_relu", ess_gate=0.0,
+                 defensive=0.0, g_alpha=1.0),
+    "grid": dict(steps=50000, lr_d=1e-3, lr_g=5e-3, d_activation="leaky_relu", ess_gate=0.0,
+                 defensive=0.25, g_alpha=0.75),
 }
 
 
@@ -52,12 +57,13 @@ class Config:
     ess_gate: float = _f(None, "skip a discriminator update when the ESS of its importance weights is below "
                                "this fraction of S: log ζ̂ is then biased low and D runs ahead of G "
                                "(0: never; None: per data set)", float)
-    defensive: float = _f(0.0, "adds ceil(F·S) samples of a Gaussian kernel density of the data batch to log ζ̂'s "
+    defensive: float = _f(None, "adds ceil(F·S) samples of a Gaussian kernel density of the data batch to log ζ̂'s "
                                "importance samples (losses.data_kernel_proposal; defensive importance sampling): "
                                "ζ̂ stays unbiased and sees every mode of the data, also one G has lost (0: off, "
-                               "the paper's Eq. 16)")
-    g_alpha: float = _f(1.0, "α of the generator's Rényi divergence D_α(q ‖ P_D) (losses.generator_loss_renyi): 1 is "
-                             "Eq. 17's KL; below 1 the samples where G is thin for P_D weigh more")
+                               "the paper's Eq. 16; None: per data set)", float)
+    g_alpha: float = _f(None, "α of the generator's Rényi divergence D_α(q ‖ P_D) (losses.generator_loss_renyi): 1 is "
+                              "Eq. 17's KL; below 1 the samples where G is thin for P_D weigh more (None: per data set)",
+                        float)
     # optimiser
     lr_d: float = _f(None, "discriminator learning rate (Adam; None: per data set)", float)
     lr_g: float = _f(None, "generator learning rate (Adam; None: per data set)", float)
@@ -147,7 +153,7 @@ class Config:
 
 
 # Fields whose default changed after runs were saved without them: the value those runs used.
-LEGACY_VALUES = {"d_quadratic": 0}
+LEGACY_VALUES = {"d_quadratic": 0, "defensive": 0.0, "g_alpha": 1.0}
 
 # Fields that may change when a run is resumed; the rest define the run and come from its checkpoint.
 RESUMABLE = ("until", "device", "threads", "log_every", "sample_every", "ckpt_every")

@@ -201,3 +201,15 @@ def test_a_checkpoint_saved_before_a_field_existed_loads_with_its_old_value():
     assert Config.from_saved(saved).d_quadratic == 16
     del saved["d_quadratic"]
     assert Config.from_saved(saved).d_quadratic == 0
+
+
+def test_grid_runs_saved_before_the_defensive_defaults_load_as_eq16_and_eq17():
+    """The grid's defaults became --defensive 0.25 --g-alpha 0.75; a grid run saved before those
+    fields existed was trained with Eq. 16 and Eq. 17 (0 and 1), and a resume must keep that."""
+    saved = Config(data="grid", device="cpu").to_dict()
+    assert (saved["defensive"], saved["g_alpha"]) == (0.25, 0.75)
+    assert Config(device="cpu").to_dict()["defensive"] == 0.0          # the ring keeps the paper's losses
+    for k in ("defensive", "g_alpha"):
+        del saved[k]
+    old = Config.from_saved(saved)
+    assert (old.defensive, old.g_alpha) == (0.0, 1.0)
