@@ -59,6 +59,13 @@ def build(cfg: Config, device: torch.device):
     return data, G, D, G_ema, opt_g, opt_d, gen
 
 
+def restore(state: dict, G, D, G_ema, opt_g, opt_d):
+    """Load a checkpoint's networks and optimiser states into build()'s objects (not its step or
+    random stream: a resume restores those, owf.experiments.continue_run reseeds)."""
+    for obj, key in ((G, "G"), (D, "D"), (G_ema, "G_ema"), (opt_g, "opt_g"), (opt_d, "opt_d")):
+        obj.load_state_dict(state[key])
+
+
 @torch.no_grad()
 def evaluate(G, data, seed: int, device) -> dict:
     """Modes and HQ on 2,500 points, always from the same latent draws (a stream of its own), and
@@ -189,11 +196,7 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
     start, seconds = 0, 0.0
     rows_path = run / "metrics.jsonl"
     if state is not None:
-        G.load_state_dict(state["G"])
-        D.load_state_dict(state["D"])
-        G_ema.load_state_dict(state["G_ema"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
+        restore(state, G, D, G_ema, opt_g, opt_d)
         gen.set_state(state["rng"].to(gen.get_state().device))
         start, seconds = state["step"], state["seconds"]
         # keep the log consistent with the checkpoint: drop lines written after it

@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 
 from ..config import Config
+from ..metrics import nearest_mode
 from ..plots import plane_grid
-from ..train import build, train_step
+from ..train import build, restore, train_step
 
 WATCH_SAMPLES = 20_000
 QUAD_RES = 721
@@ -41,7 +42,7 @@ def mode_report(G, D, data, w: float, watched: int | None) -> dict:
     """The JSON line described in the module docstring; watched None: pick the thinnest mode."""
     means = data.means
     y = G.sample(WATCH_SAMPLES, torch.Generator().manual_seed(0))
-    counts = torch.bincount(torch.cdist(y, means).argmin(1), minlength=len(means))
+    counts = torch.bincount(nearest_mode(y, means)[0], minlength=len(means))
     k = int(counts.argmin()) if watched is None else watched
     e = D(means).squeeze(-1) / w
     others = torch.cat([e[:k], e[k + 1:]])
@@ -74,8 +75,7 @@ def continue_run(run, steps: int = 5000, lr_scale: float = 0.2, reports: int = 1
     data, G, D, G_ema, opt_g, opt_d, gen = build(cfg, device)
     if data.dim != 2:
         raise ValueError(f"continue_run is for 2D mixtures; {run} has dim {data.dim}")
-    for net, key in ((G, "G"), (D, "D"), (G_ema, "G_ema"), (opt_g, "opt_g"), (opt_d, "opt_d")):
-        net.load_state_dict(state[key])
+    restore(state, G, D, G_ema, opt_g, opt_d)
     for opt, lr in ((opt_d, cfg.lr_d), (opt_g, cfg.lr_g)):
         for group in opt.param_groups:
             group["lr"] = lr * lr_scale
