@@ -25,6 +25,7 @@ import torch
 from owf_kernels import combine_partials
 
 from ..density import OWFModel, load, signed_estimate, signed_partials
+from ..metrics import nearest_mode
 from ..plots import plane_grid
 
 
@@ -44,14 +45,14 @@ def zeta_by_mode(run, samples: int = 1_000_000, seed: int = 0, chunk: int = 100_
     for start in range(0, samples, chunk):
         y, log_q, sign = model.sample_with_log_prob(min(chunk, samples - start), g, signed=True, preimages=preimages)
         log_w = model.energy_on_domain(y).double() - log_q.double()
-        near = torch.cdist(y.double(), means).argmin(1)
+        near = nearest_mode(y, means)[0]
         counts += torch.bincount(near, minlength=K)
         for k in range(K):
             new = signed_partials(log_w.masked_fill(near != k, -math.inf), sign)
             parts[k] = torch.stack([combine_partials([parts[k, i], new[i]]) for i in range(2)])
     pts, area = plane_grid(*model.domain, res)
     E = torch.cat([model.energy(p.float()).double() for p in pts.split(262_144)])
-    nq = torch.cat([torch.cdist(p.double(), means).argmin(1) for p in pts.split(262_144)])
+    nq = torch.cat([nearest_mode(p, means)[0] for p in pts.split(262_144)])
     return [(means[k].tolist(), signed_estimate(*parts[k])[0],
              float(torch.logsumexp(E[nq == k], 0)) + math.log(area), float(counts[k]) / samples) for k in range(K)]
 
