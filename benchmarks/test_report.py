@@ -1,0 +1,40 @@
+"""report.py (the CI smoke pass): the table's ratios and rates from a pytest-benchmark JSON, and
+that the committed results still parse."""
+import json
+from pathlib import Path
+
+import report
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def bench(group, provider, median_s, **extra):
+    return {"group": group, "name": f"test[{provider}]", "params": {"provider": provider},
+            "stats": {"median": median_s}, "extra_info": extra}
+
+
+def test_table_ratios_rates_and_plot(tmp_path):
+    g = "linear_jvp fwd M=64 W=16 T=1"
+    data = {"machine_info": {"cpu": {"brand_raw": "test cpu", "count": 2}}, "benchmarks": [
+        bench(g, "owf", 2e-3, flops=4e6, T=1), bench(g, "plain", 1e-3, flops=4e6, ideal_ratio_to_plain=2, T=1),
+        bench(g, "func.jvp", 5e-3, flops=4e6, T=1), bench(g, "gemm", 1.6e-3, flops=4e6),
+        bench("log_zeta S=1000", "owf", 1e-3, bytes=8e6), bench("log_zeta S=1000", "logsumexp", 4e-3, bytes=8e6)]}
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(data))
+    report.main([str(path), "--out", str(tmp_path)])
+    md = (tmp_path / "report.md").read_text()
+    assert "test cpu, 2 cores" in md
+    assert "| func.jvp | 5.000 | 2.50x | 0.8 GFLOP/s | 3.12 |" in md          # 5/2; 4e6 FLOP / 5 ms; 5/1.6
+    assert "| owf | 2.000 |  | 2.0 GFLOP/s | 1.25 |" in md
+    assert "| plain | 1.000 | 0.50x | 2.0 GFLOP/s | 0.62 |" in md           # one of the 1+T products
+    assert "forward+JVP / plain forward: 2.00 (ideal 1+T = 2; target <= 2.6)" in md
+    assert "| logsumexp | 4.000 | 4.00x | 2.00 GB/s | |" in md
+    assert (tmp_path / "speedup_linear_jvp.png").stat().st_size > 1000
+
+
+def test_the_committed_cpu_results_still_parse(tmp_path):
+    newest = sorted(RESULTS.glob("cpu_*.json"))[-1]
+    report.main([str(newest), "--out", str(tmp_path)])
+    groups, _ = report.load(newest)
+    md = (tmp_path / "report.md").read_text()
+    assert md.count("#### ") == len(groups) > 10
