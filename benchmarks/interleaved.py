@@ -68,18 +68,22 @@ def timed(builders, rounds):
         except Exception as e:                        # noqa: BLE001 - report and go on
             print(f"  {p}: failed ({type(e).__name__}: {str(e).splitlines()[0][:80]})")
             fns.pop(p, None)
+    return {p: s * 1e3 for p, s in round_robin(fns, rounds).items()}
+
+
+def round_robin(fns: dict, rounds: int) -> dict:
+    """One warm-up call of each function, then `rounds` rounds in which each runs once, in a
+    shuffled (seeded) order. -> median seconds per function."""
     for f in fns.values():
         f()
-    times = {p: [] for p in fns}
-    order = list(fns)
-    rng = random.Random(0)
+    times, order, rng = {k: [] for k in fns}, list(fns), random.Random(0)
     for _ in range(rounds):
         rng.shuffle(order)
-        for p in order:
+        for k in order:
             t = time.perf_counter()
-            fns[p]()
-            times[p].append(time.perf_counter() - t)
-    return {p: statistics.median(v) * 1e3 for p, v in times.items()}
+            fns[k]()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def run_generator_case(name, rounds):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import sys
 import time
@@ -33,6 +32,7 @@ import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import providers as P  # noqa: E402
+from interleaved import round_robin  # noqa: E402
 from owf_kernels import keep_freed_memory  # noqa: E402
 
 CASES = {"2d": dict(n=2, width=256, B=512, method="exact"), "784": dict(n=784, width=784, B=256, method="jvp1")}
@@ -76,20 +76,6 @@ class OpClock(TorchDispatchMode):
 
 def _copies(args):
     return [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
-
-
-def round_robin(fns: dict, rounds: int) -> dict:
-    """Median seconds per function, each called once per round in a shuffled (seeded) order."""
-    for f in fns.values():
-        f()
-    times, order, rng = {k: [] for k in fns}, list(fns), random.Random(0)
-    for _ in range(rounds):
-        rng.shuffle(order)
-        for k in order:
-            t = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def profile(n, width, B, method, steps=20, rounds=30, top=25, small_B=4) -> dict:
