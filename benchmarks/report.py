@@ -32,9 +32,14 @@ def load(path):
     return groups, machine
 
 
+def group_key(g: str):
+    """Sort groups by name with their numbers as numbers: S=256 before S=10000."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", g)]
+
+
 def table(groups) -> str:
     lines = []
-    for g in sorted(groups):
+    for g in sorted(groups, key=group_key):
         rows = groups[g]
         owf = rows.get("owf", {}).get("median_ms")
         gemm = rows.get("gemm", {}).get("median_ms")
@@ -58,37 +63,59 @@ def table(groups) -> str:
     return "\n".join(lines)
 
 
-def plots(groups, out: Path):
-    """Speedup of owf over each provider against the layer width, one line per provider."""
+def _speedups(groups, pattern, x_of, key_of, skip=("owf", "gemm", "plain")):
+    """{panel key: {provider: [(x, owf speedup over provider)]}} over the groups matching pattern."""
     series = defaultdict(lambda: defaultdict(list))
     for g, rows in groups.items():
-        m = re.match(r"linear_jvp (fwd\+bwd|fwd) M=(\d+) W=(\d+) T=(\d+)", g)
+        m = re.fullmatch(pattern, g)
         if not m or "owf" not in rows:
             continue
-        kind, M, W, T = m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
         for prov, r in rows.items():
-            if prov not in ("owf", "gemm", "plain"):
-                series[(kind, M, T)][prov].append((W, r["median_ms"] / rows["owf"]["median_ms"]))
-    if not series:
-        return None
-    keys = sorted(series)
+            if prov not in skip:
+                series[key_of(m)][prov].append((x_of(m), r["median_ms"] / rows["owf"]["median_ms"]))
+    return series
+
+
+def _figure(panels, path: Path, xlabel: str, title):
+    """One panel per key: owf's speedup over each provider against size (log x), 1 = parity."""
+    keys = sorted(panels)
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        for prov, pts in sorted(series[key].items()):
+        for prov, pts in sorted(panels[key].items()):
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=prov)
         ax.axhline(1, color="k", lw=0.8)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("width K = N")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("owf speedup (x)")
-        ax.set_title(f"linear_jvp {key[0]}, M={key[1]}, T={key[2]}", fontsize=9)
+        ax.set_title(title(key), fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    path = out / "speedup_linear_jvp.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plots(groups, out: Path) -> list:
+    """PNG plots of owf's speedup over every other provider against size:
+    speedup_linear_jvp.png (against the width, one panel per forward / forward+backward, M, T),
+    speedup_linear_jvp_rows.png (against M, at each width and T swept over M) and
+    speedup_log_zeta.png (against S). A plot is written when at least two sizes were measured."""
+    lj = r"linear_jvp (fwd\+bwd|fwd) M=(\d+) W=(\d+) T=(\d+)"
+    by_width = _speedups(groups, lj, lambda m: int(m.group(3)), lambda m: (m.group(1), int(m.group(2)), int(m.group(4))))
+    by_rows = _speedups(groups, lj, lambda m: int(m.group(2)), lambda m: (m.group(1), int(m.group(3)), int(m.group(4))))
+    by_s = _speedups(groups, r"log_zeta (fwd\+bwd|fwd) S=(\d+)", lambda m: int(m.group(2)), lambda m: m.group(1))
+    written = []
+    for panels, name, xlabel, title in (
+            (by_width, "speedup_linear_jvp.png", "width K = N", lambda k: f"linear_jvp {k[0]}, M={k[1]}, T={k[2]}"),
+            (by_rows, "speedup_linear_jvp_rows.png", "rows M", lambda k: f"linear_jvp {k[0]}, K=N={k[1]}, T={k[2]}"),
+            (by_s, "speedup_log_zeta.png", "samples S", lambda k: f"log_zeta {k}")):
+        # panels with one size are points, not a sweep: leave them out
+        panels = {k: v for k, v in panels.items() if len({x for pts in v.values() for x, _ in pts}) > 1}
+        if panels:
+            written.append(_figure(panels, out / name, xlabel, title))
+    return written
 
 
 def main(argv=None):
@@ -102,9 +129,9 @@ def main(argv=None):
     head = f"CPU: {machine.get('cpu', {}).get('brand_raw', '?')}, {machine.get('cpu', {}).get('count', '?')} cores"
     md = f"# Benchmarks ({Path(a.json).name})\n\n{head}\n\n" + table(groups)
     (out / "report.md").write_text(md)
-    png = plots(groups, out)
+    pngs = plots(groups, out)
     print(md)
-    if png:
+    for png in pngs:
         print(f"plot: {png}")
 
 

@@ -1,4 +1,4 @@
-"""linear_jvp forward and forward+backward, swept over the layer width (and M), across providers.
+"""linear_jvp forward and forward+backward, swept over the layer width and over M, across providers.
 
 FLOPs: a forward with T tangents is 2·(1+T)·M·K·N (it cannot cost less than (1+T) plain forwards);
 forward+backward is three times that. extra_info holds flops and the ideal ratio to a plain forward.
@@ -13,8 +13,9 @@ PROVIDERS = ["owf", "manual", "func.jvp", "func.jvp+vmap", "forward_ad", "compil
 
 def pytest_generate_tests(metafunc):
     if "shape" in metafunc.fixturenames:
+        # widths at M = 4096, then rows at width 256, T = 1 (report.py plots both sweeps)
         sizes = [(64, 32, 2)] if smoke(metafunc.config) else \
-            [(4096, W, T) for W in (64, 256, 1024) for T in (1, 2)]
+            [(4096, W, T) for W in (64, 256, 1024) for T in (1, 2)] + [(M, 256, 1) for M in (256, 1024, 16384)]
         metafunc.parametrize("shape", sizes, ids=[f"M{M}-W{W}-T{T}" for M, W, T in sizes])
 
 

@@ -29,7 +29,27 @@ def test_table_ratios_rates_and_plot(tmp_path):
     assert "| plain | 1.000 | 0.50x | 2.0 GFLOP/s | 0.62 |" in md           # one of the 1+T products
     assert "forward+JVP / plain forward: 2.00 (ideal 1+T = 2; target <= 2.6)" in md
     assert "| logsumexp | 4.000 | 4.00x | 2.00 GB/s | |" in md
-    assert (tmp_path / "speedup_linear_jvp.png").stat().st_size > 1000
+    # one width, one M, one S: nothing is swept, so no plot
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_plots_of_each_sweep(tmp_path):
+    rows = []
+    for M, W in ((64, 16), (64, 32), (256, 16)):      # widths 16, 32 at M = 64; M = 64, 256 at width 16
+        g = f"linear_jvp fwd M={M} W={W} T=1"
+        rows += [bench(g, "owf", 1e-3, T=1), bench(g, "func.jvp", 2e-3, T=1)]
+    for S in (256, 10000):
+        rows += [bench(f"log_zeta fwd S={S}", "owf", 1e-3), bench(f"log_zeta fwd S={S}", "torch.logsumexp", 1e-3)]
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps({"benchmarks": rows}))
+    report.main([str(path), "--out", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "speedup_linear_jvp.png", "speedup_linear_jvp_rows.png", "speedup_log_zeta.png"]
+    md = (tmp_path / "report.md").read_text()
+    assert md.index("log_zeta fwd S=256") < md.index("log_zeta fwd S=10000")     # numbers sort as numbers
+    series = report._speedups(report.load(path)[0], r"linear_jvp (fwd) M=(\d+) W=(\d+) T=(\d+)",
+                              lambda m: int(m.group(2)), lambda m: int(m.group(3)))
+    assert sorted(series[16]["func.jvp"]) == [(64, 2.0), (256, 2.0)]            # over M at width 16
 
 
 def test_the_committed_cpu_results_still_parse(tmp_path):

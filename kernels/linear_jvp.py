@@ -146,7 +146,7 @@ def _grad_preact(gy, gyd, out, activation, negative_slope, A=None):
         d2 = s * (1 - s) * (2 + a * (1 - 2 * s))
         torch.mul(gy, d1, out=GA[0])
         torch.mul(gyd, d1, out=GA[1:])
-        GA[0] += d2 * (gyd * ad).sum(0)
+        GA[0].add_(d2 * (gyd * ad).sum(0))
         return GA
     d1, c, k = _slope_curvature(out[0], activation, negative_slope, A)
     torch.mul(gy, d1, out=GA[0])                                        # gy σ'
@@ -236,7 +236,7 @@ def _forward_torch(x, x_dot, weight, bias, activation, negative_slope):
         # (see _mm); the stacking is free when x, x_dot are the previous layer's outputs
         A = _mm(stack_primal_tangents(x, x_dot).reshape((1 + T) * M, K), weight.t()).view(1 + T, M, N)
         if bias is not None:
-            A[0] += bias
+            A[0].add_(bias)                     # not A[0] += bias: Python then also runs a select and a copy_
         if activation == "tanh":
             A[0].mul_(2)                                                        # 2a
     else:
