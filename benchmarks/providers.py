@@ -144,7 +144,7 @@ def generator_step_fn(provider, G, B, method="exact", w=0.1, seed=0):
     params = list(G.parameters())
 
     def loss_of(y, yd):
-        ld = logabsdet(yd) if method == "exact" else torch.log(yd[0].norm(dim=-1))
+        ld = logabsdet(yd) if method == "exact" else torch.log(yd.squeeze(0).norm(dim=-1))
         return (-w * ld - y.sum(-1)).mean()
 
     def finish(y, yd):

@@ -152,7 +152,9 @@ class OneWayFlow(nn.Module):
             v = torch.randn(B, n, generator=generator, device=u.device, dtype=u.dtype)
             v = v / v.norm(dim=-1, keepdim=True)              # uniform on S^{n-1}
             y, y_dot = self.g_n_jvp(u, v.unsqueeze(0))
-            return y, torch.log(y_dot[0].norm(dim=-1))         # Eq. 9: log|det J| ≈ log‖Jv‖
+            # Eq. 9: log|det J| ≈ log‖Jv‖. squeeze(0), not y_dot[0]: its backward is a view, where
+            # select's backward writes the gradient into a zero-filled [1, B, n] copy
+            return y, torch.log(y_dot.squeeze(0).norm(dim=-1))
         raise ValueError(f"logdet method {method!r}: choose one of {LOGDET_METHODS}")
 
     @torch.no_grad()
