@@ -21,9 +21,9 @@ anyway, saving backward a pass). silu is not invertible from y; its backward rec
 
 Two implementations share this contract:
 - `linear_jvp_torch`: the pure-PyTorch reference. It is the CPU path and the test oracle. Its
-  forward writes a and a_dot into one [1+T, M, N] buffer with two GEMMs (no stacked copy of x and
-  x_dot; see `_forward_torch`), its hand-written backward takes GA W and GAᵀ [x; x_dot] as GEMMs
-  around a few elementwise passes (`backward_layer`). `forward_layer` / `backward_layer` are also
+  forward writes a and a_dot into one [1+T, M, N] buffer with no stacked copy of x and x_dot (one
+  GEMM when they are stacked in memory already, else two; see `_forward_torch`), its hand-written
+  backward takes GA W and GAᵀ [x; x_dot] as GEMMs around a few elementwise passes (`backward_layer`). `forward_layer` / `backward_layer` are also
   the layers of `mlp_jvp`'s single autograd node.
 - the Triton kernel in `linear_jvp_triton.py`: one launch for y and all T tangents.
 `linear_jvp` picks one with a single `if` (see backend.py).
@@ -225,23 +225,29 @@ def _forward_torch(x, x_dot, weight, bias, activation, negative_slope):
     output; pre: σ' = 1 - y² [M, N] for tanh, which backward reuses; the pre-activations
     [a; a_dot] for silu, which is not invertible from y; else None).
 
-    a = x Wᵀ + b and a_dot = x_dot Wᵀ are two GEMMs (M and T·M rows) written into one [1+T, M, N]
-    buffer: no [1+T, M, K] stacked copy of the inputs, and the primal's GEMM adds the bias (for
-    tanh it gives 2a directly, see _tanh_from_2a_). W is [N, K]: reading it twice costs little.
+    [a; a_dot] = [x; x_dot] Wᵀ (+ b on the primal rows) is one GEMM over (1+T)·M rows when x and
+    x_dot are stacked in memory already (the previous layer's outputs are), or when the output is
+    tiny (the last layer of a 2D flow: one GEMM as (W hᵀ)ᵀ, see _mm, after a small stacking copy).
+    Otherwise it is two GEMMs (M and T·M rows) into one [1+T, M, N] buffer, with no stacked copy of
+    the inputs; the primal's GEMM then adds the bias. For tanh both give 2a directly (see
+    _tanh_from_2a_). Measured on the generator steps against two GEMMs for stacked inputs too (12-01,
+    shuffled rounds): see the commit that made it so.
     """
     T, M, K = x_dot.shape
     N = weight.shape[0]
-    if N <= 4 < M:
-        # tiny outputs (the last layer of a 2D flow): one GEMM over the stacked rows, as (W hᵀ)ᵀ
-        # (see _mm); the stacking is free when x, x_dot are the previous layer's outputs
-        A = _mm(stack_primal_tangents(x, x_dot).reshape((1 + T) * M, K), weight.t()).view(1 + T, M, N)
-        if bias is not None:
-            A[0].add_(bias)                     # not A[0] += bias: Python then also runs a select and a copy_
-        if activation == "tanh":
-            A[0].mul_(2)                                                        # 2a
+    scale = 2.0 if activation == "tanh" else 1.0
+    h = stacked_view(x, x_dot)
+    if h is not None or N <= 4 < M:
+        if h is None:
+            h = torch.cat([x.reshape(1, M, K), x_dot], 0)
+        A = _mm(h.reshape((1 + T) * M, K), weight.t()).view(1 + T, M, N)
+        if bias is not None:        # a <- s (a + b) in one pass: s·b + s·a, exact scalings, one rounding
+            torch.add(bias if scale == 1.0 else bias * scale, A[0], alpha=scale, out=A[0])
+        elif scale != 1.0:
+            A[0].mul_(scale)
     else:
         A = torch.empty((1 + T, M, N), dtype=x.dtype, device=x.device)
-        _linear_into(x, weight, bias, A[0], 2.0 if activation == "tanh" else 1.0)   # 2a for tanh, else a
+        _linear_into(x, weight, bias, A[0], scale)                                # 2a for tanh, else a
         torch.mm(x_dot.reshape(T * M, K), weight.t(), out=A[1:].view(T * M, N))  # a_dot
     a, ad = A[0], A[1:]
     if activation == "identity":
