@@ -230,8 +230,8 @@ def _forward_torch(x, x_dot, weight, bias, activation, negative_slope):
     tiny (the last layer of a 2D flow: one GEMM as (W hᵀ)ᵀ, see _mm, after a small stacking copy).
     Otherwise it is two GEMMs (M and T·M rows) into one [1+T, M, N] buffer, with no stacked copy of
     the inputs; the primal's GEMM then adds the bias. For tanh both give 2a directly (see
-    _tanh_from_2a_). Measured on the generator steps against two GEMMs for stacked inputs too (12-01,
-    shuffled rounds): see the commit that made it so.
+    _tanh_from_2a_). Against two GEMMs for stacked inputs too (12-01, shuffled rounds in one
+    process): the 2D generator step 1.005x, the 784-wide jvp1 step 1.014x faster.
     """
     T, M, K = x_dot.shape
     N = weight.shape[0]
