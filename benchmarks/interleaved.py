@@ -9,8 +9,9 @@ a provider's time depends on what ran just before it (caches), by up to 0.15 ms 
 in a fixed order here. The ops are those of
 test_bench_generator_step.py: the 2D MLP with the exact log-det (B = 512, width 256, T = 2) and the
 784-wide MLP with jvp1 (B = 256), forward + log-det + backward; "gemm" is the same GEMMs alone.
-And the layer cases of test_bench_linear_jvp.py (tanh, M = 4096, widths 64/256/1024, T = 1, 2): the
-forward against a plain forward, forward+backward against torch.compile.
+And the layer cases of test_bench_linear_jvp.py (tanh; M = 4096 at widths 64/256/1024, T = 1, 2;
+M = 256, 1024, 16384 at width 256, T = 1): the forward against a plain forward, forward+backward
+against torch.compile.
 """
 from __future__ import annotations
 
@@ -34,9 +35,10 @@ GENERATOR_CASES = {
     "784 jvp1, B=256": (dict(n=784, width=784), 256, "jvp1",
                         ["owf", "func.jvp", "forward_ad", "compile", "manual", "compile-manual"]),
 }
-# linear_jvp (tanh) at M = 4096: the forward against a plain forward (target: at most 1.3 (1+T)
-# times it) and forward+backward against torch.compile(func.jvp) (target: not slower)
-LAYER_CASES = {f"layer W={W} T={T}": (W, T) for W in (64, 256, 1024) for T in (1, 2)}
+# linear_jvp (tanh): the forward against a plain forward (target: at most 1.3 (1+T) times it) and
+# forward+backward against torch.compile(func.jvp) (target: not slower). name -> (M, W, T)
+LAYER_CASES = {**{f"layer W={W} T={T}": (4096, W, T) for W in (64, 256, 1024) for T in (1, 2)},
+               **{f"layer M={M} W=256 T=1": (M, 256, 1) for M in (256, 1024, 16384)}}
 CASES = {**GENERATOR_CASES, **LAYER_CASES}
 
 
@@ -49,8 +51,8 @@ def generator_fns(name):
 
 
 def layer_fns(name):
-    W, T = LAYER_CASES[name]
-    t = P.layer_inputs(4096, W, W, T)
+    M, W, T = LAYER_CASES[name]
+    t = P.layer_inputs(M, W, W, T)
     fns = {p: (lambda p=p: P.layer_fn(p, t)) for p in ("owf", "plain")}
     fns.update({f"{p} fwd+bwd": (lambda p=p: P.with_backward(P.layer_fn(p, t), t))
                 for p in ("owf", "compile", "manual", "compile-manual")})
@@ -103,12 +105,12 @@ def run_generator_case(name, rounds):
 
 
 def run_layer_case(name, rounds):
-    W, T = LAYER_CASES[name]
+    M, W, T = LAYER_CASES[name]
     med = timed(layer_fns(name), rounds)
     ratio = med["owf"] / med["plain"]
     nan = float("nan")
     fb = {p: med.get(f"{p} fwd+bwd", nan) for p in ("owf", "compile", "manual", "compile-manual")}
-    line = (f"| {W} | {T} | {med['plain']:.3f} | {med['owf']:.3f} | {ratio:.2f} (≤ {1.3 * (1 + T):.1f}) "
+    line = (f"| {M} | {W} | {T} | {med['plain']:.3f} | {med['owf']:.3f} | {ratio:.2f} (≤ {1.3 * (1 + T):.1f}) "
             f"| {fb['owf']:.3f} | {fb['compile']:.3f} ({fb['compile'] / fb['owf']:.2f}x) "
             f"| {fb['manual']:.3f} ({fb['manual'] / fb['owf']:.2f}x) "
             f"| {fb['compile-manual']:.3f} ({fb['compile-manual'] / fb['owf']:.2f}x) |")
@@ -136,10 +138,10 @@ def main(argv=None):
         else:
             layer_lines.append(run_layer_case(name, a.rounds)[1])
     if layer_lines:
-        print(f"\nlinear_jvp, tanh, M = 4096 ({a.rounds} rounds, {torch.get_num_threads()} threads)\n")
-        print("| width | T | plain fwd ms | owf fwd ms | owf / plain (target) | owf fwd+bwd ms "
+        print(f"\nlinear_jvp, tanh ({a.rounds} rounds, {torch.get_num_threads()} threads)\n")
+        print("| M | width | T | plain fwd ms | owf fwd ms | owf / plain (target) | owf fwd+bwd ms "
               "| compile(func.jvp) fwd+bwd ms (owf speedup) | manual fwd+bwd | compile(manual) fwd+bwd |"
-              "\n|---|---|---|---|---|---|---|---|---|")
+              "\n|---|---|---|---|---|---|---|---|---|---|")
         print("\n".join(layer_lines))
 
 
