@@ -43,9 +43,11 @@ def check_inputs(d, log_q, w):
 # Reference (CPU path and oracle)
 # ---------------------------------------------------------------------------------------------
 def _log_weights(d, log_q, w):
-    # l = d/w - log q, in the wider of the two dtypes and at least float32  # read 2S, write S
+    # l = d/w - log q, in the wider of the two dtypes and at least float32: one new [S] buffer,
+    # the subtraction in place (read 2S, write S; a second temporary of S floats costs page faults
+    # at large S)
     dt = torch.promote_types(torch.promote_types(d.dtype, log_q.dtype), torch.float32)
-    return d.to(dt) / w - log_q.to(dt)
+    return (d.to(dt) / w).sub_(log_q.to(dt))
 
 
 class _LogZetaTorch(torch.autograd.Function):
@@ -60,11 +62,12 @@ class _LogZetaTorch(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         d, log_q, lse = ctx.saved_tensors
-        l = _log_weights(d, log_q, ctx.w)
-        # softmax weights; all -inf -> lse = -inf -> weights 0 rather than exp(nan)
-        p = torch.exp(l - lse) if torch.isfinite(lse) else torch.zeros_like(l)
-        gl = g * p
-        return (gl / ctx.w).to(d.dtype), (-gl).to(log_q.dtype), None
+        l = _log_weights(d, log_q, ctx.w)                 # recomputed: forward keeps only lse
+        # gl = g softmax(l) = g exp(l - lse), in place in l's buffer (the same values as out of
+        # place, without three more [S] temporaries); all -inf -> lse = -inf -> weights 0, not exp(nan)
+        gl = l.sub_(lse).exp_().mul_(g) if torch.isfinite(lse) else l.zero_()
+        gd = (gl / ctx.w).to(d.dtype)                     # ∂/∂d_i = g softmax_i / w
+        return gd, gl.neg_().to(log_q.dtype), None        # ∂/∂log_q_i = -g softmax_i
 
 
 def log_zeta_torch(d, log_q, w=1.0):
