@@ -9,9 +9,9 @@ changes is the bookkeeping: the torch path records one autograd node for the who
 one per layer, and its backward hands each layer's [gx; gx_dot] = GA W (one [1+T, M, K] buffer) to
 the layer below as that layer's [gy; gyd] with no stacking copy. On the 2D generator step (three
 layers, B = 512, width 256, T = 2) one node instead of three saved 0.23 ms of 4.71 ms in a scratch
-timing (README, "Kernels and steps on the CPU", has the whole change's measurements). Each layer's
-forward and backward are linear_jvp's own (`forward_layer`, `backward_layer`): the reference stays
-the single source of the math.
+timing (`benchmarks/results/HISTORY.md`, "What changed on 11-29 (08:xx)", has the whole change's
+measurements). Each layer's forward and backward are linear_jvp's own (`forward_layer`,
+`backward_layer`): the reference stays the single source of the math.
 
 On the Triton backend the layers are chained `linear_jvp` calls (one Function each): a layer's
 forward is one kernel launch either way.
