@@ -90,6 +90,28 @@ def test_chained_layers_share_a_buffer(backend):
         torch.testing.assert_close(a, r, atol=2e-3, rtol=2e-3)
 
 
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_inputs_stacked_in_one_buffer(monkeypatch, activation, bias):
+    """x, x_dot as views of one [1+T, M, K] buffer (the torch path then takes one GEMM over all rows
+    and adds s·b in one pass) give what separate copies of them give (two GEMMs), gradients too."""
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "torch")
+    x, xd, W, b = make(37, 24, 20, 2, device="cpu", bias=bias)
+    buf = torch.cat([x[None], xd]).requires_grad_(True)
+    W, b = W.requires_grad_(True), (b.requires_grad_(True) if bias else None)
+    y, yd = linear_jvp(buf[0], buf[1:], W, b, activation, SLOPE)
+    loss = (y * y).sum() + (yd * yd).sum()
+    g = torch.autograd.grad(loss, [buf, W] + ([b] if bias else []))
+    x2, xd2 = x.clone().requires_grad_(True), xd.clone().requires_grad_(True)
+    y2, yd2 = linear_jvp(x2, xd2, W, b, activation, SLOPE)
+    g2 = torch.autograd.grad((y2 * y2).sum() + (yd2 * yd2).sum(), [x2, xd2, W] + ([b] if bias else []))
+    torch.testing.assert_close(y, y2, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(yd, yd2, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(g[0], torch.cat([g2[0][None], g2[1]]), atol=1e-5, rtol=1e-5)
+    for a, r in zip(g[1:], g2[2:]):
+        torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-5)
+
+
 def test_gradcheck_float64_torch_path(monkeypatch):
     monkeypatch.setenv("OWF_KERNELS_BACKEND", "torch")
     for activation in ACTIVATIONS:
