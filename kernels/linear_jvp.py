@@ -23,8 +23,9 @@ Two implementations share this contract:
 - `linear_jvp_torch`: the pure-PyTorch reference. It is the CPU path and the test oracle. Its
   forward writes a and a_dot into one [1+T, M, N] buffer with no stacked copy of x and x_dot (one
   GEMM when they are stacked in memory already, else two; see `_forward_torch`), its hand-written
-  backward takes GA W and GAᵀ [x; x_dot] as GEMMs around a few elementwise passes (`backward_layer`). `forward_layer` / `backward_layer` are also
-  the layers of `mlp_jvp`'s single autograd node.
+  backward takes GA W and GAᵀ [x; x_dot] as GEMMs around a few elementwise passes
+  (`backward_layer`). `forward_layer` / `backward_layer` are also the layers of `mlp_jvp`'s single
+  autograd node.
 - the Triton kernel in `linear_jvp_triton.py`: one launch for y and all T tangents.
 `linear_jvp` picks one with a single `if` (see backend.py).
 """
