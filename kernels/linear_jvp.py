@@ -221,8 +221,8 @@ def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b
 
 
-def _forward_torch(x, x_dot, weight, bias, activation, negative_slope):
-    """x [M, K], x_dot [T, M, K] -> (out = [y; y_dot] [1+T, M, N], computed in place in the GEMMs'
+def _forward_torch(x, x_dot, h, weight, bias, activation, negative_slope):
+    """x [M, K], x_dot [T, M, K], h = stacked_view(x, x_dot) -> (out = [y; y_dot] [1+T, M, N], computed in place in the GEMMs'
     output; pre: σ' = 1 - y² [M, N] for tanh, which backward reuses; the pre-activations
     [a; a_dot] for silu, which is not invertible from y; else None).
 
@@ -237,10 +237,8 @@ def _forward_torch(x, x_dot, weight, bias, activation, negative_slope):
     T, M, K = x_dot.shape
     N = weight.shape[0]
     scale = 2.0 if activation == "tanh" else 1.0
-    h = stacked_view(x, x_dot)
     if h is not None or N <= 4 < M:
-        if h is None:
-            h = torch.cat([x.reshape(1, M, K), x_dot], 0)
+        h = h if h is not None else stack_primal_tangents(x, x_dot)
         A = _mm(h.reshape((1 + T) * M, K), weight.t()).view(1 + T, M, N)
         if bias is not None:        # a <- s (a + b) in one pass: s·b + s·a, exact scalings, one rounding
             torch.add(bias if scale == 1.0 else bias * scale, A[0], alpha=scale, out=A[0])
@@ -325,8 +323,9 @@ def forward_layer(x, x_dot, weight, bias, activation, negative_slope):
     if _const_tangents(x_dot):
         out, pre = _forward_const_tangents(x, x_dot, weight, bias, activation, negative_slope)
         return out, (x, x_dot, None, pre)
-    out, pre = _forward_torch(x, x_dot, weight, bias, activation, negative_slope)   # [1+T, M, N]
-    return out, (x, x_dot, stacked_view(x, x_dot), pre)
+    h = stacked_view(x, x_dot)
+    out, pre = _forward_torch(x, x_dot, h, weight, bias, activation, negative_slope)   # [1+T, M, N]
+    return out, (x, x_dot, h, pre)
 
 
 def backward_layer(gy, gyd, saved, weight, bias, out, activation, negative_slope, needs=(True, True, True)):
