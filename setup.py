@@ -9,7 +9,7 @@ setup(
     packages=["owf", "owf.experiments", "owf_kernels"],
     package_dir={"owf": "owf", "owf_kernels": "kernels"},
     install_requires=[
-        "torch>=2.1",
+        "torch>=2.4",       # Adam(fused=True) on CPU tensors, which owf.train uses
         "numpy",
         "matplotlib",
         "tqdm",

@@ -1,28 +1,44 @@
 """interleaved.py (the CI smoke pass): round robin medians, a failing provider reported and left
 out, and a generator case end to end at a tiny size."""
-import time
-
 import pytest
 
 import interleaved as I
 
 
-def test_round_robin_medians_and_a_failing_provider(capsys):
+class FakeClock:
+    """perf_counter that advances only when a provider 'runs': the medians are exact, whatever the
+    machine's load (a test of real sleeps would depend on the scheduler)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_round_robin_medians_and_a_failing_provider(capsys, monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(I, "time", clock)
     calls = []
 
-    def sleeper(name, s):
+    def provider(name, costs):
+        costs = iter(costs)
+
         def run():
             calls.append(name)
-            time.sleep(s)
+            clock.now += next(costs)
         return lambda: run
 
     def broken():
         raise RuntimeError("no compiler\nsecond line")
 
-    med = I.timed({"fast": sleeper("fast", 0.002), "slow": sleeper("slow", 0.008), "broken": broken}, rounds=5)
+    # two warm-ups (timed() and round_robin()), then 5 rounds; the medians ignore the outliers
+    fast = provider("fast", [1.0, 1.0, 0.002, 0.003, 0.001, 0.5, 0.002])
+    slow = provider("slow", [1.0, 1.0, 0.008, 0.009, 0.007, 0.008, 9.0])
+    med = I.timed({"fast": fast, "slow": slow, "broken": broken}, rounds=5)
     assert set(med) == {"fast", "slow"}
     assert "broken: failed (RuntimeError: no compiler)" in capsys.readouterr().out
-    assert med["fast"] == pytest.approx(2.0, abs=1.5) and med["slow"] == pytest.approx(8.0, abs=3.0)   # ms
+    assert med["fast"] == pytest.approx(2.0) and med["slow"] == pytest.approx(8.0)      # ms
     assert calls.count("fast") == calls.count("slow") == 2 + 5          # warm-up twice, then once per round
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .backend import use_triton
 
@@ -126,6 +127,15 @@ def act_and_slope(a: torch.Tensor, activation: str, negative_slope: float):
         s = torch.sigmoid(a)
         return a * s, s * (1 + a * (1 - s))
     raise ValueError(f"activation={activation!r} is not supported; choose one of {ACTIVATIONS}")
+
+
+def activation(a: torch.Tensor, name: str, negative_slope: float = 0.2) -> torch.Tensor:
+    """y = σ(a) alone, by the formulas of the kernels' forward (tanh as 2 sigmoid(2a) - 1, softplus
+    as max(a, 0) + log1p(e^-|a|)): the plain forward of a layer, bitwise what linear_jvp's torch
+    path returns as y."""
+    if name == "tanh":
+        return torch.sigmoid(a * 2) * 2 - 1                  # 2s is exact: one rounding, as -1 + 2s
+    return act_and_slope(a, name, negative_slope)[0]
 
 
 def _grad_preact(gy, gyd, out, activation, negative_slope, A=None):
@@ -376,6 +386,7 @@ class _LinearJVPTorch(torch.autograd.Function):
         return out[0], out[1:]
 
     @staticmethod
+    @once_differentiable       # a create_graph=True backward through it raises, see tests
     def backward(ctx, gy, gyd):
         *saved, weight, bias, out = ctx.saved_tensors
         n = ctx.needs_input_grad

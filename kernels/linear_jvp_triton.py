@@ -19,6 +19,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 import triton
 import triton.language as tl
 
@@ -307,6 +308,7 @@ class _LinearJVPTriton(torch.autograd.Function):
         return out[0], out[1:]
 
     @staticmethod
+    @once_differentiable       # a create_graph=True backward through it raises, see tests
     def backward(ctx, gy, gyd):
         x, x_dot, weight, bias, out = ctx.saved_tensors
         T1, M, N = out.shape

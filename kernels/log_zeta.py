@@ -50,6 +50,16 @@ def _log_weights(d, log_q, w):
     return (d.to(dt) / w).sub_(log_q.to(dt))
 
 
+def differentiable_grads(d, log_q, g, w):
+    """(∂/∂d, ∂/∂log_q) = (g softmax(l) / w, -g softmax(l)) out of place, for a create_graph=True
+    backward (both paths): autograd records these ops, so the gradient is differentiable in turn (a
+    penalty on it, double backward). softmax is recomputed from l, not from the saved lse, since
+    its normaliser depends on d too; all -inf gives zero weights, as the fast path does."""
+    l = _log_weights(d, log_q, w)
+    p = torch.softmax(l, 0) * g if torch.isfinite(l).any() else torch.zeros_like(l)
+    return (p / w).to(d.dtype), (-p).to(log_q.dtype)
+
+
 class _LogZetaTorch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, d, log_q, w):
@@ -62,6 +72,8 @@ class _LogZetaTorch(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         d, log_q, lse = ctx.saved_tensors
+        if torch.is_grad_enabled():                       # create_graph=True: a differentiable gradient
+            return (*differentiable_grads(d, log_q, g, ctx.w), None)
         l = _log_weights(d, log_q, ctx.w)                 # recomputed: forward keeps only lse
         # gl = g softmax(l) = g exp(l - lse), in place in l's buffer (the same values as out of
         # place, without three more [S] temporaries); all -inf -> lse = -inf -> weights 0, not exp(nan)

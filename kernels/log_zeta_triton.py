@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .backend import interpreting
-from .log_zeta import check_inputs
+from .log_zeta import check_inputs, differentiable_grads
 
 NEG_INF = float("-inf")
 
@@ -170,6 +170,8 @@ class _LogZetaTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         d, log_q, lse = ctx.saved_tensors
+        if torch.is_grad_enabled():                 # create_graph=True: the reference's differentiable formulas
+            return (*differentiable_grads(d, log_q, g, ctx.w), None)
         d, log_q = d.contiguous(), log_q.contiguous()
         gd, glq = torch.empty_like(d), torch.empty_like(log_q)
         BLOCK = 1024

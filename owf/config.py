@@ -20,25 +20,20 @@ def _f(default, help, kind=None):
     return field(default=default, metadata={"help": help, "type": kind or default.__class__})
 
 
-# Defaults that differ by data set, for the fields left at None. Both use the quadratic energy head
-# (d_quadratic = 16), which made the modes Gaussian-shaped: 5 seeds (README), ring 18k steps HQ
-# 91.2% (min 90.4%), grid 50k steps 94.5% (min 93.8%), against 81.7% and 88.6% (100k steps) with a
-# linear head. The grid's lr_G 5e-3 (3e-3 lost a corner mode in 1 seed of 5: G lagged behind D).
-# Measured alternatives (README, "What we tried"): a SiLU energy, --ess-gate, EMA of G, w.
-# The grid's --defensive 0.25 --g-alpha 0.75 (README, "Why grid runs fail"): with Eq. 16/17 alone
-# G thinned or lost a mode in 2 of 10 seeds and D's energy then ran away there; with both, 10/10
-# seeds kept all 25 modes. The ring never needed them (10/10 without).
+# Defaults that differ by data set, for the fields left at None (docs/results-2d.md has the runs).
+# The grid's lr_G 5e-3: at 3e-3 one seed of five lost a corner mode (G lagged behind D). Its
+# --defensive 0.25 --g-alpha 0.75: with Eq. 16/17 alone G thinned or lost a mode in 2 of 10 seeds
+# and D's energy then ran away there; with both, 10/10 seeds kept all 25 modes. The ring never
+# needed them (10/10 without).
 DATA_DEFAULTS = {
-    "ring": dict(steps=18000, lr_d=1e-3, lr_g=3e-3, d_activation="leaky_relu", ess_gate=0.0,
-                 defensive=0.0, g_alpha=1.0),
-    "grid": dict(steps=50000, lr_d=1e-3, lr_g=5e-3, d_activation="leaky_relu", ess_gate=0.0,
-                 defensive=0.25, g_alpha=0.75),
+    "ring": dict(steps=18000, lr_g=3e-3, defensive=0.0, g_alpha=1.0),
+    "grid": dict(steps=50000, lr_g=5e-3, defensive=0.25, g_alpha=0.75),
 }
 
 
 @dataclass
 class Config:
-    # data and objective
+    # ---- objective
     data: str = _f("ring", "2D data set")
     loss: str = _f("owf", "owf: Eq. 16/17; wgan: Eq. 4 with weight clipping; wgan-gp: Eq. 4 + gradient penalty")
     w: float = _f(0.1, "entropy weight of Appendix C.1: P_D = exp(D/w)/ζ")
@@ -47,16 +42,7 @@ class Config:
                             "samples whose det J has the minority sign are pulled back through det J = 0 "
                             "instead of held there, so g_n does not fold (None: on with the exact log-det, "
                             "which it needs)", bool)
-    # schedule
-    steps: int = _f(None, "optimisation steps; learning rates decay linearly to 0 over them "
-                          "(None: per data set, see DATA_DEFAULTS)", int)
-    until: int = _f(0, "stop after this step (0: at --steps); a later --resume continues the same run")
-    batch: int = _f(256, "data points per discriminator step")
     samples: int = _f(256, "S: generator samples per step, the importance samples of log ζ̂")
-    n_critic: int = _f(1, "discriminator steps per generator step")
-    ess_gate: float = _f(None, "skip a discriminator update when the ESS of its importance weights is below "
-                               "this fraction of S: log ζ̂ is then biased low and D runs ahead of G "
-                               "(0: never; None: per data set)", float)
     defensive: float = _f(None, "adds ceil(F·S) samples of a Gaussian kernel density of the data batch to log ζ̂'s "
                                "importance samples (losses.data_kernel_proposal; defensive importance sampling): "
                                "ζ̂ stays unbiased and sees every mode of the data, also one G has lost (0: off, "
@@ -64,31 +50,30 @@ class Config:
     g_alpha: float = _f(None, "α of the generator's Rényi divergence D_α(q ‖ P_D) (losses.generator_loss_renyi): 1 is "
                               "Eq. 17's KL; below 1 the samples where G is thin for P_D weigh more (None: per data set)",
                         float)
-    # optimiser
-    lr_d: float = _f(None, "discriminator learning rate (Adam; None: per data set)", float)
+    gp: float = _f(10.0, "gradient-penalty weight (wgan-gp only)")
+    clip: float = _f(0.01, "weight clipping of D (wgan only)")
+    # ---- schedule
+    steps: int = _f(None, "optimisation steps; learning rates decay linearly to 0 over them "
+                          "(None: per data set, see DATA_DEFAULTS)", int)
+    until: int = _f(0, "stop after this step (0: at --steps); a later --resume continues the same run")
+    batch: int = _f(256, "data points per discriminator step")
+    n_critic: int = _f(1, "discriminator steps per generator step")
+    lr_d: float = _f(1e-3, "discriminator learning rate (Adam)")
     lr_g: float = _f(None, "generator learning rate (Adam; None: per data set)", float)
     beta1: float = _f(0.5, "Adam beta1 for both networks")
     beta2: float = _f(0.9, "Adam beta2 for both networks")
     lr_decay: bool = _f(True, "decay both learning rates linearly to 0 over --steps")
     ema: float = _f(0.0, "decay of an exponential moving average of G used for evaluation (0: off)")
-    d_freeze: float = _f(0.0, "fraction of the steps, at the end, in which D is frozen and only G trains "
-                              "(minimising w·KL(q || P_D) for a fixed P_D); measured on the grid: 1.1 points "
-                              "of HQ lower at 0.1, see the README")
-    # networks
+    # ---- networks
     g_hidden: str = _f("128,128", "generator hidden widths (each >= n)")
     g_activation: str = _f("tanh", "generator activation")
-    g_skip: bool = _f(False, "add a learnable linear skip A u to g_n (zero at the start): g_n is then proper, "
-                             "so with one sign of det J (--orient) it is injective and Eq. 10 exact")
     d_hidden: str = _f("128,128", "discriminator hidden widths")
-    d_activation: str = _f(None, "discriminator activation (None: per data set)", str)
+    d_activation: str = _f("leaky_relu", "discriminator activation")
     d_slope: float = _f(0.2, "LeakyReLU slope of the discriminator")
     d_quadratic: int = _f(16, "0: D's output is a linear layer; m > 0: D = -½‖f(x)‖² with f's last layer m wide, "
                              "so a LeakyReLU D is piecewise quadratic (Gaussian-shaped modes) instead of "
                              "piecewise linear")
-    spectral_norm: bool = _f(False, "spectral normalisation on D's layers")
-    gp: float = _f(10.0, "gradient-penalty weight (wgan-gp only)")
-    clip: float = _f(0.01, "weight clipping of D (wgan only)")
-    # run
+    # ---- run
     seed: int = _f(0, "seed of every random stream")
     device: str = _f("auto", "auto: cuda if available, else cpu")
     threads: int = _f(0, "CPU threads for torch (0: torch's default)")
@@ -117,8 +102,6 @@ class Config:
             raise ValueError(f"g_alpha={self.g_alpha} must be in [0, 1]")
         if self.defensive < 0:
             raise ValueError(f"defensive={self.defensive} must be >= 0")
-        if not 0 <= self.ess_gate < 1:
-            raise ValueError(f"ess_gate={self.ess_gate} must be in [0, 1)")
         if self.orient is None:
             self.orient = self.logdet == "exact"
         if self.orient and self.logdet != "exact":
@@ -127,8 +110,15 @@ class Config:
             raise ValueError(f"w={self.w} must be positive")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema={self.ema} must be in [0, 1)")
-        if not 0 <= self.d_freeze < 1:
-            raise ValueError(f"d_freeze={self.d_freeze} must be in [0, 1)")
+        for k in ("lr_d", "lr_g", "clip"):
+            if not getattr(self, k) > 0:
+                raise ValueError(f"{k}={getattr(self, k)} must be positive")
+        for k in ("beta1", "beta2"):
+            if not 0 <= getattr(self, k) < 1:
+                raise ValueError(f"{k}={getattr(self, k)} must be in [0, 1)")
+        for k in ("gp", "d_slope", "threads"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"{k}={getattr(self, k)} must be >= 0")
         for k in ("g_hidden", "d_hidden"):
             try:
                 widths = self.widths(k)
@@ -142,7 +132,18 @@ class Config:
     @classmethod
     def from_saved(cls, saved: dict) -> "Config":
         """The config a checkpoint stored. Fields added after it was written take the value such runs
-        used (LEGACY_VALUES), not today's default: an old linear-head run loads as one."""
+        used (LEGACY_VALUES), not today's default: an old linear-head run loads as one. Fields
+        removed since (REMOVED) are dropped when they hold the value that left them off; a run
+        that used one cannot be rebuilt by this code, and that is an error naming it."""
+        saved = dict(saved)
+        for k, off in REMOVED.items():
+            value = saved.pop(k, off)
+            if value != off:
+                raise ValueError(f"this run was trained with {k}={value!r} (--{k.replace('_', '-')}), an option "
+                                 "removed from owf; load it with the commit that trained it (git log)")
+        unknown = sorted(set(saved) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"the saved config has fields this version of owf does not know: {unknown}")
         return cls(**{**LEGACY_VALUES, **saved})
 
     def widths(self, key: str) -> tuple[int, ...]:
@@ -154,6 +155,10 @@ class Config:
 
 # Fields whose default changed after runs were saved without them: the value those runs used.
 LEGACY_VALUES = {"d_quadratic": 0, "defensive": 0.0, "g_alpha": 1.0}
+
+# Options removed on 2026-12-01, each measured not to help (docs/results-2d.md, "What we tried"),
+# and the value that had them off: a checkpoint that holds that value loads as before.
+REMOVED = {"ess_gate": 0.0, "d_freeze": 0.0, "g_skip": False, "spectral_norm": False}
 
 # Fields that may change when a run is resumed; the rest define the run and come from its checkpoint.
 RESUMABLE = ("until", "device", "threads", "log_every", "sample_every", "ckpt_every")
@@ -172,22 +177,30 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+# --help's groups, each named with its first field; the fields follow in the dataclass's order.
+HELP_GROUPS = (("objective", "data"), ("schedule", "steps"), ("networks", "g_hidden"), ("run", "seed"))
+
+
 def build_parser(prog="python -m owf.train") -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description="Train a One-way Flow (or a WGAN baseline) on 2D data.")
     choices = {"data": sorted(DATASETS), "loss": LOSSES, "logdet": LOGDET_METHODS,
                "g_activation": G_ACTIVATIONS, "d_activation": tuple(D_ACTIVATIONS), "device": DEVICES}
+    starts = dict((first, name) for name, first in HELP_GROUPS)
+    group = p
     for f in fields(Config):
+        if f.name in starts:
+            group = p.add_argument_group(starts[f.name])
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.name != "out" else ""
         shown = ("per data set" if f.name in DATA_DEFAULTS["ring"] else "see above") if default is None else repr(default)
         kw = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {shown})")
         if f.metadata["type"] is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         else:
-            p.add_argument(flag, type=f.metadata["type"], choices=choices.get(f.name), **kw)
-    p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR exactly")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+            group.add_argument(flag, type=f.metadata["type"], choices=choices.get(f.name), **kw)
+    group.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR exactly")
+    group.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    group.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     return p
 
 

@@ -16,7 +16,7 @@ An importance sample outside the box has weight 0, which keeps the estimate unbi
 Signed weights. Eq. 10 counts one preimage per sample, so where g_n covers a region k times the
 plain estimator counts ∫ exp(D/w) there k times. If g_n folds (det J takes both signs), the sheets
 over a folded region alternate in orientation, and the signed count Σ_preimages sign(det J) is the
-degree of g_n, which is the same (±1) everywhere for a proper g_n (e.g. with `--g-skip`). So
+degree of g_n, which is the same (±1) everywhere for a proper g_n. So
 weighting each generator sample by sign(det J) makes the estimator unbiased despite folds:
 |(1/S) Σ sign_i exp(D(y_i)/w - log q(y_i))| = |∫ deg·exp(D/w)| = ζ. That is
 the default (`signed=True`) when the preimages below are not searched; with no minority samples it is
@@ -43,13 +43,13 @@ import math
 import os
 import warnings
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from owf_kernels import combine_partials, log_zeta_partials, partials_to_estimate
 
+from .checkpoint import checkpoint_path, load_checkpoint, save_atomic
 from .config import Config
 from .data import get_dataset
 from .model import Energy, OneWayFlow, log_normal
@@ -265,21 +265,16 @@ class OWFModel:
         """Keep `est` for log_prob, and (save=True) write it into the checkpoint atomically."""
         self.zeta = est
         if save and self.checkpoint:
-            state = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
+            state = load_checkpoint(self.checkpoint)
             state["log_zeta"] = est.to_dict()
-            tmp = self.checkpoint + ".tmp"
-            torch.save(state, tmp)
-            os.replace(tmp, self.checkpoint)
+            save_atomic(state, self.checkpoint)
         return self
 
 
 def load(path: str | os.PathLike, device: str = "cpu") -> OWFModel:
     """A run folder or a checkpoint file -> OWFModel (the EMA generator when the run kept one)."""
-    p = Path(path)
-    ckpt = p / "checkpoint.pt" if p.is_dir() else p
-    if not ckpt.exists():
-        raise FileNotFoundError(f"no checkpoint at {ckpt}: train first (python -m owf.train --out {p})")
-    state = torch.load(ckpt, map_location=device, weights_only=False)
+    ckpt = checkpoint_path(path)
+    state = load_checkpoint(ckpt, map_location=device)
     cfg = Config.from_saved(state["config"])
     data = get_dataset(cfg.data)
     G = OneWayFlow.from_config(cfg, data.dim).to(device)

@@ -39,6 +39,7 @@ from .density import OWFModel, load, quadrature_log_zeta, signed_estimate, signe
 from .metrics import EVAL_POINTS, mode_coverage  # noqa: E402
 from .model import FOLD_CHECK_MAX_N  # noqa: E402
 from .plots import save_density  # noqa: E402
+from .cli import user_errors_exit  # noqa: E402
 
 S_GRID = [1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000]
 FOLD_CHECK_POINTS = 100_000
@@ -201,7 +202,7 @@ def evaluate_run(run: str, zeta_samples: int = 1_000_000, batch_size: int = 6553
     return res
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m owf.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("run", help="run folder (or checkpoint.pt) written by python -m owf.train")
     p.add_argument("--zeta-samples", type=int, default=1_000_000, help="importance samples for log ζ")
@@ -209,17 +210,18 @@ def main(argv=None) -> int:
     p.add_argument("--no-figures", action="store_true", help="skip the pictures")
     p.add_argument("--convergence-max-s", type=int, default=100_000, help="largest S in zeta_convergence.png")
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            res = evaluate_run(a.run, a.zeta_samples, a.batch_size, not a.no_figures, seed=a.seed,
-                               convergence_max_s=a.convergence_max_s)
-        for w in caught:
-            print(f"warning: {w.message}", file=sys.stderr)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return p
+
+
+@user_errors_exit
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = evaluate_run(a.run, a.zeta_samples, a.batch_size, not a.no_figures, seed=a.seed,
+                           convergence_max_s=a.convergence_max_s)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
     print(json.dumps(res))
     return 0
 

@@ -23,12 +23,11 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from owf_kernels import linear_jvp, mlp_jvp
+from owf_kernels import ACTIVATIONS, activation, mlp_jvp
 
 LOGDET_METHODS = ("exact", "jvp1")
-G_ACTIVATIONS = ("tanh", "leaky_relu", "softplus", "silu", "sigmoid")   # σ' ≠ 0 a.e., so J stays full rank
+G_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a not in ("identity", "relu"))   # σ' ≠ 0, so J stays full rank
 D_ACTIVATIONS = {"leaky_relu": nn.LeakyReLU, "silu": nn.SiLU, "softplus": nn.Softplus, "tanh": nn.Tanh,
                  "elu": nn.ELU, "gelu": nn.GELU}
 
@@ -36,16 +35,6 @@ D_ACTIVATIONS = {"leaky_relu": nn.LeakyReLU, "silu": nn.SiLU, "softplus": nn.Sof
 def log_normal(u: torch.Tensor) -> torch.Tensor:
     """log N(u; 0, I) summed over the last dimension: [..., n] -> [...]."""
     return -0.5 * (u * u).sum(-1) - 0.5 * u.shape[-1] * math.log(2 * math.pi)
-
-
-def _act(h, activation, negative_slope):
-    if activation == "leaky_relu":
-        return F.leaky_relu(h, negative_slope)
-    if activation == "softplus":
-        return F.softplus(h, threshold=1e9)      # exact log(1+e^a), as in owf_kernels
-    if activation == "silu":
-        return F.silu(h)
-    return getattr(torch, activation)(h)         # tanh, sigmoid
 
 
 def slogdet_cols(jac_cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,10 +66,10 @@ FOLD_CHECK_MAX_N = 16    # det J of every sample costs n tangents: the fold chec
 
 
 class OneWayFlow(nn.Module):
-    """y = g_n([z; r]) with log q(y) on request (Eq. 10)."""
+    """y = g_n(g_u(z)) with log q(y) on request (Eq. 10): latent z [d], noise r [n - d], u = [z; r]."""
 
     def __init__(self, n: int = 2, d: int | None = None, hidden=(128, 128), activation: str = "tanh",
-                 negative_slope: float = 0.2, skip: bool = False):
+                 negative_slope: float = 0.2):
         super().__init__()
         d = n if d is None else d
         if not 1 <= d <= n:
@@ -94,26 +83,24 @@ class OneWayFlow(nn.Module):
         self.activation, self.negative_slope = activation, negative_slope
         widths = [n, *hidden, n]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        # Optional linear skip: g_n(u) = MLP(u) + A u, A [n, n] learnable, zero at the start.
-        # A bounded activation (tanh) makes the MLP alone bounded, so the Gaussian's tails pile up
-        # at the extreme points of its image and can wrap around them: those points are then covered
-        # more than once although det J never changes sign, and Eq. 10 undercounts q there. With
-        # A u (A non-singular) g_n is proper, and a proper map with det J ≠ 0 everywhere is
-        # injective (Hadamard's global inverse function theorem).
-        self.skip = None
-        if skip:
-            self.skip = nn.Linear(n, n, bias=False)
-            nn.init.zeros_(self.skip.weight)
 
     @classmethod
     def from_config(cls, cfg, n: int) -> "OneWayFlow":
         """The generator a training config (owf.config.Config) describes, for data of dimension n."""
-        return cls(n, hidden=cfg.widths("g_hidden"), activation=cfg.g_activation, skip=cfg.g_skip)
+        return cls(n, hidden=cfg.widths("g_hidden"), activation=cfg.g_activation)
 
     def noise(self, batch: int, generator=None, device=None) -> torch.Tensor:
-        """u = [z; r] ~ N(0, I_n) [batch, n] (Eq. 7: z and r are independent standard normals)."""
+        """u = g_u(z, r) = [z; r] ~ N(0, I_n) [batch, n], z = u[:, :d] and r = u[:, d:] (Eq. 7: z and r
+        are independent standard normals, so one draw of n coordinates is both)."""
         w = self.layers[0].weight
         return torch.randn(batch, self.n, generator=generator, device=device or w.device, dtype=w.dtype)
+
+    def g_u(self, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """[z; r]: z [B, d], r [B, n - d] -> u [B, n] (Eq. 7), e.g. to hold z and redraw r."""
+        if z.shape[-1] != self.d or r.shape[-1] != self.n - self.d:
+            raise ValueError(f"z must be [B, d={self.d}] and r [B, n - d={self.n - self.d}], got z "
+                             f"{tuple(z.shape)} and r {tuple(r.shape)}")
+        return torch.cat([z, r], -1)
 
     def g_n(self, u: torch.Tensor) -> torch.Tensor:
         """The network alone, no tangents: [B, n] -> [B, n]."""
@@ -121,17 +108,13 @@ class OneWayFlow(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer(h)
             if i < len(self.layers) - 1:
-                h = _act(h, self.activation, self.negative_slope)
-        return h if self.skip is None else h + self.skip(u)
+                h = activation(h, self.activation, self.negative_slope)
+        return h
 
     def g_n_jvp(self, u: torch.Tensor, u_dot: torch.Tensor):
         """The network with tangents: u [B, n], u_dot [T, B, n] -> y [B, n], y_dot [T, B, n]."""
-        h, h_dot = mlp_jvp(u, u_dot, [layer.weight for layer in self.layers], [layer.bias for layer in self.layers],
-                           self.activation, "identity", self.negative_slope)     # one autograd node on CPU
-        if self.skip is not None:                       # + (A u, A u_dot)
-            s, s_dot = linear_jvp(u, u_dot, self.skip.weight, None, "identity")
-            h, h_dot = h + s, h_dot + s_dot
-        return h, h_dot
+        return mlp_jvp(u, u_dot, [layer.weight for layer in self.layers], [layer.bias for layer in self.layers],
+                       self.activation, "identity", self.negative_slope)     # one autograd node on CPU
 
     def jacobian_columns(self, u: torch.Tensor):
         """y [B, n] and all n columns of J at u [B, n]: the identity tangents (batch-constant, so
@@ -186,10 +169,6 @@ class OneWayFlow(nn.Module):
 class Energy(nn.Module):
     """D(x): an MLP to a scalar; P_D(x) = exp(D(x)/w) / ζ (Eq. 15).
 
-    spectral_norm=True wraps each linear layer in spectral normalisation (a Lipschitz bound, as for
-    WGAN critics). It is off by default: the energy of a narrow mode must be steep (slope about
-    r/σ²), which a Lipschitz bound forbids.
-
     quadratic=m > 0 replaces the scalar output layer by m outputs f(x) and D(x) = -½‖f(x)‖². A
     LeakyReLU f is piecewise affine, f(x) = A x + c on each linear region, so D is piecewise
     *quadratic*: each region's P_D is a Gaussian's shape, -½ (x - μ)ᵀ AᵀA (x - μ) + const, where a
@@ -197,8 +176,8 @@ class Energy(nn.Module):
     "What we tried"). D ≤ 0 is bounded above, and falls quadratically away from the data.
     """
 
-    def __init__(self, n: int = 2, hidden=(128, 128), negative_slope: float = 0.2, spectral_norm: bool = False,
-                 activation: str = "leaky_relu", quadratic: int = 0):
+    def __init__(self, n: int = 2, hidden=(128, 128), negative_slope: float = 0.2, activation: str = "leaky_relu",
+                 quadratic: int = 0):
         super().__init__()
         if activation not in D_ACTIVATIONS:
             raise ValueError(f"discriminator activation {activation!r}: choose one of {list(D_ACTIVATIONS)}")
@@ -211,8 +190,7 @@ class Energy(nn.Module):
             # no bias on a linear output: D is defined up to a constant, which ζ absorbs (Eq. 16 and
             # 17 do not see it), so its gradient would be pure rounding noise that Adam amplifies.
             # The quadratic head's output bias is not a constant of D: it places the peaks.
-            lin = nn.Linear(a, b, bias=i < len(widths) - 2 or quadratic > 0)
-            layers.append(nn.utils.parametrizations.spectral_norm(lin) if spectral_norm else lin)
+            layers.append(nn.Linear(a, b, bias=i < len(widths) - 2 or quadratic > 0))
             if i < len(widths) - 2:
                 layers.append(nn.LeakyReLU(negative_slope) if activation == "leaky_relu" else D_ACTIVATIONS[activation]())
         self.net = nn.Sequential(*layers)
@@ -220,8 +198,8 @@ class Energy(nn.Module):
     @classmethod
     def from_config(cls, cfg, n: int) -> "Energy":
         """The discriminator a training config (owf.config.Config) describes, for data of dimension n."""
-        return cls(n, hidden=cfg.widths("d_hidden"), negative_slope=cfg.d_slope, spectral_norm=cfg.spectral_norm,
-                   activation=cfg.d_activation, quadratic=cfg.d_quadratic)
+        return cls(n, hidden=cfg.widths("d_hidden"), negative_slope=cfg.d_slope, activation=cfg.d_activation,
+                   quadratic=cfg.d_quadratic)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.net(x)                               # [..., m] or [..., 1]

@@ -177,3 +177,24 @@ def test_keep_freed_memory_is_accepted_by_glibc():
     assert ok == glibc
     x = torch.ones(3, 512, 256)                          # still allocates and computes as before
     assert float(x.sum()) == 3 * 512 * 256
+
+
+@pytest.mark.parametrize("op", ["linear_jvp", "mlp_jvp"])
+def test_double_backward_raises_instead_of_missing_terms(backend, op):
+    """The backward is hand-written (on Triton a kernel that builds no graph), so a create_graph=True
+    backward (a gradient penalty through G, say) would silently miss terms: it raises instead. The
+    first-order gradient it returns is still the right one."""
+    from owf_kernels import mlp_jvp
+    x = torch.randn(5, 16, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    xd = torch.randn(2, 5, 16, dtype=torch.float64, device=DEVICE)
+    W = torch.randn(16, 16, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    if op == "linear_jvp":
+        y, yd = linear_jvp(x, xd, W, None, "tanh")
+    else:
+        y, yd = mlp_jvp(x, xd, [W, W], None, "tanh")
+    loss = y.square().sum() + yd.norm(dim=-1).log().sum()
+    (gx,) = torch.autograd.grad(loss, x, create_graph=True)
+    (want,) = torch.autograd.grad(loss, x, retain_graph=True)
+    torch.testing.assert_close(gx, want)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.square().sum().backward()

@@ -11,7 +11,7 @@ import torch
 
 import owf.train as train_mod
 from owf.config import Config
-from owf.train import NonFiniteLoss, build, main, train
+from owf.train import NonFiniteLoss, build, main, mode_metrics, train
 from support import BACKENDS
 
 TINY = dict(g_hidden="32,32", d_hidden="32,32", batch=64, samples=64, log_every=10, sample_every=1000,
@@ -22,13 +22,19 @@ def params(run):
     return torch.load(os.path.join(run, "checkpoint.pt"), weights_only=False)
 
 
-def test_short_run_raises_the_mode_count(tmp_path):
+def test_a_short_run_learns_the_modes(tmp_path):
+    """1,200 steps on the ring: from the untrained generator's 0 modes and 0% HQ to most modes and
+    a rising HQ. Bounds, not a trajectory: runs are chaotic in the BLAS kernels' rounding, which
+    differs between CPUs (on one VM step 100 already had 8/8; here 1,200 steps end at 8/8, HQ 30%)."""
     cfg = Config(steps=1200, log_every=100, sample_every=10_000, ckpt_every=10_000, device="cpu",
                  out=str(tmp_path / "r"))
+    data, G, *_ = build(cfg, torch.device("cpu"))
+    untrained, _ = mode_metrics(G, data, cfg.seed, "cpu")
     m = train(cfg, progress=False)
     rows = [json.loads(l) for l in open(tmp_path / "r" / "metrics.jsonl")]
-    assert rows[0]["modes"] < m["modes"] and m["modes"] >= 7, rows
-    assert m["hq"] > rows[0]["hq"]
+    assert untrained["modes"] <= 2 and untrained["hq"] < 0.02, untrained
+    assert m["modes"] >= 6 and m["hq"] >= 0.12, m
+    assert m["hq"] > rows[0]["hq"] + 0.08, rows        # HQ rises over the run
     for f in ("config.json", "metrics.json", "metrics.jsonl", "samples.png", "density.png", "checkpoint.pt"):
         assert (tmp_path / "r" / f).stat().st_size > 0
     assert {"modes", "hq", "steps", "seconds"} <= set(json.loads((tmp_path / "r" / "metrics.json").read_text()))
@@ -52,27 +58,27 @@ def test_resume_continues_exactly(tmp_path, loss, extra):
     assert rows == sorted(set(rows)) and rows[-1] == 40
 
 
-def test_d_freeze_stops_d_and_not_g(tmp_path):
-    """--d-freeze 0.5 of 20 steps: D after step 20 is D after step 10, exactly; G moved on. Up to
-    step 10 the run is the unfrozen run, step for step (same random draws)."""
-    kw = dict(TINY, ckpt_every=10)
-    train(Config(steps=20, until=10, d_freeze=0.5, out=str(tmp_path / "f"), **kw), progress=False)
-    train(Config(steps=20, until=10, out=str(tmp_path / "u"), **kw), progress=False)
-    at10, plain10 = params(tmp_path / "f"), params(tmp_path / "u")
-    for k in at10["D"]:
-        assert torch.equal(at10["D"][k], plain10["D"][k]), k
-    train(resume=str(tmp_path / "f"), progress=False)
-    at20 = params(tmp_path / "f")
-    assert at20["step"] == 20
-    for k in at10["D"]:
-        assert torch.equal(at20["D"][k], at10["D"][k]), k
-    assert any(not torch.equal(at20["G"][k], at10["G"][k]) for k in at10["G"])
-    with pytest.raises(ValueError, match="d_freeze=1.0"):
-        Config(d_freeze=1.0)
-    with pytest.raises(ValueError, match="defensive=-0.1"):
-        Config(defensive=-0.1)
-    with pytest.raises(ValueError, match="g_alpha=1.5"):
-        Config(g_alpha=1.5)
+@pytest.mark.parametrize("field, value, message", [
+    ("defensive", -0.1, "defensive=-0.1 must be >= 0"), ("g_alpha", 1.5, "g_alpha=1.5 must be in"),
+    ("lr_d", -1.0, "lr_d=-1.0 must be positive"), ("lr_g", 0.0, "lr_g=0.0 must be positive"),
+    ("beta1", 1.0, r"beta1=1.0 must be in \[0, 1\)"), ("beta2", -0.1, r"beta2=-0.1 must be in \[0, 1\)"),
+    ("clip", 0.0, "clip=0.0 must be positive"), ("gp", -1.0, "gp=-1.0 must be >= 0"),
+    ("threads", -2, "threads=-2 must be >= 0"), ("w", 0.0, "w=0.0 must be positive")])
+def test_bad_values_are_refused_by_name(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        Config(**{field: value})
+
+
+def test_removed_options_load_when_off_and_are_named_when_on():
+    """d_freeze, g_skip, ess_gate and spectral_norm were removed (measured not to help): a checkpoint
+    that had them off loads as before; one trained with one on is an error that names it."""
+    saved = Config(device="cpu").to_dict()
+    old = dict(saved, d_freeze=0.0, g_skip=False, ess_gate=0.0, spectral_norm=False)
+    assert Config.from_saved(old) == Config.from_saved(saved)
+    with pytest.raises(ValueError, match=r"trained with g_skip=True \(--g-skip\), an option removed"):
+        Config.from_saved(dict(saved, g_skip=True))
+    with pytest.raises(ValueError, match=r"fields this version of owf does not know: \['mystery'\]"):
+        Config.from_saved(dict(saved, mystery=1))
 
 
 def test_resume_refuses_to_change_the_run(tmp_path):
@@ -122,6 +128,42 @@ def test_bad_data_and_flags_list_the_choices():
     assert p.returncode == 2 and "g_hidden='64,x'" in p.stderr
     p = run_cli("--d-quadratic", "-2", "--dry-run")
     assert p.returncode == 2 and "d_quadratic=-2 must be >= 0" in p.stderr
+
+
+def test_bad_values_and_unreadable_checkpoints_are_one_line_errors(tmp_path):
+    p = run_cli("--lr-d", "-1", "--dry-run")
+    assert p.returncode == 2 and "lr_d=-1.0 must be positive" in p.stderr and "Traceback" not in p.stderr
+    run = tmp_path / "run"
+    run.mkdir()
+    for content in (b"\x80\x04truncated", b"not a checkpoint at all"):
+        (run / "checkpoint.pt").write_bytes(content)
+        for cmd in (["-m", "owf.train", "--resume", str(run)], ["-m", "owf.evaluate", str(run)]):
+            p = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, timeout=120)
+            assert p.returncode == 2, p.stderr
+            assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+            assert f"{run / 'checkpoint.pt'} is not a readable owf checkpoint" in p.stderr
+    torch.save({"something": 1}, run / "checkpoint.pt")
+    p = run_cli("--resume", str(run))
+    assert p.returncode == 2 and "is not an owf checkpoint: it needs the keys" in p.stderr
+    p = run_cli("--resume", str(tmp_path / "nowhere"))
+    assert p.returncode == 2 and "no checkpoint at" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_help_groups_the_options():
+    out = run_cli("--help").stdout
+    heads = [out.index(f"\n{g}:\n") for g in ("objective", "schedule", "networks", "run")]
+    assert heads == sorted(heads)
+    at = {f: out.index(f"\n  --{f} ") for f in ("loss", "lr-d", "d-hidden", "seed")}   # the help body, not usage
+    assert heads[0] < at["loss"] < heads[1] < at["lr-d"] < heads[2] < at["d-hidden"] < heads[3] < at["seed"]
+
+
+def test_train_leaves_the_allocator_alone_unless_asked(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_mod, "keep_freed_memory", lambda: calls.append(1))
+    train(Config(steps=2, out=str(tmp_path / "a"), **TINY), progress=False)
+    assert calls == []
+    train(Config(steps=2, out=str(tmp_path / "b"), **TINY), progress=False, tune_cpu_allocator=True)
+    assert calls == [1]
 
 
 def test_orient_needs_the_exact_logdet():

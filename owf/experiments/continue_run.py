@@ -24,14 +24,15 @@ import json
 import math
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
+from ..checkpoint import load_checkpoint
 from ..config import Config
 from ..metrics import nearest_mode
 from ..plots import plane_grid
 from ..train import build, restore, train_step
+from ..cli import user_errors_exit
 
 WATCH_SAMPLES = 20_000
 QUAD_RES = 721
@@ -62,12 +63,9 @@ def continue_run(run, steps: int = 5000, lr_scale: float = 0.2, reports: int = 1
                  mode: int | None = None, out=None, **options) -> list[dict]:
     """Continue `run` (a folder with checkpoint.pt) for `steps` steps with the config's fields in
     `options` replaced (e.g. defensive=0.25, g_alpha=0.75); returns the report lines."""
-    ckpt = Path(run) / "checkpoint.pt"
-    if not ckpt.exists():
-        raise FileNotFoundError(f"{run}: no checkpoint.pt to continue")
     if steps <= 0 or reports <= 0 or lr_scale <= 0:
         raise ValueError(f"steps={steps}, reports={reports} and lr_scale={lr_scale} must be positive")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = load_checkpoint(run)
     cfg = replace(Config.from_saved(state["config"]), **options)
     if cfg.loss != "owf":
         raise ValueError(f"{run} was trained with loss={cfg.loss!r}; continue_run watches Eq. 16/17 (owf)")
@@ -104,7 +102,7 @@ def continue_run(run, steps: int = 5000, lr_scale: float = 0.2, reports: int = 1
     return rows
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m owf.experiments.continue_run", description=__doc__.split("\n")[0])
     p.add_argument("run")
     p.add_argument("--steps", type=int, default=5000)
@@ -116,7 +114,12 @@ def main(argv=None):
     p.add_argument("--g-alpha", type=float, default=None, help="override the run's --g-alpha")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="also write the JSON lines here")
-    a = p.parse_args(argv)
+    return p
+
+
+@user_errors_exit
+def main(argv=None):
+    a = build_parser().parse_args(argv)
     torch.set_num_threads(a.threads)
     options = {k: v for k, v in (("defensive", a.defensive), ("g_alpha", a.g_alpha)) if v is not None}
     continue_run(a.run, a.steps, a.lr_scale, a.reports, a.seed, a.mode, a.out, **options)

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..cli import user_errors_exit
+
 HEADER = ("| run | modes | HQ | log ζ̂ (S = 10^6) ± se | quadrature (domain) | ζ̂ − quadrature | ∫ exp(log_prob) "
           "| test NLL − true NLL | std log ζ̂ at S=100: generator / N(0,I) | fold share | samples with > 1 preimage "
           "| Eq. 10 ζ̂ − quadrature | worst of 10 ζ̂(S = 10^4) − quadrature | mass outside domain | targets met |")
@@ -53,12 +55,17 @@ def _signed(v):
     return "-" if v is None else f"{v:+.3f}"
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m owf.experiments.density_table", description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", help="run folders written by python -m owf.train")
     p.add_argument("--out", default="", help="also write the table to this markdown file")
     p.add_argument("--zeta-samples", type=int, default=None, help="passed to owf.evaluate")
-    a = p.parse_args(argv)
+    return p
+
+
+@user_errors_exit
+def main(argv=None):
+    a = build_parser().parse_args(argv)
     lines = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
     for run in map(Path, a.runs):
         ev = run / "eval.json"

@@ -17,6 +17,7 @@ every cell.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import random
 from pathlib import Path
@@ -30,6 +31,8 @@ import torch.nn as nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from owf_kernels import linear_jvp  # noqa: E402
+
+from ..cli import user_errors_exit  # noqa: E402
 
 SIZES = (8, 16, 32)
 DEPTHS = (1, 4, 16, 32)
@@ -110,7 +113,7 @@ def run_cell(n, depth, networks, steps, batch, lr, seed, bar=None):
             "median_delta": float(d.median()), "deltas": deltas}
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m owf.experiments.logdet_success", description=__doc__.split("\n")[0])
     p.add_argument("--networks", type=int, default=50, help="random networks per cell (the paper: 50)")
     p.add_argument("--steps", type=int, default=100, help="optimisation steps per network")
@@ -120,10 +123,15 @@ def main(argv=None):
     p.add_argument("--depths", default=",".join(map(str, DEPTHS)))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/appendix_b")
-    a = p.parse_args(argv)
+    return p
+
+
+@user_errors_exit
+def main(argv=None):
+    a = build_parser().parse_args(argv)
     for k in ("networks", "steps", "batch"):
         if getattr(a, k) <= 0:
-            p.error(f"--{k} must be positive, got {getattr(a, k)}")
+            raise ValueError(f"--{k} must be positive, got {getattr(a, k)}")
     sizes = [int(s) for s in a.sizes.split(",")]
     depths = [int(s) for s in a.depths.split(",")]
     out = Path(a.out)
@@ -157,8 +165,8 @@ def main(argv=None):
     fig.savefig(out / "logdet_success.png", dpi=110)
     plt.close(fig)
     print("\n".join(lines))
-    return cells
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

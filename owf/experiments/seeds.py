@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from statistics import mean
 
+from ..cli import user_errors_exit
+
 
 def run_one(data, loss, seed, out: Path, threads: int, extra: list[str]) -> dict:
     run = out / f"{data}-{loss}-s{seed}"
@@ -55,7 +57,7 @@ def table(results) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m owf.experiments.seeds", description=__doc__.split("\n")[0])
     p.add_argument("--data", nargs="+", default=["ring", "grid"])
     p.add_argument("--loss", nargs="+", default=["owf", "wgan", "wgan-gp"])
@@ -64,7 +66,12 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--out", default="runs/table")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: flags passed to every run")
-    a = p.parse_args(argv)
+    return p
+
+
+@user_errors_exit
+def main(argv=None):
+    a = build_parser().parse_args(argv)
     extra = [x for x in a.extra if x != "--"]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,8 +88,8 @@ def main(argv=None):
     (out / "table.md").write_text(md + "\n")
     (out / "table.json").write_text(json.dumps(results, indent=1))
     print(md)
-    return results
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

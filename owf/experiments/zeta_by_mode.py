@@ -24,6 +24,7 @@ import torch
 
 from owf_kernels import combine_partials
 
+from ..cli import user_errors_exit
 from ..density import OWFModel, load, signed_estimate, signed_partials
 from ..metrics import nearest_mode
 from ..plots import plane_grid
@@ -81,16 +82,21 @@ def cover_counts(g_logdet, means, radius: float, half_width: float = 8.0, res: i
     return (acc * cell / (math.pi * radius ** 2)).tolist()
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m owf.experiments.zeta_by_mode", description=__doc__.split("\n")[0])
     p.add_argument("run")
     p.add_argument("--samples", type=int, default=1_000_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-preimages", action="store_true", help="Eq. 10's one-preimage density, signed weights")
-    a = p.parse_args(argv)
+    return p
+
+
+@user_errors_exit
+def main(argv=None):
+    a = build_parser().parse_args(argv)
     model = load(a.run)
     if model.G.n != 2:
-        raise SystemExit(f"zeta_by_mode is for 2D data; {a.run} has n = {model.G.n}")
+        raise ValueError(f"zeta_by_mode is for 2D data; {a.run} has n = {model.G.n}")
     rows = zeta_by_mode(model, a.samples, a.seed, preimages=not a.no_preimages)
     covers = cover_counts(lambda u: model.G.logdet(u, "exact", signed=True), model.data.means, 3 * model.data.std)
     lz = math.log(sum(math.exp(q) for _, _, q, _ in rows))
