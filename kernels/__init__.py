@@ -13,11 +13,12 @@ The backend is chosen per call from the tensors' device and `OWF_KERNELS_BACKEND
 kernels, triton) only; importing it compiles nothing and prints nothing.
 """
 from .cpu_malloc import keep_freed_memory
-from .linear_jvp import ACTIVATIONS, activation, linear_jvp, linear_jvp_torch
+from .linear_jvp import ACTIVATIONS, linear_jvp, linear_jvp_torch
 from .mlp_jvp import mlp_jvp, mlp_jvp_torch
+from .jvp import jvp
 from .log_zeta import (LogZetaAccumulator, combine_partials, log_zeta, log_zeta_partials,
                        log_zeta_partials_torch, log_zeta_torch, partials_to_estimate)
 
-__all__ = ["ACTIVATIONS", "activation", "linear_jvp", "linear_jvp_torch", "mlp_jvp", "mlp_jvp_torch", "log_zeta", "log_zeta_torch",
+__all__ = ["jvp", "ACTIVATIONS", "linear_jvp", "linear_jvp_torch", "mlp_jvp", "mlp_jvp_torch", "log_zeta", "log_zeta_torch",
            "log_zeta_partials", "log_zeta_partials_torch", "combine_partials",
            "partials_to_estimate", "LogZetaAccumulator", "keep_freed_memory"]

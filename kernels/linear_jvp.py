@@ -113,7 +113,7 @@ def act_and_slope(a: torch.Tensor, activation: str, negative_slope: float):
         return torch.relu(a), (a > 0).to(a.dtype)
     if activation == "leaky_relu":
         pos = a > 0
-        return torch.where(pos, a, a * negative_slope), torch.where(pos, 1.0, negative_slope).to(a.dtype)
+        return torch.where(pos, a, a * negative_slope), torch.where(pos, _scalar(1.0, a), negative_slope)
     if activation == "tanh":
         y = a * 2
         return y, _tanh_from_2a_(y)                      # y = tanh a in place of 2a; σ' = 1 - y²
@@ -127,15 +127,6 @@ def act_and_slope(a: torch.Tensor, activation: str, negative_slope: float):
         s = torch.sigmoid(a)
         return a * s, s * (1 + a * (1 - s))
     raise ValueError(f"activation={activation!r} is not supported; choose one of {ACTIVATIONS}")
-
-
-def activation(a: torch.Tensor, name: str, negative_slope: float = 0.2) -> torch.Tensor:
-    """y = σ(a) alone, by the formulas of the kernels' forward (tanh as 2 sigmoid(2a) - 1, softplus
-    as max(a, 0) + log1p(e^-|a|)): the plain forward of a layer, bitwise what linear_jvp's torch
-    path returns as y."""
-    if name == "tanh":
-        return torch.sigmoid(a * 2) * 2 - 1                  # 2s is exact: one rounding, as -1 + 2s
-    return act_and_slope(a, name, negative_slope)[0]
 
 
 def _grad_preact(gy, gyd, out, activation, negative_slope, A=None):
@@ -177,7 +168,7 @@ def _slope_curvature(y, activation, negative_slope, A=None):
         return torch.ones_like(y), None, 0.0
     if activation in ("relu", "leaky_relu"):
         slope = 0.0 if activation == "relu" else negative_slope
-        return torch.where(y > 0, 1.0, slope).to(y.dtype), None, 0.0
+        return torch.where(y > 0, _scalar(1.0, y), slope), None, 0.0   # in y's dtype (a float slope would be fp32)
     if activation == "tanh":
         return A, y, -2.0
     if activation == "sigmoid":

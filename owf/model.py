@@ -1,7 +1,8 @@
 """The one-way-flow generator (Sec. 2.4) and the energy discriminator (Sec. 2.1).
 
 Generator:  G(z) = g_n(g_u(z)),  g_u(z) = [z; r],  z ~ N(0, I_d),  r ~ N(0, I_{n-d})      (Eq. 7)
-            g_n: R^n -> R^n an MLP whose hidden widths are all >= n (no bottleneck).
+            g_n: R^n -> R^n any network with no layer narrower than n (no bottleneck): an MLP for
+            the 2D data (OneWayFlow).
 Density at its own samples (Eq. 10):
             log q(y) = log N(z) + log N(r) - log|det J|,   J = ∂g_n/∂u at u = [z; r]   [n, n]
 This is the change of variables for an injective g_n. An MLP is not guaranteed to be one (nor onto
@@ -9,8 +10,8 @@ R^n: a tanh network's image is bounded); where g_n folds, Eq. 10 counts one prei
 
 log|det J| estimators:
 - "exact": push T = n tangent directions (the columns of I_n) through the network alongside the
-  forward pass (`owf_kernels.mlp_jvp`: linear_jvp layers), giving J column by column, then slogdet
-  (closed form for n = 2). Used for the 2D experiments.
+  forward pass (`owf_kernels.jvp`; an MLP runs as one mlp_jvp node of linear_jvp layers), giving J
+  column by column, then slogdet (closed form for n = 2). Used for the 2D experiments.
 - "jvp1": the paper's one-sample estimate log|det J| ≈ log‖Jv‖, v uniform on the unit sphere
   (Eq. 9): a single tangent. This is a *training signal* (the paper's Appendix B argues that
   maximising it raises the true log-det; `python -m owf.experiments.logdet_success` measures
@@ -24,10 +25,12 @@ import math
 import torch
 import torch.nn as nn
 
-from owf_kernels import ACTIVATIONS, activation, mlp_jvp
+from owf_kernels import jvp
 
 LOGDET_METHODS = ("exact", "jvp1")
-G_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a not in ("identity", "relu"))   # σ' ≠ 0, so J stays full rank
+G_ACTIVATION_MODULES = {"tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU, "softplus": nn.Softplus, "silu": nn.SiLU,
+                        "sigmoid": nn.Sigmoid}
+G_ACTIVATIONS = tuple(G_ACTIVATION_MODULES)        # σ' ≠ 0 (a.e.), so J stays full rank
 D_ACTIVATIONS = {"leaky_relu": nn.LeakyReLU, "silu": nn.SiLU, "softplus": nn.Softplus, "tanh": nn.Tanh,
                  "elu": nn.ELU, "gelu": nn.GELU}
 
@@ -65,34 +68,32 @@ def _det2(jac_cols):
 FOLD_CHECK_MAX_N = 16    # det J of every sample costs n tangents: the fold check is for small n only
 
 
-class OneWayFlow(nn.Module):
-    """y = g_n(g_u(z)) with log q(y) on request (Eq. 10): latent z [d], noise r [n - d], u = [z; r]."""
+def generator_activation(name: str, negative_slope: float = 0.2) -> nn.Module:
+    """The module of a generator activation named in G_ACTIVATIONS."""
+    if name not in G_ACTIVATIONS:
+        raise ValueError(f"generator activation {name!r}: choose one of {G_ACTIVATIONS} "
+                         "(their derivatives are non-zero, so J stays full rank)")
+    return nn.LeakyReLU(negative_slope) if name == "leaky_relu" else G_ACTIVATION_MODULES[name]()
 
-    def __init__(self, n: int = 2, d: int | None = None, hidden=(128, 128), activation: str = "tanh",
-                 negative_slope: float = 0.2):
+
+class OneWayFlowBase(nn.Module):
+    """y = g_n(g_u(z)) with log q(y) on request (Eq. 10): latent z [d], noise r [n - d], u = [z; r],
+    and g_n = `net`, any module of u [B, n] that keeps n dimensions (y [B, *event_shape]). Its
+    tangents come from owf_kernels.jvp with per-sample BatchNorm: each sample's own Jacobian, which
+    is what Eq. 10's log|det J| means. Subclasses build `net`."""
+
+    def __init__(self, net: nn.Module, n: int, d: int | None = None, event_shape=None):
         super().__init__()
         d = n if d is None else d
         if not 1 <= d <= n:
             raise ValueError(f"latent size d={d} must be in [1, n={n}]")
-        if any(h < n for h in hidden):
-            raise ValueError(f"hidden widths {tuple(hidden)} must all be >= n={n} (no bottleneck)")
-        if activation not in G_ACTIVATIONS:
-            raise ValueError(f"generator activation {activation!r}: choose one of {G_ACTIVATIONS} "
-                             "(their derivatives are non-zero, so J stays full rank)")
-        self.n, self.d = n, d
-        self.activation, self.negative_slope = activation, negative_slope
-        widths = [n, *hidden, n]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-
-    @classmethod
-    def from_config(cls, cfg, n: int) -> "OneWayFlow":
-        """The generator a training config (owf.config.Config) describes, for data of dimension n."""
-        return cls(n, hidden=cfg.widths("g_hidden"), activation=cfg.g_activation)
+        self.net, self.n, self.d = net, n, d
+        self.event_shape = tuple(event_shape) if event_shape is not None else (n,)
 
     def noise(self, batch: int, generator=None, device=None) -> torch.Tensor:
         """u = g_u(z, r) = [z; r] ~ N(0, I_n) [batch, n], z = u[:, :d] and r = u[:, d:] (Eq. 7: z and r
         are independent standard normals, so one draw of n coordinates is both)."""
-        w = self.layers[0].weight
+        w = next(self.parameters())
         return torch.randn(batch, self.n, generator=generator, device=device or w.device, dtype=w.dtype)
 
     def g_u(self, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
@@ -103,24 +104,19 @@ class OneWayFlow(nn.Module):
         return torch.cat([z, r], -1)
 
     def g_n(self, u: torch.Tensor) -> torch.Tensor:
-        """The network alone, no tangents: [B, n] -> [B, n]."""
-        h = u
-        for i, layer in enumerate(self.layers):
-            h = layer(h)
-            if i < len(self.layers) - 1:
-                h = activation(h, self.activation, self.negative_slope)
-        return h
+        """The network alone, no tangents: [B, n] -> [B, *event_shape]."""
+        return self.net(u)
 
     def g_n_jvp(self, u: torch.Tensor, u_dot: torch.Tensor):
-        """The network with tangents: u [B, n], u_dot [T, B, n] -> y [B, n], y_dot [T, B, n]."""
-        return mlp_jvp(u, u_dot, [layer.weight for layer in self.layers], [layer.bias for layer in self.layers],
-                       self.activation, "identity", self.negative_slope)     # one autograd node on CPU
+        """The network with tangents: u [B, n], u_dot [T, B, n] -> y [B, *event_shape], y_dot [T, B, *event_shape]."""
+        return jvp(self.net, (u,), (u_dot,), batch_norm="per_sample")
 
     def jacobian_columns(self, u: torch.Tensor):
-        """y [B, n] and all n columns of J at u [B, n]: the identity tangents (batch-constant, so
-        linear_jvp's first layer takes its broadcast path) pushed through g_n -> y_dot [n, B, n]."""
+        """y and all n columns of J at u [B, n]: the identity tangents (batch-constant, so an MLP's
+        first layer takes linear_jvp's broadcast path) pushed through g_n -> y_dot [n, B, n]."""
         B, n = u.shape
-        return self.g_n_jvp(u, torch.eye(n, dtype=u.dtype, device=u.device).unsqueeze(1).expand(n, B, n))
+        y, y_dot = self.g_n_jvp(u, torch.eye(n, dtype=u.dtype, device=u.device).unsqueeze(1).expand(n, B, n))
+        return y, y_dot.reshape(n, B, n)
 
     def logdet(self, u: torch.Tensor, method: str = "exact", generator=None, signed: bool = False):
         """(y, log|det J| estimate) at u [B, n]; with signed=True (exact only) also the sign of det J [B]."""
@@ -137,7 +133,7 @@ class OneWayFlow(nn.Module):
             y, y_dot = self.g_n_jvp(u, v.unsqueeze(0))
             # Eq. 9: log|det J| ≈ log‖Jv‖. squeeze(0), not y_dot[0]: its backward is a view, where
             # select's backward writes the gradient into a zero-filled [1, B, n] copy
-            return y, torch.log(y_dot.squeeze(0).norm(dim=-1))
+            return y, torch.log(y_dot.squeeze(0).reshape(B, n).norm(dim=-1))
         raise ValueError(f"logdet method {method!r}: choose one of {LOGDET_METHODS}")
 
     @torch.no_grad()
@@ -153,7 +149,7 @@ class OneWayFlow(nn.Module):
         return float((sign < 0).double().mean()), float((sign > 0).double().mean())
 
     def sample_with_log_prob(self, batch: int, method: str = "exact", generator=None, signed: bool = False):
-        """y [B, n], log q(y) [B] (Eq. 10) and log|det J| [B]; with signed=True also sign(det J) [B]."""
+        """y [B, *event_shape], log q(y) [B] (Eq. 10) and log|det J| [B]; with signed=True also sign(det J) [B]."""
         u = self.noise(batch, generator)
         y, ld, *sign = self.logdet(u, method, generator, signed)
         return (y, log_normal(u) - ld, ld, *sign)
@@ -164,6 +160,42 @@ class OneWayFlow(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return self.g_n(u)
+
+
+class OneWayFlow(OneWayFlowBase):
+    """The 2D experiments' generator: g_n an MLP n -> hidden... -> n, every hidden width >= n (no
+    bottleneck), `activation` after every layer but the last. On owf_kernels.jvp its layers run as
+    one mlp_jvp node; checkpoints saved when they were a ModuleList `layers` load (the keys map)."""
+
+    def __init__(self, n: int = 2, d: int | None = None, hidden=(128, 128), activation: str = "tanh",
+                 negative_slope: float = 0.2):
+        if any(h < n for h in hidden):
+            raise ValueError(f"hidden widths {tuple(hidden)} must all be >= n={n} (no bottleneck)")
+        widths = [n, *hidden, n]
+        mods = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            mods.append(nn.Linear(a, b))
+            if i < len(widths) - 2:
+                mods.append(generator_activation(activation, negative_slope))
+        super().__init__(nn.Sequential(*mods), n, d)
+        self.activation, self.negative_slope = activation, negative_slope
+        self._register_load_state_dict_pre_hook(self._old_keys)
+
+    @property
+    def layers(self) -> list[nn.Linear]:
+        return [m for m in self.net if isinstance(m, nn.Linear)]
+
+    @staticmethod
+    def _old_keys(state_dict, prefix, *args):
+        """layers.{i}.weight (the ModuleList of before 2026-12-01) -> net.{2i}.weight."""
+        for k in [k for k in state_dict if k.startswith(prefix + "layers.")]:
+            i, rest = k[len(prefix) + len("layers."):].split(".", 1)
+            state_dict[f"{prefix}net.{2 * int(i)}.{rest}"] = state_dict.pop(k)
+
+    @classmethod
+    def from_config(cls, cfg, n: int) -> "OneWayFlow":
+        """The generator a training config (owf.config.Config) describes, for data of dimension n."""
+        return cls(n, hidden=cfg.widths("g_hidden"), activation=cfg.g_activation)
 
 
 class Energy(nn.Module):

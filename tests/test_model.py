@@ -83,12 +83,23 @@ def test_latent_smaller_than_n():
 
 
 def test_g_n_is_the_primal_of_g_n_jvp():
-    """The plain forward and the forward with tangents use the same activation formulas
-    (owf_kernels.activation): the same y, bitwise, for every generator activation."""
+    """The plain forward (the nn.Sequential) and the forward with tangents (owf_kernels.jvp, whose
+    tanh is 2 sigmoid(2a) - 1) agree to rounding, for every generator activation."""
     for act in ("tanh", "leaky_relu", "softplus", "silu", "sigmoid"):
         G = OneWayFlow(3, hidden=(8, 8), activation=act)
         u = torch.randn(11, 3)
-        assert torch.equal(G.g_n(u), G.logdet(u, "exact")[0]), act
+        torch.testing.assert_close(G.g_n(u), G.logdet(u, "exact")[0], atol=1e-6, rtol=1e-6, msg=act)
+
+
+def test_checkpoints_of_the_module_list_layout_load():
+    """Before 2026-12-01 the MLP's Linear layers were a ModuleList `layers` (keys layers.{i}.*); the
+    Sequential holds them at net.{2i}.*, and old state dicts load into it."""
+    G = OneWayFlow(2, hidden=(8, 8))
+    old = {f"layers.{i}.{k}": v for i, layer in enumerate(G.layers) for k, v in layer.state_dict().items()}
+    H = OneWayFlow(2, hidden=(8, 8))
+    H.load_state_dict(old)
+    u = torch.randn(5, 2)
+    assert torch.equal(H.g_n(u), G.g_n(u))
 
 
 def test_energy_shapes():

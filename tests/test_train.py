@@ -232,7 +232,7 @@ def test_trains_the_same_under_the_triton_backend(tmp_path, monkeypatch):
         energies.append(e - e.mean())
     torch.testing.assert_close(energies[0], energies[1], atol=1e-5, rtol=1e-4)
     G0 = build(Config(**kw), torch.device("cpu"))[1]          # the initial generator: training moved it
-    assert not torch.allclose(G0.layers[0].weight, a["G"]["layers.0.weight"], atol=1e-4)
+    assert not torch.allclose(G0.layers[0].weight, a["G"]["net.0.weight"], atol=1e-4)
 
 
 def test_a_checkpoint_saved_before_a_field_existed_loads_with_its_old_value():

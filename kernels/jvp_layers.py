@@ -1,0 +1,180 @@
+"""The rule table of owf_kernels.jvp: one small forward+tangent rule per module type, on the
+stacked layout, and the layer epilogue they share.
+
+Layout. Between layers the primal and its T tangents travel as ONE tensor H [1+T, B, *feat]: H[0]
+is the primal h, H[1:] the tangents ḣ_t. A linear op (Linear, Conv2d, ConvTranspose2d) is linear
+in its input, so it runs once over the merged batch [(1+T)·B, *feat] with no bias: the weights are
+read once for all 1+T rows, and the result is A = [a; ȧ] with a = op(h) and ȧ_t = op(ḣ_t).
+
+The epilogue then takes A to the next H (per channel c; a: [B, C, *S], S the spatial dims):
+
+    a      <- a + b                                          (the op's bias, primal rows only)
+    BatchNorm, with batch statistics (train mode) over (B, *S):
+        μ = mean a,  σ² = mean (a - μ)²,  r = (σ² + eps)^-½,  x̂ = (a - μ) r
+        z  = γ x̂ + β
+        ż_t = γ r ȧ_t                                         (per_sample: μ, r held constant)
+        ż_t = γ r (ȧ_t - mean ȧ_t - x̂ mean(x̂ ȧ_t))             (batch: forward-mode AD through μ, σ²)
+      with running statistics (eval mode): z = γ (a - μ_run) r_run + β, ż_t = γ r_run ȧ_t
+    activation:   y = σ(z),   ẏ_t = σ'(z) ż_t
+
+Here the epilogue is written in differentiable torch ops, so autograd gives every gradient (the
+σ'' and BatchNorm-statistics terms included). Reads and writes of `epilogue_torch`, for
+N = B·|S| elements per row and T tangents: the bias add reads and writes N; the statistics read N
+twice; the normalisation reads N and writes N; the tangent scale reads and writes T·N (batch mode
+reads T·N twice more for its two means); the activation reads N and writes 2N (y and σ'); ẏ reads
+and writes T·N; the final stack copies (1+T)·N.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+BATCH_NORM_MODES = ("batch", "per_sample")
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations: y = σ(z) and σ'(z), as differentiable torch ops (autograd then has σ'')
+# ---------------------------------------------------------------------------------------------
+def _gelu_erf(z):
+    # σ = z Φ(z);  σ' = Φ(z) + z φ(z)
+    cdf = 0.5 * (1 + torch.erf(z * (1 / math.sqrt(2))))
+    return F.gelu(z), cdf + z * torch.exp(-0.5 * z * z) * (1 / math.sqrt(2 * math.pi))
+
+
+def _gelu_tanh(z):
+    # σ = ½ z (1 + tanh u),  u = k (z + c z³);  σ' = ½ (1 + tanh u) + ½ z (1 - tanh² u) k (1 + 3 c z²)
+    k, c = math.sqrt(2 / math.pi), 0.044715
+    t = torch.tanh(k * (z + c * z * z * z))
+    return F.gelu(z, approximate="tanh"), 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * k * (1 + 3 * c * z * z)
+
+
+def _softplus(z, beta, threshold):
+    # σ = log(1 + e^(βz))/β, and z itself where βz > threshold (as nn.Softplus);  σ' = sigmoid(βz), or 1 there
+    return F.softplus(z, beta, threshold), torch.where(z * beta > threshold, 1.0, torch.sigmoid(z * beta))
+
+
+def _tanh(z):
+    y = torch.tanh(z)
+    return y, 1 - y * y
+
+
+def _sigmoid(z):
+    y = torch.sigmoid(z)
+    return y, y * (1 - y)
+
+
+def _silu(z):
+    s = torch.sigmoid(z)
+    return z * s, s * (1 + z * (1 - s))
+
+
+# module type -> function of (module) returning z -> (σ(z), σ'(z))
+ACTIVATION_RULES = {
+    nn.ReLU: lambda m: lambda z: (torch.relu(z), (z > 0).to(z.dtype)),
+    nn.LeakyReLU: lambda m: lambda z: (F.leaky_relu(z, m.negative_slope),
+                                       torch.full_like(z, m.negative_slope).masked_fill_(z > 0, 1.0)),
+    nn.Tanh: lambda m: _tanh,
+    nn.Sigmoid: lambda m: _sigmoid,
+    nn.Softplus: lambda m: lambda z: _softplus(z, m.beta, m.threshold),
+    nn.SiLU: lambda m: _silu,
+    nn.ELU: lambda m: lambda z: (lambda y: (y, torch.where(z > 0, 1.0, y + m.alpha)))(F.elu(z, m.alpha)),   # σ' = y + α below 0
+    nn.GELU: lambda m: _gelu_tanh if m.approximate == "tanh" else _gelu_erf,
+}
+
+LINEAR_OPS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+# modules that act on each sample's shape only (or not at all): applied to the merged batch
+SHAPE_OPS = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
+
+
+def linear_op(m: nn.Module, H: torch.Tensor) -> torch.Tensor:
+    """A = op(H) without the bias: H [1+T, B, *feat] -> [1+T, B, *feat'], one call over the merged batch."""
+    if isinstance(m, nn.Linear):
+        return F.linear(H, m.weight)                          # acts on the last dim: no merge needed
+    Hm = H.reshape(-1, *H.shape[2:])
+    if isinstance(m, nn.ConvTranspose2d) and _is_projection(m, Hm):
+        # on a 1x1 input with no padding a transposed convolution is a GEMM: out[b, o, i, j] =
+        # Σ_c x[b, c] W[c, o, i, j] (a DCGAN generator's first layer); CPU: fwd+bwd at [128, 784] ->
+        # [96, 7, 7] took 35 ms as a GEMM, 54 ms as conv_transpose2d
+        C, O, kh, kw = m.weight.shape
+        A = (Hm.reshape(-1, C) @ m.weight.reshape(C, O * kh * kw)).view(-1, O, kh, kw)
+    elif isinstance(m, nn.Conv2d):
+        A = F.conv2d(Hm, m.weight, None, m.stride, m.padding, m.dilation, m.groups)
+    else:
+        A = F.conv_transpose2d(Hm, m.weight, None, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
+    return A.view(H.shape[0], H.shape[1], *A.shape[1:])
+
+
+def _is_projection(m: nn.ConvTranspose2d, x: torch.Tensor) -> bool:
+    return (x.shape[-2:] == (1, 1) and m.groups == 1 and tuple(m.padding) == (0, 0)
+            and tuple(m.output_padding) == (0, 0) and tuple(m.dilation) == (1, 1))
+
+
+def fused_rule_problem(m: nn.Module) -> str | None:
+    """Why module m cannot take the fused path, or None when it can (its type has a rule here)."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.padding_mode != "zeros":
+        return f"padding_mode={m.padding_mode!r}"
+    if isinstance(m, nn.Conv2d) and isinstance(m.padding, str):
+        return None                                           # 'same' / 'valid': F.conv2d takes them
+    if isinstance(m, nn.Dropout) and m.training and m.p > 0:
+        return "train-mode Dropout"
+    if isinstance(m, LINEAR_OPS + BATCH_NORMS + SHAPE_OPS) or type(m) in ACTIVATION_RULES:
+        return None
+    return "no rule for its type"
+
+
+def batch_norm_stats(bn: nn.Module, a: torch.Tensor, update: bool):
+    """(μ, r, batch) per channel for BatchNorm `bn` on the primal a [B, C, *S]: mean and
+    (σ² + eps)^-½ broadcastable to a, and whether they are the batch's (train mode, or no running
+    statistics) rather than the running ones. update=True updates the running statistics once,
+    from the primal batch, exactly as nn.BatchNorm does (unbiased variance, momentum, or the
+    cumulative average when momentum is None)."""
+    C = a.shape[1]
+    shape = (1, C) + (1,) * (a.dim() - 2)
+    batch = bn.training or bn.running_mean is None
+    if not batch:
+        mu, var = bn.running_mean, bn.running_var
+        return mu.view(shape), torch.rsqrt(var.view(shape) + bn.eps), False
+    dims = (0,) + tuple(range(2, a.dim()))
+    count = a.numel() // C
+    if count < 2:
+        raise ValueError(f"{type(bn).__name__}({C}) in train mode got {count} value per channel (input "
+                         f"{tuple(a.shape)}): batch statistics need at least 2")
+    var, mu = torch.var_mean(a, dims, correction=0, keepdim=True)
+    if update and bn.training and bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            bn.running_mean.mul_(1 - m).add_(mu.detach().flatten(), alpha=m)
+            bn.running_var.mul_(1 - m).add_(var.detach().flatten(), alpha=m * count / (count - 1))
+    return mu, torch.rsqrt(var + bn.eps), True
+
+
+def epilogue_torch(A: torch.Tensor, bias, bn, act, bn_mode: str, update_stats: bool) -> torch.Tensor:
+    """A = [a; ȧ] [1+T, B, C, *S] -> the next H = [y; ẏ] (module docstring's formulas). bias [C] or
+    None; bn a BatchNorm module or None; act a function z -> (σ(z), σ'(z)) or None."""
+    if bias is None and bn is None and act is None:
+        return A
+    a, ad = A[0], A[1:]
+    C = a.shape[1]
+    shape = (1, C) + (1,) * (a.dim() - 2)
+    if bias is not None:
+        a = a + bias.view(shape)
+    if bn is not None:
+        mu, r, batch = batch_norm_stats(bn, a, update_stats)
+        xhat = (a - mu) * r
+        scale = r if bn.weight is None else bn.weight.view(shape) * r                 # γ r
+        a = xhat if bn.weight is None else xhat * bn.weight.view(shape)
+        if bn.bias is not None:
+            a = a + bn.bias.view(shape)
+        if batch and bn_mode == "batch":                     # the tangent of μ and σ², per tangent t
+            dims = (1,) + tuple(range(3, ad.dim()))              # ȧ [T, B, C, *S]: over B and S
+            ad = ad - ad.mean(dims, keepdim=True) - xhat * (xhat * ad).mean(dims, keepdim=True)
+        ad = ad * scale
+    if act is not None:
+        a, slope = act(a)
+        ad = ad * slope
+    return torch.cat([a.unsqueeze(0), ad])
