@@ -10,13 +10,17 @@ setup(
     package_dir={"owf": "owf", "owf_kernels": "kernels"},
     install_requires=[
         "torch>=2.4",       # Adam(fused=True) on CPU tensors, which owf.train uses
+        "torchvision",      # image data sets and grids
+        "torchmetrics",     # the Fréchet distance (classifier and Inception FID) and the AUC
         "numpy",
         "matplotlib",
+        "pillow",
         "tqdm",
     ],
     extras_require={
         # triton ships with the CUDA builds of torch; name it for CPU-only installs too.
         "triton": ["triton>=3.0"],
-        "dev": ["pytest", "pytest-benchmark", "pytest-timeout", "triton>=3.0"],
+        "fid": ["torch-fidelity"],          # the Inception-v3 of the standard FID (--fid-weights)
+        "dev": ["pytest", "pytest-benchmark", "pytest-timeout", "triton>=3.0", "torch-fidelity"],
     },
 )

@@ -12,7 +12,10 @@ Sections (each guarded, so one failure does not lose the rest; a deadline skips 
     torch.compile(func.jvp) and the GEMMs alone (cuBLAS); fp32 (ieee and tf32x3 dots) and bf16
  4. log_zeta at S = 1e8: GB/s against the copy bandwidth
  5. generator steps (2D exact log-det; 784-wide jvp1) and a short training run on CUDA
- 6. the kernel test files under pytest on the GPU, if time is left
+ 6. owf_kernels.jvp on the DCGAN one-way flows (28x28x1, 32x32x3; B = 64, T = 1; fp32 and bf16):
+    its tangents against forward_ad's, then forward+JVP, the generator step and an owf training
+    step against torch.func.jvp, forward_ad and torch.compile(func.jvp), with the peak memory of each
+ 7. the kernel test files under pytest on the GPU, if time is left
 """
 from __future__ import annotations
 
@@ -306,6 +309,43 @@ def time_generator_steps(compile_ok):
         record(**row)
 
 
+def time_dcgan(compile_ok):
+    for name, (shape, gw, dw) in P.DCGAN_CASES.items():
+        for dtype in (torch.float32, torch.bfloat16):
+            G, D = P.dcgan(shape, gw, dw, device="cuda", dtype=dtype)
+            B = 64
+            row = dict(section="dcgan jvp", case=name, dtype=str(dtype)[6:], B=B)
+            u, v = P.dcgan_inputs(G, B)
+            with torch.no_grad():
+                _, a = P.dcgan_jvp_fn("owf-batch", G, u, v)()
+                _, b = P.dcgan_jvp_fn("forward_ad", G, u, v)()
+            row["tangent_rel_err_vs_forward_ad"] = f"{rel_err(a, b):.1e}"
+            for prov in ("owf", "owf-batch", "func.jvp", "forward_ad", "compile", "plain"):
+                if prov == "compile" and not compile_ok():
+                    continue
+                for what, make in (("fwd", lambda p: (lambda f: lambda: _no_grad(f))(P.dcgan_jvp_fn(p, G, u, v))),
+                                   ("step", lambda p: P.dcgan_step_fn(p, G, D, B)),
+                                   ("train", lambda p: P.dcgan_train_step_fn(p, G, D, B))):
+                    if prov == "plain" and what == "train":
+                        continue
+                    try:
+                        fn = make(prov)
+                        fn()
+                        torch.cuda.synchronize()
+                        torch.cuda.reset_peak_memory_stats()
+                        base = torch.cuda.memory_allocated()
+                        row[f"{prov}_{what}_ms"] = round(bench(fn), 4)
+                        row[f"{prov}_{what}_peak_MiB"] = round((torch.cuda.max_memory_allocated() - base) / 2 ** 20, 1)
+                    except Exception as e:
+                        row[f"{prov}_{what}_ms"] = f"error: {type(e).__name__}: {str(e)[:120]}"
+            record(**row)
+
+
+def _no_grad(f):
+    with torch.no_grad():
+        return f()
+
+
 def train_on_cuda(out):
     t = time.time()
     run = Path("/tmp/owf_cuda_run")
@@ -323,7 +363,8 @@ def pytest_on_gpu(seconds):
     t = time.time()
     try:
         p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                            "tests/test_linear_jvp.py", "tests/test_mlp_jvp.py", "tests/test_log_zeta.py"], capture_output=True, text=True,
+                            "tests/test_linear_jvp.py", "tests/test_mlp_jvp.py", "tests/test_log_zeta.py",
+                            "tests/test_jvp.py"], capture_output=True, text=True,
                            timeout=seconds, cwd=HERE.parent, env=env)
         tail = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr[-300:]
         record(section="pytest kernels on GPU", rc=p.returncode, wall_s=round(time.time() - t, 1), result=tail)
@@ -360,7 +401,20 @@ def table(rows) -> str:
             lines.append(f"- {r['case']}, B = {r['B']}, width {r['width']}: " +
                          ", ".join(f"{k[:-3]} {v:.3f}" if isinstance(v, float) else f"{k[:-3]} {str(v)[:60]}"
                                    for k, v in r.items() if k.endswith("_ms")))
-    other = [r for r in rows if r.get("section") not in ("linear_jvp fwd+bwd", "log_zeta fwd", "generator step")]
+    dc = [r for r in rows if r.get("section") == "dcgan jvp"]
+    if dc:
+        lines += ["", "### owf_kernels.jvp, DCGAN one-way flows (B = 64, T = 1), median ms (peak MiB)", "",
+                  "| case | dtype | provider | forward+JVP | generator step | training step | owf speedup (step) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in dc:
+            for prov in ("owf", "owf-batch", "func.jvp", "forward_ad", "compile", "plain"):
+                cell = lambda w: (f"{r[f'{prov}_{w}_ms']:.3f} ({r.get(f'{prov}_{w}_peak_MiB', '-')})"  # noqa: E731
+                                  if isinstance(r.get(f"{prov}_{w}_ms"), float) else str(r.get(f"{prov}_{w}_ms", "-"))[:40])
+                st, ow = r.get(f"{prov}_step_ms"), r.get("owf_step_ms")
+                sp = f"{st / ow:.2f}x" if isinstance(st, float) and isinstance(ow, float) else "-"
+                lines.append(f"| {r['case']} | {r['dtype']} | {prov} | {cell('fwd')} | {cell('step')} | {cell('train')} | {sp} |")
+    other = [r for r in rows if r.get("section") not in ("linear_jvp fwd+bwd", "log_zeta fwd", "generator step",
+                                                         "dcgan jvp")]
     lj_err = [f"{r['dtype']} {r['K']} {k}: {v}" for r in lj for k, v in r.items() if str(v).startswith("error")]
     if lj_err:
         lines += ["", "errors: " + "; ".join(lj_err[:4])]
@@ -375,7 +429,7 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", str(HERE / "results")))
     ap.add_argument("--sizes", default="256,512,1024,4096")
     ap.add_argument("--sections", default="ceilings,check_linear_jvp,check_log_zeta,time_log_zeta,sweep_log_zeta,"
-                    "profile,time_linear_jvp,generator,train,pytest", help="comma-separated sections to run")
+                    "profile,time_linear_jvp,generator,dcgan,train,pytest", help="comma-separated sections to run")
     args = ap.parse_args()
     deadline = T0 + args.budget
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -396,6 +450,7 @@ def main():
     run("profile", profile_owf)
     run("time_linear_jvp", time_linear_jvp, [int(s) for s in args.sizes.split(",")], compile_ok)
     run("generator", time_generator_steps, compile_ok)
+    run("dcgan", time_dcgan, compile_ok)
     run("train", train_on_cuda, args.out)
     left = deadline - time.time()
     if left > 40 and "pytest" in want:

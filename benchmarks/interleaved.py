@@ -39,7 +39,12 @@ GENERATOR_CASES = {
 # forward+backward against torch.compile(func.jvp) (target: not slower). name -> (M, W, T)
 LAYER_CASES = {**{f"layer W={W} T={T}": (4096, W, T) for W in (64, 256, 1024) for T in (1, 2)},
                **{f"layer M={M} W=256 T=1": (M, 256, 1) for M in (256, 1024, 16384)}}
-CASES = {**GENERATOR_CASES, **LAYER_CASES}
+# owf_kernels.jvp on DCGAN one-way flows (B = 64, T = 1): forward+JVP against (1+T) plain forwards, the
+# generator step, and a whole owf training step (Eq. 16 for D, Eq. 17 with Eq. 9 for G) with each
+# provider's tangents. name -> key of providers.DCGAN_CASES
+DCGAN_CASES = {"dcgan 28x28x1, B=64": "28x28x1", "dcgan 32x32x3, B=64": "32x32x3"}
+CASES = {**GENERATOR_CASES, **LAYER_CASES, **DCGAN_CASES}
+DCGAN_B = 64
 
 
 def generator_fns(name):
@@ -86,6 +91,49 @@ def round_robin(fns: dict, rounds: int) -> dict:
             fns[k]()
             times[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def dcgan_fns(name, train_step=True):
+    shape, gw, dw = P.DCGAN_CASES[DCGAN_CASES[name]]
+    G, D = P.dcgan(shape, gw, dw)
+    u, v = P.dcgan_inputs(G, DCGAN_B)
+    fns = {}
+    for p in ("owf", "owf-batch", "func.jvp", "forward_ad", "compile", "plain"):
+        def fwd(p=p):
+            f = P.dcgan_jvp_fn(p, G, u, v)
+            return lambda: _no_grad(f)
+        fns[f"{p} fwd"] = fwd
+        if p != "plain":
+            fns[f"{p} step"] = lambda p=p: P.dcgan_step_fn(p, G, D, DCGAN_B)
+            if train_step:
+                fns[f"{p} train"] = lambda p=p: P.dcgan_train_step_fn(p, G, D, DCGAN_B)
+    return fns, (G, u, v)
+
+
+def _no_grad(f):
+    with torch.no_grad():
+        return f()
+
+
+def run_dcgan_case(name, rounds):
+    fns, (G, u, v) = dcgan_fns(name)
+    med = timed(fns, rounds)
+    nan = float("nan")
+    print(f"\n{name} ({rounds} rounds, {torch.get_num_threads()} threads; func.jvp and compile on a copy with "
+          "replace_all_batch_norm_modules_)\n")
+    print("| provider | forward+JVP ms | / (1+T) plain forwards (target <= 1.3) | generator step ms | owf speedup "
+          "| training step ms | owf speedup | saved for backward MiB |\n|---|---|---|---|---|---|---|---|")
+    plain = med.get("plain fwd", nan)
+    for p in ("owf", "owf-batch", "func.jvp", "forward_ad", "compile"):
+        try:
+            saved = P.saved_bytes(P.dcgan_jvp_fn(p, G, u, v)) / 2 ** 20 if p != "compile" else nan
+        except Exception:                              # noqa: BLE001
+            saved = nan
+        f, st, tr = (med.get(f"{p} {k}", nan) for k in ("fwd", "step", "train"))
+        print(f"| {p} | {f:.1f} | {f / (2 * plain):.2f} | {st:.1f} | {st / med.get('owf step', nan):.2f}x "
+              f"| {tr:.1f} | {tr / med.get('owf train', nan):.2f}x | {saved:.1f} |")
+    print(f"| plain forward | {plain:.1f} | | | | | | |")
+    return med
 
 
 def run_generator_case(name, rounds):
@@ -135,6 +183,8 @@ def main(argv=None):
     for name in a.cases:
         if name in GENERATOR_CASES:
             run_generator_case(name, a.rounds)
+        elif name in DCGAN_CASES:
+            run_dcgan_case(name, a.rounds)
         else:
             layer_lines.append(run_layer_case(name, a.rounds)[1])
     if layer_lines:

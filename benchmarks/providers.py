@@ -218,3 +218,128 @@ def generator_gemm_fn(G, B, method="exact"):
             if need_gx:
                 ga @ W
     return run
+
+
+# ---------------------------------------------------------------------------------------------
+# DCGAN one-way flows (owf_kernels.jvp over whole networks): forward+JVP, and a generator step
+# ---------------------------------------------------------------------------------------------
+# name -> (image shape, generator widths, energy widths)
+DCGAN_CASES = {"28x28x1": ((1, 28, 28), (96, 48), (48, 96)), "32x32x3": ((3, 32, 32), (128, 64), (64, 128))}
+DCGAN_SMOKE = {"28x28x1": ((1, 8, 8), (16, 4), (4, 8)), "32x32x3": ((3, 8, 8), (48, 12), (4, 8))}
+DCGAN_PROVIDERS = ["owf", "owf-batch", "func.jvp", "forward_ad", "compile", "plain"]
+
+
+def dcgan(shape, g_widths, d_widths, device="cpu", dtype=torch.float32, seed=0):
+    """(G, D): a DCGANFlow (train-mode BatchNorm) and a ConvEnergy."""
+    from owf.dcgan import ConvEnergy, DCGANFlow
+    torch.manual_seed(seed)
+    n = shape[0] * shape[1] * shape[2]
+    return (DCGANFlow(shape, g_widths, latent=min(100, n)).to(device=device, dtype=dtype),
+            ConvEnergy(shape, d_widths).to(device=device, dtype=dtype))
+
+
+def _func_jvp_copy(G):
+    """G for torch.func.jvp: a copy whose BatchNorms use batch statistics and keep no running ones
+    (torch.func.replace_all_batch_norm_modules_; torch.func.jvp refuses the in-place running-stats
+    update of a train-mode BatchNorm). Its tangents then flow through the batch statistics: the
+    math of owf's batch_norm="batch" and of forward_ad's dual tensors."""
+    import copy
+    H = copy.deepcopy(G)
+    torch.func.replace_all_batch_norm_modules_(H)
+    return H
+
+
+def dcgan_jvp_fn(provider, G, u, v):
+    """Zero-argument function: (y, y_dot) of G's network at u with one tangent v (T = 1). Its
+    attribute `model` is the module whose parameters it differentiates (func.jvp's: a copy)."""
+    net, model = G.net, G
+    if provider == "owf":
+        fn = lambda: G.g_n_jvp(u, v[None])               # noqa: E731  per-sample BatchNorm, what owf trains with
+    elif provider == "owf-batch":
+        from owf_kernels import jvp
+        fn = lambda: jvp(net, (u,), (v[None],), batch_norm="batch")     # noqa: E731
+    elif provider == "plain":
+        fn = lambda: (net(u), None)                      # noqa: E731
+    elif provider == "forward_ad":
+        def fn():
+            with fwAD.dual_level():
+                y, yd = fwAD.unpack_dual(net(fwAD.make_dual(u, v)))
+            return y, yd[None]
+    elif provider in ("func.jvp", "compile"):
+        model = _func_jvp_copy(G)
+        f = lambda: (lambda y, yd: (y, yd[None]))(*torch.func.jvp(model.net, (u,), (v,)))   # noqa: E731
+        fn = torch.compile(f, dynamic=False) if provider == "compile" else f
+    else:
+        raise ValueError(f"unknown provider {provider!r}")
+    wrapped = lambda: fn()                               # noqa: E731
+    wrapped.model = model
+    return wrapped
+
+
+def dcgan_inputs(G, B, seed=0):
+    p = next(G.parameters())
+    g = torch.Generator(device=p.device).manual_seed(seed)
+    u = torch.randn(B, G.n, generator=g, device=p.device, dtype=p.dtype)
+    v = torch.randn(B, G.n, generator=g, device=p.device, dtype=p.dtype)
+    return u, v / v.norm(dim=1, keepdim=True)
+
+
+def dcgan_step_fn(provider, G, D, B, w=0.1, seed=0):
+    """Zero-argument function: y and y_dot (T = 1) of G at fixed u, v, the generator loss of Eq. 17
+    with Eq. 9, mean(-w log‖Jv‖ - D(y)), and its backward into G's parameters."""
+    u, v = dcgan_inputs(G, B, seed)
+    fn = dcgan_jvp_fn(provider, G, u, v)
+
+    def run():
+        y, yd = fn()
+        if yd is None:                                 # "plain": the forward and D only, for scale
+            (-D(y)).mean().backward()
+            return
+        (-w * torch.log(yd.squeeze(0).flatten(1).norm(dim=-1)) - D(y)).mean().backward()
+    return run
+
+
+def saved_bytes(fn) -> int:
+    """Bytes autograd saves for backward while fn() runs its forward (a CPU stand-in for peak memory:
+    on the GPU, torch.cuda.max_memory_allocated). Tensors sharing storage are counted once."""
+    seen = {}
+
+    def pack(t):
+        try:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        except RuntimeError:                 # a functorch wrapper (torch.func.jvp) has no storage of its own
+            seen[id(t)] = t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(seen.values())
+
+
+def dcgan_train_step_fn(provider, G, D, B, w=0.1, seed=0, lr=1e-4):
+    """One owf training step with `provider`'s tangents: a data batch (random images here) and B
+    generator samples with log q = log N(u) - log‖Jv‖ (Eq. 10 with Eq. 9); D's Eq. 16 and an Adam
+    step; G's Eq. 17 and an Adam step (the parameters `provider` differentiates: func.jvp's copy)."""
+    from owf.losses import discriminator_loss_eq16, generator_loss_eq17
+    from owf.model import log_normal
+    u, v = dcgan_inputs(G, B, seed)
+    fn = dcgan_jvp_fn(provider, G, u, v)
+    x = torch.rand(B, *G.event_shape, device=u.device, dtype=u.dtype) * 2 - 1
+    g_params = list(fn.model.parameters())
+    opt_d = torch.optim.Adam(D.parameters(), lr, betas=(0.5, 0.9))
+    opt_g = torch.optim.Adam(g_params, lr, betas=(0.5, 0.9))
+
+    def run():
+        y, yd = fn()
+        ld = torch.log(yd.squeeze(0).flatten(1).norm(dim=-1))
+        log_q = log_normal(u) - ld
+        d_x, d_y = D(torch.cat([x, y.detach()])).split([B, B])
+        loss_d = discriminator_loss_eq16(d_x, d_y, log_q.detach(), w)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        loss_g = generator_loss_eq17(D(y), ld, w)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+    return run

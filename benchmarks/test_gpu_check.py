@@ -30,3 +30,25 @@ def test_a_section_that_fails_or_is_late_is_recorded(monkeypatch):
     assert GC.section("s3", time.time() + 60)(lambda: 3)() == 3
     assert GC.RESULTS == [{"section": "s1", "status": "error: ValueError: bad shape"},
                           {"section": "s2", "status": "skipped: out of time"}]
+
+
+def test_the_dcgan_section_runs_its_providers_and_renders(monkeypatch):
+    """time_dcgan at smoke sizes on the CPU (cuda calls stubbed): every provider's three timings and
+    their peak-memory cells reach the table."""
+    import providers as P
+    import torch
+    monkeypatch.setattr(GC, "RESULTS", [])
+    monkeypatch.setattr(P, "DCGAN_CASES", {"tiny": P.DCGAN_SMOKE["28x28x1"]})
+    real = P.dcgan
+    monkeypatch.setattr(P, "dcgan", lambda *a, device="cpu", **k: real(*a, device="cpu", **k))
+    monkeypatch.setattr(GC, "bench", lambda fn: (fn(), 1.25)[1])
+    for name in ("synchronize", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 2 ** 21)
+    GC.time_dcgan(lambda: False)                      # no compile: it is the slow part
+    (fp32, bf16) = GC.RESULTS
+    assert fp32["dtype"] == "float32" and float(fp32["tangent_rel_err_vs_forward_ad"]) < 1e-5
+    assert all(fp32[f"{p}_{w}_ms"] == 1.25 for p in ("owf", "func.jvp", "forward_ad") for w in ("fwd", "step", "train"))
+    md = GC.table(GC.RESULTS)
+    assert "| tiny | float32 | owf | 1.250 (2.0) | 1.250 (2.0) | 1.250 (2.0) | 1.00x |" in md

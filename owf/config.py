@@ -8,41 +8,67 @@ import sys
 from dataclasses import dataclass, field, fields
 
 from .data import DATASETS
+from .images import IMAGE_DATASETS
 from .model import D_ACTIVATIONS, G_ACTIVATIONS, LOGDET_METHODS
 
 LOSSES = ("owf", "wgan", "wgan-gp")
+ALL_DATA = tuple(DATASETS) + IMAGE_DATASETS
 DEVICES = ("auto", "cpu", "cuda")
 
 
 def _f(default, help, kind=None):
     """A config field: its default, its help line, and the type the CLI parses (kind, when the
-    default is None)."""
+    default is None: then the value comes from LOSS_DEFAULTS, DATA_DEFAULTS or KIND_DEFAULTS)."""
     return field(default=default, metadata={"help": help, "type": kind or default.__class__})
 
 
-# Defaults that differ by data set, for the fields left at None (docs/results-2d.md has the runs).
-# The grid's lr_G 5e-3: at 3e-3 one seed of five lost a corner mode (G lagged behind D). Its
-# --defensive 0.25 --g-alpha 0.75: with Eq. 16/17 alone G thinned or lost a mode in 2 of 10 seeds
-# and D's energy then ran away there; with both, 10/10 seeds kept all 25 modes. The ring never
-# needed them (10/10 without).
+# Defaults for the fields left at None, by precedence: the loss's, the data set's, its kind's.
+# WGAN-GP's are its published settings (Gulrajani et al., 2017): Adam 1e-4, betas (0, 0.9), 5 critic
+# steps (and the field default gp = 10), on the same networks as owf.
+LOSS_DEFAULTS = {
+    "wgan-gp": dict(lr_d=1e-4, lr_g=1e-4, beta1=0.0, n_critic=5),
+}
+# The 2D data sets (docs/results-2d.md has the runs). The grid's lr_G 5e-3: at 3e-3 one seed of
+# five lost a corner mode (G lagged behind D). Its --defensive 0.25 --g-alpha 0.75: with Eq. 16/17
+# alone G thinned or lost a mode in 2 of 10 seeds and D's energy then ran away there; with both,
+# 10/10 seeds kept all 25 modes. The ring never needed them (10/10 without).
 DATA_DEFAULTS = {
     "ring": dict(steps=18000, lr_g=3e-3, defensive=0.0, g_alpha=1.0),
     "grid": dict(steps=50000, lr_g=5e-3, defensive=0.25, g_alpha=0.75),
 }
+KIND_DEFAULTS = {
+    "2d": dict(logdet="exact", batch=256, samples=256, n_critic=1, lr_d=1e-3, beta1=0.5, g_hidden="128,128",
+               g_activation="tanh", d_hidden="128,128", d_quadratic=16, log_every=500, sample_every=10000,
+               ckpt_every=5000, fid_every=0),
+    # images: DCGAN networks (owf.dcgan), Eq. 9's one-tangent log-det (docs/results-images.md)
+    "image": dict(steps=10000, logdet="jvp1", batch=64, samples=64, n_critic=1, lr_d=1e-4, lr_g=1e-4, beta1=0.5,
+                  defensive=0.0, g_alpha=1.0, g_hidden="64,32", g_activation="leaky_relu", d_hidden="32,64",
+                  d_quadratic=0, log_every=100, sample_every=1000, ckpt_every=1000, fid_every=1000),
+}
+
+
+def data_kind(data: str) -> str:
+    return "image" if data in IMAGE_DATASETS else "2d"
 
 
 @dataclass
 class Config:
+    # ---- data
+    data: str = _f("ring", "data set: ring and grid (2D mixtures), or images (fashion-mnist, mnist, cifar10, "
+                           "celeba, folder)")
+    data_root: str = _f("", "where an image data set's files are (fashion-mnist: the Debian package "
+                            "dataset-fashion-mnist when empty)")
+    download: bool = _f(False, "let torchvision download mnist, cifar10 or celeba into --data-root")
     # ---- objective
-    data: str = _f("ring", "2D data set")
     loss: str = _f("owf", "owf: Eq. 16/17; wgan: Eq. 4 with weight clipping; wgan-gp: Eq. 4 + gradient penalty")
     w: float = _f(0.1, "entropy weight of Appendix C.1: P_D = exp(D/w)/ζ")
-    logdet: str = _f("exact", "log|det J| estimator: exact (T = n tangents) or jvp1 (Eq. 9)")
+    logdet: str = _f(None, "log|det J| estimator: exact (T = n tangents) or jvp1 (Eq. 9) (None: exact in 2D, "
+                           "jvp1 for images)", str)
     orient: bool = _f(None, "G's entropy term keeps one orientation of g_n (losses.oriented_logdet): "
                             "samples whose det J has the minority sign are pulled back through det J = 0 "
                             "instead of held there, so g_n does not fold (None: on with the exact log-det, "
                             "which it needs)", bool)
-    samples: int = _f(256, "S: generator samples per step, the importance samples of log ζ̂")
+    samples: int = _f(None, "S: generator samples per step, the importance samples of log ζ̂ (None: per data kind)", int)
     defensive: float = _f(None, "adds ceil(F·S) samples of a Gaussian kernel density of the data batch to log ζ̂'s "
                                "importance samples (losses.data_kernel_proposal; defensive importance sampling): "
                                "ζ̂ stays unbiased and sees every mode of the data, also one G has lost (0: off, "
@@ -54,46 +80,56 @@ class Config:
     clip: float = _f(0.01, "weight clipping of D (wgan only)")
     # ---- schedule
     steps: int = _f(None, "optimisation steps; learning rates decay linearly to 0 over them "
-                          "(None: per data set, see DATA_DEFAULTS)", int)
+                          "(None: per data set)", int)
     until: int = _f(0, "stop after this step (0: at --steps); a later --resume continues the same run")
-    batch: int = _f(256, "data points per discriminator step")
-    n_critic: int = _f(1, "discriminator steps per generator step")
-    lr_d: float = _f(1e-3, "discriminator learning rate (Adam)")
-    lr_g: float = _f(None, "generator learning rate (Adam; None: per data set)", float)
-    beta1: float = _f(0.5, "Adam beta1 for both networks")
+    batch: int = _f(None, "data points per discriminator step (None: per data kind)", int)
+    n_critic: int = _f(None, "discriminator steps per generator step (None: 5 for wgan-gp, else 1)", int)
+    lr_d: float = _f(None, "discriminator learning rate (Adam; None: per loss and data)", float)
+    lr_g: float = _f(None, "generator learning rate (Adam; None: per loss and data)", float)
+    beta1: float = _f(None, "Adam beta1 for both networks (None: 0 for wgan-gp, else 0.5)", float)
     beta2: float = _f(0.9, "Adam beta2 for both networks")
     lr_decay: bool = _f(True, "decay both learning rates linearly to 0 over --steps")
     ema: float = _f(0.0, "decay of an exponential moving average of G used for evaluation (0: off)")
     # ---- networks
-    g_hidden: str = _f("128,128", "generator hidden widths (each >= n)")
-    g_activation: str = _f("tanh", "generator activation")
-    d_hidden: str = _f("128,128", "discriminator hidden widths")
-    d_activation: str = _f("leaky_relu", "discriminator activation")
+    g_hidden: str = _f(None, "generator widths: an MLP's hidden widths (each >= n), or a DCGAN's channels per "
+                             "resolution, widest first (None: per data kind)", str)
+    g_activation: str = _f(None, "generator activation (None: tanh in 2D, leaky_relu for images)", str)
+    latent: int = _f(0, "d, the size of the latent z in u = [z; r] (0: n in 2D, 100 for images)")
+    d_hidden: str = _f(None, "discriminator widths: an MLP's hidden widths, or a DCGAN's channels per resolution "
+                             "(None: per data kind)", str)
+    d_activation: str = _f("leaky_relu", "discriminator activation (2D; the DCGAN energy is LeakyReLU)")
     d_slope: float = _f(0.2, "LeakyReLU slope of the discriminator")
-    d_quadratic: int = _f(16, "0: D's output is a linear layer; m > 0: D = -½‖f(x)‖² with f's last layer m wide, "
-                             "so a LeakyReLU D is piecewise quadratic (Gaussian-shaped modes) instead of "
-                             "piecewise linear")
+    d_quadratic: int = _f(None, "0: D's output is a linear layer; m > 0: D = -½‖f(x)‖² with f's last layer m wide, "
+                                "so a LeakyReLU D is piecewise quadratic (Gaussian-shaped modes) instead of "
+                                "piecewise linear (None: 16 in 2D, 0 for images)", int)
     # ---- run
     seed: int = _f(0, "seed of every random stream")
     device: str = _f("auto", "auto: cuda if available, else cpu")
     threads: int = _f(0, "CPU threads for torch (0: torch's default)")
     out: str = _f("", "run folder (default runs/<data>-<loss>-s<seed>)")
-    log_every: int = _f(500, "steps between metrics.jsonl lines (modes/HQ on 2,500 points)")
-    sample_every: int = _f(10000, "steps between pictures")
-    ckpt_every: int = _f(5000, "steps between checkpoints")
+    log_every: int = _f(None, "steps between metrics.jsonl lines (2D: with modes/HQ on 2,500 points)", int)
+    sample_every: int = _f(None, "steps between pictures", int)
+    ckpt_every: int = _f(None, "steps between checkpoints", int)
+    fid_every: int = _f(None, "images: steps between classifier FIDs (owf.classifier) in metrics.jsonl, and one at "
+                              "the end (0: none)", int)
+    fid_samples: int = _f(10000, "images: generated samples per classifier FID (against the test split)")
 
     def __post_init__(self):
-        for k, v in DATA_DEFAULTS.get(self.data, {}).items():
-            if getattr(self, k) is None:
-                setattr(self, k, v)
-        choices = {"data": tuple(DATASETS), "loss": LOSSES, "logdet": LOGDET_METHODS,
+        if self.data not in ALL_DATA:
+            raise ValueError(f"data={self.data!r} is not one of {list(ALL_DATA)}")
+        for defaults in (LOSS_DEFAULTS.get(self.loss, {}), DATA_DEFAULTS.get(self.data, {}),
+                         KIND_DEFAULTS[data_kind(self.data)]):
+            for k, v in defaults.items():
+                if getattr(self, k) is None:
+                    setattr(self, k, v)
+        choices = {"loss": LOSSES, "logdet": LOGDET_METHODS,
                    "g_activation": G_ACTIVATIONS, "d_activation": tuple(D_ACTIVATIONS), "device": DEVICES}
         for k, allowed in choices.items():
             if getattr(self, k) not in allowed:
                 raise ValueError(f"{k}={getattr(self, k)!r} is not one of {list(allowed)}")
         if self.d_quadratic < 0:
             raise ValueError(f"d_quadratic={self.d_quadratic} must be >= 0")
-        for k in ("steps", "batch", "samples", "n_critic", "log_every", "sample_every", "ckpt_every"):
+        for k in ("steps", "batch", "samples", "n_critic", "log_every", "sample_every", "ckpt_every", "fid_samples"):
             if getattr(self, k) <= 0:
                 raise ValueError(f"{k}={getattr(self, k)} must be positive")
         if not 0 <= self.until <= self.steps:
@@ -116,7 +152,7 @@ class Config:
         for k in ("beta1", "beta2"):
             if not 0 <= getattr(self, k) < 1:
                 raise ValueError(f"{k}={getattr(self, k)} must be in [0, 1)")
-        for k in ("gp", "d_slope", "threads"):
+        for k in ("gp", "d_slope", "threads", "latent", "fid_every"):
             if getattr(self, k) < 0:
                 raise ValueError(f"{k}={getattr(self, k)} must be >= 0")
         for k in ("g_hidden", "d_hidden"):
@@ -161,7 +197,8 @@ LEGACY_VALUES = {"d_quadratic": 0, "defensive": 0.0, "g_alpha": 1.0}
 REMOVED = {"ess_gate": 0.0, "d_freeze": 0.0, "g_skip": False, "spectral_norm": False}
 
 # Fields that may change when a run is resumed; the rest define the run and come from its checkpoint.
-RESUMABLE = ("until", "device", "threads", "log_every", "sample_every", "ckpt_every")
+RESUMABLE = ("until", "device", "threads", "log_every", "sample_every", "ckpt_every", "fid_every", "fid_samples",
+             "data_root")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -178,12 +215,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 # --help's groups, each named with its first field; the fields follow in the dataclass's order.
-HELP_GROUPS = (("objective", "data"), ("schedule", "steps"), ("networks", "g_hidden"), ("run", "seed"))
+HELP_GROUPS = (("data", "data"), ("objective", "loss"), ("schedule", "steps"), ("networks", "g_hidden"),
+               ("run", "seed"))
 
 
 def build_parser(prog="python -m owf.train") -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description="Train a One-way Flow (or a WGAN baseline) on 2D data.")
-    choices = {"data": sorted(DATASETS), "loss": LOSSES, "logdet": LOGDET_METHODS,
+    p = _Parser(prog=prog, description="Train a One-way Flow (or a WGAN baseline) on 2D data or images.")
+    choices = {"data": ALL_DATA, "loss": LOSSES, "logdet": LOGDET_METHODS,
                "g_activation": G_ACTIVATIONS, "d_activation": tuple(D_ACTIVATIONS), "device": DEVICES}
     starts = dict((first, name) for name, first in HELP_GROUPS)
     group = p
@@ -192,7 +230,7 @@ def build_parser(prog="python -m owf.train") -> argparse.ArgumentParser:
             group = p.add_argument_group(starts[f.name])
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.name != "out" else ""
-        shown = ("per data set" if f.name in DATA_DEFAULTS["ring"] else "see above") if default is None else repr(default)
+        shown = "see above" if default is None else repr(default)
         kw = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {shown})")
         if f.metadata["type"] is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)

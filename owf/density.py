@@ -50,12 +50,13 @@ from tqdm import tqdm
 from owf_kernels import combine_partials, log_zeta_partials, partials_to_estimate
 
 from .checkpoint import checkpoint_path, load_checkpoint, save_atomic
-from .config import Config
+from .config import Config, data_kind
 from .data import get_dataset
 from .model import Energy, OneWayFlow, log_normal
 from .preimages import all_preimages
 
-PROPOSALS = ("generator", "normal")
+PROPOSALS = ("generator", "normal", "gaussian")     # gaussian: fitted to the training data (fit_gaussian)
+LOGDETS = ("exact", "jvp1", "both")
 PREIMAGES_MAX_N = 2          # search every preimage of the generator's samples by default up to this n
 LOW_ESS_FRACTION = 0.01
 DOMAIN_MARGIN = 0.5          # the 2D domain: [-(max |mean| + margin), max |mean| + margin]²
@@ -71,6 +72,7 @@ class ZetaEstimate:
     low_ess: bool          # ESS below 1% of the samples: the estimate is not to be trusted
     preimages: bool = False            # generator densities summed over every preimage (owf.preimages)
     multi_cover: float | None = None   # with preimages: share of samples with more than one preimage
+    logdet: str | None = None          # the generator's log|det J| in log q: exact (Eq. 10) or jvp1 (Eq. 9's estimate)
     # kept only on request (keep_log_weights=True), never saved: log |w_i| and the sign of w_i [S]
     log_weights: torch.Tensor | None = field(default=None, repr=False)
     signs: torch.Tensor | None = field(default=None, repr=False)
@@ -123,8 +125,15 @@ class OWFModel:
         self.device = torch.device(device)
         self.checkpoint = checkpoint
         self.zeta = ZetaEstimate(**log_zeta) if log_zeta else None
-        self.data = get_dataset(config.data)
-        self.domain = self.data.extent(DOMAIN_MARGIN)     # (lo, hi): the box [lo, hi]^n
+        self.kind = data_kind(config.data)
+        self.event_shape = tuple(G.event_shape)
+        self._gaussian = None
+        if self.kind == "2d":
+            self.data = get_dataset(config.data)
+            self.domain = self.data.extent(DOMAIN_MARGIN)     # (lo, hi): the box [lo, hi]^n
+        else:
+            self.data = None
+            self.domain = (-1.0, 1.0)                         # pixels: P_D lives on [-1, 1]^n
 
     # ---- the generator
     @torch.no_grad()
@@ -143,11 +152,11 @@ class OWFModel:
         y, log_q, sign, _ = self._generator_batch(n, generator, preimages)
         return (y, log_q, sign) if signed else (y, log_q)
 
-    def _generator_batch(self, n: int, generator, preimages: bool):
-        """y [n, n_dim] (float32), log q(y), sign(det J) (all +1 with preimages) and the preimage
-        counts (None without the search)."""
+    def _generator_batch(self, n: int, generator, preimages: bool, chunk: int | None = None):
+        """y [n, *event_shape] (float32), log q(y), sign(det J) (all +1 with preimages) and the
+        preimage counts (None without the search)."""
         if not preimages:
-            y, log_q, _, sign = self.G.sample_with_log_prob(n, "exact", generator, signed=True)
+            y, log_q, _, sign = self.G.sample_with_log_prob(n, "exact", generator, signed=True, chunk=chunk)
             return y, log_q, sign, None
         pre = self.sample_with_all_preimages(n, generator)
         return pre.y.float(), pre.log_q, torch.ones(n, device=pre.y.device), pre.roots
@@ -178,9 +187,10 @@ class OWFModel:
         return self.D(x.to(self.device, torch.float32)) / self.w
 
     def in_domain(self, x: torch.Tensor) -> torch.Tensor:
-        """[..., n] -> [...] bool: x lies in the domain box [lo, hi]^n."""
+        """[..., *event_shape] -> [...] bool: x lies in the domain box [lo, hi]^n."""
         lo, hi = self.domain
-        return ((x >= lo) & (x <= hi)).all(-1)
+        inside = (x >= lo) & (x <= hi)
+        return inside.flatten(inside.dim() - len(self.event_shape)).all(-1)
 
     def _on_domain(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """The energies e = energy(x), set to -inf outside the domain."""
@@ -198,11 +208,44 @@ class OWFModel:
                                "model.estimate_log_zeta(num_samples)), or run `python -m owf.evaluate RUN_DIR`")
         return self.energy_on_domain(x) - self.zeta.log_zeta
 
+    def fit_gaussian(self, samples: int = 100_000, shrink: float = 1e-3):
+        """A Gaussian N(μ, Σ) fitted to the training data, the "gaussian" proposal of
+        estimate_log_zeta: in 2D to `samples` draws of the mixture; for images to z = atanh(x) of
+        the training split (pixels at their bins' centres, (u8 + ½)/128 - 1), so that its samples
+        y = tanh(z) stay inside P_D's box [-1, 1]^n (a Gaussian in pixel space puts nearly every
+        sample outside it, where P_D is 0). Σ is shrunk towards its mean variance by `shrink` (full
+        rank for pixels that never change). -> (μ, L), Σ = L Lᵀ."""
+        if self._gaussian is None:
+            if self.kind == "2d":
+                x = self.data.sample(samples, torch.Generator().manual_seed(3 * 10 ** 6)).double()
+            else:
+                from .images import load_images
+                u8 = load_images(self.config.data, self.config.data_root, train=True)[0]
+                x = torch.atanh((u8.double() + 0.5) / 128 - 1).flatten(1)
+            mu = x.mean(0)
+            cov = torch.cov(x.T).reshape(len(mu), len(mu))
+            cov = (1 - shrink) * cov + shrink * cov.diagonal().mean() * torch.eye(len(mu), dtype=cov.dtype)
+            self._gaussian = (mu, torch.linalg.cholesky(cov))
+        return self._gaussian
+
+    def _gaussian_batch(self, n: int, generator):
+        """n samples of the fitted Gaussian and their log-density; for images y = tanh(z), with
+        log p(y) = log N(z; μ, Σ) - Σ_i log(1 - tanh² z_i) (the change of variables)."""
+        mu, L = self.fit_gaussian()
+        eps = torch.randn(n, len(mu), generator=generator, dtype=torch.float64)
+        z = mu + eps @ L.T
+        log_p = -0.5 * (eps * eps).sum(1) - L.diagonal().log().sum() - 0.5 * len(mu) * math.log(2 * math.pi)
+        if self.kind == "image":
+            y = torch.tanh(z)
+            log_p = log_p - torch.log1p(-y * y).sum(1)
+            z = y
+        return z.float().view(n, *self.event_shape).to(self.device), log_p
+
     @torch.no_grad()
     def estimate_log_zeta(self, num_samples: int, proposal: str = "generator", batch_size: int = 65536,
                           generator: torch.Generator | None = None, progress: bool = False,
                           signed: bool = True, preimages: bool | None = None,
-                          keep_log_weights: bool = False) -> ZetaEstimate:
+                          keep_log_weights: bool = False, logdet: str = "exact", chunk: int | None = None):
         """log ζ̂ = log (1/S) Σ s_i exp(energy_on_domain(y_i) - log p(y_i)) from `num_samples` samples of
         `proposal`, in chunks of `batch_size`.
 
@@ -210,56 +253,89 @@ class OWFModel:
         n <= PREIMAGES_MAX_N; see the module's "All preimages"), and s_i = 1. Otherwise log p is
         Eq. 10's and, with signed=True, s_i = sign(det J) (see "Signed weights"; then the absolute
         value of the sum). keep_log_weights=True keeps log |w_i| and s_i on the estimate (memory
-        grows with num_samples), e.g. to draw convergence curves from the same samples."""
+        grows with num_samples), e.g. to draw convergence curves from the same samples.
+
+        logdet (generator, no preimages): "exact" (Eq. 10, n tangents, `chunk` at a time), "jvp1"
+        (Eq. 9's log‖Jv‖ in place of log|det J|: the paper's ζ̂, biased, since its log q is not a
+        density), or "both": {"exact": ..., "jvp1": ...}, the two estimators on the same samples."""
         if not isinstance(num_samples, int) or num_samples <= 0:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size!r}")
         if proposal not in PROPOSALS:
             raise ValueError(f"proposal={proposal!r}: choose one of {PROPOSALS}")
+        if logdet not in LOGDETS:
+            raise ValueError(f"logdet={logdet!r}: choose one of {LOGDETS}")
         if preimages is None:
             preimages = self.searches_preimages
         preimages = preimages and proposal == "generator"
+        if preimages and logdet != "exact":
+            raise ValueError(f"logdet={logdet!r} with the preimage search: it sums exact densities")
         signed = signed and proposal == "generator" and not preimages
+        names = ("exact", "jvp1") if logdet == "both" and proposal == "generator" else (logdet,)
         # on the energy D/w directly; generator samples by the sign of det J (see "Signed weights")
-        parts = torch.tensor([[-math.inf, 0.0, 0.0, 0.0]] * 2, dtype=torch.float64)     # (+, -) partials
+        parts = {k: torch.tensor([[-math.inf, 0.0, 0.0, 0.0]] * 2, dtype=torch.float64) for k in names}
+        kept = {k: [] for k in names}
         bad = done = multi = 0
-        kept = []
         with tqdm(total=num_samples, disable=not progress, desc=f"log ζ ({proposal})", unit="sample") as bar:
             while done < num_samples:
                 n = min(batch_size, num_samples - done)
                 if proposal == "generator":
-                    y, log_p, sign, roots = self._generator_batch(n, generator, preimages)
-                    multi += 0 if roots is None else int((roots > 1).sum())
+                    y, dens = self._generator_densities(n, generator, preimages, names, chunk)
+                    multi += dens.pop("roots", 0)
                 else:
-                    y = torch.randn(n, self.G.n, generator=generator, device=self.device)
-                    log_p, sign = log_normal(y), torch.ones(n, device=self.device)
+                    if proposal == "normal":
+                        y = torch.randn(n, self.G.n, generator=generator, device=self.device)
+                        log_p = log_normal(y)
+                        y = y.view(n, *self.event_shape)
+                    else:
+                        y, log_p = self._gaussian_batch(n, generator)
+                    dens = {names[0]: (log_p, torch.ones(n, device=self.device))}
                 e = self.energy(y)
-                finite = torch.isfinite(e) & torch.isfinite(log_p)
-                bad += int((~finite).sum())
+                bad += int((~torch.isfinite(e)).sum()) + sum(int((~torch.isfinite(lp)).sum()) for lp, _ in dens.values())
                 e = self._on_domain(y, e)                           # outside the domain: weight 0
-                if not signed:
-                    sign = torch.ones_like(e)
-                log_w = e.double() - log_p.to(e.device, torch.float64)
-                new = signed_partials(log_w, sign).cpu()
-                parts = torch.stack([combine_partials([parts[i], new[i]]) for i in range(2)])
-                if keep_log_weights:
-                    kept.append((log_w.cpu(), sign.cpu()))
+                for k, (log_p, sign) in dens.items():
+                    sign = sign if signed else torch.ones_like(e)
+                    log_w = e.double() - log_p.to(e.device, torch.float64)
+                    new = signed_partials(log_w, sign).cpu()
+                    parts[k] = torch.stack([combine_partials([parts[k][i], new[i]]) for i in range(2)])
+                    if keep_log_weights:
+                        kept[k].append((log_w.cpu(), sign.cpu()))
                 done += n
                 bar.update(n)
         if bad:
             raise ValueError(f"{bad} of {num_samples} importance samples had a non-finite energy or proposal "
                              "density; the model is not usable as a density as it stands")
-        log_zeta, se, ess = signed_estimate(*parts)
-        est = ZetaEstimate(log_zeta, se, ess, num_samples, proposal, ess < LOW_ESS_FRACTION * num_samples,
-                           preimages, multi / num_samples if preimages else None)
-        if keep_log_weights:
-            est.log_weights, est.signs = (torch.cat(t) for t in zip(*kept))
-        if est.low_ess:
-            warnings.warn(f"log ζ estimate with ESS {ess:.1f} = {100 * ess / num_samples:.3f}% of {num_samples} "
-                          f"samples (< {100 * LOW_ESS_FRACTION:g}%): the estimate is unreliable", RuntimeWarning,
-                          stacklevel=2)
-        return est
+        out = {}
+        for k in names:
+            log_zeta, se, ess = signed_estimate(*parts[k])
+            est = ZetaEstimate(log_zeta, se, ess, num_samples, proposal, ess < LOW_ESS_FRACTION * num_samples,
+                               preimages, multi / num_samples if preimages else None,
+                               k if proposal == "generator" else None)
+            if keep_log_weights:
+                est.log_weights, est.signs = (torch.cat(t) for t in zip(*kept[k]))
+            if est.low_ess:
+                warnings.warn(f"log ζ estimate ({proposal}{', ' + k if proposal == 'generator' else ''}) with ESS "
+                              f"{ess:.1f} = {100 * ess / num_samples:.3f}% of {num_samples} samples "
+                              f"(< {100 * LOW_ESS_FRACTION:g}%): the estimate is unreliable", RuntimeWarning,
+                              stacklevel=2)
+            out[k] = est
+        return out if logdet == "both" and proposal == "generator" else out[names[0]]
+
+    def _generator_densities(self, n, generator, preimages, names, chunk):
+        """y and {logdet name: (log q(y), sign)} for n generator samples (all names on the same y)."""
+        if preimages:
+            y, log_q, sign, roots = self._generator_batch(n, generator, True)
+            return y, {"exact": (log_q, sign), "roots": int((roots > 1).sum())}
+        u = self.G.noise(n, generator)
+        dens = {}
+        if "exact" in names:
+            y, ld, sign = self.G.logdet(u, "exact", signed=True, chunk=chunk)
+            dens["exact"] = (log_normal(u) - ld, sign)
+        if "jvp1" in names:
+            y, ld = self.G.logdet(u, "jvp1", generator)
+            dens["jvp1"] = (log_normal(u) - ld, torch.ones(n, device=u.device))
+        return y, dens
 
     def cache_log_zeta(self, est: ZetaEstimate, save: bool = True):
         """Keep `est` for log_prob, and (save=True) write it into the checkpoint atomically."""
@@ -273,13 +349,13 @@ class OWFModel:
 
 def load(path: str | os.PathLike, device: str = "cpu") -> OWFModel:
     """A run folder or a checkpoint file -> OWFModel (the EMA generator when the run kept one)."""
+    from .tasks import event_shape_of, networks
     ckpt = checkpoint_path(path)
     state = load_checkpoint(ckpt, map_location=device)
     cfg = Config.from_saved(state["config"])
-    data = get_dataset(cfg.data)
-    G = OneWayFlow.from_config(cfg, data.dim).to(device)
+    G, D = networks(cfg, event_shape_of(cfg, state))
+    G, D = G.to(device), D.to(device)
     G.load_state_dict(state["G_ema"] if cfg.ema > 0 else state["G"])
-    D = Energy.from_config(cfg, data.dim).to(device)
     D.load_state_dict(state["D"])
     return OWFModel(G, D, cfg, state.get("log_zeta"), str(ckpt), device)
 

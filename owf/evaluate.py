@@ -1,5 +1,9 @@
 """python -m owf.evaluate RUN_DIR [--zeta-samples N]: the trained model as a density.
 
+For an image run, owf.image_eval does the work (its docstring lists eval.json and the figures:
+log ζ̂ by the exact log-det and by jvp1, the test NLL in bits/dim, Figs. 2b-c, 3, 4-5, 7, 8, and
+with --fid-weights the Inception FID). For 2D runs:
+
 Estimates log ζ with the generator as proposal, caches it in the checkpoint, and writes eval.json:
 log_zeta, log_zeta_se, ess, num_samples, modes, hq; for 2D data also log_zeta_quadrature (on the
 domain box where P_D is defined, see density.py; log_zeta_quadrature_wide and
@@ -142,10 +146,23 @@ def energy_hist(model, out: Path, n: int = 20_000):
     return float(e_tr.mean()), float(e_te.mean())
 
 
-def evaluate_run(run: str, zeta_samples: int = 1_000_000, batch_size: int = 65536, figures: bool = True,
-                 progress: bool = True, seed: int = 0, convergence_max_s: int = 100_000) -> dict:
+def evaluate_run(run: str, zeta_samples: int | None = None, batch_size: int | None = None, figures: bool = True,
+                 progress: bool = True, seed: int = 0, convergence_max_s: int = 100_000,
+                 fid_weights: str | None = None, chunk: int = 112) -> dict:
+    """Evaluate the run and write eval.json beside its checkpoint. zeta_samples and batch_size:
+    None takes the data kind's defaults (2D: 10^6 in chunks of 65536; images: 2000 exact-log-det
+    samples in chunks of 16, `chunk` tangents per pass)."""
     model = load(run)
     out = Path(model.checkpoint).parent
+    if model.kind == "image":
+        from .image_eval import evaluate_image_run
+        res = evaluate_image_run(model, out, zeta_samples or 2000, chunk=chunk, batch_size=batch_size or 16,
+                                 seed=seed, figures=figures, progress=progress, fid_weights=fid_weights)
+        (out / "eval.json").write_text(json.dumps(res, indent=2) + "\n")
+        return res
+    if fid_weights:
+        raise ValueError("--fid-weights is for image runs; this run is 2D")
+    zeta_samples, batch_size = zeta_samples or 1_000_000, batch_size or 65536
     g = torch.Generator().manual_seed(seed)
     est = model.estimate_log_zeta(zeta_samples, "generator", batch_size, g, progress=progress,
                                   keep_log_weights=figures and model.G.n == 2)
@@ -205,10 +222,15 @@ def evaluate_run(run: str, zeta_samples: int = 1_000_000, batch_size: int = 6553
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m owf.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("run", help="run folder (or checkpoint.pt) written by python -m owf.train")
-    p.add_argument("--zeta-samples", type=int, default=1_000_000, help="importance samples for log ζ")
-    p.add_argument("--batch-size", type=int, default=65536, help="samples per chunk (bounds memory)")
+    p.add_argument("--zeta-samples", type=int, default=None,
+                   help="importance samples for log ζ (default: 10^6 in 2D, 2000 for images, each with all n tangents)")
+    p.add_argument("--batch-size", type=int, default=None, help="samples per chunk (bounds memory; default 65536 in "
+                   "2D, 16 for images)")
+    p.add_argument("--chunk", type=int, default=112, help="images: tangents per pass of the exact log-det")
     p.add_argument("--no-figures", action="store_true", help="skip the pictures")
-    p.add_argument("--convergence-max-s", type=int, default=100_000, help="largest S in zeta_convergence.png")
+    p.add_argument("--convergence-max-s", type=int, default=100_000, help="2D: largest S in zeta_convergence.png")
+    p.add_argument("--fid-weights", default=None, metavar="FILE",
+                   help="images: the Inception-v3 weights (torch-fidelity's pt_inception-2015-12-05) for the standard FID")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -218,8 +240,11 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        for k in ("zeta_samples", "batch_size", "chunk"):
+            if getattr(a, k) is not None and getattr(a, k) <= 0:
+                raise ValueError(f"--{k.replace('_', '-')} must be positive, got {getattr(a, k)}")
         res = evaluate_run(a.run, a.zeta_samples, a.batch_size, not a.no_figures, seed=a.seed,
-                           convergence_max_s=a.convergence_max_s)
+                           convergence_max_s=a.convergence_max_s, fid_weights=a.fid_weights, chunk=a.chunk)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     print(json.dumps(res))

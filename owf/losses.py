@@ -30,8 +30,10 @@ def data_kernel_proposal(x: torch.Tensor, num: int, generator=None, bandwidth: f
     and Eq. 16 then pays D 1/K nats per nat (K modes) for lowering every other mode's energy
     against it, a drift that Adam follows at full speed (the runaway of the README's grid seed 4).
     h: `bandwidth`, or, when 0, the median distance from a data point to its nearest neighbour in
-    the batch (detached; about σ/2 on the 2D mixtures)."""
-    x = x.detach()
+    the batch (detached; about σ/2 on the 2D mixtures). x may be [B, *shape] (images): the kernel
+    is then on the flattened x, and y comes back as [num, *shape]."""
+    shape = x.shape[1:]
+    x = x.detach().flatten(1)
     if bandwidth > 0:
         h = torch.tensor(bandwidth, dtype=x.dtype, device=x.device)
     else:
@@ -43,7 +45,7 @@ def data_kernel_proposal(x: torch.Tensor, num: int, generator=None, bandwidth: f
     y = x[j] + h * torch.randn(num, x.shape[1], generator=generator, device=gdev).to(x.device)
     n = x.shape[1]
     log_n = -0.5 * torch.cdist(y, x).square() / h ** 2 - n * torch.log(h) - 0.5 * n * math.log(2 * math.pi)
-    return y, torch.logsumexp(log_n, 1) - math.log(x.shape[0])
+    return y.view(num, *shape), torch.logsumexp(log_n, 1) - math.log(x.shape[0])
 
 
 def discriminator_loss_eq16(d_x, d_y, log_q, w: float) -> torch.Tensor:
@@ -106,11 +108,12 @@ def wgan_generator_loss(d_y) -> torch.Tensor:
 
 
 def gradient_penalty(D, x, y, generator=None) -> torch.Tensor:
-    """WGAN-GP: mean (‖∇D(x̂)‖ - 1)² at x̂ = εx + (1-ε)y, ε ~ U[0, 1] (Gulrajani et al., 2017)."""
-    eps = torch.rand(x.shape[0], 1, generator=generator, device=x.device)
+    """WGAN-GP: mean (‖∇D(x̂)‖ - 1)² at x̂ = εx + (1-ε)y, ε ~ U[0, 1] per sample (Gulrajani et al.,
+    2017); x, y [B, *shape], the norm over each sample's *shape."""
+    eps = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), generator=generator, device=x.device)
     xh = (eps * x + (1 - eps) * y).requires_grad_(True)
     (g,) = torch.autograd.grad(D(xh).sum(), xh, create_graph=True)
-    return ((g.norm(dim=-1) - 1) ** 2).mean()
+    return ((g.flatten(1).norm(dim=-1) - 1) ** 2).mean()
 
 
 def effective_sample_size(d_y, log_q, w: float) -> float:

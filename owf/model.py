@@ -111,19 +111,36 @@ class OneWayFlowBase(nn.Module):
         """The network with tangents: u [B, n], u_dot [T, B, n] -> y [B, *event_shape], y_dot [T, B, *event_shape]."""
         return jvp(self.net, (u,), (u_dot,), batch_norm="per_sample")
 
-    def jacobian_columns(self, u: torch.Tensor):
+    def jacobian_columns(self, u: torch.Tensor, chunk: int | None = None):
         """y and all n columns of J at u [B, n]: the identity tangents (batch-constant, so an MLP's
-        first layer takes linear_jvp's broadcast path) pushed through g_n -> y_dot [n, B, n]."""
+        first layer takes linear_jvp's broadcast path) pushed through g_n -> y_dot [n, B, n].
+        chunk=T pushes them T at a time (the primal again with each chunk), so that the stacked
+        activations of one pass, (1+T)·B samples' worth, bound the memory rather than (1+n)·B."""
         B, n = u.shape
-        y, y_dot = self.g_n_jvp(u, torch.eye(n, dtype=u.dtype, device=u.device).unsqueeze(1).expand(n, B, n))
-        return y, y_dot.reshape(n, B, n)
+        eye = torch.eye(n, dtype=u.dtype, device=u.device)
+        if chunk is None or chunk >= n:
+            y, y_dot = self.g_n_jvp(u, eye.unsqueeze(1).expand(n, B, n))
+            return y, y_dot.reshape(n, B, n)
+        cols = []
+        for i in range(0, n, chunk):
+            e = eye[i:i + chunk]
+            y, y_dot = self.g_n_jvp(u, e.unsqueeze(1).expand(len(e), B, n))
+            cols.append(y_dot.reshape(len(e), B, n))
+        return y, torch.cat(cols)
 
-    def logdet(self, u: torch.Tensor, method: str = "exact", generator=None, signed: bool = False):
-        """(y, log|det J| estimate) at u [B, n]; with signed=True (exact only) also the sign of det J [B]."""
+    def logdet(self, u: torch.Tensor, method: str = "exact", generator=None, signed: bool = False,
+               chunk: int | None = None):
+        """(y, log|det J| estimate) at u [B, n]; with signed=True (exact only) also the sign of det J [B].
+        chunk: the exact log-det's tangents per pass (jacobian_columns); above n = 2 its slogdet is
+        taken in float64 (the 2D step keeps its closed form, _det2, float64 inside)."""
         B, n = u.shape
         if method == "exact":
-            y, y_dot = self.jacobian_columns(u)
-            sign, ld = slogdet_cols(y_dot)
+            y, y_dot = self.jacobian_columns(u, chunk)
+            if n > 2 and y_dot.dtype != torch.float64:
+                sign, ld = slogdet_cols(y_dot.double())
+                sign, ld = sign.to(u.dtype), ld.to(u.dtype)
+            else:
+                sign, ld = slogdet_cols(y_dot)
             return (y, ld, sign) if signed else (y, ld)
         if signed:
             raise ValueError("signed=True needs method='exact': jvp1's ‖Jv‖ carries no sign of det J")
@@ -148,10 +165,11 @@ class OneWayFlowBase(nn.Module):
         sign, _ = slogdet_cols(y_dot.double())
         return float((sign < 0).double().mean()), float((sign > 0).double().mean())
 
-    def sample_with_log_prob(self, batch: int, method: str = "exact", generator=None, signed: bool = False):
+    def sample_with_log_prob(self, batch: int, method: str = "exact", generator=None, signed: bool = False,
+                             chunk: int | None = None):
         """y [B, *event_shape], log q(y) [B] (Eq. 10) and log|det J| [B]; with signed=True also sign(det J) [B]."""
         u = self.noise(batch, generator)
-        y, ld, *sign = self.logdet(u, method, generator, signed)
+        y, ld, *sign = self.logdet(u, method, generator, signed, chunk)
         return (y, log_normal(u) - ld, ld, *sign)
 
     @torch.no_grad()

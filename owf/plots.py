@@ -91,3 +91,17 @@ def save_curves(path, rows, keys=("hq", "ess", "log_zeta", "fold")):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def save_image_grid(path, images_u8, title="", nrow=8):
+    """A grid of uint8 images [N, C, H, W] (torchvision.utils.make_grid) with a title."""
+    from torchvision.utils import make_grid
+    grid = make_grid(images_u8, nrow=nrow, padding=2, pad_value=255).permute(1, 2, 0).numpy()
+    fig, ax = plt.subplots(figsize=(6, 6.4))
+    ax.imshow(grid[:, :, 0] if images_u8.shape[1] == 1 else grid, cmap="gray" if images_u8.shape[1] == 1 else None,
+              vmin=0, vmax=255, interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

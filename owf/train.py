@@ -1,14 +1,17 @@
-"""python -m owf.train: train a One-way Flow (or a WGAN baseline) on 2D data.
+"""python -m owf.train: train a One-way Flow (or a WGAN baseline) on 2D data or images.
 
     python -m owf.train                       # ring, CPU, a few minutes; prints the final metrics
     python -m owf.train --data grid --out runs/grid
+    python -m owf.train --data fashion-mnist  # the DCGAN one-way flow on Fashion-MNIST
     python -m owf.train --resume runs/grid    # continue exactly where it stopped
 
-The run folder holds config.json, metrics.jsonl (one line per --log-every), metrics.json (final),
-samples.png, density.png, curves.png and checkpoint.pt.
+One loop for every kind of data; what differs (batches, metrics, pictures) is owf.tasks'. The run
+folder holds config.json, metrics.jsonl (one line per --log-every), metrics.json (final),
+samples.png, curves.png, checkpoint.pt, and density.png in 2D.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -24,12 +27,10 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_atomic
 from .config import RESUMABLE, Config, parse_args
-from .data import get_dataset
 from .losses import (data_kernel_proposal, discriminator_loss_eq16, effective_sample_size, generator_loss_renyi,
                      gradient_penalty, oriented_logdet, wgan_discriminator_loss_eq4, wgan_generator_loss)
-from .metrics import EVAL_POINTS, mode_coverage, mode_histogram
-from .model import FOLD_CHECK_MAX_N, Energy, OneWayFlow
-from .plots import save_curves, save_density, save_samples
+from .plots import save_curves
+from .tasks import make_task, mode_metrics  # noqa: F401  (mode_metrics: owf.train's name for it)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -44,44 +45,31 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build(cfg: Config, device: torch.device):
-    """Data, networks, optimisers and the one random stream every sample is drawn from."""
-    data = get_dataset(cfg.data)
+def build(cfg: Config, device: torch.device, progress: bool = False):
+    """The task (data, metrics, pictures), networks, optimisers and the one random stream every
+    sample is drawn from."""
+    task = make_task(cfg, progress)
     torch.manual_seed(cfg.seed)                        # parameter initialisation
-    G = OneWayFlow.from_config(cfg, data.dim).to(device)
-    D = Energy.from_config(cfg, data.dim).to(device)
-    G_ema = OneWayFlow.from_config(cfg, data.dim).to(device)
-    G_ema.load_state_dict(G.state_dict())
-    G_ema.requires_grad_(False)
+    G, D = task.networks(cfg)
+    G, D = G.to(device), D.to(device)
+    G_ema = copy.deepcopy(G).requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), fused=True)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), fused=True)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    return data, G, D, G_ema, opt_g, opt_d, gen
+    return task, G, D, G_ema, opt_g, opt_d, gen
 
 
-def restore(state: dict, G, D, G_ema, opt_g, opt_d):
-    """Load a checkpoint's networks and optimiser states into build()'s objects (not its step or
-    random stream: a resume restores those, owf.experiments.continue_run reseeds)."""
+def restore(state: dict, G, D, G_ema, opt_g, opt_d, task=None):
+    """Load a checkpoint's networks, optimiser states and (given the task) data stream into
+    build()'s objects (not its step or random stream: a resume restores those,
+    owf.experiments.continue_run reseeds)."""
     for obj, key in ((G, "G"), (D, "D"), (G_ema, "G_ema"), (opt_g, "opt_g"), (opt_d, "opt_d")):
         obj.load_state_dict(state[key])
+    if task is not None:
+        task.load_state_dict(state.get("task", {}))
 
 
-@torch.no_grad()
-def mode_metrics(G, data, seed: int, device) -> dict:
-    """Modes and HQ on 2,500 points, always from the same latent draws (a stream of its own), and
-    `fold`: the share of those points where det J has the minority sign (> 0: G is not injective,
-    so Eq. 10's log q is too low there; see OneWayFlow.det_sign_fractions). Small n only."""
-    g = torch.Generator(device=device).manual_seed(10_000 + seed)
-    u = G.noise(EVAL_POINTS, g)
-    y = G.g_n(u)
-    modes, hq = mode_coverage(y, data.means, data.std)
-    ev = {"modes": modes, "hq": hq, "per_mode": mode_histogram(y, data.means, data.std)}
-    if G.n <= FOLD_CHECK_MAX_N:
-        ev["fold"] = min(G.det_sign_fractions(u))
-    return ev, y
-
-
-def train_step(cfg: Config, data, G, D, G_ema, opt_g, opt_d, gen, g_params, device):
+def train_step(cfg: Config, task, G, D, G_ema, opt_g, opt_d, gen, g_params, device):
     """One optimisation step: n_critic discriminator updates, then one generator update.
     Returns (loss_d, loss_g, D(x), D(y), log q(y)) of the last discriminator update."""
     is_owf = cfg.loss == "owf"
@@ -94,7 +82,7 @@ def train_step(cfg: Config, data, G, D, G_ema, opt_g, opt_d, gen, g_params, devi
                 y, log_q, logdet, *sign = G.sample_with_log_prob(cfg.samples, cfg.logdet, gen, cfg.orient)
             else:
                 y = G(G.noise(cfg.samples, gen))
-        x = data.sample(cfg.batch, gen, device)
+        x = task.batch(cfg.batch, gen, device)
         y_is, log_q_is = y.detach(), (log_q.detach() if is_owf else None)     # log ζ̂'s importance samples
         if is_owf and cfg.defensive > 0:       # the data kernel's samples join G's: one pooled estimate
             y_k, log_k = data_kernel_proposal(x, math.ceil(cfg.defensive * cfg.samples), gen)
@@ -126,6 +114,8 @@ def train_step(cfg: Config, data, G, D, G_ema, opt_g, opt_d, gen, g_params, devi
     if cfg.ema > 0:
         with torch.no_grad():
             torch._foreach_lerp_(list(G_ema.parameters()), g_params, 1.0 - cfg.ema)
+            for b_ema, b in zip(G_ema.buffers(), G.buffers()):     # BatchNorm's running statistics
+                b_ema.copy_(b)
     return loss_d, loss_g, d_x, d_y_d, log_q
 
 
@@ -138,15 +128,6 @@ def prepare_run_dir(cfg: Config, overwrite: bool) -> Path:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def write_pictures(run: Path, G, D, data, cfg, device, metrics):
-    with torch.no_grad():
-        y = G.sample(EVAL_POINTS, torch.Generator(device=device).manual_seed(10_000 + cfg.seed))
-        title = f"{cfg.data} {cfg.loss}: {metrics['modes']}/{len(data.means)} modes, HQ {100 * metrics['hq']:.1f}%"
-        save_samples(run / "samples.png", y, data, title)
-        save_density(run / "density.png", lambda x: D(x) / cfg.w, data, device, title=f"{cfg.data} {cfg.loss}, "
-                     f"step {metrics['step']}")
 
 
 def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool = False,
@@ -181,12 +162,12 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
         keep_freed_memory()     # glibc: reuse freed tensors' pages instead of faulting in fresh ones (owf_kernels.cpu_malloc)
     (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
-    # ---- models, optimisers, random stream
-    data, G, D, G_ema, opt_g, opt_d, gen = build(cfg, device)
+    # ---- task, models, optimisers, random stream
+    task, G, D, G_ema, opt_g, opt_d, gen = build(cfg, device, progress)
     start, seconds = 0, 0.0
     rows_path = run / "metrics.jsonl"
     if state is not None:
-        restore(state, G, D, G_ema, opt_g, opt_d)
+        restore(state, G, D, G_ema, opt_g, opt_d, task)
         gen.set_state(state["rng"].to(gen.get_state().device))
         start, seconds = state["step"], state["seconds"]
         # keep the log consistent with the checkpoint: drop lines written after it
@@ -201,7 +182,9 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
         save_atomic(dict(
             config=cfg.to_dict(), step=step, seconds=seconds + time.perf_counter() - t0,
             G=G.state_dict(), D=D.state_dict(), G_ema=G_ema.state_dict(),
-            opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), rng=gen.get_state()), run / "checkpoint.pt")
+            opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), rng=gen.get_state(), task=task.state_dict(),
+            event_shape=list(G.event_shape)),
+            run / "checkpoint.pt")
 
     # Ctrl-C: finish the current step, save, exit. A second Ctrl-C stops at once.
     interrupted = []
@@ -217,7 +200,7 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
     bar = tqdm(total=stop, initial=start, disable=not progress, dynamic_ncols=True, mininterval=0.5)
     t0 = time.perf_counter()
     step = start
-    last = {}
+    last, final_ev = {}, None
     try:
         while step < stop and not interrupted:
             # ---- learning rates: linear decay to 0 over cfg.steps
@@ -225,7 +208,7 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
             opt_d.param_groups[0]["lr"] = cfg.lr_d * scale
             opt_g.param_groups[0]["lr"] = cfg.lr_g * scale
 
-            loss_d, loss_g, d_x, d_y_d, log_q = train_step(cfg, data, G, D, G_ema, opt_g, opt_d, gen, g_params, device)
+            loss_d, loss_g, d_x, d_y_d, log_q = train_step(cfg, task, G, D, G_ema, opt_g, opt_d, gen, g_params, device)
 
             # ---- stop on a non-finite loss, keeping the last good checkpoint
             ld, lg = float(loss_d.detach()), float(loss_g.detach())
@@ -234,21 +217,22 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
             step += 1
             bar.update(1)
 
-            # ---- log: losses, log ζ̂, ESS, modes and HQ
+            # ---- log: losses, log ζ̂, ESS, and the task's metrics (2D: modes, HQ; images: the classifier FID when due)
             if step % cfg.log_every == 0 or step == stop:
-                ev, _ = mode_metrics(G_eval, data, cfg.seed, device)
-                last = dict(step=step, seconds=round(seconds + time.perf_counter() - t0, 2),
-                            loss_d=ld, loss_g=lg, modes=ev["modes"], hq=ev["hq"],
-                            lr_scale=scale, **({"fold": ev["fold"]} if "fold" in ev else {}))
+                ev = task.evaluate(G_eval, step, final=step == stop)
+                if step == stop:
+                    final_ev = ev                 # the run's final evaluation, made once
+                last = dict(step=step, seconds=round(seconds + time.perf_counter() - t0, 2), loss_d=ld, loss_g=lg,
+                            **{k: v for k, v in ev.items() if k not in task.summary_only}, lr_scale=scale)
                 if is_owf:
                     last["log_zeta"] = float(loss_d.detach() + (d_x.detach() / cfg.w).mean())
                     last["ess"] = effective_sample_size(d_y_d, log_q, cfg.w)
                 with open(rows_path, "a") as f:
                     f.write(json.dumps(last) + "\n")
-                bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in last.items()
-                                 if k in ("loss_d", "loss_g", "log_zeta", "ess", "modes", "hq")})
+                shown = {k: v for k, v in last.items() if k in ("loss_d", "loss_g", "log_zeta", "ess") + task.progress_keys}
+                bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in shown.items()}, refresh=False)
             if step % cfg.sample_every == 0:
-                write_pictures(run, G_eval, D, data, cfg, device, dict(last, step=step))
+                task.pictures(run, G_eval, D, cfg, dict(last, step=step))
             if step % cfg.ckpt_every == 0:
                 checkpoint(step)
     except NonFiniteLoss as e:
@@ -263,18 +247,17 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
 
     # ---- save, pictures, final metrics
     checkpoint(step)
-    ev, _ = mode_metrics(G_eval, data, cfg.seed, device)
+    ev = final_ev if final_ev is not None else task.evaluate(G_eval, step, final=True)
     metrics = dict(data=cfg.data, loss=cfg.loss, seed=cfg.seed, out=str(run), steps=step,
-                   seconds=round(seconds + time.perf_counter() - t0, 2), modes=ev["modes"],
-                   max_modes=len(data.means), hq=ev["hq"], per_mode=ev["per_mode"],
+                   seconds=round(seconds + time.perf_counter() - t0, 2),
                    finished=step >= cfg.steps, interrupted=bool(interrupted),
-                   **({"fold": ev["fold"]} if "fold" in ev else {}))
+                   **{k: ev[k] for k in task.summary_keys if k in ev})
     for k in ("loss_d", "loss_g", "log_zeta", "ess"):
         if k in last:
             metrics[k] = last[k]
-    write_pictures(run, G_eval, D, data, cfg, device, dict(metrics, step=step))
+    task.pictures(run, G_eval, D, cfg, dict(metrics, step=step))
     if rows_path.exists():
-        save_curves(run / "curves.png", [json.loads(l) for l in rows_path.read_text().splitlines()])
+        save_curves(run / "curves.png", [json.loads(l) for l in rows_path.read_text().splitlines()], task.curve_keys)
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -297,7 +280,7 @@ def main(argv=None) -> int:
     except (ValueError, FileExistsError, FileNotFoundError, NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if not isinstance(e, NonFiniteLoss) else 1
-    print(json.dumps({k: v for k, v in metrics.items() if k != "per_mode"}))
+    print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_mode", "class_shares")}))
     if metrics["interrupted"]:
         print(f"interrupted at step {metrics['steps']}; continue with: python -m owf.train --resume "
               f"{metrics['out']}", file=sys.stderr)

@@ -23,3 +23,12 @@ def _seed():
 def backend(request, monkeypatch):
     monkeypatch.setenv("OWF_KERNELS_BACKEND", request.param)
     return request.param
+
+
+@pytest.fixture
+def fashion_root(tmp_path, monkeypatch):
+    """A Fashion-MNIST-format folder of toy images (support.write_fashion_mnist), and a cache
+    folder of the test's own (trained classifiers, unpacked files)."""
+    from support import write_fashion_mnist
+    monkeypatch.setenv("OWF_CACHE", str(tmp_path / "cache"))
+    return write_fashion_mnist(tmp_path / "fm")

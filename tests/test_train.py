@@ -28,8 +28,8 @@ def test_a_short_run_learns_the_modes(tmp_path):
     differs between CPUs (on one VM step 100 already had 8/8; here 1,200 steps end at 8/8, HQ 30%)."""
     cfg = Config(steps=1200, log_every=100, sample_every=10_000, ckpt_every=10_000, device="cpu",
                  out=str(tmp_path / "r"))
-    data, G, *_ = build(cfg, torch.device("cpu"))
-    untrained, _ = mode_metrics(G, data, cfg.seed, "cpu")
+    task, G, *_ = build(cfg, torch.device("cpu"))
+    untrained, _ = mode_metrics(G, task.data, cfg.seed, "cpu")
     m = train(cfg, progress=False)
     rows = [json.loads(l) for l in open(tmp_path / "r" / "metrics.jsonl")]
     assert untrained["modes"] <= 2 and untrained["hq"] < 0.02, untrained
@@ -119,7 +119,7 @@ def test_dry_run_prints_the_resolved_config():
 
 def test_bad_data_and_flags_list_the_choices():
     p = run_cli("--data", "moons", "--dry-run")
-    assert p.returncode == 2 and "invalid choice: 'moons' (choose from 'grid', 'ring')" in p.stderr
+    assert p.returncode == 2 and "invalid choice: 'moons' (choose from 'ring', 'grid', 'fashion-mnist'" in p.stderr
     p = run_cli("--stepz", "5", "--dry-run")
     assert p.returncode == 2 and "did you mean --steps" in p.stderr and "valid flags:" in p.stderr
     p = run_cli("--loss", "gan", "--dry-run")

@@ -1,0 +1,51 @@
+"""owf_kernels.jvp on DCGAN one-way-flow generators (owf.dcgan) for 28x28x1 (n = 784) and
+32x32x3 (n = 3072), B = 64, T = 1, against torch.func.jvp (on a copy with
+replace_all_batch_norm_modules_: its tangents flow through the batch statistics), forward_ad's dual
+tensors, torch.compile(torch.func.jvp) and the plain forward.
+
+- forward+JVP, no autograd (the ratio to (1+T) plain forwards is in the report)
+- a generator step: forward+JVP, -w log‖Jv‖ - D(y) (Eq. 17 with Eq. 9), backward into G
+"owf" is per-sample BatchNorm (what owf trains with), "owf-batch" the same math as func.jvp and forward_ad.
+"""
+import pytest
+import torch
+
+import providers as P
+from bench_support import DEVICE, smoke
+
+B = 64
+
+
+def pytest_generate_tests(metafunc):
+    if "dcgan_case" in metafunc.fixturenames:
+        table = P.DCGAN_SMOKE if smoke(metafunc.config) else P.DCGAN_CASES
+        params = [(name, prov) for name in table for prov in P.DCGAN_PROVIDERS]
+        metafunc.parametrize("dcgan_case,provider", [(table[n], p) for n, p in params],
+                             ids=[f"{n}-{p}" for n, p in params])
+
+
+@pytest.fixture
+def nets(dcgan_case):
+    shape, gw, dw = dcgan_case
+    return P.dcgan(shape, gw, dw, device=DEVICE)
+
+
+def test_dcgan_forward_jvp(run, benchmark, nets, provider, dcgan_case):
+    G, _ = nets
+    u, v = P.dcgan_inputs(G, B)
+    fn = P.dcgan_jvp_fn(provider, G, u, v)
+
+    def no_grad():
+        with torch.no_grad():
+            return fn()
+    benchmark.group = f"dcgan forward+jvp {dcgan_case[0]} B={B}"
+    run(no_grad, dict(n=G.n, B=B, T=1))
+
+
+def test_dcgan_generator_step(run, benchmark, nets, provider, dcgan_case):
+    G, D = nets
+    fn = P.dcgan_step_fn(provider, G, D, B)
+    u, v = P.dcgan_inputs(G, B)
+    saved = P.saved_bytes(P.dcgan_jvp_fn(provider, G, u, v)) if provider != "compile" else None
+    benchmark.group = f"dcgan generator step {dcgan_case[0]} B={B}"
+    run(fn, dict(n=G.n, B=B, T=1, saved_bytes=saved))

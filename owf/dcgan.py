@@ -1,0 +1,100 @@
+"""The image networks (Appendix C.3.2): a DCGAN one-way-flow generator and a DCGAN energy.
+
+Generator (Eq. 7, 10): u = [z; r] [B, n], n = C·H·W (z the latent of size d, r the noise), then
+
+    Linear(n -> c_1 s²) -> Unflatten(c_1, s, s) -> BN -> act                       s = H / 2^k
+    k times: ConvTranspose2d(c_i -> c_{i+1}, 4, stride 2, padding 1) -> BN -> act    (the last: -> C, tanh)
+
+The first layer is DCGAN's 1x1 -> s x s transposed convolution written as the GEMM it is. No
+activation anywhere is smaller than n (Sec. 2.4: a bottleneck would make J singular), which the
+constructor checks, naming the layer that breaks it. The activations have non-zero derivatives
+(LeakyReLU by default; ReLU, DCGAN's choice, is refused: where a unit is off, its row of J is zero,
+and a sample with more than the layer's width minus n units off has det J = 0, log|det J| = -inf).
+Its BatchNorms are per-sample for the tangents (OneWayFlowBase), so log|det J| is each sample's own.
+
+Energy: D(x) of x [B, C, H, W] alone, so no batch-coupled normalisation:
+
+    k times: Conv2d(c_i -> c_{i+1}, 4, stride 2, padding 1) -> LeakyReLU(0.2)
+    -> Flatten -> Linear(c_k (H / 2^k)², 1)            (or, quadratic=m, m outputs f and D = -½‖f‖²)
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .model import OneWayFlowBase, generator_activation
+
+
+def _stages(size: int, n_stages: int) -> int:
+    s = size // 2 ** n_stages
+    if s < 2 or s * 2 ** n_stages != size:
+        raise ValueError(f"image size {size} must be a multiple of 2^{n_stages} with at least 2 x 2 at the "
+                         f"smallest scale (one stage per width: got {n_stages} widths)")
+    return s
+
+
+class DCGANFlow(OneWayFlowBase):
+    """A one-way flow for images of `shape` (C, H, W), with widths c_1 > ... (one per resolution)."""
+
+    def __init__(self, shape, widths=(64, 32), latent: int = 100, activation: str = "leaky_relu",
+                 negative_slope: float = 0.2):
+        C, H, W = shape
+        if H != W:
+            raise ValueError(f"images must be square, got {H} x {W}")
+        n = C * H * W
+        k = len(widths)
+        s = _stages(H, k)
+        mods = [nn.Linear(n, widths[0] * s * s, bias=False), nn.Unflatten(1, (widths[0], s, s)),
+                nn.BatchNorm2d(widths[0]), generator_activation(activation, negative_slope)]
+        for i in range(k):
+            cout = widths[i + 1] if i + 1 < k else C
+            last = i + 1 == k
+            mods.append(nn.ConvTranspose2d(widths[i], cout, 4, 2, 1, bias=last))
+            mods += [nn.Tanh()] if last else [nn.BatchNorm2d(cout), generator_activation(activation, negative_slope)]
+        net = nn.Sequential(*mods)
+        _check_no_bottleneck(net, n)
+        super().__init__(net, n, latent, event_shape=shape)
+        self.widths = tuple(widths)
+
+    @classmethod
+    def from_config(cls, cfg, shape) -> "DCGANFlow":
+        return cls(shape, cfg.widths("g_hidden"), cfg.latent or 100, cfg.g_activation)
+
+
+def _check_no_bottleneck(net: nn.Sequential, n: int):
+    """Every layer's output has at least n numbers per sample, else the layer is named."""
+    with torch.no_grad():
+        h = torch.zeros(2, n)
+        for i, m in enumerate(net):
+            h = m.eval()(h) if isinstance(m, nn.BatchNorm2d) else m(h)
+            if h[0].numel() < n:
+                raise ValueError(f"layer {i} ({m}) outputs {tuple(h.shape[1:])} = {h[0].numel()} numbers per sample, "
+                                 f"fewer than n = {n}: a bottleneck makes J singular (Sec. 2.4); widen it")
+    net.train()
+
+
+class ConvEnergy(nn.Module):
+    """D(x) for images: a DCGAN discriminator to a scalar (P_D(x) = exp(D(x)/w) / ζ, Eq. 15)."""
+
+    def __init__(self, shape, widths=(32, 64), negative_slope: float = 0.2, quadratic: int = 0):
+        super().__init__()
+        C, H, W = shape
+        s = _stages(H, len(widths))
+        mods, c = [], C
+        for cout in widths:
+            mods += [nn.Conv2d(c, cout, 4, 2, 1), nn.LeakyReLU(negative_slope)]
+            c = cout
+        # no bias on a linear output: D is defined up to a constant, which ζ absorbs (as Energy)
+        mods += [nn.Flatten(), nn.Linear(c * s * s, quadratic or 1, bias=quadratic > 0)]
+        self.net = nn.Sequential(*mods)
+        self.quadratic = quadratic
+
+    @classmethod
+    def from_config(cls, cfg, shape) -> "ConvEnergy":
+        return cls(shape, cfg.widths("d_hidden"), cfg.d_slope, cfg.d_quadratic)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.net(x)
+        if self.quadratic:
+            return -0.5 * (f * f).sum(-1)             # D = -½‖f(x)‖²
+        return f.squeeze(-1)

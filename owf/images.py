@@ -1,0 +1,216 @@
+"""Image data sets, read from local files (nothing downloads unless asked), and the training stream.
+
+- fashion-mnist: the IDX files of the Debian package `dataset-fashion-mnist`
+  (/usr/share/datasets/fashion-mnist, found through `dpkg -L`), or of --data-root; unpacked once
+  into the cache folder, then read by torchvision's FashionMNIST.
+- mnist, cifar10, celeba: torchvision's data sets under --data-root (--download fetches them).
+  CelebA is centre-cropped to 178 x 178 and resized to 64 x 64, as DCGAN did.
+- folder: every image file under --data-root (any layout), all of one size; a seeded 10% is the
+  test split.
+
+Every set becomes uint8 tensors [N, C, H, W] (train and test splits, with labels where it has
+classes); pixels go to [-1, 1] as x = u / 127.5 - 1 when a batch is drawn.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import torch
+
+IMAGE_DATASETS = ("fashion-mnist", "mnist", "cifar10", "celeba", "folder")
+SHAPES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32), "celeba": (3, 64, 64)}
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                       "t10k-labels-idx1-ubyte")
+DOWNLOAD_TIMEOUT = 30.0          # seconds per network operation of a --download: no network is an error, not a hang
+TEST_FRACTION = 0.1              # folder: the held-out share
+
+
+def cache_dir() -> Path:
+    """$OWF_CACHE, else $XDG_CACHE_HOME/owf, else ~/.cache/owf: unpacked data and trained classifiers."""
+    if os.environ.get("OWF_CACHE"):
+        return Path(os.environ["OWF_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "owf"
+
+
+def to_unit(u8: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels [..] -> float in [-1, 1]."""
+    return u8.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> uint8 pixels (rounded, clamped)."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round_().to(torch.uint8)
+
+
+def fashion_mnist_dir(root: str = "") -> Path:
+    """The folder holding Fashion-MNIST's four IDX files (.gz or not): --data-root, else the Debian package's."""
+    if root:
+        d = Path(root)
+        if not d.is_dir():
+            raise FileNotFoundError(f"--data-root {d} does not exist")
+    else:
+        try:
+            listed = subprocess.run(["dpkg", "-L", FASHION_MNIST_PACKAGE], capture_output=True, text=True,
+                                    timeout=30).stdout.splitlines()
+        except (OSError, subprocess.TimeoutExpired):
+            listed = []
+        found = [Path(p).parent for p in listed if p.endswith("train-images-idx3-ubyte.gz")]
+        if not found:
+            raise FileNotFoundError(f"Fashion-MNIST not found: install it with `apt-get install {FASHION_MNIST_PACKAGE}`, "
+                                    "or pass --data-root DIR with its IDX files (train-images-idx3-ubyte.gz, ...)")
+        d = found[0]
+    missing = [f for f in FASHION_MNIST_FILES if not (d / f).exists() and not (d / (f + ".gz")).exists()]
+    if missing:
+        raise FileNotFoundError(f"{d} lacks the Fashion-MNIST files {missing} (.gz or not): "
+                                f"install {FASHION_MNIST_PACKAGE} or point --data-root at them")
+    return d
+
+
+def _fashion_mnist(root: str, train: bool):
+    """torchvision's FashionMNIST on the IDX files, unpacked once into cache_dir()/FashionMNIST/raw."""
+    import torchvision
+    src = fashion_mnist_dir(root)
+    raw = cache_dir() / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for f in FASHION_MNIST_FILES:
+        if not (raw / f).exists():
+            tmp = raw / (f + ".tmp")
+            if (src / f).exists():
+                shutil.copyfile(src / f, tmp)
+            else:
+                with gzip.open(src / (f + ".gz"), "rb") as fin, open(tmp, "wb") as fout:
+                    shutil.copyfileobj(fin, fout)
+            os.replace(tmp, raw / f)
+    ds = torchvision.datasets.FashionMNIST(str(cache_dir()), train=train, download=False)
+    return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
+
+
+def _need_root(name: str, root: str) -> Path:
+    if not root:
+        raise ValueError(f"--data {name} reads from --data-root DIR (add --download to fetch it there)")
+    return Path(root)
+
+
+def _torchvision(name: str, root: str, download: bool, train: bool):
+    import torchvision
+    d = _need_root(name, root)
+    if not download and not d.is_dir():
+        raise FileNotFoundError(f"--data-root {d} does not exist (add --download to fetch {name} there)")
+    cls = {"mnist": torchvision.datasets.MNIST, "cifar10": torchvision.datasets.CIFAR10}.get(name)
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)
+    try:
+        if name == "celeba":
+            return _celeba(d, download, train)
+        ds = cls(str(d), train=train, download=download)
+    except RuntimeError as e:            # torchvision: "Dataset not found or corrupted. ..."
+        raise FileNotFoundError(f"{name} not found under --data-root {d} ({e})") from None
+    except OSError as e:                 # no network (URLError is an OSError), a timeout, a full disk
+        raise ValueError(f"--download of {name} into {d} failed ({type(e).__name__}: {e}); without a network, "
+                         f"put the files under --data-root") from None
+    finally:
+        socket.setdefaulttimeout(old)
+    if name == "mnist":
+        return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
+    return torch.as_tensor(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets).long()
+
+
+def _celeba(d: Path, download: bool, train: bool):
+    """CelebA, centre-cropped and resized to 64 x 64 once, then cached as a uint8 tensor."""
+    import torchvision
+    import torchvision.transforms as T
+    split = "train" if train else "test"
+    cached = cache_dir() / f"celeba-{split}-64.pt"
+    if cached.exists():
+        return torch.load(cached), None
+    ds = torchvision.datasets.CelebA(str(d), split=split, download=download,
+                                     transform=T.Compose([T.CenterCrop(178), T.Resize(64), T.PILToTensor()]))
+    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(images, cached)
+    return images, None
+
+
+def _folder(root: str, train: bool, seed: int = 0):
+    """Every image under root, as one uint8 tensor; a seeded TEST_FRACTION of them is the test split."""
+    from PIL import Image
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+    d = _need_root("folder", root)
+    if not d.is_dir():
+        raise FileNotFoundError(f"--data-root {d} does not exist")
+    files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"--data-root {d} holds no image files ({', '.join(IMG_EXTENSIONS)})")
+    import numpy as np
+    arrays, first = [], None
+    for p in files:
+        with Image.open(p) as im:
+            a = np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im)
+        a = a[:, :, None] if a.ndim == 2 else a
+        if first is None:
+            first = (p, a.shape)
+        elif a.shape != first[1]:
+            raise ValueError(f"--data folder needs images of one size: {first[0]} is {first[1][1]}x{first[1][0]}x"
+                             f"{first[1][2]}, {p} is {a.shape[1]}x{a.shape[0]}x{a.shape[2]} (resize them first)")
+        arrays.append(a)
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    n_test = max(1, int(round(TEST_FRACTION * len(images)))) if len(images) > 1 else 0
+    idx = order[n_test:] if train else order[:n_test]
+    return images[idx], None
+
+
+def load_images(name: str, root: str = "", download: bool = False, train: bool = True):
+    """(uint8 images [N, C, H, W], int64 labels [N] or None) of a split of an image data set."""
+    if name not in IMAGE_DATASETS:
+        raise ValueError(f"unknown image data {name!r}; choose one of {IMAGE_DATASETS}")
+    if name == "fashion-mnist":
+        if download:
+            raise ValueError(f"--download: Fashion-MNIST comes from the Debian package ({FASHION_MNIST_PACKAGE}) or "
+                             "--data-root, not from the network")
+        return _fashion_mnist(root, train)
+    if name == "folder":
+        return _folder(root, train)
+    return _torchvision(name, root, download, train)
+
+
+class ImageStream:
+    """The training split as a stream of batches: a permutation per epoch, seeded by (seed, epoch),
+    consumed in order. Its state is (epoch, position): in the checkpoint, so a resume draws the
+    same batches."""
+
+    def __init__(self, images: torch.Tensor, seed: int):
+        if len(images) == 0:
+            raise ValueError("the training split is empty")
+        self.images, self.seed = images, seed
+        self.epoch, self.pos = 0, 0
+        self._perm = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        return torch.randperm(len(self.images), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+
+    def next(self, batch: int, device) -> torch.Tensor:
+        """The next `batch` images in [-1, 1] on `device` (across an epoch's end if need be)."""
+        parts, left = [], batch
+        while left:
+            take = min(left, len(self.images) - self.pos)
+            parts.append(self._perm[self.pos:self.pos + take])
+            self.pos += take
+            left -= take
+            if self.pos == len(self.images):
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._perm = self._permutation(self.epoch)
+        return to_unit(self.images[torch.cat(parts)].to(device, non_blocking=True))
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict):
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self._perm = self._permutation(self.epoch)

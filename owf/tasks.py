@@ -1,0 +1,172 @@
+"""What the training loop needs from a kind of data, behind one small interface, so that the loop
+has no `if image:` branches:
+
+    task.networks(cfg)                 -> (G, D): the one-way flow and the energy
+    task.batch(n, gen, device)         -> a training batch x
+    task.evaluate(G, step, final)      -> the metrics of a log line (a dict; {} when none is due)
+    task.pictures(run, G, D, cfg, m)   -> writes samples.png (and density.png in 2D)
+    task.state_dict() / load_state_dict(): the data stream's position, for an exact resume
+    task.summary_keys, task.progress_keys, task.curve_keys: what metrics.json, the bar and curves.png show
+
+MixtureTask draws the 2D mixtures from the training random stream (as before this interface);
+ImageTask reads an image data set's training split as a seeded stream (owf.images.ImageStream) and
+scores samples with the classifier FID (owf.classifier) against the test split.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .config import data_kind
+from .data import get_dataset
+from .dcgan import ConvEnergy, DCGANFlow
+from .images import SHAPES, ImageStream, load_images, to_uint8
+from .metrics import EVAL_POINTS, mode_coverage, mode_histogram
+from .model import FOLD_CHECK_MAX_N, Energy, OneWayFlow
+from .plots import save_density, save_image_grid, save_samples
+
+
+@torch.no_grad()
+def mode_metrics(G, data, seed: int, device) -> tuple[dict, torch.Tensor]:
+    """Modes and HQ on 2,500 points, always from the same latent draws (a stream of its own), and
+    `fold`: the share of those points where det J has the minority sign (> 0: G is not injective,
+    so Eq. 10's log q is too low there; see OneWayFlow.det_sign_fractions). Small n only."""
+    g = torch.Generator(device=device).manual_seed(10_000 + seed)
+    u = G.noise(EVAL_POINTS, g)
+    y = G.g_n(u)
+    modes, hq = mode_coverage(y, data.means, data.std)
+    ev = {"modes": modes, "hq": hq, "per_mode": mode_histogram(y, data.means, data.std)}
+    if G.n <= FOLD_CHECK_MAX_N:
+        ev["fold"] = min(G.det_sign_fractions(u))
+    return ev, y
+
+
+def networks(cfg, event_shape):
+    """(G, D) of a config for data of `event_shape`: an MLP flow and energy in 2D, DCGAN ones for images."""
+    if data_kind(cfg.data) == "image":
+        return DCGANFlow.from_config(cfg, event_shape), ConvEnergy.from_config(cfg, event_shape)
+    return OneWayFlow.from_config(cfg, event_shape[0]), Energy.from_config(cfg, event_shape[0])
+
+
+def event_shape_of(cfg, state: dict) -> tuple:
+    """The data's shape as a checkpoint stored it (runs saved before it did: the data set's own)."""
+    if "event_shape" in state:
+        return tuple(state["event_shape"])
+    if data_kind(cfg.data) == "image":
+        if cfg.data not in SHAPES:
+            raise ValueError(f"this {cfg.data} checkpoint does not record its image shape")
+        return SHAPES[cfg.data]
+    return (get_dataset(cfg.data).dim,)
+
+
+class MixtureTask:
+    """The 2D Gaussian mixtures (owf.data)."""
+    summary_keys = ("modes", "max_modes", "hq", "per_mode", "fold")
+    summary_only = ("max_modes", "per_mode")          # in metrics.json, not in every metrics.jsonl line
+    progress_keys = ("modes", "hq")
+    curve_keys = ("hq", "ess", "log_zeta", "fold")
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.data = get_dataset(cfg.data)
+        self.dim = self.data.dim
+
+    def networks(self, cfg):
+        return networks(cfg, (self.dim,))
+
+    def batch(self, n, gen, device):
+        return self.data.sample(n, gen, device)
+
+    def evaluate(self, G, step: int, final: bool) -> dict:
+        ev, _ = mode_metrics(G, self.data, self.cfg.seed, next(G.parameters()).device)
+        return dict(ev, max_modes=len(self.data.means))
+
+    def pictures(self, run, G, D, cfg, metrics):
+        device = next(G.parameters()).device
+        with torch.no_grad():
+            y = G.sample(EVAL_POINTS, torch.Generator(device=device).manual_seed(10_000 + cfg.seed))
+            title = f"{cfg.data} {cfg.loss}: {metrics['modes']}/{len(self.data.means)} modes, HQ {100 * metrics['hq']:.1f}%"
+            save_samples(run / "samples.png", y, self.data, title)
+            save_density(run / "density.png", lambda x: D(x) / cfg.w, self.data, device,
+                         title=f"{cfg.data} {cfg.loss}, step {metrics['step']}")
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+class ImageTask:
+    """An image data set (owf.images): DCGAN networks, the training split as a seeded stream, the
+    classifier FID of cfg.fid_samples samples against the test split every cfg.fid_every steps."""
+    summary_keys = ("fid", "min_class_share", "class_kl", "class_shares", "fid_floor", "classifier_accuracy")
+    summary_only = ("fid_floor", "classifier_accuracy")
+    progress_keys = ("fid",)
+    curve_keys = ("fid", "min_class_share", "ess", "log_zeta", "loss_d", "loss_g")
+    GRID = 64                                         # samples in samples.png
+
+    def __init__(self, cfg, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        train, _ = load_images(cfg.data, cfg.data_root, cfg.download, train=True)
+        self.test, self.test_labels = load_images(cfg.data, cfg.data_root, cfg.download, train=False)
+        self.shape = tuple(train.shape[1:])
+        if cfg.data in SHAPES and self.shape != SHAPES[cfg.data]:
+            raise ValueError(f"{cfg.data} images are {self.shape}, expected {SHAPES[cfg.data]}")
+        self.stream = ImageStream(train, cfg.seed)
+        self.dim = math.prod(self.shape)
+        self._fid = None
+
+    def networks(self, cfg):
+        return networks(cfg, self.shape)
+
+    def batch(self, n, gen, device):
+        return self.stream.next(n, device)
+
+    def _scorer(self):
+        if self._fid is None:
+            from .classifier import ClassifierFID, load_classifier
+            if self.test_labels is None:
+                raise ValueError(f"--data {self.cfg.data} has no labels, so no classifier FID; use --fid-every 0")
+            clf = load_classifier(self.cfg.data, self.cfg.data_root, self.progress)
+            self._fid = ClassifierFID(clf, self.test)
+            self._fid.accuracy, self._fid.floor = clf.test_accuracy, clf.fid_floor
+        return self._fid
+
+    @torch.no_grad()
+    def samples(self, G, n: int, seed: int, batch: int = 500) -> torch.Tensor:
+        """n samples of G in eval mode (BatchNorm on its running statistics: g_n is then one
+        function of each u), from a stream of their own."""
+        device = next(G.parameters()).device
+        g = torch.Generator(device=device).manual_seed(seed)
+        was = G.training
+        G.eval()
+        out = torch.cat([G.sample(min(batch, n - i), g).cpu() for i in range(0, n, batch)])
+        G.train(was)
+        return out
+
+    def evaluate(self, G, step: int, final: bool) -> dict:
+        every = self.cfg.fid_every
+        if self.test_labels is None or not every or not (final or step % every == 0):
+            return {}
+        scorer = self._scorer()
+        ev = scorer(self.samples(G, self.cfg.fid_samples, 20_000 + self.cfg.seed))
+        ev.update(classifier_accuracy=scorer.accuracy, fid_floor=scorer.floor)
+        return ev
+
+    def pictures(self, run, G, D, cfg, metrics):
+        y = self.samples(G, self.GRID, 10_000 + cfg.seed)
+        title = f"{cfg.data} {cfg.loss}, step {metrics['step']}" + (
+            f", classifier FID {metrics['fid']:.2f}" if "fid" in metrics else "")
+        save_image_grid(run / "samples.png", to_uint8(y), title)
+
+    def state_dict(self):
+        return {"stream": self.stream.state_dict()}
+
+    def load_state_dict(self, state):
+        self.stream.load_state_dict(state["stream"])
+
+
+def make_task(cfg, progress: bool = True):
+    return ImageTask(cfg, progress) if data_kind(cfg.data) == "image" else MixtureTask(cfg)

@@ -1,0 +1,119 @@
+"""Image evaluation: the exact log q in chunks, both log ζ̂ estimators on the same samples, the NLL's
+dequantisation and bits/dim, the Inception-FID code path with a stand-in network, and
+`python -m owf.evaluate` on a tiny image run with all its figures and its bad input."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import owf
+from owf.config import Config
+from owf.dcgan import DCGANFlow
+from owf.evaluate import main as evaluate_main
+from owf.fid import inception_fid
+from owf.image_eval import dequantise, heldout_nll
+from owf.train import train
+
+TINY = dict(data="fashion-mnist", g_hidden="16,4", d_hidden="4,8", batch=16, samples=16, log_every=10,
+            fid_every=0, sample_every=10 ** 6, ckpt_every=10 ** 6, device="cpu", threads=1, steps=20)
+
+
+def test_the_exact_log_det_in_chunks_is_the_whole_one():
+    torch.manual_seed(0)
+    G = DCGANFlow((1, 8, 8), widths=(16, 4), latent=10).double().eval()
+    u = G.noise(3)
+    _, whole, s1 = G.logdet(u, "exact", signed=True)
+    for chunk in (7, 32, 64):
+        _, part, s2 = G.logdet(u, "exact", signed=True, chunk=chunk)
+        torch.testing.assert_close(part, whole)
+        assert torch.equal(s1, s2)
+
+
+def test_dequantised_nll_of_the_uniform_density_is_8_bits_per_dim():
+    """A model whose P_D is uniform on [-1, 1]^n: -log P(x) = n log 2 - n log(2/256) = n log 256 nats."""
+    class Uniform:
+        zeta = type("Z", (), {"se": 0.0})()
+
+        def log_prob(self, x):
+            return torch.full((len(x),), -x[0].numel() * math.log(2.0))
+    u8 = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8)
+    res = heldout_nll(Uniform(), u8)
+    assert res["test_bits_per_dim"] == pytest.approx(8.0, abs=1e-6)             # log_prob is float32
+    assert res["test_nll_nats"] == pytest.approx(16 * math.log(256), abs=1e-4)
+    x = dequantise(u8, torch.Generator().manual_seed(0))
+    assert (x >= -1).all() and (x < 1).all() and torch.equal(((x + 1) * 128).floor().to(torch.uint8), u8)
+
+
+def test_both_estimators_on_the_same_samples(tmp_path, fashion_root):
+    run = tmp_path / "r"
+    train(Config(out=str(run), data_root=str(fashion_root), **TINY), progress=False)
+    model = owf.load(run)
+    assert model.kind == "image" and model.domain == (-1.0, 1.0) and not model.G.training
+    g = lambda: torch.Generator().manual_seed(5)                    # noqa: E731
+    both = model.estimate_log_zeta(24, generator=g(), batch_size=24, logdet="both", chunk=200, keep_log_weights=True)
+    exact = model.estimate_log_zeta(24, generator=g(), batch_size=24, chunk=300)   # one batch: the same u
+    assert exact.log_zeta == pytest.approx(both["exact"].log_zeta, abs=1e-3)    # the same samples: the same estimate
+    assert both["exact"].logdet == "exact" and both["jvp1"].logdet == "jvp1"
+    assert both["exact"].log_zeta != both["jvp1"].log_zeta and 1 <= both["jvp1"].ess <= 24
+    assert len(both["exact"].log_weights) == 24
+    gauss = model.estimate_log_zeta(200, "gaussian", generator=g())
+    assert math.isfinite(gauss.log_zeta) and gauss.proposal == "gaussian" and gauss.logdet is None
+
+
+class StandIn(nn.Module):
+    """A small stand-in for Inception-v3: 3-channel images -> 6 features."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3, 2), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 6))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_inception_fid_reads_its_weights_file_and_names_a_bad_one(tmp_path):
+    torch.manual_seed(0)
+    torch.save(StandIn().state_dict(), tmp_path / "w.pt")
+    real = torch.randint(0, 256, (64, 1, 16, 16), dtype=torch.uint8)
+    fake_close = real.float() / 127.5 - 1 + 0.01 * torch.randn(64, 1, 16, 16)
+    fake_far = torch.rand(64, 1, 16, 16) * 0.2 - 1
+    near = inception_fid(fake_close, real, tmp_path / "w.pt", network=StandIn)
+    far = inception_fid(fake_far, real, tmp_path / "w.pt", network=StandIn)
+    assert 0 <= near < far
+    with pytest.raises(FileNotFoundError, match=r"--fid-weights .*nope.pt: no such file"):
+        inception_fid(fake_far, real, tmp_path / "nope.pt", network=StandIn)
+    torch.save({"something": torch.zeros(3)}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"--fid-weights .*bad.pt is not a compatible weights file"):
+        inception_fid(fake_far, real, tmp_path / "bad.pt", network=StandIn)
+
+
+def test_evaluate_writes_eval_json_and_every_figure(tmp_path, fashion_root, capsys):
+    run = tmp_path / "r"
+    train(Config(out=str(run), data_root=str(fashion_root), **TINY), progress=False)
+    assert evaluate_main([str(run), "--zeta-samples", "40", "--batch-size", "8", "--chunk", "400"]) == 0
+    res = json.loads((run / "eval.json").read_text())
+    for k in ("log_zeta", "log_zeta_se", "ess", "log_zeta_jvp1", "log_zeta_jvp1_se", "ess_jvp1", "log_zeta_gaussian",
+              "test_nll_nats", "test_bits_per_dim", "test_bits_per_dim_se", "energy_auc_train_vs_test",
+              "seconds_per_exact_sample", "exact_samples_in_30_min"):
+        assert k in res and math.isfinite(res[k]), k
+    assert 0 <= res["energy_auc_train_vs_test"] <= 1
+    for f in ("zeta_convergence.png", "energy_hist.png", "samples_by_energy.png", "interpolation.png", "same_z.png"):
+        assert (run / f).stat().st_size > 0, f
+    assert owf.load(run).zeta.log_zeta == res["log_zeta"]                        # cached in the checkpoint
+    # an ESS below 1% of S is flagged in eval.json and warned
+    assert res["low_ess"] == (res["ess"] < 0.4) and ("warning" in res) == res["low_ess"]
+    err = capsys.readouterr().err
+    assert ("log ζ estimate (generator, exact) with ESS" in err) == res["low_ess"]
+
+
+def test_evaluate_bad_input(tmp_path, fashion_root, capsys):
+    (tmp_path / "empty").mkdir()
+    assert evaluate_main([str(tmp_path / "empty")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    run = tmp_path / "r"
+    train(Config(out=str(run), data_root=str(fashion_root), **TINY), progress=False)
+    assert evaluate_main([str(run), "--zeta-samples", "8", "--batch-size", "8", "--no-figures",
+                          "--fid-weights", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt: no such file" in capsys.readouterr().err

@@ -1,0 +1,186 @@
+"""Images: the loaders on files the tests write, the DCGAN one-way flow's log q against the full
+Jacobian, the no-bottleneck check, exact resume, a short run that lowers the classifier FID, and
+bad input."""
+import copy
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from owf.config import Config
+from owf.dcgan import ConvEnergy, DCGANFlow
+from owf.images import ImageStream, load_images, to_unit
+from owf.model import log_normal
+from owf.train import main, train
+from support import CLASSES, toy_images
+
+def test_fashion_mnist_reads_the_idx_files(fashion_root):
+    x, y = load_images("fashion-mnist", str(fashion_root), train=True)
+    xt, yt = load_images("fashion-mnist", str(fashion_root), train=False)
+    want, wy = toy_images(600, seed=1)
+    assert x.shape == (600, 1, 28, 28) and x.dtype == torch.uint8 and xt.shape == (200, 1, 28, 28)
+    assert torch.equal(x, torch.from_numpy(want)) and torch.equal(y, torch.from_numpy(wy).long())
+    assert to_unit(x).min() >= -1 and to_unit(x).max() <= 1
+
+
+def test_cifar10_format(tmp_path, monkeypatch):
+    import torchvision
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    names = [n for n, _ in torchvision.datasets.CIFAR10.train_list + torchvision.datasets.CIFAR10.test_list]
+    for name in names:
+        data = rng.integers(0, 256, (5, 3 * 32 * 32)).astype(np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": list(range(5))}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [str(i) for i in range(10)]}, f)
+    # the files the test writes are not the real ones: torchvision's md5 checks are turned off
+    for attr in ("train_list", "test_list"):
+        monkeypatch.setattr(torchvision.datasets.CIFAR10, attr,
+                            [[n, None] for n, _ in getattr(torchvision.datasets.CIFAR10, attr)])
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "meta", dict(torchvision.datasets.CIFAR10.meta, md5=None))
+    x, y = load_images("cifar10", str(tmp_path), train=True)
+    assert x.shape == (25, 3, 32, 32) and y.tolist() == list(range(5)) * 5
+    first = pickle.load(open(folder / "data_batch_1", "rb"))["data"][0].reshape(3, 32, 32)
+    assert torch.equal(x[0], torch.from_numpy(first))
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    (tmp_path / "a" / "deeper").mkdir(parents=True)
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)).save(
+            tmp_path / "a" / ("deeper" if i % 2 else "") / f"{i}.png")
+    x, y = load_images("folder", str(tmp_path / "a"), train=True)
+    xt, _ = load_images("folder", str(tmp_path / "a"), train=False)
+    assert x.shape == (18, 3, 8, 8) and xt.shape == (2, 3, 8, 8) and y is None
+    assert len({t.numpy().tobytes() for t in torch.cat([x, xt])}) == 20          # a split, not a copy
+
+
+def test_bad_data_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("OWF_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="--data-root .*nowhere does not exist"):
+        load_images("fashion-mnist", str(tmp_path / "nowhere"))
+    (tmp_path / "half").mkdir()
+    with pytest.raises(FileNotFoundError, match="lacks the Fashion-MNIST files"):
+        load_images("fashion-mnist", str(tmp_path / "half"))
+    import owf.images as I
+    monkeypatch.setattr(I, "FASHION_MNIST_PACKAGE", "no-such-package-here")
+    with pytest.raises(FileNotFoundError, match="install it with `apt-get install no-such-package-here`"):
+        load_images("fashion-mnist")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no image files"):
+        load_images("folder", str(tmp_path / "empty"))
+    from PIL import Image
+    (tmp_path / "mixed").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "mixed" / "a.png")
+    Image.new("RGB", (9, 8)).save(tmp_path / "mixed" / "b.png")
+    with pytest.raises(ValueError, match=r"images of one size: .*a.png is 8x8x3, .*b.png is 9x8x3"):
+        load_images("folder", str(tmp_path / "mixed"))
+    with pytest.raises(ValueError, match="--data cifar10 reads from --data-root DIR"):
+        load_images("cifar10", "")
+
+
+def test_download_without_network_is_a_clear_error_not_a_hang(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network here")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(ValueError, match=r"--download of cifar10 into .* failed .*no network here.*--data-root"):
+        load_images("cifar10", str(tmp_path / "c"), download=True)
+    p = main(["--data", "cifar10", "--data-root", str(tmp_path / "c"), "--out", str(tmp_path / "r")])
+    assert p == 2                                              # no download asked: a missing root, named
+
+
+def test_the_stream_is_seeded_per_epoch_and_resumes():
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1)
+    a = ImageStream(images, seed=3)
+    seen = torch.cat([a.next(4, "cpu") for _ in range(5)])         # 20 = two epochs
+    values = ((seen.flatten() + 1) * 127.5).round().long()
+    assert sorted(values[:10].tolist()) == list(range(10)) == sorted(values[10:].tolist())
+    assert values[:10].tolist() != values[10:].tolist()              # a new permutation per epoch
+    b = ImageStream(images, seed=3)
+    b.next(7, "cpu")
+    c = ImageStream(images, seed=3)
+    c.load_state_dict(b.state_dict())
+    assert torch.equal(b.next(9, "cpu"), c.next(9, "cpu"))
+
+
+def test_the_generators_log_q_is_eq10_with_the_full_jacobian():
+    """log q = log N(u) - log|det J| with J each sample's own Jacobian (per-sample BatchNorm): against
+    torch.autograd.functional.jacobian of an eval-mode copy holding the batch's statistics, at n = 16."""
+    torch.manual_seed(0)
+    G = DCGANFlow((1, 4, 4), widths=(16,), latent=4).double()
+    u = G.noise(6)
+    y, ld = G.logdet(u, "exact")
+    ev = copy.deepcopy(G).eval()
+    with torch.no_grad():
+        a = G.net[1](G.net[0](u))
+        bn = ev.net[2]
+        bn.running_mean.copy_(a.mean((0, 2, 3)))
+        bn.running_var.copy_(a.var((0, 2, 3), unbiased=False))
+    want = torch.stack([torch.linalg.slogdet(torch.autograd.functional.jacobian(
+        lambda v: ev.net(v.unsqueeze(0)).flatten(), u[b])).logabsdet for b in range(6)])
+    torch.testing.assert_close(ld, want)
+    assert y.shape == (6, 1, 4, 4)
+    _, log_q, ld2 = G.sample_with_log_prob(6, "exact", torch.Generator().manual_seed(1))
+    torch.testing.assert_close(log_q, log_normal(G.noise(6, torch.Generator().manual_seed(1))) - ld2)
+    assert G.d == 4 and G.n == 16
+
+
+def test_no_bottleneck_is_checked_and_names_the_layer():
+    with pytest.raises(ValueError, match=r"layer 0 \(Linear.*\) outputs \(392,\) = 392 numbers per sample, fewer "
+                                         r"than n = 784"):
+        DCGANFlow((1, 28, 28), widths=(8, 4))
+    with pytest.raises(ValueError, match=r"layer 4 \(ConvTranspose2d.*\) outputs \(2, 14, 14\) = 392"):
+        DCGANFlow((1, 28, 28), widths=(16, 2))
+    with pytest.raises(ValueError, match="generator activation 'relu'"):
+        DCGANFlow((1, 28, 28), activation="relu")
+    DCGANFlow((1, 28, 28), widths=(16, 4))                                  # the narrowest that passes
+    D = ConvEnergy((3, 32, 32), widths=(8, 16), quadratic=5)
+    assert D(torch.randn(2, 3, 32, 32)).shape == (2,) and not any(isinstance(m, nn.BatchNorm2d) for m in D.modules())
+
+
+TINY_IMAGES = dict(g_hidden="16,4", d_hidden="4,8", batch=16, samples=16, log_every=5, fid_every=0,
+                   sample_every=10 ** 6, ckpt_every=5, device="cpu", threads=1)
+
+
+@pytest.mark.parametrize("loss", ["owf", "wgan-gp"])
+def test_an_image_run_resumes_exactly(tmp_path, fashion_root, loss):
+    kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=20, loss=loss, ema=0.9)
+    train(Config(out=str(tmp_path / "full"), **kw), progress=False)
+    m = train(Config(out=str(tmp_path / "half"), until=10, **kw), progress=False)
+    assert m["steps"] == 10 and not m["finished"]
+    train(resume=str(tmp_path / "half"), progress=False)
+    a, b = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=False) for r in ("full", "half"))
+    for k in ("G", "D", "G_ema"):
+        for name in a[k]:
+            assert torch.equal(a[k][name], b[k][name]), f"{k}.{name}"
+    drawn = 20 * 16 * (5 if loss == "wgan-gp" else 1)                  # steps x batch x critic steps
+    assert a["task"] == b["task"] == {"stream": {"epoch": drawn // 600, "pos": drawn % 600}}
+    assert (tmp_path / "half" / "samples.png").stat().st_size > 0 and (tmp_path / "half" / "curves.png").exists()
+
+
+def test_a_short_image_run_lowers_the_classifier_fid(tmp_path, fashion_root):
+    """The classifier (trained here on the toy set) scores the untrained generator and the trained
+    one: the FID falls, and metrics.json carries it with the class shares and the floor."""
+    from owf.classifier import load_classifier, train_classifier
+    record = train_classifier("fashion-mnist", str(fashion_root), epochs=2, progress=False)
+    assert record["test_accuracy"] > 0.8 and record["fid_floor"] < 5
+    assert load_classifier("fashion-mnist").test_accuracy == record["test_accuracy"]
+    kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), g_hidden="32,16", d_hidden="16,32",
+              steps=150, lr_d=5e-4, lr_g=5e-4, log_every=50, fid_every=50, fid_samples=400, ckpt_every=10 ** 6)
+    m = train(Config(out=str(tmp_path / "r"), **kw), progress=False)
+    rows = [json.loads(l) for l in open(tmp_path / "r" / "metrics.jsonl")]
+    fids = [r["fid"] for r in rows if "fid" in r]
+    untrained = train(Config(out=str(tmp_path / "u"), **dict(kw, steps=1, log_every=1)), progress=False)["fid"]
+    assert len(fids) == 3 and m["fid"] == fids[-1] < 0.7 * untrained, (untrained, fids)
+    assert len(m["class_shares"]) == CLASSES and abs(sum(m["class_shares"]) - 1) < 1e-3
+    assert m["fid_floor"] == record["fid_floor"] and 0 <= m["min_class_share"] <= 0.1
