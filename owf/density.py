@@ -255,6 +255,10 @@ class OWFModel:
         value of the sum). keep_log_weights=True keeps log |w_i| and s_i on the estimate (memory
         grows with num_samples), e.g. to draw convergence curves from the same samples.
 
+        On many processes (torchrun; owf.distributed) each rank draws num_samples from its own
+        `generator` and the estimate is over all of them: the partials are combined exactly, so it
+        equals one process's estimate from the same samples (num_samples counts every rank's).
+
         logdet (generator, no preimages): "exact" (Eq. 10, n tangents, `chunk` at a time), "jvp1"
         (Eq. 9's log‖Jv‖ in place of log|det J|: the paper's ζ̂, biased, since its log q is not a
         density), or "both": {"exact": ..., "jvp1": ...}, the two estimators on the same samples."""
@@ -303,6 +307,14 @@ class OWFModel:
                         kept[k].append((log_w.cpu(), sign.cpu()))
                 done += n
                 bar.update(n)
+        from .distributed import gather_objects, rank_world
+        world = rank_world()[1]
+        if world > 1:                # many processes: every rank's samples in one estimate (exact partials)
+            everyone = gather_objects((parts, bad, multi))
+            parts = {k: torch.stack([combine_partials([p[k][i] for p, _, _ in everyone]) for i in range(2)])
+                     for k in names}
+            bad, multi = sum(b for _, b, _ in everyone), sum(m for _, _, m in everyone)
+            num_samples *= world
         if bad:
             raise ValueError(f"{bad} of {num_samples} importance samples had a non-finite energy or proposal "
                              "density; the model is not usable as a density as it stands")

@@ -44,6 +44,8 @@ from .metrics import EVAL_POINTS, mode_coverage  # noqa: E402
 from .model import FOLD_CHECK_MAX_N  # noqa: E402
 from .plots import save_density  # noqa: E402
 from .cli import user_errors_exit  # noqa: E402
+from .distributed import launched, rank_world, start_process_group  # noqa: E402
+from .train import RANK_SEED_STRIDE  # noqa: E402
 
 S_GRID = [1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000]
 FOLD_CHECK_POINTS = 100_000
@@ -154,6 +156,17 @@ def evaluate_run(run: str, zeta_samples: int | None = None, batch_size: int | No
     samples in chunks of 16, `chunk` tangents per pass)."""
     model = load(run)
     out = Path(model.checkpoint).parent
+    rank, world = rank_world()
+    if world > 1:                     # torchrun: one ζ estimate over every rank's samples; rank 0 writes it
+        est = model.estimate_log_zeta(zeta_samples or (1_000_000 if model.kind == "2d" else 2000), "generator",
+                                      batch_size or (65536 if model.kind == "2d" else 16),
+                                      torch.Generator().manual_seed(seed + RANK_SEED_STRIDE * rank),
+                                      progress=progress and rank == 0, chunk=chunk)
+        res = dict(est.to_dict(), world_size=world, distributed=True)
+        if rank == 0:
+            model.cache_log_zeta(est)
+            (out / "eval_distributed.json").write_text(json.dumps(res, indent=2) + "\n")
+        return res
     if model.kind == "image":
         from .image_eval import evaluate_image_run
         res = evaluate_image_run(model, out, zeta_samples or 2000, chunk=chunk, batch_size=batch_size or 16,
@@ -238,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
 @user_errors_exit
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
+    if launched():
+        start_process_group("cpu")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for k in ("zeta_samples", "batch_size", "chunk"):
@@ -245,6 +260,8 @@ def main(argv=None) -> int:
                 raise ValueError(f"--{k.replace('_', '-')} must be positive, got {getattr(a, k)}")
         res = evaluate_run(a.run, a.zeta_samples, a.batch_size, not a.no_figures, seed=a.seed,
                            convergence_max_s=a.convergence_max_s, fid_weights=a.fid_weights, chunk=a.chunk)
+    if rank_world()[0] != 0:
+        return 0
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     print(json.dumps(res))

@@ -183,27 +183,29 @@ def load_images(name: str, root: str = "", download: bool = False, train: bool =
 class ImageStream:
     """The training split as a stream of batches: a permutation per epoch, seeded by (seed, epoch),
     consumed in order. Its state is (epoch, position): in the checkpoint, so a resume draws the
-    same batches."""
+    same batches. On many processes every rank draws the same permutation and takes every
+    world-th image of it from its rank on: disjoint shards of one epoch."""
 
-    def __init__(self, images: torch.Tensor, seed: int):
-        if len(images) == 0:
-            raise ValueError("the training split is empty")
-        self.images, self.seed = images, seed
+    def __init__(self, images: torch.Tensor, seed: int, rank: int = 0, world: int = 1):
+        if len(images) < world:
+            raise ValueError(f"the training split has {len(images)} images, fewer than the {world} processes")
+        self.images, self.seed, self.rank, self.world = images, seed, rank, world
         self.epoch, self.pos = 0, 0
         self._perm = self._permutation(0)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
-        return torch.randperm(len(self.images), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        perm = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        return perm[self.rank:len(perm) - len(perm) % self.world:self.world]
 
     def next(self, batch: int, device) -> torch.Tensor:
         """The next `batch` images in [-1, 1] on `device` (across an epoch's end if need be)."""
         parts, left = [], batch
         while left:
-            take = min(left, len(self.images) - self.pos)
+            take = min(left, len(self._perm) - self.pos)
             parts.append(self._perm[self.pos:self.pos + take])
             self.pos += take
             left -= take
-            if self.pos == len(self.images):
+            if self.pos == len(self._perm):
                 self.epoch, self.pos = self.epoch + 1, 0
                 self._perm = self._permutation(self.epoch)
         return to_unit(self.images[torch.cat(parts)].to(device, non_blocking=True))

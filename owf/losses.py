@@ -59,7 +59,7 @@ def generator_loss_eq17(d_y, logdet, w: float) -> torch.Tensor:
     return (-w * logdet - d_y).mean()
 
 
-def generator_loss_renyi(d_y, logdet, log_q, w: float, alpha: float) -> torch.Tensor:
+def generator_loss_renyi(d_y, logdet, log_q, w: float, alpha: float, weights=None) -> torch.Tensor:
     """Eq. 17 with each sample weighted by its self-normalised importance weight to the power 1 - α:
     the reparameterised gradient of the Rényi divergence D_α(q ‖ P_D) (Li & Turner, 2016, the VR
     bound), Σ_i w̄_i (-w log|det J_i| - D(y_i)) with w̄ = softmax((1 - α)(D(y)/w - log q)) (detached).
@@ -68,7 +68,8 @@ def generator_loss_renyi(d_y, logdet, log_q, w: float, alpha: float) -> torch.Te
     in proportion to the few samples that still land there."""
     if alpha == 1.0:
         return generator_loss_eq17(d_y, logdet, w)
-    wbar = torch.softmax((1.0 - alpha) * (d_y.detach() / w - log_q.detach()), 0)
+    # weights: w̄ computed elsewhere (on many processes: the global softmax, owf.distributed)
+    wbar = torch.softmax((1.0 - alpha) * (d_y.detach() / w - log_q.detach()), 0) if weights is None else weights
     return (wbar * (-w * logdet - d_y)).sum()
 
 

@@ -114,7 +114,8 @@ class ImageTask:
         self.shape = tuple(train.shape[1:])
         if cfg.data in SHAPES and self.shape != SHAPES[cfg.data]:
             raise ValueError(f"{cfg.data} images are {self.shape}, expected {SHAPES[cfg.data]}")
-        self.stream = ImageStream(train, cfg.seed)
+        from .distributed import rank_world
+        self.stream = ImageStream(train, cfg.seed, *rank_world())
         self.dim = math.prod(self.shape)
         self._fid = None
 

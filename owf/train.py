@@ -30,7 +30,12 @@ from .config import RESUMABLE, Config, parse_args
 from .losses import (data_kernel_proposal, discriminator_loss_eq16, effective_sample_size, generator_loss_renyi,
                      gradient_penalty, oriented_logdet, wgan_discriminator_loss_eq4, wgan_generator_loss)
 from .plots import save_curves
+from .distributed import average_buffers, average_gradients, broadcast_module, gather_objects, global_log_zeta
+from .distributed import global_softmax, launched, local_device, rank_world, start_process_group
 from .tasks import make_task, mode_metrics  # noqa: F401  (mode_metrics: owf.train's name for it)
+
+
+RANK_SEED_STRIDE = 1_000_003
 
 
 class NonFiniteLoss(RuntimeError):
@@ -55,25 +60,25 @@ def build(cfg: Config, device: torch.device, progress: bool = False):
     G_ema = copy.deepcopy(G).requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), fused=True)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), fused=True)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    # one random stream per rank, reproducible; rank 0's (and a single process's) is seeded with cfg.seed
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + RANK_SEED_STRIDE * rank_world()[0])
     return task, G, D, G_ema, opt_g, opt_d, gen
 
 
-def restore(state: dict, G, D, G_ema, opt_g, opt_d, task=None):
-    """Load a checkpoint's networks, optimiser states and (given the task) data stream into
-    build()'s objects (not its step or random stream: a resume restores those,
-    owf.experiments.continue_run reseeds)."""
+def restore(state: dict, G, D, G_ema, opt_g, opt_d):
+    """Load a checkpoint's networks and optimiser states into build()'s objects (not its step,
+    random or data streams: a resume restores those, owf.experiments.continue_run reseeds)."""
     for obj, key in ((G, "G"), (D, "D"), (G_ema, "G_ema"), (opt_g, "opt_g"), (opt_d, "opt_d")):
         obj.load_state_dict(state[key])
-    if task is not None:
-        task.load_state_dict(state.get("task", {}))
 
 
-def train_step(cfg: Config, task, G, D, G_ema, opt_g, opt_d, gen, g_params, device):
+def train_step(cfg: Config, task, G, D, G_ema, opt_g, opt_d, gen, g_params, device, flags=None):
     """One optimisation step: n_critic discriminator updates, then one generator update.
-    Returns (loss_d, loss_g, D(x), D(y), log q(y)) of the last discriminator update."""
+    Returns (loss_d, loss_g, D(x), D(y), log q(y)) of the last discriminator update, and on many
+    processes (owf.distributed) the sums over ranks of (loss_d, loss_g, *flags), else None."""
     is_owf = cfg.loss == "owf"
     log_q = logdet = None
+    world = rank_world()[1]
     # ---- discriminator: n_critic steps; the last one's generator batch serves the G step
     for i in range(cfg.n_critic):
         keep = i == cfg.n_critic - 1
@@ -89,7 +94,9 @@ def train_step(cfg: Config, task, G, D, G_ema, opt_g, opt_d, gen, g_params, devi
             y_is, log_q_is = torch.cat([y_is, y_k]), torch.cat([log_q_is, log_k])
         d_x, d_is = D(torch.cat([x, y_is])).split([cfg.batch, len(y_is)])     # one pass
         d_y_d = d_is[:cfg.samples]                                            # G's samples' energies
-        if is_owf:
+        if is_owf and world > 1:           # Eq. 16 with one log ζ̂ over every rank's samples
+            loss_d = -(d_x / cfg.w).mean() + global_log_zeta(d_is, log_q_is, cfg.w)
+        elif is_owf:
             loss_d = discriminator_loss_eq16(d_x, d_is, log_q_is, cfg.w)
         else:
             loss_d = wgan_discriminator_loss_eq4(d_x, d_y_d)
@@ -97,6 +104,8 @@ def train_step(cfg: Config, task, G, D, G_ema, opt_g, opt_d, gen, g_params, devi
                 loss_d = loss_d + cfg.gp * gradient_penalty(D, x, y.detach(), gen)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
+        if world > 1:
+            average_gradients(D.parameters())
         opt_d.step()
         if cfg.loss == "wgan":
             with torch.no_grad():
@@ -107,16 +116,24 @@ def train_step(cfg: Config, task, G, D, G_ema, opt_g, opt_d, gen, g_params, devi
     d_y = D(y)
     if is_owf and cfg.orient:
         logdet = oriented_logdet(logdet, sign[0])     # log|det J| on the majority side, reflected on the other
-    loss_g = generator_loss_renyi(d_y, logdet, log_q, cfg.w, cfg.g_alpha) if is_owf else wgan_generator_loss(d_y)
+    weights = None
+    if is_owf and world > 1 and cfg.g_alpha != 1.0:   # the Rényi weights over every rank's samples, times N
+        weights = global_softmax((1.0 - cfg.g_alpha) * (d_y.detach() / cfg.w - log_q.detach())) * world
+    loss_g = generator_loss_renyi(d_y, logdet, log_q, cfg.w, cfg.g_alpha, weights) if is_owf else wgan_generator_loss(d_y)
     for p, g in zip(g_params, torch.autograd.grad(loss_g, g_params)):
         p.grad = g.contiguous()       # fused Adam reads grads in the parameter's layout
+    sums = None
+    if world > 1:                     # the average, and the ranks' losses and flags summed in the same all-reduce
+        extra = torch.cat([torch.stack([loss_d.detach(), loss_g.detach()]).float(),
+                           (flags if flags is not None else torch.zeros(0)).float().to(loss_d.device)])
+        sums = average_gradients(g_params, extra)
     opt_g.step()
     if cfg.ema > 0:
         with torch.no_grad():
             torch._foreach_lerp_(list(G_ema.parameters()), g_params, 1.0 - cfg.ema)
             for b_ema, b in zip(G_ema.buffers(), G.buffers()):     # BatchNorm's running statistics
                 b_ema.copy_(b)
-    return loss_d, loss_g, d_x, d_y_d, log_q
+    return loss_d, loss_g, d_x, d_y_d, log_q, sums
 
 
 def prepare_run_dir(cfg: Config, overwrite: bool) -> Path:
@@ -130,6 +147,25 @@ def prepare_run_dir(cfg: Config, overwrite: bool) -> Path:
     return out
 
 
+def _on_rank0(fn):
+    """fn() on rank 0 alone; its user error (if any) raised on every rank, so that none waits."""
+    rank, world = rank_world()
+    err = None
+    if rank == 0:
+        try:
+            fn()
+        except (ValueError, FileExistsError, FileNotFoundError) as e:
+            err = e
+    if world > 1:
+        import torch.distributed as dist
+        box = [None if err is None else (type(err).__name__, str(err))]
+        dist.broadcast_object_list(box, 0)
+        if box[0] is not None and err is None:
+            err = {"ValueError": ValueError, "FileExistsError": FileExistsError}.get(box[0][0], FileNotFoundError)(box[0][1])
+    if err is not None:
+        raise err
+
+
 def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool = False,
           overrides: dict | None = None, progress: bool = True, tune_cpu_allocator: bool = False) -> dict:
     """Run (or resume) training; returns the final metrics (also written to metrics.json).
@@ -140,7 +176,12 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
     tune_cpu_allocator: on CPU, call owf_kernels.keep_freed_memory(), which sets glibc's malloc to
     keep freed memory for reuse instead of returning it to the OS (about 0.4 ms saved per fresh
     1.5 MiB tensor on the 2D step). It is process-wide and stays after the call, so only the CLI
-    turns it on."""
+    turns it on.
+
+    On many processes (torchrun; owf.distributed) every rank trains its shard, and rank 0 alone
+    logs, draws and checkpoints; the checkpoint holds every rank's random and data streams."""
+    rank, world = rank_world()
+    lead = rank == 0
     # ---- config and run folder
     if resume:
         run = Path(resume)
@@ -150,41 +191,58 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
         if bad:
             raise ValueError(f"--resume keeps the run's config; these cannot change: {bad} "
                              f"(changeable: {list(RESUMABLE)})")
+        if state.get("world_size", 1) != world:
+            raise ValueError(f"{run} was trained on {state.get('world_size', 1)} processes and is resumed on {world}: "
+                             "resume it on as many (its random and data streams are per process)")
         # a resumed run goes on to --steps unless told to stop earlier (--until)
         cfg = replace(cfg, **{"until": 0, **(overrides or {})}, out=str(run))
     else:
         state = None
-        run = prepare_run_dir(cfg, overwrite)
-    device = resolve_device(cfg.device)
+        run = Path(cfg.out)
+        _on_rank0(lambda: prepare_run_dir(cfg, overwrite))
+    device = resolve_device(cfg.device) if world == 1 else local_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if device.type == "cpu" and tune_cpu_allocator:
         keep_freed_memory()     # glibc: reuse freed tensors' pages instead of faulting in fresh ones (owf_kernels.cpu_malloc)
-    (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if lead:
+        (run / "config.json").write_text(json.dumps(dict(cfg.to_dict(), world_size=world), indent=2) + "\n")
 
-    # ---- task, models, optimisers, random stream
-    task, G, D, G_ema, opt_g, opt_d, gen = build(cfg, device, progress)
+    # ---- task, models, optimisers, random streams (one per rank)
+    task, G, D, G_ema, opt_g, opt_d, gen = build(cfg, device, progress and lead)
+    if world > 1:
+        for m in (G, D, G_ema):
+            broadcast_module(m)
     start, seconds = 0, 0.0
     rows_path = run / "metrics.jsonl"
     if state is not None:
-        restore(state, G, D, G_ema, opt_g, opt_d, task)
-        gen.set_state(state["rng"].to(gen.get_state().device))
+        restore(state, G, D, G_ema, opt_g, opt_d)
+        rngs, tasks = state.get("rngs", [state["rng"]]), state.get("tasks", [state.get("task", {})])
+        gen.set_state(rngs[rank].to(gen.get_state().device))
+        task.load_state_dict(tasks[rank])
         start, seconds = state["step"], state["seconds"]
         # keep the log consistent with the checkpoint: drop lines written after it
-        rows = [json.loads(l) for l in rows_path.read_text().splitlines()] if rows_path.exists() else []
-        rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= start))
+        if lead:
+            rows = [json.loads(l) for l in rows_path.read_text().splitlines()] if rows_path.exists() else []
+            rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= start))
     g_params = list(G.parameters())
     G_eval = G_ema if cfg.ema > 0 else G          # what evaluation and pictures sample from
     stop = cfg.until or cfg.steps
     is_owf = cfg.loss == "owf"
 
     def checkpoint(step):
-        save_atomic(dict(
-            config=cfg.to_dict(), step=step, seconds=seconds + time.perf_counter() - t0,
-            G=G.state_dict(), D=D.state_dict(), G_ema=G_ema.state_dict(),
-            opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), rng=gen.get_state(), task=task.state_dict(),
-            event_shape=list(G.event_shape)),
-            run / "checkpoint.pt")
+        rngs, tasks = [gen.get_state()], [task.state_dict()]
+        if world > 1:                 # every rank's streams; BatchNorm's running statistics averaged over ranks
+            average_buffers(G)
+            average_buffers(G_ema)
+            rngs, tasks = gather_objects(gen.get_state().cpu()), gather_objects(task.state_dict())
+        if lead:
+            save_atomic(dict(
+                config=cfg.to_dict(), step=step, seconds=seconds + time.perf_counter() - t0, world_size=world,
+                G=G.state_dict(), D=D.state_dict(), G_ema=G_ema.state_dict(),
+                opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), rng=rngs[0], task=tasks[0],
+                **({"rngs": rngs, "tasks": tasks} if world > 1 else {}), event_shape=list(G.event_shape)),
+                run / "checkpoint.pt")
 
     # Ctrl-C: finish the current step, save, exit. A second Ctrl-C stops at once.
     interrupted = []
@@ -197,28 +255,37 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
     if progress:
         signal.signal(signal.SIGINT, on_sigint)
 
-    bar = tqdm(total=stop, initial=start, disable=not progress, dynamic_ncols=True, mininterval=0.5)
+    bar = tqdm(total=stop, initial=start, disable=not (progress and lead), dynamic_ncols=True, mininterval=0.5)
     t0 = time.perf_counter()
     step = start
     last, final_ev = {}, None
+    stopped = False                   # an interrupt on any rank (on many processes: agreed in the step's all-reduce)
     try:
-        while step < stop and not interrupted:
+        while step < stop and not stopped:
             # ---- learning rates: linear decay to 0 over cfg.steps
             scale = 1.0 - step / cfg.steps if cfg.lr_decay else 1.0
             opt_d.param_groups[0]["lr"] = cfg.lr_d * scale
             opt_g.param_groups[0]["lr"] = cfg.lr_g * scale
 
-            loss_d, loss_g, d_x, d_y_d, log_q = train_step(cfg, task, G, D, G_ema, opt_g, opt_d, gen, g_params, device)
+            flags = torch.tensor([float(bool(interrupted))]) if world > 1 else None
+            loss_d, loss_g, d_x, d_y_d, log_q, sums = train_step(cfg, task, G, D, G_ema, opt_g, opt_d, gen, g_params,
+                                                                 device, flags)
 
-            # ---- stop on a non-finite loss, keeping the last good checkpoint
-            ld, lg = float(loss_d.detach()), float(loss_g.detach())
+            # ---- stop on a non-finite loss, keeping the last good checkpoint (on many processes:
+            # the mean over ranks, which every rank sees, so that all stop together)
+            if sums is None:
+                ld, lg = float(loss_d.detach()), float(loss_g.detach())
+                stopped = bool(interrupted)
+            else:
+                ld, lg = float(sums[0]) / world, float(sums[1]) / world
+                stopped = float(sums[2]) > 0
             if not (math.isfinite(ld) and math.isfinite(lg)):
                 raise NonFiniteLoss(f"non-finite loss at step {step + 1}: loss_d={ld}, loss_g={lg}")
             step += 1
             bar.update(1)
 
             # ---- log: losses, log ζ̂, ESS, and the task's metrics (2D: modes, HQ; images: the classifier FID when due)
-            if step % cfg.log_every == 0 or step == stop:
+            if lead and (step % cfg.log_every == 0 or step == stop):
                 ev = task.evaluate(G_eval, step, final=step == stop)
                 if step == stop:
                     final_ev = ev                 # the run's final evaluation, made once
@@ -231,7 +298,7 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
                     f.write(json.dumps(last) + "\n")
                 shown = {k: v for k, v in last.items() if k in ("loss_d", "loss_g", "log_zeta", "ess") + task.progress_keys}
                 bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in shown.items()}, refresh=False)
-            if step % cfg.sample_every == 0:
+            if lead and step % cfg.sample_every == 0:
                 task.pictures(run, G_eval, D, cfg, dict(last, step=step))
             if step % cfg.ckpt_every == 0:
                 checkpoint(step)
@@ -247,11 +314,13 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
 
     # ---- save, pictures, final metrics
     checkpoint(step)
-    ev = final_ev if final_ev is not None else task.evaluate(G_eval, step, final=True)
     metrics = dict(data=cfg.data, loss=cfg.loss, seed=cfg.seed, out=str(run), steps=step,
-                   seconds=round(seconds + time.perf_counter() - t0, 2),
-                   finished=step >= cfg.steps, interrupted=bool(interrupted),
-                   **{k: ev[k] for k in task.summary_keys if k in ev})
+                   seconds=round(seconds + time.perf_counter() - t0, 2), world_size=world,
+                   finished=step >= cfg.steps, interrupted=bool(interrupted) or stopped)
+    if not lead:
+        return metrics
+    ev = final_ev if final_ev is not None else task.evaluate(G_eval, step, final=True)
+    metrics.update({k: ev[k] for k in task.summary_keys if k in ev})
     for k in ("loss_d", "loss_g", "log_zeta", "ess"):
         if k in last:
             metrics[k] = last[k]
@@ -265,6 +334,8 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
 def main(argv=None) -> int:
     given, opts = parse_args(argv)
     try:
+        if launched():                # torchrun: one process per rank (owf.distributed)
+            start_process_group(given.get("device", "auto"))
         if opts["resume"]:
             if opts["dry_run"]:
                 state = load_checkpoint(opts["resume"])
@@ -280,6 +351,8 @@ def main(argv=None) -> int:
     except (ValueError, FileExistsError, FileNotFoundError, NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if not isinstance(e, NonFiniteLoss) else 1
+    if rank_world()[0] != 0:
+        return 130 if metrics["interrupted"] else 0
     print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_mode", "class_shares")}))
     if metrics["interrupted"]:
         print(f"interrupted at step {metrics['steps']}; continue with: python -m owf.train --resume "

@@ -1,6 +1,8 @@
-"""Train every (data, loss, seed) with the defaults and tabulate modes and HQ: the README's tables.
+"""Train every (data, loss, seed) with the defaults and tabulate them: the README's tables (2D:
+modes and HQ; images: the classifier FID, the smallest class share, the class KL).
 
     python -m owf.experiments.seeds --data ring grid --loss owf wgan wgan-gp --seeds 5 --lanes 2
+    python -m owf.experiments.seeds --data fashion-mnist --loss owf wgan-gp --seeds 3 --lanes 2 --out runs/fm
 
 Each run is `python -m owf.train --data D --loss L --seed S --out OUT/D-L-sS --threads T`; runs run
 in `--lanes` parallel processes of `--threads` threads each (2 lanes x 1 thread uses 2 cores best
@@ -37,7 +39,26 @@ def run_one(data, loss, seed, out: Path, threads: int, extra: list[str]) -> dict
     return json.loads(done.read_text())
 
 
+def image_table(results) -> str:
+    lines = ["| data | loss | runs | classifier FID: mean (max) | per seed | smallest class share: mean (min) | "
+             "class KL (nats): mean | seconds per run (mean) |", "|---|---|---|---|---|---|---|---|"]
+    for data, loss in sorted({(r["data"], r["loss"]) for r in results}):
+        ok = sorted((r for r in results if r["data"] == data and r["loss"] == loss and "error" not in r),
+                    key=lambda r: r["seed"])
+        failed = sum(1 for r in results if r["data"] == data and r["loss"] == loss) - len(ok)
+        if not ok:
+            lines.append(f"| {data} | {loss} | {failed} failed | | | | | |")
+            continue
+        f, c = [r["fid"] for r in ok], [100 * r["min_class_share"] for r in ok]
+        lines.append(f"| {data} | {loss} | {len(ok)}{f' ({failed} failed)' if failed else ''} | {mean(f):.1f} ({max(f):.1f}) "
+                     f"| {', '.join(f'{v:.1f}' for v in f)} | {mean(c):.1f}% ({min(c):.1f}%) "
+                     f"| {mean(r['class_kl'] for r in ok):.3f} | {mean(r['seconds'] for r in ok):.0f} |")
+    return "\n".join(lines)
+
+
 def table(results) -> str:
+    if any("fid" in r for r in results):
+        return image_table([r for r in results if "fid" in r or "error" in r])
     lines = ["| data | loss | runs | modes: mean (min) | HQ: mean (min) | seconds per run (mean) |",
              "|---|---|---|---|---|---|"]
     keys = sorted({(r["data"], r["loss"]) for r in results}, key=lambda k: (k[0], ["owf", "wgan", "wgan-gp"].index(k[1])
@@ -82,7 +103,8 @@ def main(argv=None):
     with ThreadPoolExecutor(a.lanes) as ex:
         for r in ex.map(lambda j: run_one(*j, out, a.threads, extra), jobs):
             results.append(r)
-            status = r.get("error") or f"modes {r['modes']}/{r['max_modes']}, HQ {100 * r['hq']:.1f}%, {r['seconds']:.0f}s"
+            status = r.get("error") or (f"classifier FID {r['fid']:.2f}, {r['seconds']:.0f}s" if "fid" in r else
+                                        f"modes {r['modes']}/{r['max_modes']}, HQ {100 * r['hq']:.1f}%, {r['seconds']:.0f}s")
             print(f"{r['data']} {r['loss']} seed {r['seed']}: {status}", flush=True)
     md = table(results)
     (out / "table.md").write_text(md + "\n")

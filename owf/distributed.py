@@ -1,0 +1,148 @@
+"""Data-parallel training on many processes (torchrun): the process group, the global log ζ̂ and the
+gradient average.
+
+    torchrun --nproc_per_node=2 -m owf.train ...       # gloo on CPU, NCCL on GPUs
+
+Every rank holds the same networks and draws its own data and generator samples (its own random
+stream, seed + rank). The discriminator's log ζ̂ is ONE estimate over every rank's importance
+samples (Eq. 2, 16): each rank's partials (max m_r, Σ exp(l - m_r), count n_r) of its
+l_i = D(y_i)/w - log q(y_i) are all-reduced into the global log-sum-exp
+
+    lse = M + log Σ_r s_r exp(m_r - M),   M = max_r m_r,    log ζ̂ = lse - log Σ_r n_r,
+
+so that the loss is the one of one process with all ranks' samples. Its gradient flows through
+the all-reduce as the softmax weights of the GLOBAL lse: ∂ log ζ̂ / ∂ l_i = exp(l_i - lse) for the
+samples of every rank, computed locally on each (no gradient is communicated for it), and scaled
+by the world size N, because the gradients are then averaged over ranks (the data term's mean over
+each rank's batch averages to the mean over all of them as it is).
+
+The gradients are averaged with one all-reduce per network per step over a flat buffer (what
+DistributedDataParallel does with its buckets; its wrapper is not used because the generator's
+gradients come from torch.autograd.grad of sample_with_log_prob, not from a forward and backward of
+its module). Two more scalars ride in the discriminator's buffer: the sum of the ranks' losses
+and an interrupt flag, so that every rank stops on the same step, a non-finite loss or Ctrl-C on
+one rank included. Parameters are broadcast from rank 0 at the start. BatchNorm in the generator
+uses per-rank statistics (the per-sample log q is the Jacobian of each sample's map within its
+rank's batch); the running statistics are averaged over ranks before rank 0 saves or evaluates.
+Collectives time out after OWF_DIST_TIMEOUT seconds (default 300): a rank that dies makes the
+others exit with that message instead of hanging.
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import os
+
+import torch
+import torch.distributed as dist
+
+TIMEOUT_S = float(os.environ.get("OWF_DIST_TIMEOUT", "300"))
+
+
+def launched() -> bool:
+    """Whether torchrun (or another launcher) started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def local_device(device_name: str) -> torch.device:
+    """This rank's device: CPU, or the GPU of its local rank (one GPU per process)."""
+    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    if not use_cuda:
+        return torch.device("cpu")
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    if torch.cuda.device_count() < per_node:
+        raise ValueError(f"--device cuda with {per_node} processes per node but {torch.cuda.device_count()} GPUs: "
+                         "one GPU per process (--nproc_per_node at most the GPU count, or --device cpu)")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def start_process_group(device_name: str):
+    """The process group of torchrun's environment: gloo on CPU, NCCL on GPUs, collectives timing
+    out after TIMEOUT_S."""
+    device = local_device(device_name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=TIMEOUT_S))
+
+
+def rank_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def broadcast_module(module: torch.nn.Module):
+    """Every rank starts from rank 0's parameters and buffers."""
+    for t in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(t.data, 0)
+
+
+def average_buffers(module: torch.nn.Module):
+    """The floating buffers (BatchNorm's running statistics) averaged over ranks."""
+    for b in module.buffers():
+        if b.is_floating_point():
+            dist.all_reduce(b, dist.ReduceOp.SUM)
+            b.div_(dist.get_world_size())
+
+
+def average_gradients(params, extra: torch.Tensor | None = None) -> torch.Tensor | None:
+    """p.grad averaged over ranks for every p in params, in one all-reduce of a flat buffer; `extra`
+    (a few scalars) rides along and comes back summed over ranks."""
+    params = [p for p in params if p.grad is not None]
+    parts = [p.grad.reshape(-1) for p in params] + ([extra.reshape(-1).to(params[0].grad.dtype)] if extra is not None else [])
+    flat = torch.cat(parts)
+    dist.all_reduce(flat, dist.ReduceOp.SUM)
+    world = dist.get_world_size()
+    i = 0
+    for p in params:
+        k = p.grad.numel()
+        p.grad.copy_(flat[i:i + k].view_as(p.grad)).div_(world)
+        i += k
+    return flat[i:] if extra is not None else None
+
+
+class _GlobalLogZeta(torch.autograd.Function):
+    """log ζ̂ over every rank's samples from this rank's l [S_r] (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, l):
+        l64 = l.detach().double()
+        m = l64.max() if l64.numel() else torch.tensor(-math.inf, dtype=torch.float64, device=l.device)
+        M = m.clone()
+        dist.all_reduce(M, dist.ReduceOp.MAX)                      # one scalar
+        stats = torch.stack([torch.exp(l64 - M).sum() if torch.isfinite(M) else l64.new_zeros(()),
+                             torch.tensor(float(l64.numel()), dtype=torch.float64, device=l.device)])
+        dist.all_reduce(stats, dist.ReduceOp.SUM)                  # two scalars: Σ exp(l - M), the count
+        lse = M + torch.log(stats[0])
+        ctx.save_for_backward(l, lse)
+        return (lse - torch.log(stats[1])).to(l.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        l, lse = ctx.saved_tensors
+        # the global softmax weights of this rank's samples, times N: the ranks' gradients are averaged
+        weights = torch.exp(l.double() - lse) if torch.isfinite(lse) else torch.zeros_like(l, dtype=torch.float64)
+        return (g * weights * dist.get_world_size()).to(l.dtype)
+
+
+def global_log_zeta(d_y: torch.Tensor, log_q: torch.Tensor, w: float) -> torch.Tensor:
+    """Eq. 2 in log space over every rank's samples: log (1/Σ_r S_r) Σ_all exp(d/w - log q)."""
+    return _GlobalLogZeta.apply(d_y / w - log_q)
+
+
+def global_softmax(x: torch.Tensor) -> torch.Tensor:
+    """softmax over every rank's x (detached; the Rényi generator loss's weights), this rank's share."""
+    x = x.detach().double()
+    M = x.max().clone()
+    dist.all_reduce(M, dist.ReduceOp.MAX)
+    e = torch.exp(x - M)
+    total = e.sum().clone()
+    dist.all_reduce(total, dist.ReduceOp.SUM)
+    return (e / total).float()
+
+
+def gather_objects(obj) -> list:
+    """Every rank's obj, in rank order, on every rank (rank 0 saves them)."""
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
