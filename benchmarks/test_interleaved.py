@@ -48,3 +48,19 @@ def test_a_generator_case_at_a_tiny_size(monkeypatch, capsys):
     assert set(med) == {"owf", "func.jvp", "manual", "gemm"} and all(v > 0 for v in med.values())
     out = capsys.readouterr().out
     assert "owf vs the best torch.func.jvp path:" in out and "| gemm |" in out
+
+
+def test_a_dcgan_case_at_a_tiny_size(monkeypatch, capsys):
+    import providers as P
+    monkeypatch.setattr(P, "DCGAN_CASES", dict(P.DCGAN_CASES, **{"28x28x1": P.DCGAN_SMOKE["28x28x1"]}))
+    monkeypatch.setattr(I, "DCGAN_B", 8)
+    monkeypatch.setattr(P, "dcgan_jvp_fn", _without_compile(P.dcgan_jvp_fn))
+    med = I.run_dcgan_case("dcgan 28x28x1, B=64", rounds=2)
+    assert {"owf fwd", "owf step", "owf train", "func.jvp step", "forward_ad train", "plain fwd"} <= set(med)
+    out = capsys.readouterr().out
+    assert "| owf | " in out and "| forward_ad | " in out and "| plain forward |" in out
+
+
+def _without_compile(real):
+    """The compile provider is the slow part of a smoke pass: it takes the func.jvp path here."""
+    return lambda p, *a: real("func.jvp" if p == "compile" else p, *a)

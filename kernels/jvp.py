@@ -176,7 +176,8 @@ def run_stacked(steps, x: torch.Tensor, V: torch.Tensor, batch_norm: str, update
         if kind == "layer":
             _, op, bn, act, _ = step
             A = linear_op(op, H) if op is not None else H
-            H = epilogue_torch(A, None if op is None else op.bias, bn, act, batch_norm, update_stats)
+            H = epilogue_torch(A, None if op is None else op.bias, bn, act, batch_norm, update_stats,
+                               bias_last=isinstance(op, nn.Linear))
         elif kind == "shape":
             out = step[1](H.reshape(-1, *H.shape[2:]))
             H = out.view(H.shape[0], H.shape[1], *out.shape[1:])
@@ -223,6 +224,9 @@ def jvp(func, primals, tangents, *, batch_norm: str = "batch", tangent_grad: boo
     if tangent_grad:
         y, yd = run_stacked(steps, x, V, batch_norm)
     else:
+        if any(s[0] == "fallback" and isinstance(s[1], nn.Dropout) for s in steps):
+            raise ValueError("tangent_grad=False with a train-mode Dropout: its mask would be drawn twice (for the "
+                             "tangents and for the plain forward); put the Dropout in eval mode or keep tangent_grad")
         with torch.no_grad():                    # the tangents, with the statistics the forward below uses
             yd = run_stacked(steps, x, V, batch_norm, update_stats=False)[1]
         y = func(x)                              # the plain forward: its own backward, one stats update

@@ -121,6 +121,8 @@ def fused_rule_problem(m: nn.Module) -> str | None:
         return None                                           # 'same' / 'valid': F.conv2d takes them
     if isinstance(m, nn.Dropout) and m.training and m.p > 0:
         return "train-mode Dropout"
+    if (isinstance(m, nn.Flatten) and m.start_dim == 0) or (isinstance(m, nn.Unflatten) and m.dim == 0):
+        return "it reshapes the batch dimension"
     if isinstance(m, LINEAR_OPS + BATCH_NORMS + SHAPE_OPS) or type(m) in ACTIVATION_RULES:
         return None
     return "no rule for its type"
@@ -153,16 +155,19 @@ def batch_norm_stats(bn: nn.Module, a: torch.Tensor, update: bool):
     return mu, torch.rsqrt(var + bn.eps), True
 
 
-def epilogue_torch(A: torch.Tensor, bias, bn, act, bn_mode: str, update_stats: bool) -> torch.Tensor:
+def epilogue_torch(A: torch.Tensor, bias, bn, act, bn_mode: str, update_stats: bool,
+                   bias_last: bool = False) -> torch.Tensor:
     """A = [a; ȧ] [1+T, B, C, *S] -> the next H = [y; ẏ] (module docstring's formulas). bias [C] or
-    None; bn a BatchNorm module or None; act a function z -> (σ(z), σ'(z)) or None."""
+    None, on dim 1 of a (a convolution's channels), or on its last dim with bias_last (a Linear's
+    features, whatever dims lead); bn a BatchNorm module or None; act a function z -> (σ(z), σ'(z))
+    or None."""
     if bias is None and bn is None and act is None:
         return A
     a, ad = A[0], A[1:]
     C = a.shape[1]
     shape = (1, C) + (1,) * (a.dim() - 2)
     if bias is not None:
-        a = a + bias.view(shape)
+        a = a + (bias if bias_last else bias.view(shape))
     if bn is not None:
         mu, r, batch = batch_norm_stats(bn, a, update_stats)
         xhat = (a - mu) * r

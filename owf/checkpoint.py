@@ -1,7 +1,9 @@
 """Checkpoints: written atomically, read back with an error that names the file.
 
 A checkpoint is a dict saved by torch.save with at least `config` (Config.to_dict()), `step`, and the
-state dicts `G`, `D`, `G_ema`, `opt_g`, `opt_d`, plus `rng` (the training stream) and, once
+state dicts `G`, `D`, `opt_g`, `opt_d`; `rng` (the training stream), `task` (the data stream's
+position, owf.tasks), `event_shape`, `seconds`, `world_size`; on many processes also every rank's
+`rngs`, `tasks` and `rank_buffers` (BatchNorm statistics; G holds their average); and, once
 estimated, `log_zeta` (owf.density.ZetaEstimate.to_dict()).
 """
 from __future__ import annotations

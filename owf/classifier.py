@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pickle
 import sys
 
 import torch
@@ -63,6 +64,19 @@ def classifier_path(data: str):
     return cache_dir() / f"classifier-{data}.pt"
 
 
+def _cached_state(data: str) -> dict:
+    """The cached classifier's state, {} when there is none usable (missing, corrupt, another version)."""
+    try:
+        state = torch.load(classifier_path(data), map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+        return {}
+    return state if isinstance(state, dict) and state.get("version") == CACHE_VERSION else {}
+
+
+def classifier_cached(data: str) -> bool:
+    return bool(_cached_state(data))
+
+
 @torch.no_grad()
 def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor, batch: int = 1000) -> float:
     model.eval()
@@ -78,9 +92,10 @@ def train_classifier(data: str, root: str = "", epochs: int = 3, batch: int = 12
     xt, yt = load_images(data, root, train=False)
     if y is None:
         raise ValueError(f"--data {data} has no labels: the classifier FID needs a labelled data set")
-    torch.manual_seed(seed)
+    with torch.random.fork_rng():                 # its initialisation leaves the caller's global stream alone
+        torch.manual_seed(seed)
+        model = Classifier(x.shape[1], x.shape[2], int(y.max()) + 1)
     g = torch.Generator().manual_seed(seed)
-    model = Classifier(x.shape[1], x.shape[2], int(y.max()) + 1)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     steps = epochs * math.ceil(len(x) / batch)
     with tqdm(total=steps, disable=not progress, desc=f"classifier ({data})") as bar:
@@ -110,13 +125,12 @@ def train_classifier(data: str, root: str = "", epochs: int = 3, batch: int = 12
 
 def load_classifier(data: str, root: str = "", progress: bool = True) -> Classifier:
     """The cached classifier of `data`, trained first when there is none."""
-    path = classifier_path(data)
-    state = torch.load(path, map_location="cpu", weights_only=False) if path.exists() else {}
-    if state.get("version") != CACHE_VERSION:
-        print(f"no cached classifier for {data} ({path}): training one (python -m owf.classifier --data {data})",
-              file=sys.stderr)
+    state = _cached_state(data)
+    if not state:
+        print(f"no usable cached classifier for {data} ({classifier_path(data)}): training one "
+              f"(python -m owf.classifier --data {data})", file=sys.stderr)
         train_classifier(data, root, progress=progress)
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = _cached_state(data)
     C, H, _ = state["shape"]
     model = Classifier(C, H, state["classes"])
     model.load_state_dict(state["state"])

@@ -257,7 +257,8 @@ class OWFModel:
 
         On many processes (torchrun; owf.distributed) each rank draws num_samples from its own
         `generator` and the estimate is over all of them: the partials are combined exactly, so it
-        equals one process's estimate from the same samples (num_samples counts every rank's).
+        equals one process's estimate from the same samples (num_samples counts every rank's; the
+        log weights kept with keep_log_weights are this rank's).
 
         logdet (generator, no preimages): "exact" (Eq. 10, n tangents, `chunk` at a time), "jvp1"
         (Eq. 9's log‖Jv‖ in place of log|det J|: the paper's ζ̂, biased, since its log q is not a
@@ -296,7 +297,10 @@ class OWFModel:
                         y, log_p = self._gaussian_batch(n, generator)
                     dens = {names[0]: (log_p, torch.ones(n, device=self.device))}
                 e = self.energy(y)
-                bad += int((~torch.isfinite(e)).sum()) + sum(int((~torch.isfinite(lp)).sum()) for lp, _ in dens.values())
+                finite = torch.isfinite(e)
+                for lp, _ in dens.values():
+                    finite &= torch.isfinite(lp).to(finite.device)
+                bad += int((~finite).sum())                          # samples, each counted once
                 e = self._on_domain(y, e)                           # outside the domain: weight 0
                 for k, (log_p, sign) in dens.items():
                     sign = sign if signed else torch.ones_like(e)
@@ -360,14 +364,14 @@ class OWFModel:
 
 
 def load(path: str | os.PathLike, device: str = "cpu") -> OWFModel:
-    """A run folder or a checkpoint file -> OWFModel (the EMA generator when the run kept one)."""
+    """A run folder or a checkpoint file -> OWFModel."""
     from .tasks import event_shape_of, networks
     ckpt = checkpoint_path(path)
     state = load_checkpoint(ckpt, map_location=device)
     cfg = Config.from_saved(state["config"])
     G, D = networks(cfg, event_shape_of(cfg, state))
     G, D = G.to(device), D.to(device)
-    G.load_state_dict(state["G_ema"] if cfg.ema > 0 else state["G"])
+    G.load_state_dict(state["G"])
     D.load_state_dict(state["D"])
     return OWFModel(G, D, cfg, state.get("log_zeta"), str(ckpt), device)
 

@@ -19,16 +19,20 @@ each rank's batch averages to the mean over all of them as it is).
 The gradients are averaged with one all-reduce per network per step over a flat buffer (what
 DistributedDataParallel does with its buckets; its wrapper is not used because the generator's
 gradients come from torch.autograd.grad of sample_with_log_prob, not from a forward and backward of
-its module). Two more scalars ride in the discriminator's buffer: the sum of the ranks' losses
-and an interrupt flag, so that every rank stops on the same step, a non-finite loss or Ctrl-C on
-one rank included. Parameters are broadcast from rank 0 at the start. BatchNorm in the generator
-uses per-rank statistics (the per-sample log q is the Jacobian of each sample's map within its
-rank's batch); the running statistics are averaged over ranks before rank 0 saves or evaluates.
+its module). Three more scalars ride in the generator's buffer: the ranks' loss_d and loss_g and
+an interrupt flag, summed, so that every rank stops on the same step, a non-finite loss or Ctrl-C
+on one rank included. Parameters are broadcast from rank 0 at the start. BatchNorm in the
+generator uses per-rank statistics (the per-sample log q is the Jacobian of each sample's map
+within its rank's batch; SyncBatchNorm has no fused jvp rule and would add a collective per layer
+per step). Its running statistics stay per rank, and each rank's are in the checkpoint, so that a
+resume is exact; what rank 0 saves as G and evaluates carries their average over ranks
+(averaged_buffers). Rank-0-only work (a classifier FID, pictures) must end within the timeout.
 Collectives time out after OWF_DIST_TIMEOUT seconds (default 300): a rank that dies makes the
 others exit with that message instead of hanging.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
@@ -45,10 +49,13 @@ def launched() -> bool:
 
 
 def local_device(device_name: str) -> torch.device:
-    """This rank's device: CPU, or the GPU of its local rank (one GPU per process)."""
+    """This process's device for --device auto | cpu | cuda: the CPU, or the GPU of its local rank
+    (one GPU per process; a single process: cuda:0)."""
     use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
     if not use_cuda:
         return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("device='cuda' but torch sees no CUDA device; use --device cpu or auto")
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
     if torch.cuda.device_count() < per_node:
         raise ValueError(f"--device cuda with {per_node} processes per node but {torch.cuda.device_count()} GPUs: "
@@ -77,12 +84,20 @@ def broadcast_module(module: torch.nn.Module):
         dist.broadcast(t.data, 0)
 
 
-def average_buffers(module: torch.nn.Module):
-    """The floating buffers (BatchNorm's running statistics) averaged over ranks."""
-    for b in module.buffers():
-        if b.is_floating_point():
-            dist.all_reduce(b, dist.ReduceOp.SUM)
-            b.div_(dist.get_world_size())
+@contextlib.contextmanager
+def averaged_buffers(module: torch.nn.Module):
+    """Within the block, the floating buffers (BatchNorm's running statistics) hold their average
+    over ranks; after it, each rank's own again. Every rank enters it (a collective)."""
+    bufs = [b for b in module.buffers() if b.is_floating_point()]
+    own = [b.clone() for b in bufs]
+    for b in bufs:
+        dist.all_reduce(b, dist.ReduceOp.SUM)
+        b.div_(dist.get_world_size())
+    try:
+        yield
+    finally:
+        for b, o in zip(bufs, own):
+            b.copy_(o)
 
 
 def average_gradients(params, extra: torch.Tensor | None = None) -> torch.Tensor | None:

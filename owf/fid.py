@@ -8,6 +8,7 @@ Without weights, owf reports its classifier FID (owf.classifier) instead, under 
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -50,7 +51,7 @@ def inception_fid(fake: torch.Tensor, real_u8: torch.Tensor, weights: str, netwo
             metric = FrechetInceptionDistance(feature=_Loaded(net, d))
     except ModuleNotFoundError as e:
         raise ValueError(f"--fid-weights needs torch-fidelity (pip install torch-fidelity): {e}") from None
-    except (RuntimeError, KeyError, ValueError, OSError, EOFError) as e:
+    except (RuntimeError, KeyError, ValueError, OSError, EOFError, pickle.UnpicklingError) as e:
         raise ValueError(f"--fid-weights {path} is not a compatible weights file ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:200]})") from None
     with torch.no_grad():

@@ -39,7 +39,9 @@ CONVERGENCE_S = [1, 3, 10, 30, 100, 300, 1000, 3000, 10_000]
 
 
 def dequantise(u8: torch.Tensor, generator) -> torch.Tensor:
-    """uint8 pixels -> x' = 2 (u8 + U) / 256 - 1 in [-1, 1), U uniform (one draw per pixel)."""
+    """uint8 pixels -> x' = 2 (u8 + U) / 256 - 1 in [-1, 1), U uniform (one draw per pixel; in
+    float64, so that it stays below 1 before the model's float32, which may round up to 1, still
+    inside P_D's closed box)."""
     return (u8.double() + torch.rand(u8.shape, generator=generator, dtype=torch.float64)) / 128.0 - 1.0
 
 
@@ -170,6 +172,7 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 2000, gau
            "log_zeta_jvp1_minus_exact": both["jvp1"].log_zeta - est.log_zeta,
            "log_zeta_gaussian": gauss.log_zeta, "log_zeta_gaussian_se": gauss.se, "ess_gaussian": gauss.ess,
            "gaussian_samples": gauss.num_samples,
+           # the time per generator sample of both log-dets (n tangents, and jvp1's one) and what fits in 30 min
            "seconds_per_exact_sample": exact_s, "exact_samples_in_30_min": int(1800 / exact_s)}
     res.update(heldout_nll(model, test_u8, seed))
     if est.low_ess:

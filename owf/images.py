@@ -14,6 +14,7 @@ classes); pixels go to [-1, 1] as x = u / 127.5 - 1 when a batch is drawn.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
 import socket
@@ -80,7 +81,7 @@ def _fashion_mnist(root: str, train: bool):
     raw.mkdir(parents=True, exist_ok=True)
     for f in FASHION_MNIST_FILES:
         if not (raw / f).exists():
-            tmp = raw / (f + ".tmp")
+            tmp = raw / f"{f}.{os.getpid()}.tmp"         # per process: ranks unpacking at once do not collide
             if (src / f).exists():
                 shutil.copyfile(src / f, tmp)
             else:
@@ -126,19 +127,23 @@ def _celeba(d: Path, download: bool, train: bool):
     import torchvision
     import torchvision.transforms as T
     split = "train" if train else "test"
-    cached = cache_dir() / f"celeba-{split}-64.pt"
+    key = hashlib.sha1(str(d.resolve()).encode()).hexdigest()[:8]          # one cache per --data-root
+    cached = cache_dir() / f"celeba-{split}-64-{key}.pt"
     if cached.exists():
-        return torch.load(cached), None
+        return torch.load(cached, weights_only=True), None
     ds = torchvision.datasets.CelebA(str(d), split=split, download=download,
                                      transform=T.Compose([T.CenterCrop(178), T.Resize(64), T.PILToTensor()]))
     images = torch.stack([ds[i][0] for i in range(len(ds))])
     cached.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(images, cached)
+    tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+    torch.save(images, tmp)
+    os.replace(tmp, cached)
     return images, None
 
 
-def _folder(root: str, train: bool, seed: int = 0):
-    """Every image under root, as one uint8 tensor; a seeded TEST_FRACTION of them is the test split."""
+def _folder(root: str, train: bool):
+    """Every image under root, as one uint8 tensor; a TEST_FRACTION of them, drawn with seed 0 (the
+    same split for every run), is the test split."""
     from PIL import Image
     from torchvision.datasets.folder import IMG_EXTENSIONS
     d = _need_root("folder", root)
@@ -160,7 +165,7 @@ def _folder(root: str, train: bool, seed: int = 0):
                              f"{first[1][2]}, {p} is {a.shape[1]}x{a.shape[0]}x{a.shape[2]} (resize them first)")
         arrays.append(a)
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
     n_test = max(1, int(round(TEST_FRACTION * len(images)))) if len(images) > 1 else 0
     idx = order[n_test:] if train else order[:n_test]
     return images[idx], None

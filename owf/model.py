@@ -121,11 +121,18 @@ class OneWayFlowBase(nn.Module):
         if chunk is None or chunk >= n:
             y, y_dot = self.g_n_jvp(u, eye.unsqueeze(1).expand(n, B, n))
             return y, y_dot.reshape(n, B, n)
-        cols = []
+        cols, stats = [], None
         for i in range(0, n, chunk):
             e = eye[i:i + chunk]
             y, y_dot = self.g_n_jvp(u, e.unsqueeze(1).expand(len(e), B, n))
             cols.append(y_dot.reshape(len(e), B, n))
+            if self.training:        # train-mode BatchNorm: running statistics updated by the first chunk only
+                if stats is None:
+                    stats = [b.clone() for b in self.buffers()]
+                else:
+                    with torch.no_grad():
+                        for b, s in zip(self.buffers(), stats):
+                            b.copy_(s)
         return y, torch.cat(cols)
 
     def logdet(self, u: torch.Tensor, method: str = "exact", generator=None, signed: bool = False,
@@ -213,7 +220,7 @@ class OneWayFlow(OneWayFlowBase):
     @classmethod
     def from_config(cls, cfg, n: int) -> "OneWayFlow":
         """The generator a training config (owf.config.Config) describes, for data of dimension n."""
-        return cls(n, hidden=cfg.widths("g_hidden"), activation=cfg.g_activation)
+        return cls(n, cfg.latent or None, hidden=cfg.widths("g_hidden"), activation=cfg.g_activation)
 
 
 class Energy(nn.Module):

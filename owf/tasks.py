@@ -15,12 +15,14 @@ scores samples with the classifier FID (owf.classifier) against the test split.
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 
 from .config import data_kind
 from .data import get_dataset
 from .dcgan import ConvEnergy, DCGANFlow
+from .classifier import classifier_cached
 from .images import SHAPES, ImageStream, load_images, to_uint8
 from .metrics import EVAL_POINTS, mode_coverage, mode_histogram
 from .model import FOLD_CHECK_MAX_N, Energy, OneWayFlow
@@ -115,9 +117,20 @@ class ImageTask:
         if cfg.data in SHAPES and self.shape != SHAPES[cfg.data]:
             raise ValueError(f"{cfg.data} images are {self.shape}, expected {SHAPES[cfg.data]}")
         from .distributed import rank_world
-        self.stream = ImageStream(train, cfg.seed, *rank_world())
+        rank, world = rank_world()
+        self.stream = ImageStream(train, cfg.seed, rank, world)
         self.dim = math.prod(self.shape)
         self._fid = None
+        self.fid_every = cfg.fid_every
+        if self.test_labels is None and self.fid_every:
+            if rank == 0:
+                print(f"note: --data {cfg.data} has no labels, so no classifier FID (owf.classifier needs them); "
+                      "--fid-every 0 says so", file=sys.stderr)
+            self.fid_every = 0
+        if world > 1 and self.fid_every and not classifier_cached(cfg.data):
+            # rank 0 would train it while the others wait in a collective past the timeout
+            raise ValueError(f"on many processes the classifier FID needs a trained classifier: run "
+                             f"python -m owf.classifier --data {cfg.data} first (or pass --fid-every 0)")
 
     def networks(self, cfg):
         return networks(cfg, self.shape)
@@ -128,8 +141,6 @@ class ImageTask:
     def _scorer(self):
         if self._fid is None:
             from .classifier import ClassifierFID, load_classifier
-            if self.test_labels is None:
-                raise ValueError(f"--data {self.cfg.data} has no labels, so no classifier FID; use --fid-every 0")
             clf = load_classifier(self.cfg.data, self.cfg.data_root, self.progress)
             self._fid = ClassifierFID(clf, self.test)
             self._fid.accuracy, self._fid.floor = clf.test_accuracy, clf.fid_floor
@@ -148,8 +159,8 @@ class ImageTask:
         return out
 
     def evaluate(self, G, step: int, final: bool) -> dict:
-        every = self.cfg.fid_every
-        if self.test_labels is None or not every or not (final or step % every == 0):
+        every = self.fid_every
+        if not every or not (final or step % every == 0):
             return {}
         scorer = self._scorer()
         ev = scorer(self.samples(G, self.cfg.fid_samples, 20_000 + self.cfg.seed))

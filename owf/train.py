@@ -11,7 +11,7 @@ samples.png, curves.png, checkpoint.pt, and density.png in 2D.
 """
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
 import math
 import shutil
@@ -26,11 +26,12 @@ from owf_kernels import keep_freed_memory
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_atomic
+from .cli import user_errors_exit
 from .config import RESUMABLE, Config, parse_args
 from .losses import (data_kernel_proposal, discriminator_loss_eq16, effective_sample_size, generator_loss_renyi,
                      gradient_penalty, oriented_logdet, wgan_discriminator_loss_eq4, wgan_generator_loss)
 from .plots import save_curves
-from .distributed import average_buffers, average_gradients, broadcast_module, gather_objects, global_log_zeta
+from .distributed import averaged_buffers, average_gradients, broadcast_module, gather_objects, global_log_zeta
 from .distributed import global_softmax, launched, local_device, rank_world, start_process_group
 from .tasks import make_task, mode_metrics  # noqa: F401  (mode_metrics: owf.train's name for it)
 
@@ -42,14 +43,6 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' but torch sees no CUDA device; use --device cpu or auto")
-    return torch.device(name)
-
-
 def build(cfg: Config, device: torch.device, progress: bool = False):
     """The task (data, metrics, pictures), networks, optimisers and the one random stream every
     sample is drawn from."""
@@ -57,22 +50,21 @@ def build(cfg: Config, device: torch.device, progress: bool = False):
     torch.manual_seed(cfg.seed)                        # parameter initialisation
     G, D = task.networks(cfg)
     G, D = G.to(device), D.to(device)
-    G_ema = copy.deepcopy(G).requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), fused=True)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), fused=True)
     # one random stream per rank, reproducible; rank 0's (and a single process's) is seeded with cfg.seed
     gen = torch.Generator(device=device).manual_seed(cfg.seed + RANK_SEED_STRIDE * rank_world()[0])
-    return task, G, D, G_ema, opt_g, opt_d, gen
+    return task, G, D, opt_g, opt_d, gen
 
 
-def restore(state: dict, G, D, G_ema, opt_g, opt_d):
+def restore(state: dict, G, D, opt_g, opt_d):
     """Load a checkpoint's networks and optimiser states into build()'s objects (not its step,
     random or data streams: a resume restores those, owf.experiments.continue_run reseeds)."""
-    for obj, key in ((G, "G"), (D, "D"), (G_ema, "G_ema"), (opt_g, "opt_g"), (opt_d, "opt_d")):
+    for obj, key in ((G, "G"), (D, "D"), (opt_g, "opt_g"), (opt_d, "opt_d")):
         obj.load_state_dict(state[key])
 
 
-def train_step(cfg: Config, task, G, D, G_ema, opt_g, opt_d, gen, g_params, device, flags=None):
+def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, flags=None):
     """One optimisation step: n_critic discriminator updates, then one generator update.
     Returns (loss_d, loss_g, D(x), D(y), log q(y)) of the last discriminator update, and on many
     processes (owf.distributed) the sums over ranks of (loss_d, loss_g, *flags), else None."""
@@ -128,11 +120,6 @@ def train_step(cfg: Config, task, G, D, G_ema, opt_g, opt_d, gen, g_params, devi
                            (flags if flags is not None else torch.zeros(0)).float().to(loss_d.device)])
         sums = average_gradients(g_params, extra)
     opt_g.step()
-    if cfg.ema > 0:
-        with torch.no_grad():
-            torch._foreach_lerp_(list(G_ema.parameters()), g_params, 1.0 - cfg.ema)
-            for b_ema, b in zip(G_ema.buffers(), G.buffers()):     # BatchNorm's running statistics
-                b_ema.copy_(b)
     return loss_d, loss_g, d_x, d_y_d, log_q, sums
 
 
@@ -145,6 +132,11 @@ def prepare_run_dir(cfg: Config, overwrite: bool) -> Path:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def averaged_over_ranks(G, when: bool = True):
+    """averaged_buffers(G) on many processes (every rank enters it), else nothing."""
+    return averaged_buffers(G) if when and rank_world()[1] > 1 else contextlib.nullcontext()
 
 
 def _on_rank0(fn):
@@ -200,7 +192,7 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
         state = None
         run = Path(cfg.out)
         _on_rank0(lambda: prepare_run_dir(cfg, overwrite))
-    device = resolve_device(cfg.device) if world == 1 else local_device(cfg.device)
+    device = local_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if device.type == "cpu" and tune_cpu_allocator:
@@ -209,40 +201,44 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
         (run / "config.json").write_text(json.dumps(dict(cfg.to_dict(), world_size=world), indent=2) + "\n")
 
     # ---- task, models, optimisers, random streams (one per rank)
-    task, G, D, G_ema, opt_g, opt_d, gen = build(cfg, device, progress and lead)
+    task, G, D, opt_g, opt_d, gen = build(cfg, device, progress and lead)
     if world > 1:
-        for m in (G, D, G_ema):
+        for m in (G, D):
             broadcast_module(m)
     start, seconds = 0, 0.0
     rows_path = run / "metrics.jsonl"
     if state is not None:
-        restore(state, G, D, G_ema, opt_g, opt_d)
+        restore(state, G, D, opt_g, opt_d)
         rngs, tasks = state.get("rngs", [state["rng"]]), state.get("tasks", [state.get("task", {})])
         gen.set_state(rngs[rank].to(gen.get_state().device))
         task.load_state_dict(tasks[rank])
+        if "rank_buffers" in state:           # this rank's own running statistics (G holds their average)
+            with torch.no_grad():
+                for k, b in G.named_buffers():
+                    b.copy_(state["rank_buffers"][rank][k])
         start, seconds = state["step"], state["seconds"]
         # keep the log consistent with the checkpoint: drop lines written after it
         if lead:
             rows = [json.loads(l) for l in rows_path.read_text().splitlines()] if rows_path.exists() else []
             rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= start))
     g_params = list(G.parameters())
-    G_eval = G_ema if cfg.ema > 0 else G          # what evaluation and pictures sample from
     stop = cfg.until or cfg.steps
     is_owf = cfg.loss == "owf"
 
     def checkpoint(step):
-        rngs, tasks = [gen.get_state()], [task.state_dict()]
-        if world > 1:                 # every rank's streams; BatchNorm's running statistics averaged over ranks
-            average_buffers(G)
-            average_buffers(G_ema)
+        rngs, tasks, bufs = [gen.get_state()], [task.state_dict()], None
+        if world > 1:                 # every rank's streams and BatchNorm statistics (an exact resume)
             rngs, tasks = gather_objects(gen.get_state().cpu()), gather_objects(task.state_dict())
-        if lead:
-            save_atomic(dict(
-                config=cfg.to_dict(), step=step, seconds=seconds + time.perf_counter() - t0, world_size=world,
-                G=G.state_dict(), D=D.state_dict(), G_ema=G_ema.state_dict(),
-                opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), rng=rngs[0], task=tasks[0],
-                **({"rngs": rngs, "tasks": tasks} if world > 1 else {}), event_shape=list(G.event_shape)),
-                run / "checkpoint.pt")
+            bufs = gather_objects({k: b.cpu() for k, b in G.named_buffers()})
+        with averaged_over_ranks(G):   # G as saved: the running statistics' average over ranks
+            if lead:
+                save_atomic(dict(
+                    config=cfg.to_dict(), step=step, seconds=seconds + time.perf_counter() - t0, world_size=world,
+                    G=G.state_dict(), D=D.state_dict(),
+                    opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), rng=rngs[0], task=tasks[0],
+                    **({"rngs": rngs, "tasks": tasks, "rank_buffers": bufs} if world > 1 else {}),
+                    event_shape=list(G.event_shape)),
+                    run / "checkpoint.pt")
 
     # Ctrl-C: finish the current step, save, exit. A second Ctrl-C stops at once.
     interrupted = []
@@ -268,8 +264,8 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
             opt_g.param_groups[0]["lr"] = cfg.lr_g * scale
 
             flags = torch.tensor([float(bool(interrupted))]) if world > 1 else None
-            loss_d, loss_g, d_x, d_y_d, log_q, sums = train_step(cfg, task, G, D, G_ema, opt_g, opt_d, gen, g_params,
-                                                                 device, flags)
+            loss_d, loss_g, d_x, d_y_d, log_q, sums = train_step(cfg, task, G, D, opt_g, opt_d, gen, g_params, device,
+                                                                 flags)
 
             # ---- stop on a non-finite loss, keeping the last good checkpoint (on many processes:
             # the mean over ranks, which every rank sees, so that all stop together)
@@ -284,22 +280,27 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
             step += 1
             bar.update(1)
 
-            # ---- log: losses, log ζ̂, ESS, and the task's metrics (2D: modes, HQ; images: the classifier FID when due)
-            if lead and (step % cfg.log_every == 0 or step == stop):
-                ev = task.evaluate(G_eval, step, final=step == stop)
-                if step == stop:
-                    final_ev = ev                 # the run's final evaluation, made once
-                last = dict(step=step, seconds=round(seconds + time.perf_counter() - t0, 2), loss_d=ld, loss_g=lg,
-                            **{k: v for k, v in ev.items() if k not in task.summary_only}, lr_scale=scale)
-                if is_owf:
-                    last["log_zeta"] = float(loss_d.detach() + (d_x.detach() / cfg.w).mean())
-                    last["ess"] = effective_sample_size(d_y_d, log_q, cfg.w)
-                with open(rows_path, "a") as f:
-                    f.write(json.dumps(last) + "\n")
-                shown = {k: v for k, v in last.items() if k in ("loss_d", "loss_g", "log_zeta", "ess") + task.progress_keys}
-                bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in shown.items()}, refresh=False)
-            if lead and step % cfg.sample_every == 0:
-                task.pictures(run, G_eval, D, cfg, dict(last, step=step))
+            # ---- log: losses, log ζ̂, ESS (rank 0's samples), and the task's metrics (2D: modes, HQ;
+            # images: the classifier FID when due), of G with its running statistics averaged over ranks
+            logging = step % cfg.log_every == 0 or step == stop
+            with averaged_over_ranks(G, logging or step % cfg.sample_every == 0):
+                if lead and logging:
+                    ev = task.evaluate(G, step, final=step == stop)
+                    if step == stop:
+                        final_ev = ev                 # the run's final evaluation, made once
+                    last = dict(step=step, seconds=round(seconds + time.perf_counter() - t0, 2), loss_d=ld, loss_g=lg,
+                                **{k: v for k, v in ev.items() if k not in task.summary_only}, lr_scale=scale)
+                    if is_owf:
+                        last["log_zeta"] = float(loss_d.detach() + (d_x.detach() / cfg.w).mean())
+                        last["ess"] = effective_sample_size(d_y_d, log_q, cfg.w)
+                    with open(rows_path, "a") as f:
+                        f.write(json.dumps(last) + "\n")
+                    shown = {k: v for k, v in last.items()
+                             if k in ("loss_d", "loss_g", "log_zeta", "ess") + task.progress_keys}
+                    bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in shown.items()},
+                                    refresh=False)
+                if lead and step % cfg.sample_every == 0:
+                    task.pictures(run, G, D, cfg, dict(last, step=step))
             if step % cfg.ckpt_every == 0:
                 checkpoint(step)
     except NonFiniteLoss as e:
@@ -319,23 +320,28 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
                    finished=step >= cfg.steps, interrupted=bool(interrupted) or stopped)
     if not lead:
         return metrics
-    ev = final_ev if final_ev is not None else task.evaluate(G_eval, step, final=True)
+    if world > 1:                     # the final evaluation sees what was saved: the running statistics' average
+        G.load_state_dict(load_checkpoint(run)["G"])
+    ev = final_ev if final_ev is not None else task.evaluate(G, step, final=True)
     metrics.update({k: ev[k] for k in task.summary_keys if k in ev})
     for k in ("loss_d", "loss_g", "log_zeta", "ess"):
         if k in last:
             metrics[k] = last[k]
-    task.pictures(run, G_eval, D, cfg, dict(metrics, step=step))
+    task.pictures(run, G, D, cfg, dict(metrics, step=step))     # (G holds the saved, averaged statistics)
     if rows_path.exists():
         save_curves(run / "curves.png", [json.loads(l) for l in rows_path.read_text().splitlines()], task.curve_keys)
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
+@user_errors_exit
 def main(argv=None) -> int:
     given, opts = parse_args(argv)
     try:
-        if launched():                # torchrun: one process per rank (owf.distributed)
-            start_process_group(given.get("device", "auto"))
+        if launched():                # torchrun: one process per rank (owf.distributed), on the run's device
+            device = given.get("device") or (load_checkpoint(opts["resume"])["config"].get("device", "auto")
+                                             if opts["resume"] else "auto")
+            start_process_group(device)
         if opts["resume"]:
             if opts["dry_run"]:
                 state = load_checkpoint(opts["resume"])
@@ -348,9 +354,9 @@ def main(argv=None) -> int:
                 print(json.dumps(cfg.to_dict(), indent=2))
                 return 0
             metrics = train(cfg, overwrite=opts["overwrite"], tune_cpu_allocator=True)
-    except (ValueError, FileExistsError, FileNotFoundError, NonFiniteLoss) as e:
+    except NonFiniteLoss as e:        # the other user errors: user_errors_exit (exit 2)
         print(f"error: {e}", file=sys.stderr)
-        return 2 if not isinstance(e, NonFiniteLoss) else 1
+        return 1
     if rank_world()[0] != 0:
         return 130 if metrics["interrupted"] else 0
     print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_mode", "class_shares")}))

@@ -168,6 +168,7 @@ def test_a_rank_that_dies_stops_the_run(tmp_path):
 def test_cuda_with_fewer_gpus_than_processes_is_refused(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(ValueError, match="--device cuda with 4 processes per node but 1 GPUs"):
         local_device("cuda")
     assert local_device("cpu") == torch.device("cpu")

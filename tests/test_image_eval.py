@@ -29,6 +29,12 @@ def test_the_exact_log_det_in_chunks_is_the_whole_one():
         _, part, s2 = G.logdet(u, "exact", signed=True, chunk=chunk)
         torch.testing.assert_close(part, whole)
         assert torch.equal(s1, s2)
+    G.train()                                                     # train mode: the statistics move once per call
+    G.logdet(u, "exact", chunk=7)
+    bn = G.net[2]
+    H = DCGANFlow((1, 8, 8), widths=(16, 4), latent=10).double()
+    H.load_state_dict(G.state_dict())
+    assert int(bn.num_batches_tracked) == 1
 
 
 def test_dequantised_nll_of_the_uniform_density_is_8_bits_per_dim():

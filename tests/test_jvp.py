@@ -16,7 +16,6 @@ import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
-import torch.nn.functional as F
 
 from owf_kernels import jvp
 from owf_kernels.jvp import _WARNED, _leaves
@@ -384,3 +383,25 @@ def test_bad_input_is_a_clear_error():
         jvp(net, x, (x,))
     with pytest.raises(ValueError, match=r"BatchNorm1d\(4\) in train mode got 1 value per channel"):
         jvp(net, (x[:1],), (x[:1],), batch_norm="per_sample")
+
+
+def test_a_linear_on_more_than_two_dims_adds_its_bias_on_the_last():
+    """Linear acts on the last dim: its bias too, also before an epilogue activation (GELU is not an
+    mlp_jvp activation) and when the second dim happens to equal out_features."""
+    check(nn.Sequential(nn.Linear(4, 4), nn.GELU()).double(), (3, 4, 4), 2)
+    check(nn.Sequential(nn.Linear(5, 3), nn.ELU(), nn.Linear(3, 3)).double(), (2, 3, 5), 1)
+
+
+def test_a_module_that_reshapes_the_batch_takes_the_fallback():
+    import warnings
+    net = nn.Sequential(nn.Linear(3, 4), nn.Flatten(0)).double()
+    x, v = torch.randn(2, 3, dtype=DT), torch.randn(2, 3, dtype=DT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        y, yd = jvp(net, (x,), (v,))
+    wy, wyd = torch.func.jvp(net, (x,), (v,))
+    assert y.shape == (8,)
+    torch.testing.assert_close(y, wy)
+    torch.testing.assert_close(yd, wyd)
+    with pytest.raises(ValueError, match="tangent_grad=False with a train-mode Dropout"):
+        jvp(nn.Dropout(0.5), (torch.randn(4),), (torch.randn(4),), tangent_grad=False)

@@ -72,9 +72,9 @@ def continue_run(run, steps: int = 5000, lr_scale: float = 0.2, reports: int = 1
     device = torch.device("cpu")
     if cfg.data not in ("ring", "grid"):
         raise ValueError(f"continue_run is for the 2D mixtures; {run} was trained on {cfg.data}")
-    task, G, D, G_ema, opt_g, opt_d, gen = build(cfg, device)
+    task, G, D, opt_g, opt_d, gen = build(cfg, device)
     data = task.data
-    restore(state, G, D, G_ema, opt_g, opt_d)
+    restore(state, G, D, opt_g, opt_d)
     for opt, lr in ((opt_d, cfg.lr_d), (opt_g, cfg.lr_g)):
         for group in opt.param_groups:
             group["lr"] = lr * lr_scale
@@ -95,7 +95,7 @@ def continue_run(run, steps: int = 5000, lr_scale: float = 0.2, reports: int = 1
     report(0)
     every = max(1, steps // reports)
     for step in range(1, steps + 1):
-        train_step(cfg, task, G, D, G_ema, opt_g, opt_d, gen, g_params, device)
+        train_step(cfg, task, G, D, opt_g, opt_d, gen, g_params, device)
         if step % every == 0 or step == steps:
             report(step)
     if sink:
