@@ -6,7 +6,7 @@ gradient average.
 Every rank holds the same networks and draws its own data and generator samples (its own random
 stream, seed + rank). The discriminator's log ζ̂ is ONE estimate over every rank's importance
 samples (Eq. 2, 16): each rank's partials (max m_r, Σ exp(l - m_r), count n_r) of its
-l_i = D(y_i)/w - log q(y_i) are all-reduced into the global log-sum-exp
+l_i = D(y_i)/w - log q(y_i), three scalars, are all-gathered (one collective) into the global log-sum-exp
 
     lse = M + log Σ_r s_r exp(m_r - M),   M = max_r m_r,    log ζ̂ = lse - log Σ_r n_r,
 
@@ -123,14 +123,17 @@ class _GlobalLogZeta(torch.autograd.Function):
     def forward(ctx, l):
         l64 = l.detach().double()
         m = l64.max() if l64.numel() else torch.tensor(-math.inf, dtype=torch.float64, device=l.device)
-        M = m.clone()
-        dist.all_reduce(M, dist.ReduceOp.MAX)                      # one scalar
-        stats = torch.stack([torch.exp(l64 - M).sum() if torch.isfinite(M) else l64.new_zeros(()),
-                             torch.tensor(float(l64.numel()), dtype=torch.float64, device=l.device)])
-        dist.all_reduce(stats, dist.ReduceOp.SUM)                  # two scalars: Σ exp(l - M), the count
-        lse = M + torch.log(stats[0])
+        s = torch.exp(l64 - m).sum() if torch.isfinite(m) else l64.new_zeros(())
+        # one all-gather of three scalars per rank: its max, Σ exp(l - max) and count
+        mine = torch.stack([m, s, torch.tensor(float(l64.numel()), dtype=torch.float64, device=l.device)])
+        parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, mine)                  # (all_gather_into_tensor: NCCL only)
+        every = torch.stack(parts)
+        M = every[:, 0].max()
+        total = (every[:, 1] * torch.exp(every[:, 0] - M)).nan_to_num(0.0).sum() if torch.isfinite(M) else M.new_zeros(())
+        lse = M + torch.log(total)
         ctx.save_for_backward(l, lse)
-        return (lse - torch.log(stats[1])).to(l.dtype)
+        return (lse - torch.log(every[:, 2].sum())).to(l.dtype)
 
     @staticmethod
     def backward(ctx, g):
