@@ -24,6 +24,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from owf_kernels import jvp
 
@@ -111,20 +112,21 @@ class OneWayFlowBase(nn.Module):
         """The network with tangents: u [B, n], u_dot [T, B, n] -> y [B, *event_shape], y_dot [T, B, *event_shape]."""
         return jvp(self.net, (u,), (u_dot,), batch_norm="per_sample")
 
-    def jacobian_columns(self, u: torch.Tensor, chunk: int | None = None):
+    def jacobian_columns(self, u: torch.Tensor, chunk: int | None = None, net: nn.Module | None = None):
         """y and all n columns of J at u [B, n]: the identity tangents (batch-constant, so an MLP's
-        first layer takes linear_jvp's broadcast path) pushed through g_n -> y_dot [n, B, n].
+        first layer takes linear_jvp's broadcast path) pushed through g_n (or `net`) -> y_dot [n, B, n].
         chunk=T pushes them T at a time (the primal again with each chunk), so that the stacked
         activations of one pass, (1+T)·B samples' worth, bound the memory rather than (1+n)·B."""
         B, n = u.shape
         eye = torch.eye(n, dtype=u.dtype, device=u.device)
+        push = self.g_n_jvp if net is None else (lambda x, v: jvp(net, (x,), (v,), batch_norm="per_sample"))
         if chunk is None or chunk >= n:
-            y, y_dot = self.g_n_jvp(u, eye.unsqueeze(1).expand(n, B, n))
+            y, y_dot = push(u, eye.unsqueeze(1).expand(n, B, n))
             return y, y_dot.reshape(n, B, n)
         cols, stats = [], None
         for i in range(0, n, chunk):
             e = eye[i:i + chunk]
-            y, y_dot = self.g_n_jvp(u, e.unsqueeze(1).expand(len(e), B, n))
+            y, y_dot = push(u, e.unsqueeze(1).expand(len(e), B, n))
             cols.append(y_dot.reshape(len(e), B, n))
             if self.training:        # train-mode BatchNorm: running statistics updated by the first chunk only
                 if stats is None:
@@ -141,6 +143,17 @@ class OneWayFlowBase(nn.Module):
         chunk: the exact log-det's tangents per pass (jacobian_columns); above n = 2 its slogdet is
         taken in float64 (the 2D step keeps its closed form, _det2, float64 inside)."""
         B, n = u.shape
+        if method == "exact" and n > 2 and isinstance(self.net, nn.Sequential) and isinstance(self.net[-1], nn.Tanh):
+            # g_n = tanh(h(u)), elementwise: log|det J| = log|det J_h| + Σ_i log(1 - tanh² a_i), the
+            # second term in a form that saturation cannot round to log 0 (a DCGAN's background
+            # pixels sit at tanh's ±1, where 1 - y² is exactly 0 in float32):
+            # log(1 - tanh² a) = 2 (log 2 - |a| - log(1 + e^(-2|a|)))
+            a, a_dot = self.jacobian_columns(u, chunk, net=self.net[:-1])
+            sign, ld = slogdet_cols(a_dot.double())
+            a64 = a.reshape(B, n).double().abs()
+            ld = ld + 2 * (math.log(2.0) - a64 - F.softplus(-2 * a64)).sum(1)
+            y = torch.tanh(a)
+            return (y, ld.to(u.dtype), sign.to(u.dtype)) if signed else (y, ld.to(u.dtype))
         if method == "exact":
             y, y_dot = self.jacobian_columns(u, chunk)
             if n > 2 and y_dot.dtype != torch.float64:

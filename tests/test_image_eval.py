@@ -1,6 +1,7 @@
 """Image evaluation: the exact log q in chunks, both log ζ̂ estimators on the same samples, the NLL's
 dequantisation and bits/dim, the Inception-FID code path with a stand-in network, and
 `python -m owf.evaluate` on a tiny image run with all its figures and its bad input."""
+import copy
 import json
 import math
 
@@ -123,3 +124,23 @@ def test_evaluate_bad_input(tmp_path, fashion_root, capsys):
     assert evaluate_main([str(run), "--zeta-samples", "8", "--batch-size", "8", "--no-figures",
                           "--fid-weights", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt: no such file" in capsys.readouterr().err
+
+
+def test_the_exact_log_det_survives_a_saturated_tanh():
+    """A generator whose output pixels sit at tanh's ±1: in float32 1 - y² is exactly 0 there and
+    slogdet of the full Jacobian is -inf; split as log|det J_h| + Σ log(1 - tanh² a) it stays finite,
+    and agrees with float64 autograd (where those slopes are e^-60, not 0)."""
+    torch.manual_seed(0)
+    G = DCGANFlow((1, 4, 4), widths=(16,), latent=4)
+    with torch.no_grad():
+        G.net[-2].bias.fill_(15.0)                    # pre-activations around 15-30: tanh = 1 in float32
+    G.eval()
+    u = G.noise(3)
+    y, ld = G.logdet(u, "exact")
+    assert torch.isfinite(ld).all() and (y == 1).any()
+    full = torch.stack([torch.autograd.functional.jacobian(lambda v: G.net(v.unsqueeze(0)).flatten(), ub) for ub in u])
+    assert torch.isinf(torch.linalg.slogdet(full.double()).logabsdet).any()      # the naive way in float32
+    G64 = copy.deepcopy(G).double()
+    want = torch.stack([torch.linalg.slogdet(torch.autograd.functional.jacobian(
+        lambda v: G64.net(v.unsqueeze(0)).flatten(), ub)).logabsdet for ub in u.double()])
+    torch.testing.assert_close(ld.double(), want, rtol=1e-4, atol=1e-2)

@@ -32,14 +32,22 @@ def commands():
 
 
 def test_the_readme_has_the_snippets_and_commands_this_test_checks():
-    assert len(blocks("python")) == 2
+    assert len(blocks("python")) == 3
     cmds = commands()
     assert "python -m owf.train" in cmds and "python -m pytest -q" in cmds
     assert sum(c.startswith("python -m owf.") for c in cmds) >= 10
 
 
+def test_the_jvp_snippet_runs():
+    (snippet,) = [b for b in blocks("python") if "from owf_kernels import jvp" in b]
+    scope = {}
+    exec(compile(snippet, "README.md (jvp)", "exec"), scope)
+    assert scope["JV"].shape == (4, 8, 3, 16, 16) and scope["trace"].shape == (8,)
+    assert all(p.grad is not None for p in scope["net"].parameters())
+
+
 def test_the_kernels_snippet_runs():
-    (snippet,) = [b for b in blocks("python") if "owf_kernels" in b]
+    (snippet,) = [b for b in blocks("python") if "import linear_jvp" in b]
     scope = {}
     exec(compile(snippet, "README.md (kernels)", "exec"), scope)
     assert scope["y_dot"].shape == (3, 64, 48) and scope["h_dot"].shape == (3, 64, 32) and scope["lz"].dim() == 0
