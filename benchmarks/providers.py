@@ -343,3 +343,25 @@ def dcgan_train_step_fn(provider, G, D, B, w=0.1, seed=0, lr=1e-4):
         loss_g.backward()
         opt_g.step()
     return run
+
+
+def dcgan_exact_logdet_fn(G, B=4, chunk=112, seed=0):
+    """log|det J| of B samples with all n tangents, `chunk` at a time (eval-mode BatchNorm, no
+    autograd): against n + 1 plain forwards of B samples (`dcgan_plain_forwards_fn`)."""
+    u, _ = dcgan_inputs(G, B, seed)
+
+    def run():
+        with torch.no_grad():
+            return G.logdet(u, "exact", chunk=chunk)[1]
+    return run
+
+
+def dcgan_plain_forwards_fn(G, B=4, seed=0):
+    """n + 1 plain forwards of B samples, batched as one forward of (n + 1)·B."""
+    u, _ = dcgan_inputs(G, B, seed)
+    big = u.repeat(G.n + 1, 1)
+
+    def run():
+        with torch.no_grad():
+            return G.net(big)
+    return run

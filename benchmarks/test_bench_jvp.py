@@ -49,3 +49,15 @@ def test_dcgan_generator_step(run, benchmark, nets, provider, dcgan_case):
     saved = P.saved_bytes(P.dcgan_jvp_fn(provider, G, u, v)) if provider != "compile" else None
     benchmark.group = f"dcgan generator step {dcgan_case[0]} B={B}"
     run(fn, dict(n=G.n, B=B, T=1, saved_bytes=saved))
+
+
+@pytest.mark.parametrize("what", ["exact log-det", "n+1 plain forwards"])
+def test_dcgan_exact_logdet(run, benchmark, what, request):
+    """The exact log|det J| of the 28x28 generator, B = 4, all n = 784 tangents in chunks of 112,
+    against n + 1 plain forwards (eval mode)."""
+    shape, gw, dw = (P.DCGAN_SMOKE if smoke(request.config) else P.DCGAN_CASES)["28x28x1"]
+    G, _ = P.dcgan(shape, gw, dw, device=DEVICE)
+    G.eval()
+    fn = P.dcgan_exact_logdet_fn(G) if what == "exact log-det" else P.dcgan_plain_forwards_fn(G)
+    benchmark.group = f"dcgan exact log-det {shape} B=4"
+    run(fn, dict(n=G.n, B=4, chunk=112), rounds=3)

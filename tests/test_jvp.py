@@ -405,3 +405,22 @@ def test_a_module_that_reshapes_the_batch_takes_the_fallback():
     torch.testing.assert_close(yd, wyd)
     with pytest.raises(ValueError, match="tangent_grad=False with a train-mode Dropout"):
         jvp(nn.Dropout(0.5), (torch.randn(4),), (torch.randn(4),), tangent_grad=False)
+
+
+def test_both_backends_on_a_network_with_an_mlp_run(backend):
+    """The Linear runs go to mlp_jvp, whose layers are Triton kernels on that backend (the
+    interpreter on CPU): the same values and gradients as torch.func.jvp (float32: Triton's dot)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 16),
+                        nn.Unflatten(1, (1, 4, 4)), nn.Conv2d(1, 2, 3, padding=1), nn.GELU())
+    x, V = torch.randn(5, 16), torch.randn(2, 5, 16)
+    y, yd = jvp(net, (x,), (V,))
+    want = [torch.func.jvp(net, (x,), (v,)) for v in V]
+    torch.testing.assert_close(y, want[0][0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(yd, torch.stack([w[1] for w in want]), atol=1e-5, rtol=1e-4)
+    g = torch.autograd.grad(loss(y, yd), list(net.parameters()))
+    ref = nn.Sequential(*[copy.deepcopy(m) for m in net])
+    ry, ryd = reference(ref, x, V, "batch")
+    w = torch.autograd.grad(loss(ry, ryd), list(ref.parameters()))
+    for a, b in zip(g, w):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
