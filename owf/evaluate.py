@@ -42,7 +42,7 @@ from owf_kernels import log_zeta as log_zeta_of  # noqa: E402
 from .density import OWFModel, load, quadrature_log_zeta, signed_estimate, signed_partials  # noqa: E402
 from .metrics import EVAL_POINTS, mode_coverage  # noqa: E402
 from .model import FOLD_CHECK_MAX_N  # noqa: E402
-from .plots import save_density  # noqa: E402
+from .plots import save_density, save_zeta_convergence  # noqa: E402
 from .cli import user_errors_exit  # noqa: E402
 from .distributed import launched, rank_world, start_process_group  # noqa: E402
 from .train import RANK_SEED_STRIDE  # noqa: E402
@@ -109,24 +109,12 @@ def zeta_convergence(model, out: Path, quad: float | None, repeats: int = 10, s_
             finite = vals[np.isfinite(vals)]
             res[prop][S] = (float(finite.mean()) if len(finite) else -math.inf,
                             float(finite.std()) if len(finite) > 1 else 0.0, int(len(finite)))
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    labels = {"normal": "N(0, I)", "generator": "generator", "data": "data distribution"}
+    curves = {}
     for prop, color in (("normal", "tab:gray"), ("generator", "tab:blue"), ("data", "tab:green")):
         Ss = [S for S in res[prop] if math.isfinite(res[prop][S][0])]
-        ax.errorbar(Ss, [res[prop][S][0] for S in Ss], yerr=[res[prop][S][1] for S in Ss], label=
-                    {"normal": "N(0, I)", "generator": "generator", "data": "data distribution"}[prop],
-                    color=color, marker="o", ms=3, capsize=2)
-    if quad is not None:
-        ax.axhline(quad, color="k", lw=1, ls="--", label="quadrature")
-        ax.set_ylim(quad - 15, quad + 5)
-    ax.set_xscale("log")
-    ax.set_xlabel("importance samples S")
-    ax.set_ylabel("log ζ̂")
-    ax.set_title(f"{model.config.data}: log ζ̂ by proposal ({repeats} repeats, ±1 std)", fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+        curves[labels[prop]] = (Ss, [res[prop][S][0] for S in Ss], [res[prop][S][1] for S in Ss], color)
+    save_zeta_convergence(out, curves, f"{model.config.data}: log ζ̂ by proposal ({repeats} repeats, ±1 std)", quad)
     return res
 
 

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 from .density import OWFModel, signed_estimate, signed_partials  # noqa: E402
 from .images import load_images, to_uint8  # noqa: E402
-from .plots import save_image_grid  # noqa: E402
+from .plots import save_image_grid, save_zeta_convergence  # noqa: E402
 
 CONVERGENCE_S = [1, 3, 10, 30, 100, 300, 1000, 3000, 10_000]
 
@@ -90,23 +90,13 @@ def _slice_estimates(est, S: int, repeats: int) -> np.ndarray:
 def zeta_convergence(pools: dict, out: Path, repeats: int = 10) -> dict:
     """Fig. 2b-c from pools of importance weights (estimates made with keep_log_weights=True): the
     repeats at S are disjoint slices of S weights. -> {proposal: {S: (mean, std)}}."""
-    res = {}
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    res, curves = {}, {}
     for (name, est), color in zip(pools.items(), ("tab:blue", "tab:orange", "tab:gray")):
         Ss = [S for S in CONVERGENCE_S if S * repeats <= len(est.log_weights)]
         vals = {S: _slice_estimates(est, S, repeats) for S in Ss}
         res[name] = {S: (float(v[np.isfinite(v)].mean()), float(v[np.isfinite(v)].std())) for S, v in vals.items()}
-        ax.errorbar(Ss, [res[name][S][0] for S in Ss], yerr=[res[name][S][1] for S in Ss], label=name,
-                    color=color, marker="o", ms=3, capsize=2)
-    ax.set_xscale("log")
-    ax.set_xlabel("importance samples S")
-    ax.set_ylabel("log ζ̂")
-    ax.set_title(f"log ζ̂ by proposal ({repeats} repeats, ±1 std)", fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+        curves[name] = (Ss, [res[name][S][0] for S in Ss], [res[name][S][1] for S in Ss], color)
+    save_zeta_convergence(out, curves, f"log ζ̂ by proposal ({repeats} repeats, ±1 std)")
     return res
 
 

@@ -105,3 +105,23 @@ def save_image_grid(path, images_u8, title="", nrow=8):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def save_zeta_convergence(path, curves: dict, title: str, reference: float | None = None):
+    """Fig. 2: log ζ̂ against S, one curve per proposal: curves = {label: (Ss, means, stds, colour)};
+    `reference` (a quadrature) as a dashed line, with the y range around it."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, (Ss, means, stds, color) in curves.items():
+        ax.errorbar(Ss, means, yerr=stds, label=label, color=color, marker="o", ms=3, capsize=2)
+    if reference is not None:
+        ax.axhline(reference, color="k", lw=1, ls="--", label="quadrature")
+        ax.set_ylim(reference - 15, reference + 5)
+    ax.set_xscale("log")
+    ax.set_xlabel("importance samples S")
+    ax.set_ylabel("log ζ̂")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
