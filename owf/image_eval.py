@@ -67,7 +67,11 @@ def energy_auc(model: OWFModel, train_u8, test_u8, out: Path, n: int = 10_000) -
     pick = torch.randperm(len(train_u8), generator=torch.Generator().manual_seed(0))[:min(n, len(test_u8))]
     e_tr = torch.cat([model.energy(to_unit(b)).cpu() for b in train_u8[pick].split(1000)])
     e_te = torch.cat([model.energy(to_unit(b)).cpu() for b in test_u8[:len(pick)].split(1000)])
-    auc = float(binary_auroc(torch.cat([e_tr, e_te]), torch.cat([torch.ones(len(e_tr)), torch.zeros(len(e_te))]).long()))
+    # the AUC depends on the ranks alone; torchmetrics reads scores outside [0, 1] as logits (a sigmoid of
+    # energies near -220 is 0 for all of them, an AUC of 0.5), so the energies go in standardised first
+    e = torch.cat([e_tr, e_te]).double()
+    auc = float(binary_auroc(torch.sigmoid((e - e.mean()) / e.std()),
+                             torch.cat([torch.ones(len(e_tr)), torch.zeros(len(e_te))]).long()))
     fig, ax = plt.subplots(figsize=(6, 3.8))
     bins = np.linspace(float(min(e_tr.min(), e_te.min())), float(max(e_tr.max(), e_te.max())), 60)
     ax.hist(e_tr.numpy(), bins, alpha=0.6, density=True, label="training images")

@@ -144,3 +144,19 @@ def test_the_exact_log_det_survives_a_saturated_tanh():
     want = torch.stack([torch.linalg.slogdet(torch.autograd.functional.jacobian(
         lambda v: G64.net(v.unsqueeze(0)).flatten(), ub)).logabsdet for ub in u.double()])
     torch.testing.assert_close(ld.double(), want, rtol=1e-4, atol=1e-2)
+
+
+def test_the_energy_auc_reads_ranks_whatever_the_energies_scale(tmp_path):
+    """Energies near -220 (a trained model's): torchmetrics would read them as logits, all 0 after
+    a sigmoid, and report 0.5; the AUC must see that the training images score higher."""
+    from owf.image_eval import energy_auc
+
+    class Stub:
+        config = type("C", (), {"data": "toy"})()
+
+        def energy(self, x):
+            return -220.0 + x.flatten(1).mean(1).double()          # brighter images: higher energy
+    train = torch.full((50, 1, 4, 4), 200, dtype=torch.uint8)
+    test = torch.randint(0, 100, (50, 1, 4, 4), dtype=torch.uint8)
+    res = energy_auc(Stub(), train, test, tmp_path / "e.png")
+    assert res["energy_auc_train_vs_test"] == pytest.approx(1.0)
