@@ -23,8 +23,9 @@ its module). Three more scalars ride in the generator's buffer: the ranks' loss_
 an interrupt flag, summed, so that every rank stops on the same step, a non-finite loss or Ctrl-C
 on one rank included. Parameters are broadcast from rank 0 at the start. BatchNorm in the
 generator uses per-rank statistics (the per-sample log q is the Jacobian of each sample's map
-within its rank's batch; SyncBatchNorm has no fused jvp rule and would add a collective per layer
-per step). Its running statistics stay per rank, and each rank's are in the checkpoint, so that a
+within its rank's batch). SyncBatchNorm was not an option: on CPU tensors it raises ("SyncBatchNorm
+expected input tensor to be on GPU", torch 2.14.1, gloo), it has no fused owf_kernels.jvp rule, and
+it would add a collective per layer per step. Its running statistics stay per rank, and each rank's are in the checkpoint, so that a
 resume is exact; what rank 0 saves as G and evaluates carries their average over ranks
 (averaged_buffers). Rank-0-only work (a classifier FID, pictures) must end within the timeout.
 Collectives time out after OWF_DIST_TIMEOUT seconds (default 300): a rank that dies makes the
