@@ -1,5 +1,6 @@
-"""An offline FID: a small CNN classifier trained here, whose penultimate features stand in for
-Inception's (no Inception weights can be downloaded on these machines).
+"""An offline FID: a small CNN classifier, trained here, whose features stand in for Inception's.
+
+No Inception weights can be downloaded on these machines; its penultimate features replace them.
 
     python -m owf.classifier --data fashion-mnist          # trains it (a few minutes on CPU), caches it, reports
 

@@ -1,5 +1,6 @@
-"""Train every (data, loss, seed) with the defaults and tabulate them: the README's tables (2D:
-modes and HQ; images: the classifier FID, the smallest class share, the class KL).
+"""Train every (data, loss, seed) with the defaults and tabulate them (the README's tables).
+
+2D: modes and HQ; images: the classifier FID, the smallest class share, the class KL.
 
     python -m owf.experiments.seeds --data ring grid --loss owf wgan wgan-gp --seeds 5 --lanes 2
     python -m owf.experiments.seeds --data fashion-mnist --loss owf wgan-gp --seeds 3 --lanes 2 --out runs/fm
