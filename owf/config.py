@@ -90,7 +90,6 @@ class Config:
     lr_g: float = _f(None, "generator learning rate (Adam; None: per loss and data)", float)
     beta1: float = _f(None, "Adam beta1 for both networks (None: 0 for wgan-gp, else 0.5)", float)
     beta2: float = _f(0.9, "Adam beta2 for both networks")
-    lr_decay: bool = _f(True, "decay both learning rates linearly to 0 over --steps")
     # ---- networks
     g_hidden: str = _f(None, "generator widths: an MLP's hidden widths (each >= n), or a DCGAN's channels per "
                              "resolution, widest first (None: per data kind)", str)
@@ -99,7 +98,6 @@ class Config:
     d_hidden: str = _f(None, "discriminator widths: an MLP's hidden widths, or a DCGAN's channels per resolution "
                              "(None: per data kind)", str)
     d_activation: str = _f("leaky_relu", "discriminator activation (2D; the DCGAN energy is LeakyReLU)")
-    d_slope: float = _f(0.2, "LeakyReLU slope of the discriminator")
     d_quadratic: int = _f(None, "0: D's output is a linear layer; m > 0: D = -½‖f(x)‖² with f's last layer m wide, "
                                 "so a LeakyReLU D is piecewise quadratic (Gaussian-shaped modes) instead of "
                                 "piecewise linear (None: 16 in 2D, 0 for images)", int)
@@ -151,7 +149,7 @@ class Config:
         for k in ("beta1", "beta2"):
             if not 0 <= getattr(self, k) < 1:
                 raise ValueError(f"{k}={getattr(self, k)} must be in [0, 1)")
-        for k in ("gp", "d_slope", "threads", "latent", "fid_every"):
+        for k in ("gp", "threads", "latent", "fid_every"):
             if getattr(self, k) < 0:
                 raise ValueError(f"{k}={getattr(self, k)} must be >= 0")
         for k in ("g_hidden", "d_hidden"):
@@ -192,11 +190,14 @@ class Config:
 LEGACY_VALUES = {"d_quadratic": 0, "defensive": 0.0, "g_alpha": 1.0}
 
 # Options removed on 2026-12-01, each measured not to help (docs/results-2d.md, "What we tried";
-# docs/results-images.md),
-# and the value that had them off: a checkpoint that holds that value loads as before.
+# docs/results-images.md) or never used, and the value that had them off: a checkpoint that holds
+# that value loads as before.
 REMOVED = {"ess_gate": 0.0, "d_freeze": 0.0, "g_skip": False, "spectral_norm": False,
            # the EMA of G: at 12k Fashion-MNIST steps, classifier FID 52.2 with it (0.999), 51.3 without
-           "ema": 0.0}
+           "ema": 0.0,
+           # never set otherwise by a default, a baseline or a documented result: the learning rates
+           # always decay linearly to 0, the discriminator's LeakyReLU slope is always 0.2
+           "lr_decay": True, "d_slope": 0.2}
 
 # Fields that may change when a run is resumed; the rest define the run and come from its checkpoint.
 RESUMABLE = ("until", "device", "threads", "log_every", "sample_every", "ckpt_every", "fid_every", "fid_samples",

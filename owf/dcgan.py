@@ -91,7 +91,7 @@ class ConvEnergy(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, shape) -> "ConvEnergy":
-        return cls(shape, cfg.widths("d_hidden"), cfg.d_slope, cfg.d_quadratic)
+        return cls(shape, cfg.widths("d_hidden"), quadratic=cfg.d_quadratic)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.net(x)

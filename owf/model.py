@@ -268,7 +268,7 @@ class Energy(nn.Module):
     @classmethod
     def from_config(cls, cfg, n: int) -> "Energy":
         """The discriminator a training config (owf.config.Config) describes, for data of dimension n."""
-        return cls(n, hidden=cfg.widths("d_hidden"), negative_slope=cfg.d_slope, activation=cfg.d_activation,
+        return cls(n, hidden=cfg.widths("d_hidden"), activation=cfg.d_activation,
                    quadratic=cfg.d_quadratic)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

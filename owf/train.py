@@ -259,7 +259,7 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
     try:
         while step < stop and not stopped:
             # ---- learning rates: linear decay to 0 over cfg.steps
-            scale = 1.0 - step / cfg.steps if cfg.lr_decay else 1.0
+            scale = 1.0 - step / cfg.steps
             opt_d.param_groups[0]["lr"] = cfg.lr_d * scale
             opt_g.param_groups[0]["lr"] = cfg.lr_g * scale
 

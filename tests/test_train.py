@@ -70,13 +70,17 @@ def test_bad_values_are_refused_by_name(field, value, message):
 
 
 def test_removed_options_load_when_off_and_are_named_when_on():
-    """d_freeze, g_skip, ess_gate and spectral_norm were removed (measured not to help): a checkpoint
-    that had them off loads as before; one trained with one on is an error that names it."""
+    """d_freeze, g_skip, ess_gate, spectral_norm and ema were removed (measured not to help), lr_decay
+    and d_slope (never set otherwise): a checkpoint that had them at their old defaults loads as
+    before; one trained with another value is an error that names it."""
     saved = Config(device="cpu").to_dict()
-    old = dict(saved, d_freeze=0.0, g_skip=False, ess_gate=0.0, spectral_norm=False)
+    old = dict(saved, d_freeze=0.0, g_skip=False, ess_gate=0.0, spectral_norm=False, ema=0.0, lr_decay=True,
+               d_slope=0.2)
     assert Config.from_saved(old) == Config.from_saved(saved)
     with pytest.raises(ValueError, match=r"trained with g_skip=True \(--g-skip\), an option removed"):
         Config.from_saved(dict(saved, g_skip=True))
+    with pytest.raises(ValueError, match=r"trained with lr_decay=False \(--lr-decay\), an option removed"):
+        Config.from_saved(dict(saved, lr_decay=False))
     with pytest.raises(ValueError, match=r"fields this version of owf does not know: \['mystery'\]"):
         Config.from_saved(dict(saved, mystery=1))
 
