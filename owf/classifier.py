@@ -50,15 +50,18 @@ class Classifier(nn.Module):
 
 
 class _Features(nn.Module):
-    """The classifier's penultimate layer as torchmetrics' custom FID feature network."""
+    """The classifier's penultimate layer as torchmetrics' custom FID feature network. It keeps the
+    features of its last call (`last`), so that the class counts need only the head."""
     num_features = FEATURES
 
     def __init__(self, classifier: Classifier):
         super().__init__()
         self.classifier = classifier
+        self.last = None
 
     def forward(self, x):
-        return self.classifier.features(x)
+        self.last = self.classifier.features(x)
+        return self.last
 
 
 def classifier_path(data: str):
@@ -145,8 +148,8 @@ class ClassifierFID:
 
     def __init__(self, classifier: Classifier, reference: torch.Tensor, batch: int = 500):
         from torchmetrics.image.fid import FrechetInceptionDistance
-        self.classifier, self.batch = classifier, batch
-        self.fid = FrechetInceptionDistance(feature=_Features(classifier), reset_real_features=False)
+        self.classifier, self.batch, self.features = classifier, batch, _Features(classifier)
+        self.fid = FrechetInceptionDistance(feature=self.features, reset_real_features=False)
         for i in range(0, len(reference), batch):
             self.fid.update(to_unit(reference[i:i + batch]), real=True)
 
@@ -157,8 +160,8 @@ class ClassifierFID:
         counts = torch.zeros(self.classifier.head.out_features, dtype=torch.float64)
         for i in range(0, len(images), self.batch):
             x = images[i:i + self.batch].detach().float().cpu().clamp(-1, 1)
-            self.fid.update(x, real=False)
-            counts += torch.bincount(self.classifier(x).argmax(1), minlength=len(counts)).double()
+            self.fid.update(x, real=False)       # runs the features once; the head reads them back
+            counts += torch.bincount(self.classifier.head(self.features.last).argmax(1), minlength=len(counts)).double()
         shares = counts / counts.sum()
         kl = float((shares * (shares.clamp_min(1e-12) * len(shares)).log()).sum())
         return {"fid": float(self.fid.compute()), "class_shares": [round(float(s), 4) for s in shares],
