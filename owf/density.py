@@ -114,6 +114,13 @@ def signed_estimate(pos: torch.Tensor, neg: torch.Tensor):
     return M + math.log(mu), se, S * S / S2
 
 
+def slice_estimates(est, S: int, repeats: int) -> list[float]:
+    """log ζ̂ of `repeats` disjoint slices of S weights of an estimate kept with keep_log_weights=True
+    (Fig. 2's repeats at S without drawing again)."""
+    return [signed_estimate(*signed_partials(est.log_weights[i * S:(i + 1) * S], est.signs[i * S:(i + 1) * S]))[0]
+            for i in range(repeats)]
+
+
 class OWFModel:
     """A trained One-way Flow: the generator (a sampler with a known density) and the energy."""
 
@@ -152,11 +159,11 @@ class OWFModel:
         y, log_q, sign, _ = self._generator_batch(n, generator, preimages)
         return (y, log_q, sign) if signed else (y, log_q)
 
-    def _generator_batch(self, n: int, generator, preimages: bool, chunk: int | None = None):
+    def _generator_batch(self, n: int, generator, preimages: bool):
         """y [n, *event_shape] (float32), log q(y), sign(det J) (all +1 with preimages) and the
         preimage counts (None without the search)."""
         if not preimages:
-            y, log_q, _, sign = self.G.sample_with_log_prob(n, "exact", generator, signed=True, chunk=chunk)
+            y, log_q, _, sign = self.G.sample_with_log_prob(n, "exact", generator, signed=True)
             return y, log_q, sign, None
         pre = self.sample_with_all_preimages(n, generator)
         return pre.y.float(), pre.log_q, torch.ones(n, device=pre.y.device), pre.roots

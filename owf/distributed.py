@@ -42,6 +42,8 @@ import torch
 import torch.distributed as dist
 
 TIMEOUT_S = float(os.environ.get("OWF_DIST_TIMEOUT", "300"))
+# rank r's random streams (training, evaluation) are seeded seed + RANK_SEED_STRIDE * r
+RANK_SEED_STRIDE = 1_000_003
 
 
 def launched() -> bool:

@@ -30,22 +30,17 @@ import sys
 import warnings
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from owf_kernels import log_zeta as log_zeta_of  # noqa: E402
 
-from .density import OWFModel, load, quadrature_log_zeta, signed_estimate, signed_partials  # noqa: E402
+from .density import OWFModel, load, quadrature_log_zeta, signed_estimate, signed_partials, slice_estimates  # noqa: E402
 from .metrics import EVAL_POINTS, mode_coverage  # noqa: E402
 from .model import FOLD_CHECK_MAX_N  # noqa: E402
-from .plots import save_density, save_zeta_convergence  # noqa: E402
+from .plots import save_density, save_energy_hist, save_zeta_convergence  # noqa: E402
 from .cli import user_errors_exit  # noqa: E402
-from .distributed import launched, rank_world, start_process_group  # noqa: E402
-from .train import RANK_SEED_STRIDE  # noqa: E402
+from .distributed import RANK_SEED_STRIDE, launched, rank_world, start_process_group  # noqa: E402
 
 S_GRID = [1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000]
 FOLD_CHECK_POINTS = 100_000
@@ -68,12 +63,6 @@ def log_zeta_samples(model: OWFModel, proposal: str, S: int, g: torch.Generator)
     return float(log_zeta_of(model.energy_on_domain(y), log_p, 1.0))
 
 
-def _pool_estimates(pool, S: int, repeats: int) -> np.ndarray:
-    """log ζ̂ of `repeats` disjoint slices of S weights of an estimate kept with keep_log_weights=True."""
-    return np.array([signed_estimate(*signed_partials(pool.log_weights[i * S:(i + 1) * S],
-                                                      pool.signs[i * S:(i + 1) * S]))[0] for i in range(repeats)])
-
-
 def zeta_spread(model: OWFModel, S: int = 100, repeats: int = SPREAD_REPEATS, seed: int = 0, pool=None) -> dict:
     """{proposal: standard deviation of log ζ̂(S) over `repeats` independent estimates}: the spread
     target's statistic. With 10 repeats (Fig. 2a) a standard deviation is itself uncertain by about
@@ -84,7 +73,7 @@ def zeta_spread(model: OWFModel, S: int = 100, repeats: int = SPREAD_REPEATS, se
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pool = model.estimate_log_zeta(S * repeats, generator=g, keep_log_weights=True)
-    out = {"generator": _pool_estimates(pool, S, repeats)}
+    out = {"generator": np.array(slice_estimates(pool, S, repeats))}
     for prop in ("normal", "data"):
         out[prop] = np.array([log_zeta_samples(model, prop, S, g) for _ in range(repeats)])
     return {p: float(v[np.isfinite(v)].std()) for p, v in out.items()}
@@ -103,7 +92,7 @@ def zeta_convergence(model, out: Path, quad: float | None, repeats: int = 10, s_
             if prop == "generator" and pool is not None:
                 if S * repeats > len(pool.log_weights):
                     continue
-                vals = _pool_estimates(pool, S, repeats)
+                vals = np.array(slice_estimates(pool, S, repeats))
             else:
                 vals = np.array([log_zeta_samples(model, prop, S, g) for _ in range(repeats)])
             finite = vals[np.isfinite(vals)]
@@ -123,16 +112,8 @@ def energy_hist(model, out: Path, n: int = 20_000):
     train = model.data.sample(n, torch.Generator().manual_seed(model.config.seed))
     held = model.data.sample(n, torch.Generator().manual_seed(10 ** 6 + model.config.seed))
     e_tr, e_te = model.energy(train).numpy(), model.energy(held).numpy()
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    bins = np.linspace(min(e_tr.min(), e_te.min()), max(e_tr.max(), e_te.max()), 60)
-    ax.hist(e_tr, bins, alpha=0.6, label="training stream", density=True)
-    ax.hist(e_te, bins, alpha=0.6, label="held out", density=True)
-    ax.set_xlabel("energy D(x)/w")
-    ax.set_title(f"{model.config.data}: energies of training vs held-out data", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    save_energy_hist(out, e_tr, e_te, ("training stream", "held out"),
+                     f"{model.config.data}: energies of training vs held-out data")
     return float(e_tr.mean()), float(e_te.mean())
 
 
@@ -208,7 +189,7 @@ def evaluate_run(run: str, zeta_samples: int | None = None, batch_size: int | No
             res["zeta_std_at_S100"] = zeta_spread(model, 100, SPREAD_REPEATS, seed + 2, pool)
             res["zeta_spread_repeats"] = SPREAD_REPEATS
             if pool is not None and len(pool.log_weights) >= 10 * 10_000:    # the target's S = 10^4, 10 repeats
-                at = _pool_estimates(pool, 10_000, 10)
+                at = np.array(slice_estimates(pool, 10_000, 10))
                 res["log_zeta_S1e4"] = at.tolist()
                 res["log_zeta_S1e4_worst_minus_quadrature"] = float(at[np.argmax(np.abs(at - quad["log_zeta"]))]
                                                                     - quad["log_zeta"])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .images import to_uint8
+from .images import to_uint8, to_unit
 
 
 def _rgb(u8: torch.Tensor) -> torch.Tensor:
@@ -28,7 +28,7 @@ class _Loaded(torch.nn.Module):
         self.net, self.num_features = net.eval(), num_features
 
     def forward(self, x):
-        return self.net(x.float() / 127.5 - 1)
+        return self.net(to_unit(x))
 
 
 def inception_fid(fake: torch.Tensor, real_u8: torch.Tensor, weights: str, network=None, batch: int = 200) -> float:

@@ -33,9 +33,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .density import OWFModel, signed_estimate, signed_partials  # noqa: E402
-from .images import load_images, to_uint8  # noqa: E402
-from .plots import save_image_grid, save_zeta_convergence  # noqa: E402
+from .density import OWFModel, slice_estimates  # noqa: E402
+from .images import load_images, to_uint8, to_unit  # noqa: E402
+from .plots import save_energy_hist, save_image_grid, save_zeta_convergence  # noqa: E402
 
 CONVERGENCE_S = [1, 3, 10, 30, 100, 300, 1000, 3000, 10_000]
 
@@ -65,7 +65,6 @@ def heldout_nll(model: OWFModel, test_u8: torch.Tensor, seed: int = 0, batch: in
 def energy_auc(model: OWFModel, train_u8, test_u8, out: Path, n: int = 10_000) -> dict:
     """Fig. 3: D/w of training against test images, and the AUC of separating them by it."""
     from torchmetrics.functional.classification import binary_auroc
-    from .images import to_unit
     pick = torch.randperm(len(train_u8), generator=torch.Generator().manual_seed(0))[:min(n, len(test_u8))]
     e_tr = torch.cat([model.energy(to_unit(b)).cpu() for b in train_u8[pick].split(1000)])
     e_te = torch.cat([model.energy(to_unit(b)).cpu() for b in test_u8[:len(pick)].split(1000)])
@@ -74,23 +73,9 @@ def energy_auc(model: OWFModel, train_u8, test_u8, out: Path, n: int = 10_000) -
     e = torch.cat([e_tr, e_te]).double()
     auc = float(binary_auroc(torch.sigmoid((e - e.mean()) / e.std()),
                              torch.cat([torch.ones(len(e_tr)), torch.zeros(len(e_te))]).long()))
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    bins = np.linspace(float(min(e_tr.min(), e_te.min())), float(max(e_tr.max(), e_te.max())), 60)
-    ax.hist(e_tr.numpy(), bins, alpha=0.6, density=True, label="training images")
-    ax.hist(e_te.numpy(), bins, alpha=0.6, density=True, label="test images")
-    ax.set_xlabel("energy D(x)/w")
-    ax.set_title(f"{model.config.data}: energies of training vs test images (AUC {auc:.3f}; 0.5 = no overfit)",
-                 fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    save_energy_hist(out, e_tr.numpy(), e_te.numpy(), ("training images", "test images"),
+                     f"{model.config.data}: energies of training vs test images (AUC {auc:.3f}; 0.5 = no overfit)")
     return {"energy_auc_train_vs_test": auc, "energy_mean_train": float(e_tr.mean()), "energy_mean_test": float(e_te.mean())}
-
-
-def _slice_estimates(est, S: int, repeats: int) -> np.ndarray:
-    return np.array([signed_estimate(*signed_partials(est.log_weights[i * S:(i + 1) * S],
-                                                      est.signs[i * S:(i + 1) * S]))[0] for i in range(repeats)])
 
 
 def zeta_convergence(pools: dict, out: Path, repeats: int = 10) -> dict:
@@ -99,7 +84,7 @@ def zeta_convergence(pools: dict, out: Path, repeats: int = 10) -> dict:
     res, curves = {}, {}
     for (name, est), color in zip(pools.items(), ("tab:blue", "tab:orange", "tab:gray")):
         Ss = [S for S in CONVERGENCE_S if S * repeats <= len(est.log_weights)]
-        vals = {S: _slice_estimates(est, S, repeats) for S in Ss}
+        vals = {S: np.array(slice_estimates(est, S, repeats)) for S in Ss}
         res[name] = {S: (float(v[np.isfinite(v)].mean()), float(v[np.isfinite(v)].std())) for S, v in vals.items()}
         curves[name] = (Ss, [res[name][S][0] for S in Ss], [res[name][S][1] for S in Ss], color)
     save_zeta_convergence(out, curves, f"log ζ̂ by proposal ({repeats} repeats, ±1 std)")

@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
@@ -122,6 +123,20 @@ def save_zeta_convergence(path, curves: dict, title: str, reference: float | Non
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save_energy_hist(path, e_train, e_test, labels, title):
+    """Fig. 3: histograms (densities, 60 shared bins) of D(x)/w on training against held-out data."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    bins = np.linspace(float(min(e_train.min(), e_test.min())), float(max(e_train.max(), e_test.max())), 60)
+    ax.hist(e_train, bins, alpha=0.6, density=True, label=labels[0])
+    ax.hist(e_test, bins, alpha=0.6, density=True, label=labels[1])
+    ax.set_xlabel("energy D(x)/w")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

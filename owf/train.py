@@ -32,11 +32,8 @@ from .losses import (data_kernel_proposal, discriminator_loss_eq16, effective_sa
                      gradient_penalty, oriented_logdet, wgan_discriminator_loss_eq4, wgan_generator_loss)
 from .plots import save_curves
 from .distributed import averaged_buffers, average_gradients, broadcast_module, gather_objects, global_log_zeta
-from .distributed import global_softmax, launched, local_device, rank_world, start_process_group
+from .distributed import RANK_SEED_STRIDE, global_softmax, launched, local_device, rank_world, start_process_group
 from .tasks import make_task, mode_metrics  # noqa: F401  (mode_metrics: owf.train's name for it)
-
-
-RANK_SEED_STRIDE = 1_000_003
 
 
 class NonFiniteLoss(RuntimeError):
