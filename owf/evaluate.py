@@ -40,7 +40,7 @@ from .metrics import EVAL_POINTS, mode_coverage  # noqa: E402
 from .model import FOLD_CHECK_MAX_N  # noqa: E402
 from .plots import save_density, save_energy_hist, save_zeta_convergence  # noqa: E402
 from .cli import user_errors_exit  # noqa: E402
-from .distributed import RANK_SEED_STRIDE, launched, rank_world, start_process_group  # noqa: E402
+from .distributed import RANK_SEED_STRIDE, process_group, rank_world  # noqa: E402
 
 S_GRID = [1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000]
 FOLD_CHECK_POINTS = 100_000
@@ -220,8 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
 @user_errors_exit
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    if launched():
-        start_process_group("cpu")
+    with process_group("cpu"):        # torchrun: one process per rank, each its share of the samples
+        return _run(a)
+
+
+def _run(a: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for k in ("zeta_samples", "batch_size", "chunk"):

@@ -32,7 +32,7 @@ from .losses import (data_kernel_proposal, discriminator_loss_eq16, effective_sa
                      gradient_penalty, oriented_logdet, wgan_discriminator_loss_eq4, wgan_generator_loss)
 from .plots import save_curves
 from .distributed import averaged_buffers, average_gradients, broadcast_module, gather_objects, global_log_zeta
-from .distributed import RANK_SEED_STRIDE, global_softmax, launched, local_device, rank_world, start_process_group
+from .distributed import RANK_SEED_STRIDE, global_softmax, launched, local_device, process_group, rank_world
 from .tasks import make_task, mode_metrics  # noqa: F401  (mode_metrics: owf.train's name for it)
 
 
@@ -334,11 +334,16 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
 @user_errors_exit
 def main(argv=None) -> int:
     given, opts = parse_args(argv)
+    device = "auto"
+    if launched():                    # torchrun: one process per rank (owf.distributed), on the run's device
+        device = given.get("device") or (load_checkpoint(opts["resume"])["config"].get("device", "auto")
+                                         if opts["resume"] else "auto")
+    with process_group(device):
+        return _run(given, opts)
+
+
+def _run(given: dict, opts: dict) -> int:
     try:
-        if launched():                # torchrun: one process per rank (owf.distributed), on the run's device
-            device = given.get("device") or (load_checkpoint(opts["resume"])["config"].get("device", "auto")
-                                             if opts["resume"] else "auto")
-            start_process_group(device)
         if opts["resume"]:
             if opts["dry_run"]:
                 state = load_checkpoint(opts["resume"])
