@@ -7,14 +7,16 @@ baselines. Installs nothing; prints a markdown table at the end; writes JSON and
 Sections (each guarded, so one failure does not lose the rest; a deadline skips what is left):
  1. ceilings: device-to-device copy bandwidth, fp32 and bf16 GEMM rates (cuBLAS)
  2. correctness: linear_jvp (every activation, odd shapes, T = 1, 2, 5, 9, fp32/bf16, every gradient),
-    mlp_jvp (the Triton chain) and log_zeta (S up to 1e8, extreme values, -inf, gradients) against float64 references
+    mlp_jvp (the Triton chain), jvp's Triton layer epilogue and log_zeta (S up to 1e8, extreme values, -inf,
+    gradients) against float64 references
  3. linear_jvp forward+backward, T = 1, M = 4096, K = N in 256 ... 4096: owf vs torch.func.jvp,
     torch.compile(func.jvp) and the GEMMs alone (cuBLAS); fp32 (ieee and tf32x3 dots) and bf16
  4. log_zeta at S = 1e8: GB/s against the copy bandwidth
  5. generator steps (2D exact log-det; 784-wide jvp1) and a short training run on CUDA
  6. owf_kernels.jvp on the DCGAN one-way flows (28x28x1, 32x32x3; B = 64, T = 1; fp32 and bf16):
     its tangents against forward_ad's, then forward+JVP, the generator step and an owf training
-    step against torch.func.jvp, forward_ad and torch.compile(func.jvp), with the peak memory of each
+    step against torch.func.jvp, forward_ad and torch.compile(func.jvp), with the peak memory of each;
+    "owf-torch-epilogue" is owf with the torch epilogue instead of the Triton one (which to keep)
  7. the kernel test files under pytest on the GPU, if time is left
 """
 from __future__ import annotations
@@ -130,6 +132,7 @@ def check_linear_jvp():
                                                            t["b"].double(), "tanh"))]
     worst["noncontig"] = max(errs)
     worst["mlp_jvp"] = check_mlp_jvp()
+    worst["jvp_epilogue"] = check_jvp_epilogue()
     os.environ.pop("OWF_KERNELS_AUTOTUNE")
     record(section="check linear_jvp", status="ok" if all(v < 2e-2 for v in worst.values()) else "FAIL",
            worst_rel_err={k: f"{v:.1e}" for k, v in worst.items()})
@@ -154,6 +157,45 @@ def check_mlp_jvp(device="cuda"):
         g = torch.autograd.grad([y, yd], ps, [gy.float(), gyd.float()])
         rg = torch.autograd.grad([ry, ryd], rps, [gy, gyd])
         errs += [rel_err(y, ry), rel_err(yd, ryd)] + [rel_err(a, b) for a, b in zip(g, rg)]
+    return max(errs)
+
+
+def check_jvp_epilogue(device="cuda", acts=None):
+    """owf_kernels.jvp's Triton layer epilogue (jvp_epilogue_triton) against its torch reference in
+    float64: conv, transposed-conv and Linear layers with BatchNorm (train, both modes; eval) and
+    every activation with a Triton rule; values, the running statistics and every gradient of a
+    loss nonlinear in the tangents. -> worst relative error."""
+    import copy
+    import torch.nn as nn
+    from owf_kernels import jvp
+    errs = []
+    acts = acts or [nn.LeakyReLU(0.2), nn.ReLU(), nn.Tanh(), nn.Sigmoid(), nn.Softplus(), nn.SiLU(), nn.ELU()]
+    for i, act in enumerate(acts):
+        for mode in ("batch", "per_sample"):
+            torch.manual_seed(i)
+            net = nn.Sequential(nn.ConvTranspose2d(5, 8, 4, 2, 1), nn.BatchNorm2d(8), act,
+                                nn.Conv2d(8, 6, 3, 1, 1), nn.BatchNorm2d(6), copy.deepcopy(act),
+                                nn.Flatten(), nn.Linear(6 * 14 * 14, 32), nn.BatchNorm1d(32), nn.Tanh(),
+                                nn.Linear(32, 16)).to(device)
+            ref = copy.deepcopy(net).double()
+            x, v = torch.randn(17, 5, 7, 7, device=device), torch.randn(3, 17, 5, 7, 7, device=device)
+            y, yd = jvp(net, (x,), (v,), batch_norm=mode)
+            backend = os.environ.get("OWF_KERNELS_BACKEND")
+            os.environ["OWF_KERNELS_BACKEND"] = "torch"
+            try:
+                ry, ryd = jvp(ref, (x.double(),), (v.double(),), batch_norm=mode)
+            finally:
+                os.environ.pop("OWF_KERNELS_BACKEND")
+                if backend is not None:
+                    os.environ["OWF_KERNELS_BACKEND"] = backend
+            loss = lambda y, yd: y.square().sum() + yd.flatten(2).norm(dim=-1).log().sum()  # noqa: E731
+            g = torch.autograd.grad(loss(y, yd), list(net.parameters()))
+            rg = torch.autograd.grad(loss(ry, ryd), list(ref.parameters()))
+            # the gradients as one vector: a bias before a train-mode BatchNorm has a zero gradient
+            # (1e-15 in float64), to which a relative error means nothing
+            flat = lambda gs: torch.cat([t.reshape(-1) for t in gs])  # noqa: E731
+            errs += [rel_err(y, ry), rel_err(yd, ryd), rel_err(flat(g), flat(rg))]
+            errs += [rel_err(a, b) for a, b in zip(net.buffers(), ref.buffers()) if a.is_floating_point()]
     return max(errs)
 
 
@@ -309,6 +351,9 @@ def time_generator_steps(compile_ok):
         record(**row)
 
 
+DCGAN_ROWS = ("owf", "owf-torch-epilogue", "owf-batch", "func.jvp", "forward_ad", "compile", "plain")
+
+
 def time_dcgan(compile_ok):
     for name, (shape, gw, dw) in P.DCGAN_CASES.items():
         for dtype in (torch.float32, torch.bfloat16):
@@ -320,9 +365,16 @@ def time_dcgan(compile_ok):
                 _, a = P.dcgan_jvp_fn("owf-batch", G, u, v)()
                 _, b = P.dcgan_jvp_fn("forward_ad", G, u, v)()
             row["tangent_rel_err_vs_forward_ad"] = f"{rel_err(a, b):.1e}"
-            for prov in ("owf", "owf-batch", "func.jvp", "forward_ad", "compile", "plain"):
+            for prov in DCGAN_ROWS:
                 if prov == "compile" and not compile_ok():
                     continue
+                # "owf-torch-epilogue": owf with its layers' epilogue in torch ops, not the Triton kernel
+                torch_epilogue = prov == "owf-torch-epilogue"
+                if torch_epilogue:
+                    os.environ["OWF_KERNELS_BACKEND"] = "torch"
+                    prov, name_as = "owf", prov
+                else:
+                    name_as = prov
                 for what, make in (("fwd", lambda p: (lambda f: lambda: _no_grad(f))(P.dcgan_jvp_fn(p, G, u, v))),
                                    ("step", lambda p: P.dcgan_step_fn(p, G, D, B)),
                                    ("train", lambda p: P.dcgan_train_step_fn(p, G, D, B))):
@@ -334,10 +386,12 @@ def time_dcgan(compile_ok):
                         torch.cuda.synchronize()
                         torch.cuda.reset_peak_memory_stats()
                         base = torch.cuda.memory_allocated()
-                        row[f"{prov}_{what}_ms"] = round(bench(fn), 4)
-                        row[f"{prov}_{what}_peak_MiB"] = round((torch.cuda.max_memory_allocated() - base) / 2 ** 20, 1)
+                        row[f"{name_as}_{what}_ms"] = round(bench(fn), 4)
+                        row[f"{name_as}_{what}_peak_MiB"] = round((torch.cuda.max_memory_allocated() - base) / 2 ** 20, 1)
                     except Exception as e:
-                        row[f"{prov}_{what}_ms"] = f"error: {type(e).__name__}: {str(e)[:120]}"
+                        row[f"{name_as}_{what}_ms"] = f"error: {type(e).__name__}: {str(e)[:120]}"
+                if torch_epilogue:
+                    os.environ.pop("OWF_KERNELS_BACKEND")
             record(**row)
 
 
@@ -407,7 +461,7 @@ def table(rows) -> str:
                   "| case | dtype | provider | forward+JVP | generator step | training step | owf speedup (step) |",
                   "|---|---|---|---|---|---|---|"]
         for r in dc:
-            for prov in ("owf", "owf-batch", "func.jvp", "forward_ad", "compile", "plain"):
+            for prov in DCGAN_ROWS:
                 cell = lambda w: (f"{r[f'{prov}_{w}_ms']:.3f} ({r.get(f'{prov}_{w}_peak_MiB', '-')})"  # noqa: E731
                                   if isinstance(r.get(f"{prov}_{w}_ms"), float) else str(r.get(f"{prov}_{w}_ms", "-"))[:40])
                 st, ow = r.get(f"{prov}_step_ms"), r.get("owf_step_ms")

@@ -52,3 +52,11 @@ def test_the_dcgan_section_runs_its_providers_and_renders(monkeypatch):
     assert all(fp32[f"{p}_{w}_ms"] == 1.25 for p in ("owf", "func.jvp", "forward_ad") for w in ("fwd", "step", "train"))
     md = GC.table(GC.RESULTS)
     assert "| tiny | float32 | owf | 1.250 (2.0) | 1.250 (2.0) | 1.250 (2.0) | 1.00x |" in md
+
+
+def test_the_jvp_epilogue_check_runs(monkeypatch):
+    """check_jvp_epilogue on the CPU, with the Triton epilogue in the interpreter (one activation):
+    the section a lent GPU runs first works, and its oracle agrees."""
+    import torch.nn as nn
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "triton")
+    assert GC.check_jvp_epilogue("cpu", [nn.ELU()]) < 1e-5

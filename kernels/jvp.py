@@ -8,7 +8,9 @@ For a module built of the supported types (nested nn.Sequential of Linear, Conv2
 BatchNorm1d/2d, ReLU, LeakyReLU, Tanh, Sigmoid, Softplus, SiLU, ELU, GELU, Flatten, Unflatten,
 Identity and eval-mode Dropout) the primal and the tangents travel as one stacked tensor
 [1+T, B, ...] (`jvp_layers`): each linear op runs once over the merged batch, and the bias,
-BatchNorm and activation of a layer, with their tangents, form one epilogue. Any other module, and a
+BatchNorm and activation of a layer, with their tangents, form one epilogue: torch ops on the CPU
+(`jvp_layers.epilogue_torch`, the oracle), one Triton kernel forward and one backward on CUDA
+(`jvp_epilogue_triton`; GELU layers keep the torch ops). Any other module, and a
 plain function, runs through torch.func.jvp vmapped over the tangents, with a warning naming its
 type once, so that the answer is the same and the slow layer is known.
 
@@ -33,6 +35,7 @@ import torch.nn as nn
 
 from .jvp_layers import (ACTIVATION_RULES, BATCH_NORM_MODES, BATCH_NORMS, LINEAR_OPS, SHAPE_OPS, epilogue_torch,
                          fused_rule_problem, linear_op)
+from .backend import use_triton
 from .mlp_jvp import mlp_jvp
 
 # activations that linear_jvp's own epilogue computes (and their names there): a run of Linear
@@ -174,10 +177,10 @@ def run_stacked(steps, x: torch.Tensor, V: torch.Tensor, batch_norm: str, update
             # the two outputs of its autograd node would lose ẏ's gradient (autograd sees a view of y)
             H = torch.cat([pair[0].unsqueeze(0), pair[1]])
         if kind == "layer":
-            _, op, bn, act, _ = step
+            _, op, bn, act, act_module = step
             A = linear_op(op, H) if op is not None else H
-            H = epilogue_torch(A, None if op is None else op.bias, bn, act, batch_norm, update_stats,
-                               bias_last=isinstance(op, nn.Linear))
+            H = _epilogue(A, None if op is None else op.bias, bn, act, act_module, batch_norm, update_stats,
+                          bias_last=isinstance(op, nn.Linear))
         elif kind == "shape":
             out = step[1](H.reshape(-1, *H.shape[2:]))
             H = out.view(H.shape[0], H.shape[1], *out.shape[1:])
@@ -185,6 +188,16 @@ def run_stacked(steps, x: torch.Tensor, V: torch.Tensor, batch_norm: str, update
             _warn_fallback(step[1], step[2])
             H = _fallback(step[1], H)
     return pair if H is None else (H[0], H[1:])
+
+
+def _epilogue(A, bias, bn, act, act_module, batch_norm, update_stats, bias_last):
+    """A layer's epilogue: the Triton kernels where backend.use_triton says so and they have the
+    activation (jvp_epilogue_triton; GELU has none), else the torch reference (jvp_layers)."""
+    if (bias is not None or bn is not None or act is not None) and use_triton(A):
+        from .jvp_epilogue_triton import can_run, epilogue_triton
+        if can_run(A, bias, bn, act_module, bias_last):
+            return epilogue_triton(A, bias, bn, act_module, batch_norm, update_stats, bias_last)
+    return epilogue_torch(A, bias, bn, act, batch_norm, update_stats, bias_last)
 
 
 def _check_call(primals, tangents, batch_norm):

@@ -18,7 +18,8 @@ The epilogue then takes A to the next H (per channel c; a: [B, C, *S], S the spa
     activation:   y = σ(z),   ẏ_t = σ'(z) ż_t
 
 Here the epilogue is written in differentiable torch ops, so autograd gives every gradient (the
-σ'' and BatchNorm-statistics terms included). Reads and writes of `epilogue_torch`, for
+σ'' and BatchNorm-statistics terms included): the CPU path, and the oracle of the Triton epilogue
+(jvp_epilogue_triton.py), which computes the same map in one kernel each way. Reads and writes of `epilogue_torch`, for
 N = B·|S| elements per row and T tangents: the bias add reads and writes N; the statistics read N
 twice; the normalisation reads N and writes N; the tangent scale reads and writes T·N (batch mode
 reads T·N twice more for its two means); the activation reads N and writes 2N (y and σ'); ẏ reads
@@ -146,13 +147,22 @@ def batch_norm_stats(bn: nn.Module, a: torch.Tensor, update: bool):
         raise ValueError(f"{type(bn).__name__}({C}) in train mode got {count} value per channel (input "
                          f"{tuple(a.shape)}): batch statistics need at least 2")
     var, mu = torch.var_mean(a, dims, correction=0, keepdim=True)
-    if update and bn.training and bn.track_running_stats:
-        with torch.no_grad():
-            bn.num_batches_tracked.add_(1)
-            m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-            bn.running_mean.mul_(1 - m).add_(mu.detach().flatten(), alpha=m)
-            bn.running_var.mul_(1 - m).add_(var.detach().flatten(), alpha=m * count / (count - 1))
+    if update:
+        update_running_stats(bn, mu, var, count)
     return mu, torch.rsqrt(var + bn.eps), True
+
+
+def update_running_stats(bn: nn.Module, mu: torch.Tensor, var: torch.Tensor, count: int):
+    """nn.BatchNorm's running-statistics update from a batch's mean and biased variance (per channel,
+    any broadcastable shape) over `count` values: unbiased variance, momentum, or the cumulative
+    average when momentum is None. Only in train mode with tracked statistics."""
+    if not (bn.training and bn.track_running_stats):
+        return
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        bn.running_mean.mul_(1 - m).add_(mu.detach().flatten(), alpha=m)
+        bn.running_var.mul_(1 - m).add_(var.detach().flatten(), alpha=m * count / (count - 1))
 
 
 def epilogue_torch(A: torch.Tensor, bias, bn, act, bn_mode: str, update_stats: bool,
