@@ -112,25 +112,35 @@ def _act(z, ACT: tl.constexpr, p1, p2):
 
 
 @triton.jit
-def _tile(pid, R, C, BLOCK_R: tl.constexpr):
-    """This program's rows (b, c) of the B·C rows of a [B, C, S] slice: row ids, channel, mask."""
-    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
-    return rows, rows % C, rows < R
+def _rows(s_ptr, h_ptr, R, C, cdt: tl.constexpr, BLOCK_R: tl.constexpr):
+    """This program's rows (b, c) of the B·C rows of a [B, C, S] slice: row ids, channel, mask, and
+    the rows' s_c and h_c as [BLOCK_R, 1]."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c, row_ok = rows % C, rows < R
+    return (rows, c, row_ok, tl.load(s_ptr + c, mask=row_ok, other=0.0).to(cdt)[:, None],
+            tl.load(h_ptr + c, mask=row_ok, other=0.0).to(cdt)[:, None])
+
+
+@triton.jit
+def _columns(rows, row_ok, s0, S, BLOCK_S: tl.constexpr):
+    """The [BLOCK_R, BLOCK_S] chunk of columns s0.. of these rows: mask and int64 offsets in a slot."""
+    cols = s0 + tl.arange(0, BLOCK_S)
+    return row_ok[:, None] & (cols < S)[None, :], rows[:, None].to(tl.int64) * S + cols[None, :]
+
+
+@triton.jit
+def _per_tc(ptr, t, C, c, row_ok, cdt: tl.constexpr):
+    """k[t, c] of a [T, C] coefficient for these rows, as [BLOCK_R, 1]."""
+    return tl.load(ptr + t * C + c, mask=row_ok, other=0.0).to(cdt)[:, None]
 
 
 @triton.jit
 def _epilogue_fwd_kernel(A_ptr, s_ptr, h_ptr, k0_ptr, k1_ptr, H_ptr, R, C, S, RS, T, p1, p2,
-                         ACT: tl.constexpr, HAS_K: tl.constexpr, F64: tl.constexpr,
+                         ACT: tl.constexpr, HAS_K: tl.constexpr, cdt: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
-    pid = tl.program_id(0)
-    rows, c, row_ok = _tile(pid, R, C, BLOCK_R)
-    cdt = tl.float64 if F64 else tl.float32
-    s_c = tl.load(s_ptr + c, mask=row_ok, other=0.0).to(cdt)[:, None]
-    h_c = tl.load(h_ptr + c, mask=row_ok, other=0.0).to(cdt)[:, None]
+    rows, c, row_ok, s_c, h_c = _rows(s_ptr, h_ptr, R, C, cdt, BLOCK_R)
     for s0 in range(0, S, BLOCK_S):
-        cols = s0 + tl.arange(0, BLOCK_S)
-        mask = row_ok[:, None] & (cols < S)[None, :]
-        offs = rows[:, None].to(tl.int64) * S + cols[None, :]
+        mask, offs = _columns(rows, row_ok, s0, S, BLOCK_S)
         a = tl.load(A_ptr + offs, mask=mask, other=0.0).to(cdt)
         y, d1, d2 = _act(a * s_c + h_c, ACT, p1, p2)
         tl.store(H_ptr + offs, y.to(H_ptr.dtype.element_ty), mask=mask)
@@ -139,27 +149,20 @@ def _epilogue_fwd_kernel(A_ptr, s_ptr, h_ptr, k0_ptr, k1_ptr, H_ptr, R, C, S, RS
             o += RS
             zd = tl.load(A_ptr + o, mask=mask, other=0.0).to(cdt) * s_c
             if HAS_K:
-                zd += tl.load(k0_ptr + t * C + c, mask=row_ok, other=0.0).to(cdt)[:, None] + \
-                    tl.load(k1_ptr + t * C + c, mask=row_ok, other=0.0).to(cdt)[:, None] * a
+                zd += _per_tc(k0_ptr, t, C, c, row_ok, cdt) + _per_tc(k1_ptr, t, C, c, row_ok, cdt) * a
             tl.store(H_ptr + o, (d1 * zd).to(H_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _epilogue_bwd_kernel(A_ptr, G_ptr, s_ptr, h_ptr, k0_ptr, k1_ptr, GA_ptr, P_ptr, R, C, S, RS, T, p1, p2,
-                         ACT: tl.constexpr, HAS_K: tl.constexpr, F64: tl.constexpr,
+                         ACT: tl.constexpr, HAS_K: tl.constexpr, cdt: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
     # P [2 + 2T, R]: per row, g_h, g_s, then g_k0_t (T rows), g_k1_t (T rows)
-    pid = tl.program_id(0)
-    rows, c, row_ok = _tile(pid, R, C, BLOCK_R)
-    cdt = tl.float64 if F64 else tl.float32
-    s_c = tl.load(s_ptr + c, mask=row_ok, other=0.0).to(cdt)[:, None]
-    h_c = tl.load(h_ptr + c, mask=row_ok, other=0.0).to(cdt)[:, None]
+    rows, c, row_ok, s_c, h_c = _rows(s_ptr, h_ptr, R, C, cdt, BLOCK_R)
     acc_h = tl.zeros((BLOCK_R,), cdt)
     acc_s = tl.zeros((BLOCK_R,), cdt)
     for s0 in range(0, S, BLOCK_S):
-        cols = s0 + tl.arange(0, BLOCK_S)
-        mask = row_ok[:, None] & (cols < S)[None, :]
-        offs = rows[:, None].to(tl.int64) * S + cols[None, :]
+        mask, offs = _columns(rows, row_ok, s0, S, BLOCK_S)
         a = tl.load(A_ptr + offs, mask=mask, other=0.0).to(cdt)
         y, d1, d2 = _act(a * s_c + h_c, ACT, p1, p2)
         curv = tl.zeros(a.shape, cdt)                # Σ_t gẏ_t ż_t
@@ -172,8 +175,8 @@ def _epilogue_bwd_kernel(A_ptr, G_ptr, s_ptr, h_ptr, k0_ptr, k1_ptr, GA_ptr, P_p
             zd = ad * s_c
             gzd = gyd * d1
             if HAS_K:
-                k1 = tl.load(k1_ptr + t * C + c, mask=row_ok, other=0.0).to(cdt)[:, None]
-                zd += tl.load(k0_ptr + t * C + c, mask=row_ok, other=0.0).to(cdt)[:, None] + k1 * a
+                k1 = _per_tc(k1_ptr, t, C, c, row_ok, cdt)
+                zd += _per_tc(k0_ptr, t, C, c, row_ok, cdt) + k1 * a
                 g_a += gzd * k1
                 # g_k0_t, g_k1_t: accumulated in P over the S chunks (each row is this program's alone)
                 pk0 = P_ptr + (2 + t) * R + rows
@@ -191,6 +194,11 @@ def _epilogue_bwd_kernel(A_ptr, G_ptr, s_ptr, h_ptr, k0_ptr, k1_ptr, GA_ptr, P_p
         tl.store(GA_ptr + offs, (gz * s_c + g_a).to(GA_ptr.dtype.element_ty), mask=mask)
     tl.store(P_ptr + rows, acc_h, mask=row_ok)
     tl.store(P_ptr + R + rows, acc_s, mask=row_ok)
+
+
+def _compute_dtype(A):
+    """The kernels' arithmetic: float64 for float64 tensors, else float32 (bf16 and fp16 loaded and cast at once)."""
+    return tl.float64 if A.dtype == torch.float64 else tl.float32
 
 
 def _blocks(S: int):
@@ -216,7 +224,7 @@ class _Epilogue(torch.autograd.Function):
         code, p1, p2 = act
         _epilogue_fwd_kernel[(triton.cdiv(B * C, BLOCK_R),)](
             A, s, h, k0c, k1c, H, B * C, C, S, B * C * S, T1 - 1, p1, p2,
-            ACT=code, HAS_K=has_k, F64=A.dtype == torch.float64, BLOCK_R=BLOCK_R, BLOCK_S=BLOCK_S)
+            ACT=code, HAS_K=has_k, cdt=_compute_dtype(A), BLOCK_R=BLOCK_R, BLOCK_S=BLOCK_S)
         ctx.save_for_backward(A, s, h, k0c, k1c)
         ctx.act, ctx.has_k = act, has_k
         return H
@@ -234,7 +242,7 @@ class _Epilogue(torch.autograd.Function):
         code, p1, p2 = ctx.act
         _epilogue_bwd_kernel[(triton.cdiv(B * C, BLOCK_R),)](
             A, G, s, h, k0, k1, GA, P, B * C, C, S, B * C * S, T, p1, p2,
-            ACT=code, HAS_K=ctx.has_k, F64=A.dtype == torch.float64, BLOCK_R=BLOCK_R, BLOCK_S=BLOCK_S)
+            ACT=code, HAS_K=ctx.has_k, cdt=_compute_dtype(A), BLOCK_R=BLOCK_R, BLOCK_S=BLOCK_S)
         P = P.view(2 + 2 * T, B, C).sum(1)          # over b, in a fixed order
         P = P.to(ctx.dtype)
         g_h, g_s = P[0], P[1]

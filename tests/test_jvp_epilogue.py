@@ -124,3 +124,19 @@ def test_gelu_layers_keep_the_torch_epilogue_on_the_triton_backend(monkeypatch):
     assert y16.dtype == yd16.dtype == torch.bfloat16
     assert float((yd16.double() - ryd).norm() / ryd.norm()) < 3e-2
     assert float((y16.double() - ry).norm() / ry.norm()) < 3e-2
+
+
+def test_the_kernels_compile_for_a_gpu():
+    """Every activation's forward and backward kernel, fp32, bf16 and fp64, at the tiles a GPU
+    launch uses, compiles for sm_90 (Triton's frontend, LLVM and ptxas; no GPU needed): a lent
+    GPU's minutes are not lost to a compile error the interpreter cannot see."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    p = subprocess.run([sys.executable, str(Path(__file__).parent / "aot_compile.py")], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    from owf_kernels.jvp_epilogue_triton import ACT_CODES
+    assert int(p.stdout.split()[-1]) == 2 * 2 * (len(ACT_CODES) + 2)    # (fwd, bwd) x has_k x (fp32 each, bf16, fp64)
