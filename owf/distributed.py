@@ -167,14 +167,15 @@ def global_log_zeta(d_y: torch.Tensor, log_q: torch.Tensor, w: float) -> torch.T
 
 
 def global_softmax(x: torch.Tensor) -> torch.Tensor:
-    """softmax over every rank's x (detached; the Rényi generator loss's weights), this rank's share."""
+    """softmax over every rank's x (detached; the Rényi generator loss's weights), this rank's share,
+    times the world size N: the ranks' gradients are averaged (as in _GlobalLogZeta's backward)."""
     x = x.detach().double()
     M = x.max().clone()
     dist.all_reduce(M, dist.ReduceOp.MAX)
     e = torch.exp(x - M)
     total = e.sum().clone()
     dist.all_reduce(total, dist.ReduceOp.SUM)
-    return (e / total).float()
+    return (e / total).float() * dist.get_world_size()
 
 
 def gather_objects(obj) -> list:

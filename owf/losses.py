@@ -48,9 +48,11 @@ def data_kernel_proposal(x: torch.Tensor, num: int, generator=None, bandwidth: f
     return y.view(num, *shape), torch.logsumexp(log_n, 1) - math.log(x.shape[0])
 
 
-def discriminator_loss_eq16(d_x, d_y, log_q, w: float) -> torch.Tensor:
-    """Eq. 16: -mean D(x)/w + log ζ̂, the negative log-likelihood of the data under P_D."""
-    return -(d_x / w).mean() + log_zeta_hat(d_y, log_q, w)
+def discriminator_loss_eq16(d_x, d_y, log_q, w: float, log_zeta_fn=log_zeta_hat) -> torch.Tensor:
+    """Eq. 16: -mean D(x)/w + log ζ̂, the negative log-likelihood of the data under P_D.
+    log_zeta_fn(d_y, log_q, w): log ζ̂ (on many processes, over every rank's samples:
+    owf.distributed.global_log_zeta)."""
+    return -(d_x / w).mean() + log_zeta_fn(d_y, log_q, w)
 
 
 def generator_loss_eq17(d_y, logdet, w: float) -> torch.Tensor:
@@ -59,17 +61,19 @@ def generator_loss_eq17(d_y, logdet, w: float) -> torch.Tensor:
     return (-w * logdet - d_y).mean()
 
 
-def generator_loss_renyi(d_y, logdet, log_q, w: float, alpha: float, weights=None) -> torch.Tensor:
+def generator_loss_renyi(d_y, logdet, log_q, w: float, alpha: float, softmax=None) -> torch.Tensor:
     """Eq. 17 with each sample weighted by its self-normalised importance weight to the power 1 - α:
     the reparameterised gradient of the Rényi divergence D_α(q ‖ P_D) (Li & Turner, 2016, the VR
     bound), Σ_i w̄_i (-w log|det J_i| - D(y_i)) with w̄ = softmax((1 - α)(D(y)/w - log q)) (detached).
     α = 1 is Eq. 17 (w̄ = 1/S). α < 1 leans on the samples where P_D/q is large, i.e. where G's mass
     is thin for P_D (a mode G is losing), which Eq. 17's mode-seeking KL(q ‖ P_D) pulls back only
-    in proportion to the few samples that still land there."""
+    in proportion to the few samples that still land there. softmax(v): w̄ from v [S] (default
+    torch.softmax; on many processes the softmax over every rank's samples, times the world size,
+    because the ranks' gradients are averaged)."""
     if alpha == 1.0:
         return generator_loss_eq17(d_y, logdet, w)
-    # weights: w̄ computed elsewhere (on many processes: the global softmax, owf.distributed)
-    wbar = torch.softmax((1.0 - alpha) * (d_y.detach() / w - log_q.detach()), 0) if weights is None else weights
+    v = (1.0 - alpha) * (d_y.detach() / w - log_q.detach())
+    wbar = torch.softmax(v, 0) if softmax is None else softmax(v)
     return (wbar * (-w * logdet - d_y)).sum()
 
 

@@ -29,7 +29,7 @@ from .checkpoint import load_checkpoint, save_atomic
 from .cli import user_errors_exit
 from .config import RESUMABLE, Config, parse_args
 from .losses import (data_kernel_proposal, discriminator_loss_eq16, effective_sample_size, generator_loss_renyi,
-                     gradient_penalty, oriented_logdet, wgan_discriminator_loss_eq4, wgan_generator_loss)
+                     gradient_penalty, log_zeta_hat, oriented_logdet, wgan_discriminator_loss_eq4, wgan_generator_loss)
 from .plots import save_curves
 from .distributed import averaged_buffers, average_gradients, broadcast_module, gather_objects, global_log_zeta
 from .distributed import RANK_SEED_STRIDE, global_softmax, launched, local_device, process_group, rank_world
@@ -83,10 +83,8 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
             y_is, log_q_is = torch.cat([y_is, y_k]), torch.cat([log_q_is, log_k])
         d_x, d_is = D(torch.cat([x, y_is])).split([cfg.batch, len(y_is)])     # one pass
         d_y_d = d_is[:cfg.samples]                                            # G's samples' energies
-        if is_owf and world > 1:           # Eq. 16 with one log ζ̂ over every rank's samples
-            loss_d = -(d_x / cfg.w).mean() + global_log_zeta(d_is, log_q_is, cfg.w)
-        elif is_owf:
-            loss_d = discriminator_loss_eq16(d_x, d_is, log_q_is, cfg.w)
+        if is_owf:                         # on many processes, one log ζ̂ over every rank's samples
+            loss_d = discriminator_loss_eq16(d_x, d_is, log_q_is, cfg.w, global_log_zeta if world > 1 else log_zeta_hat)
         else:
             loss_d = wgan_discriminator_loss_eq4(d_x, d_y_d)
             if cfg.loss == "wgan-gp":
@@ -105,10 +103,8 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
     d_y = D(y)
     if is_owf and cfg.orient:
         logdet = oriented_logdet(logdet, sign[0])     # log|det J| on the majority side, reflected on the other
-    weights = None
-    if is_owf and world > 1 and cfg.g_alpha != 1.0:   # the Rényi weights over every rank's samples, times N
-        weights = global_softmax((1.0 - cfg.g_alpha) * (d_y.detach() / cfg.w - log_q.detach())) * world
-    loss_g = generator_loss_renyi(d_y, logdet, log_q, cfg.w, cfg.g_alpha, weights) if is_owf else wgan_generator_loss(d_y)
+    softmax = global_softmax if world > 1 else None       # the Rényi weights over every rank's samples
+    loss_g = generator_loss_renyi(d_y, logdet, log_q, cfg.w, cfg.g_alpha, softmax) if is_owf else wgan_generator_loss(d_y)
     for p, g in zip(g_params, torch.autograd.grad(loss_g, g_params)):
         p.grad = g.contiguous()       # fused Adam reads grads in the parameter's layout
     sums = None

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from owf.distributed import average_gradients, global_log_zeta, global_softmax, local_device
-from owf.losses import discriminator_loss_eq16, generator_loss_renyi
+from owf.losses import discriminator_loss_eq16, generator_loss_renyi, log_zeta_hat
 from owf.model import Energy, OneWayFlow
 
 B, S, W, ALPHA = 8, 6, 0.1, 0.75
@@ -36,14 +36,9 @@ def _losses(G, D, x, u, rank=None, world=1):
     y, ld = G.logdet(u, "exact")
     log_q = -0.5 * (u * u).sum(1) - torch.log(torch.tensor(2 * torch.pi)) - ld
     d_x, d_y = D(x), D(y.detach())
-    if rank is None:
-        loss_d = discriminator_loss_eq16(d_x, d_y, log_q.detach(), W)
-        loss_g = generator_loss_renyi(D(y), ld, log_q, W, ALPHA)
-    else:
-        loss_d = -(d_x / W).mean() + global_log_zeta(d_y, log_q.detach(), W)
-        weights = global_softmax((1 - ALPHA) * (D(y).detach() / W - log_q.detach())) * world
-        loss_g = generator_loss_renyi(D(y), ld, log_q, W, ALPHA, weights)
-    return loss_d, loss_g
+    zeta, softmax = (log_zeta_hat, None) if rank is None else (global_log_zeta, global_softmax)
+    return (discriminator_loss_eq16(d_x, d_y, log_q.detach(), W, zeta),
+            generator_loss_renyi(D(y), ld, log_q, W, ALPHA, softmax))
 
 
 def _nets():
