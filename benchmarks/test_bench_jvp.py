@@ -79,3 +79,20 @@ def test_dcgan_exact_logdet(run, benchmark, what, request):
     fn = P.dcgan_exact_logdet_fn(G) if what == "exact log-det" else P.dcgan_plain_forwards_fn(G)
     benchmark.group = f"dcgan exact log-det {shape} B=4"
     run(fn, dict(n=G.n, B=4, chunk=112), rounds=3)
+
+
+def test_saved_bytes_counts_what_backward_keeps_beyond_the_parameters():
+    """providers.saved_bytes: a Linear + tanh keeps its input and its output (the weight, saved by
+    reference, costs nothing); through torch.func.jvp, whose saved tensors are functorch wrappers,
+    at least as much."""
+    lin = torch.nn.Linear(8, 16)
+    x = torch.randn(4, 8, requires_grad=True)
+    fn = lambda: torch.tanh(lin(x))          # noqa: E731
+    fn.model = lin
+    assert P.saved_bytes(fn) == (4 * 8 + 4 * 16) * 4
+    fn.model = torch.nn.Linear(1, 1)          # the weight no longer known as a parameter: counted
+    assert P.saved_bytes(fn) == (4 * 8 + 4 * 16 + 16 * 8) * 4
+    v = torch.randn(4, 8)
+    jv = lambda: torch.func.jvp(lambda h: torch.tanh(lin(h)), (x,), (v,))   # noqa: E731
+    jv.model = lin
+    assert P.saved_bytes(jv) >= (4 * 8 + 4 * 16) * 4
