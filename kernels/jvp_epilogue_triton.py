@@ -8,9 +8,9 @@ The bias, BatchNorm and the activation of a layer, with their tangents, reduce p
 
 with coefficients (s, h [C]; k0, k1 [T, C]) computed in torch from the parameters and the batch
 statistics (`coefficients`; a bias only shifts the mean, so the statistics are taken on a as it is):
-    no BatchNorm:        s = 1,       h = b,                       k = 0
-    running statistics:  s = γ r_run, h = β + (b - μ_run) s,       k = 0
-    batch statistics:    s = γ r,     h = β - μ_a s (= β + (b - μ) s), k = 0 (per_sample); "batch":
+    no BatchNorm:        s = 1,       h = b,                             k = 0
+    running statistics:  s = γ r_run, h = β + (b - μ_run) s,             k = 0
+    batch statistics:    s = γ r,     h = β + (b - μ) s = β - μ_a s,     k = 0 (per_sample), and "batch":
         ż_t = s (ȧ_t - m1_t - x̂ m2_t), x̂ = (a - μ_a) r, m1_t = mean ȧ_t, m2_t = mean(x̂ ȧ_t)
               = r (mean(a ȧ_t) - μ_a m1_t):   k1_t = -s r m2_t,  k0_t = -s m1_t - k1_t μ_a
     (μ_a, σ² over (B, *S) of a; r = (σ² + eps)^-½; means over (B, *S)).
