@@ -418,7 +418,7 @@ def pytest_on_gpu(seconds):
     try:
         p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                             "tests/test_linear_jvp.py", "tests/test_mlp_jvp.py", "tests/test_log_zeta.py",
-                            "tests/test_jvp.py"], capture_output=True, text=True,
+                            "tests/test_jvp.py", "tests/test_jvp_epilogue.py"], capture_output=True, text=True,
                            timeout=seconds, cwd=HERE.parent, env=env)
         tail = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr[-300:]
         record(section="pytest kernels on GPU", rc=p.returncode, wall_s=round(time.time() - t, 1), result=tail)

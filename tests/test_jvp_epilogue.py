@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from support import triton_usable
+from support import DEVICE, triton_usable
 
 pytestmark = pytest.mark.skipif(not triton_usable(), reason="triton is not installed")
 
@@ -24,7 +24,7 @@ TRITON_ACTS = [None, nn.ReLU(), nn.LeakyReLU(0.3), nn.Tanh(), nn.Sigmoid(), nn.S
 def _bn(kind, C):
     if kind is None:
         return None
-    bn = nn.BatchNorm2d(C, affine=kind != "plain").double()
+    bn = nn.BatchNorm2d(C, affine=kind != "plain").double().to(DEVICE)
     with torch.no_grad():
         if bn.weight is not None:
             bn.weight.copy_(torch.randn(C))
@@ -47,8 +47,8 @@ def test_the_triton_epilogue_is_the_torch_epilogue(act):
     for kind, mode, with_bias, T in itertools.product([None, "train", "eval", "plain"], ["batch", "per_sample"],
                                                       [True, False], [1, 3]):
         case = (kind, mode, with_bias, T)
-        A = torch.randn(1 + T, B, C, *S, dtype=torch.float64, requires_grad=True)
-        bias = torch.randn(C, dtype=torch.float64, requires_grad=True) if with_bias else None
+        A = torch.randn(1 + T, B, C, *S, dtype=torch.float64, device=DEVICE, requires_grad=True)
+        bias = torch.randn(C, dtype=torch.float64, device=DEVICE, requires_grad=True) if with_bias else None
         bn = _bn(kind, C)
         bn2 = copy.deepcopy(bn)
         want = epilogue_torch(A, bias, bn, None if act is None else ACTIVATION_RULES[type(act)](act), mode, True)
@@ -68,7 +68,7 @@ def test_the_triton_epilogue_is_the_torch_epilogue(act):
 def _net(act):
     return nn.Sequential(nn.ConvTranspose2d(4, 6, 4, 2, 1), nn.BatchNorm2d(6), act,
                          nn.Conv2d(6, 3, 3, 1, 1), copy.deepcopy(act), nn.Flatten(), nn.Linear(3 * 6 * 6, 20),
-                         nn.BatchNorm1d(20), nn.Tanh()).double()
+                         nn.BatchNorm1d(20), nn.Tanh()).double().to(DEVICE)
 
 
 @pytest.mark.parametrize("mode", ["batch", "per_sample"])
@@ -82,7 +82,8 @@ def test_jvp_on_the_triton_backend_runs_the_triton_epilogue(mode, monkeypatch):
     torch.manual_seed(0)
     net = _net(nn.LeakyReLU(0.2))
     ref = copy.deepcopy(net)
-    x, V = torch.randn(5, 4, 3, 3, dtype=torch.float64), torch.randn(2, 5, 4, 3, 3, dtype=torch.float64)
+    x = torch.randn(5, 4, 3, 3, dtype=torch.float64, device=DEVICE)
+    V = torch.randn(2, *x.shape, dtype=torch.float64, device=DEVICE)
     monkeypatch.setenv("OWF_KERNELS_BACKEND", "torch")
     ry, ryd = jvp(ref, (x,), (V,), batch_norm=mode)
     monkeypatch.setenv("OWF_KERNELS_BACKEND", "triton")
@@ -109,7 +110,8 @@ def test_gelu_layers_keep_the_torch_epilogue_on_the_triton_backend(monkeypatch):
     monkeypatch.setenv("OWF_KERNELS_BACKEND", "triton")
     torch.manual_seed(0)
     net = _net(nn.GELU())
-    x, V = torch.randn(5, 4, 3, 3, dtype=torch.float64), torch.randn(1, 5, 4, 3, 3, dtype=torch.float64)
+    x = torch.randn(5, 4, 3, 3, dtype=torch.float64, device=DEVICE)
+    V = torch.randn(1, *x.shape, dtype=torch.float64, device=DEVICE)
     y, yd = jvp(net, (x,), (V,))
     assert len(calls) == 1            # the Linear + BatchNorm1d + Tanh layer alone
     monkeypatch.setenv("OWF_KERNELS_BACKEND", "torch")
