@@ -355,6 +355,13 @@ DCGAN_ROWS = [P.DCGAN_PROVIDERS[0], "owf-torch-epilogue", *P.DCGAN_PROVIDERS[1:]
 
 
 def time_dcgan(compile_ok):
+    import importlib
+    from owf_kernels.jvp_layers import epilogue_torch
+    J = importlib.import_module("owf_kernels.jvp")      # the module (owf_kernels.jvp is also the function)
+    triton_dispatch = J._epilogue
+
+    def torch_dispatch(A, bias, bn, act, act_module, batch_norm, update_stats, bias_last):
+        return epilogue_torch(A, bias, bn, act, batch_norm, update_stats, bias_last)
     for name, (shape, gw, dw) in P.DCGAN_CASES.items():
         for dtype in (torch.float32, torch.bfloat16):
             G, D = P.dcgan(shape, gw, dw, device="cuda", dtype=dtype)
@@ -368,10 +375,11 @@ def time_dcgan(compile_ok):
             for prov in DCGAN_ROWS:
                 if prov == "compile" and not compile_ok():
                     continue
-                # "owf-torch-epilogue": owf with its layers' epilogue in torch ops, not the Triton kernel
+                # "owf-torch-epilogue": owf with its layers' epilogue in torch ops instead of the Triton
+                # kernel (jvp's dispatch patched for the row; the rest, mlp_jvp included, as in "owf")
                 torch_epilogue = prov == "owf-torch-epilogue"
                 if torch_epilogue:
-                    os.environ["OWF_KERNELS_BACKEND"] = "torch"
+                    J._epilogue = torch_dispatch
                     prov, name_as = "owf", prov
                 else:
                     name_as = prov
@@ -391,7 +399,7 @@ def time_dcgan(compile_ok):
                     except Exception as e:
                         row[f"{name_as}_{what}_ms"] = f"error: {type(e).__name__}: {str(e)[:120]}"
                 if torch_epilogue:
-                    os.environ.pop("OWF_KERNELS_BACKEND")
+                    J._epilogue = triton_dispatch
             record(**row)
 
 
