@@ -38,8 +38,6 @@ libdevice in the interpreter): its layers take the torch epilogue.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 from torch.autograd.function import once_differentiable
@@ -47,7 +45,7 @@ import triton
 import triton.language as tl
 
 from .backend import interpreting
-from .jvp_layers import update_running_stats
+from .jvp_layers import batch_norm_stats
 
 ACT_CODES = {type(None): 0, nn.ReLU: 1, nn.LeakyReLU: 2, nn.Tanh: 3, nn.Sigmoid: 4, nn.Softplus: 5, nn.SiLU: 6,
              nn.ELU: 7}
@@ -260,24 +258,17 @@ def coefficients(a: torch.Tensor, ad: torch.Tensor, bias, bn, bn_mode: str, upda
         return torch.ones_like(b), b, None, None
     gamma = bn.weight if bn.weight is not None else a.new_ones(C)
     beta = bn.bias if bn.bias is not None else a.new_zeros(C)
-    if not (bn.training or bn.running_mean is None):              # running statistics
-        s = gamma * torch.rsqrt(bn.running_var + bn.eps)
-        return s, beta + (b - bn.running_mean) * s, None, None
-    count = a.shape[0] * a.shape[2]
-    if count < 2:
-        raise ValueError(f"{type(bn).__name__}({C}) in train mode got {count} value per channel (input "
-                         f"{(a.shape[0], C)} + spatial {a.shape[2]}): batch statistics need at least 2")
-    var, mu_a = torch.var_mean(a, (0, 2), correction=0)
-    mu = mu_a + b                   # the mean of a + b; b cancels in h, but stays in the graph (a zero
-    if update_stats:                # gradient, as epilogue_torch gives it, not None: Adam treats them apart)
-        update_running_stats(bn, mu, var, count)
-    r = torch.rsqrt(var + bn.eps)
+    # μ: the mean of a + b (batch) or the running mean; b cancels in h with batch statistics, but
+    # stays in the graph (a zero gradient, as epilogue_torch gives it, not None: Adam treats them apart)
+    mu, r, batch = batch_norm_stats(bn, a, update_stats, shift=b)
+    mu, r = mu.view(C), r.view(C)
     s = gamma * r
     h = beta + (b - mu) * s
-    if bn_mode != "batch":
+    if not (batch and bn_mode == "batch"):
         return s, h, None, None
+    mu_a = mu - b
     m1 = ad.mean((1, 3))                                           # [T, C]
-    m2 = r * (torch.einsum("bcs,tbcs->tc", a, ad) / count - mu_a * m1)
+    m2 = r * (torch.einsum("bcs,tbcs->tc", a, ad) / (a.numel() // C) - mu_a * m1)
     k1 = -s * r * m2
     return s, h, -s * m1 - k1 * mu_a, k1
 
@@ -303,4 +294,4 @@ def can_run(A: torch.Tensor, bias, bn, act_module, bias_last: bool) -> bool:
         return False
     if bias_last and bn is not None and A.dim() != 3:               # bias on the last dim, BatchNorm on dim 1
         return False
-    return not math.prod(A.shape) == 0
+    return A.numel() > 0

@@ -19,9 +19,9 @@ The epilogue then takes A to the next H (per channel c; a: [B, C, *S], S the spa
 
 Here the epilogue is written in differentiable torch ops, so autograd gives every gradient (the
 σ'' and BatchNorm-statistics terms included): the CPU path, and the oracle of the Triton epilogue
-(jvp_epilogue_triton.py), which computes the same map in one kernel each way. Reads and writes of `epilogue_torch`, for
-N = B·|S| elements per row and T tangents: the bias add reads and writes N; the statistics read N
-twice; the normalisation reads N and writes N; the tangent scale reads and writes T·N (batch mode
+(jvp_epilogue_triton.py), which computes the same map in one kernel each way. Reads and writes of
+`epilogue_torch`, for N = B·|S| elements per row and T tangents: the bias add reads and writes N;
+the statistics read N twice; the normalisation reads N and writes N; the tangent scale reads and writes T·N (batch mode
 reads T·N twice more for its two means); the activation reads N and writes 2N (y and σ'); ẏ reads
 and writes T·N; the final stack copies (1+T)·N.
 """
@@ -129,12 +129,13 @@ def fused_rule_problem(m: nn.Module) -> str | None:
     return "no rule for its type"
 
 
-def batch_norm_stats(bn: nn.Module, a: torch.Tensor, update: bool):
+def batch_norm_stats(bn: nn.Module, a: torch.Tensor, update: bool, shift: torch.Tensor | None = None):
     """(μ, r, batch) per channel for BatchNorm `bn` on the primal a [B, C, *S]: mean and
     (σ² + eps)^-½ broadcastable to a, and whether they are the batch's (train mode, or no running
     statistics) rather than the running ones. update=True updates the running statistics once,
     from the primal batch, exactly as nn.BatchNorm does (unbiased variance, momentum, or the
-    cumulative average when momentum is None)."""
+    cumulative average when momentum is None). shift [C]: a bias not yet added to a (the Triton
+    epilogue's); the statistics are then those of a + shift (its mean is μ_a + shift)."""
     C = a.shape[1]
     shape = (1, C) + (1,) * (a.dim() - 2)
     batch = bn.training or bn.running_mean is None
@@ -147,22 +148,15 @@ def batch_norm_stats(bn: nn.Module, a: torch.Tensor, update: bool):
         raise ValueError(f"{type(bn).__name__}({C}) in train mode got {count} value per channel (input "
                          f"{tuple(a.shape)}): batch statistics need at least 2")
     var, mu = torch.var_mean(a, dims, correction=0, keepdim=True)
-    if update:
-        update_running_stats(bn, mu, var, count)
+    if shift is not None:
+        mu = mu + shift.view(shape)
+    if update and bn.training and bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            bn.running_mean.mul_(1 - m).add_(mu.detach().flatten(), alpha=m)
+            bn.running_var.mul_(1 - m).add_(var.detach().flatten(), alpha=m * count / (count - 1))
     return mu, torch.rsqrt(var + bn.eps), True
-
-
-def update_running_stats(bn: nn.Module, mu: torch.Tensor, var: torch.Tensor, count: int):
-    """nn.BatchNorm's running-statistics update from a batch's mean and biased variance (per channel,
-    any broadcastable shape) over `count` values: unbiased variance, momentum, or the cumulative
-    average when momentum is None. Only in train mode with tracked statistics."""
-    if not (bn.training and bn.track_running_stats):
-        return
-    with torch.no_grad():
-        bn.num_batches_tracked.add_(1)
-        m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-        bn.running_mean.mul_(1 - m).add_(mu.detach().flatten(), alpha=m)
-        bn.running_var.mul_(1 - m).add_(var.detach().flatten(), alpha=m * count / (count - 1))
 
 
 def epilogue_torch(A: torch.Tensor, bias, bn, act, bn_mode: str, update_stats: bool,

@@ -71,14 +71,20 @@ def _net(act):
                          nn.BatchNorm1d(20), nn.Tanh()).double().to(DEVICE)
 
 
+@pytest.fixture
+def calls(monkeypatch):
+    """A list that gains an entry at each call of epilogue_triton (which still runs)."""
+    import owf_kernels.jvp_epilogue_triton as E
+    made = []
+    real = E.epilogue_triton
+    monkeypatch.setattr(E, "epilogue_triton", lambda *a, **k: made.append(1) or real(*a, **k))
+    return made
+
+
 @pytest.mark.parametrize("mode", ["batch", "per_sample"])
-def test_jvp_on_the_triton_backend_runs_the_triton_epilogue(mode, monkeypatch):
+def test_jvp_on_the_triton_backend_runs_the_triton_epilogue(mode, monkeypatch, calls):
     """owf_kernels.jvp with OWF_KERNELS_BACKEND=triton: each layer's epilogue is the Triton one
     (counted), and the network's values, gradients and running statistics are the torch backend's."""
-    import owf_kernels.jvp_epilogue_triton as E
-    calls = []
-    real = E.epilogue_triton
-    monkeypatch.setattr(E, "epilogue_triton", lambda *a, **k: calls.append(1) or real(*a, **k))
     torch.manual_seed(0)
     net = _net(nn.LeakyReLU(0.2))
     ref = copy.deepcopy(net)
@@ -100,13 +106,9 @@ def test_jvp_on_the_triton_backend_runs_the_triton_epilogue(mode, monkeypatch):
         torch.testing.assert_close(a, b)
 
 
-def test_gelu_layers_keep_the_torch_epilogue_on_the_triton_backend(monkeypatch):
+def test_gelu_layers_keep_the_torch_epilogue_on_the_triton_backend(monkeypatch, calls):
     """GELU has no Triton rule (erf): its layers take epilogue_torch, the others the kernel; and a
     bf16 network on the Triton epilogue is the float64 one to bf16 accuracy."""
-    import owf_kernels.jvp_epilogue_triton as E
-    calls = []
-    real = E.epilogue_triton
-    monkeypatch.setattr(E, "epilogue_triton", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setenv("OWF_KERNELS_BACKEND", "triton")
     torch.manual_seed(0)
     net = _net(nn.GELU())
