@@ -36,6 +36,7 @@ import torch.nn as nn
 from .jvp_layers import (ACTIVATION_RULES, BATCH_NORM_MODES, BATCH_NORMS, LINEAR_OPS, SHAPE_OPS, epilogue_torch,
                          fused_rule_problem, linear_op)
 from .backend import use_triton
+from .linear_jvp import const_tangents
 from .mlp_jvp import mlp_jvp
 
 # activations that linear_jvp's own epilogue computes (and their names there): a run of Linear
@@ -168,7 +169,9 @@ def run_stacked(steps, x: torch.Tensor, V: torch.Tensor, batch_norm: str, update
         kind = step[0]
         if kind == "mlp":
             _, linears, hidden, last, slope = step
-            h, hd = pair if H is None else (H[0], H[1:])
+            if H is None and not const_tangents(pair[1]):
+                H = torch.cat([pair[0].unsqueeze(0), pair[1]])
+            h, hd = pair if H is None else unstack(H)
             pair = mlp_jvp(h, hd, [m.weight for m in linears], [m.bias for m in linears], hidden, last, slope)
             H = None
             continue
@@ -187,7 +190,14 @@ def run_stacked(steps, x: torch.Tensor, V: torch.Tensor, batch_norm: str, update
         else:
             _warn_fallback(step[1], step[2])
             H = _fallback(step[1], H)
-    return pair if H is None else (H[0], H[1:])
+    return pair if H is None else unstack(H)
+
+
+def unstack(H: torch.Tensor):
+    """H [1+T, ...] -> (H[0], H[1:]) as views of one split, whose backward is one cat (the two
+    indexes' backwards would each write a zero-filled copy of H)."""
+    h, hd = H.split([1, H.shape[0] - 1])
+    return h.squeeze(0), hd
 
 
 def _epilogue(A, bias, bn, act, act_module, batch_norm, update_stats, bias_last):

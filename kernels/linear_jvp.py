@@ -97,7 +97,7 @@ def stack_primal_tangents(x: torch.Tensor, x_dot: torch.Tensor) -> torch.Tensor:
     return h if h is not None else torch.cat([x.reshape(1, *x.shape), x_dot], 0)
 
 
-def _const_tangents(x_dot: torch.Tensor) -> bool:
+def const_tangents(x_dot: torch.Tensor) -> bool:
     """x_dot [T, M, K] constant over the batch (stride 0, e.g. the identity tangents of an exact log-det)."""
     return x_dot.shape[1] > 1 and x_dot.stride(1) == 0
 
@@ -321,7 +321,7 @@ def forward_layer(x, x_dot, weight, bias, activation, negative_slope):
     weight, bias and out: the inputs (for gx, gW anyway); h = [x; x_dot] when they are stacked in
     memory already (gW is then one GEMM), else None; and `pre` (see _forward_torch). From the
     outputs follow σ' and σ'' a_dot."""
-    if _const_tangents(x_dot):
+    if const_tangents(x_dot):
         out, pre = _forward_const_tangents(x, x_dot, weight, bias, activation, negative_slope)
         return out, (x, x_dot, None, pre)
     h = stacked_view(x, x_dot)
@@ -338,7 +338,7 @@ def backward_layer(gy, gyd, saved, weight, bias, out, activation, negative_slope
     x, x_dot, h, pre = saved
     T, M, N = gyd.shape
     K = weight.shape[1]
-    const = _const_tangents(x_dot)
+    const = const_tangents(x_dot)
     if const and not needs[0] and activation != "silu":
         gw, ga = _grads_const_tangents(gy, gyd, out, x, x_dot, weight, activation, negative_slope, pre)
         gb = ga.sum(0) if bias is not None and needs[2] else None      # gb = Σ_m g_a
