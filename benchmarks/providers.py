@@ -249,28 +249,39 @@ def _func_jvp_copy(G):
     return H
 
 
-def dcgan_jvp_fn(provider, G, u, v):
-    """Zero-argument function: (y, y_dot) of G's network at u with one tangent v (T = 1). Its
-    attribute `model` is the module whose parameters it differentiates (func.jvp's: a copy)."""
+def dcgan_tangents(provider, G):
+    """(model, g_n_jvp): the module whose parameters `provider` differentiates (func.jvp's: a copy,
+    see _func_jvp_copy) and its network with one tangent, (u [B, n], u_dot [1, B, n]) -> (y,
+    y_dot [1, B, *event_shape]), as OneWayFlowBase.g_n_jvp; "plain" gives (y, None). "compile" is
+    func.jvp's, for the caller to torch.compile with its inputs (compiled with u and u_dot as
+    arguments, a no_grad call trips torch 2.14.1's InferenceMode assert; over a closure it runs)."""
     net, model = G.net, G
     if provider == "owf":
-        fn = lambda: G.g_n_jvp(u, v[None])               # noqa: E731  per-sample BatchNorm, what owf trains with
+        f = G.g_n_jvp                                    # owf_kernels.jvp, per-sample BatchNorm: what owf trains with
     elif provider == "owf-batch":
         from owf_kernels import jvp
-        fn = lambda: jvp(net, (u,), (v[None],), batch_norm="batch")     # noqa: E731
+        f = lambda u, ud: jvp(net, (u,), (ud,), batch_norm="batch")     # noqa: E731
     elif provider == "plain":
-        fn = lambda: (net(u), None)                      # noqa: E731
+        f = lambda u, ud: (net(u), None)                 # noqa: E731
     elif provider == "forward_ad":
-        def fn():
+        def f(u, ud):
             with fwAD.dual_level():
-                y, yd = fwAD.unpack_dual(net(fwAD.make_dual(u, v)))
+                y, yd = fwAD.unpack_dual(net(fwAD.make_dual(u, ud[0])))
             return y, yd[None]
     elif provider in ("func.jvp", "compile"):
         model = _func_jvp_copy(G)
-        f = lambda: (lambda y, yd: (y, yd[None]))(*torch.func.jvp(model.net, (u,), (v,)))   # noqa: E731
-        fn = torch.compile(f, dynamic=False) if provider == "compile" else f
+        f = lambda u, ud: (lambda y, yd: (y, yd[None]))(*torch.func.jvp(model.net, (u,), (ud[0],)))   # noqa: E731
     else:
         raise ValueError(f"unknown provider {provider!r}")
+    return model, f
+
+
+def dcgan_jvp_fn(provider, G, u, v):
+    """Zero-argument function: (y, y_dot) of G's network at u with one tangent v (T = 1). Its
+    attribute `model` is the module whose parameters it differentiates (func.jvp's: a copy)."""
+    model, f = dcgan_tangents(provider, G)
+    fn = lambda: f(u, v[None])                           # noqa: E731
+    fn = torch.compile(fn, dynamic=False) if provider == "compile" else fn
     wrapped = lambda: fn()                               # noqa: E731
     wrapped.model = model
     return wrapped
@@ -325,33 +336,40 @@ def saved_bytes(fn) -> int:
     return sum(seen.values())
 
 
-def dcgan_train_step_fn(provider, G, D, B, w=0.1, seed=0, lr=1e-4):
-    """One owf training step with `provider`'s tangents: a data batch (random images here) and B
-    generator samples with log q = log N(u) - log‖Jv‖ (Eq. 10 with Eq. 9); D's Eq. 16 and an Adam
-    step; G's Eq. 17 and an Adam step (the parameters `provider` differentiates: func.jvp's copy)."""
-    from owf.losses import discriminator_loss_eq16, generator_loss_eq17
-    from owf.model import log_normal
-    u, v = dcgan_inputs(G, B, seed)
-    fn = dcgan_jvp_fn(provider, G, u, v)
-    x = torch.rand(B, *G.event_shape, device=u.device, dtype=u.dtype) * 2 - 1
-    g_params = list(fn.model.parameters())
-    opt_d = torch.optim.Adam(D.parameters(), lr, betas=(0.5, 0.9))
-    opt_g = torch.optim.Adam(g_params, lr, betas=(0.5, 0.9))
+class _FixedImages:
+    """A task whose batch(n, ...) is the same n images: the training step without a data loader."""
 
-    def run():
-        y, yd = fn()
-        ld = torch.log(yd.squeeze(0).flatten(1).norm(dim=-1))
-        log_q = log_normal(u) - ld
-        d_x, d_y = D(torch.cat([x, y.detach()])).split([B, B])
-        loss_d = discriminator_loss_eq16(d_x, d_y, log_q.detach(), w)
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        loss_g = generator_loss_eq17(D(y), ld, w)
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
-    return run
+    def __init__(self, x):
+        self.x = x
+
+    def batch(self, n, generator, device):
+        return self.x[:n]
+
+
+def dcgan_train_step_fn(provider, G, D, B, seed=0):
+    """Zero-argument function: one step of owf.train.train_step, as `python -m owf.train` runs it for
+    images (Eq. 16 for D, then Eq. 17 with Eq. 9's log‖Jv‖ for G, fused Adam, the image defaults of
+    owf.config), on copies of G and D, with `provider`'s tangents in place of G's own g_n_jvp and a
+    fixed batch of B random images. "plain": a tangent that costs nothing (y_dot constant, so
+    log‖Jv‖ too), the floor that no provider's step can go below."""
+    import copy
+    from owf.config import Config
+    from owf.train import train_step
+    model, f = dcgan_tangents(provider, copy.deepcopy(G))
+    if provider == "compile":
+        f = torch.compile(f, dynamic=False)
+    elif provider == "plain":
+        f = lambda u, ud: (lambda y: (y, torch.ones_like(y).unsqueeze(0)))(model.g_n(u))   # noqa: E731
+    model.g_n_jvp = f                                    # what G.logdet calls for Eq. 9
+    D = copy.deepcopy(D)
+    p = next(model.parameters())
+    cfg = Config(data="fashion-mnist", batch=B, samples=B)    # train_step reads the objective and batch sizes
+    opt_g = torch.optim.Adam(model.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), fused=True)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), fused=True)
+    gen = torch.Generator(device=p.device).manual_seed(seed)
+    task = _FixedImages(torch.rand(B, *model.event_shape, generator=gen, device=p.device, dtype=p.dtype) * 2 - 1)
+    params = list(model.parameters())
+    return lambda: train_step(cfg, task, model, D, opt_g, opt_d, gen, params, p.device)
 
 
 def dcgan_exact_logdet_fn(G, B=4, chunk=112, seed=0):
