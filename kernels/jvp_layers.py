@@ -118,6 +118,29 @@ def fused_rule_problem(m: nn.Module) -> str | None:
     return "no rule for its type"
 
 
+class _BatchStats(torch.autograd.Function):
+    """(μ, σ²) [C] of a [B, C, *S] over B and S (σ² biased), in torch.batch_norm_update_stats' one
+    fused pass (nn.BatchNorm's own statistics kernel); backward g_a = (g_μ + 2 g_σ² (a - μ)) / N,
+    N = B·|S|, in torch ops (so differentiable again). On the CPU ([64, 48, 14, 14], 2 threads) the
+    forward took 0.55 ms, against 1.29 for mean then mean (a - μ)² and 1.75 for torch.var_mean."""
+
+    @staticmethod
+    def forward(ctx, a):
+        mu, var = torch.batch_norm_update_stats(a, None, None, 0.0)
+        ctx.save_for_backward(a, mu)
+        return mu, var
+
+    @staticmethod
+    def backward(ctx, g_mu, g_var):
+        a, mu = ctx.saved_tensors
+        shape = (1, -1) + (1,) * (a.dim() - 2)
+        n = a.numel() // a.shape[1]
+        g_mu = torch.zeros_like(mu) if g_mu is None else g_mu
+        if g_var is None:
+            return (g_mu / n).view(shape).expand_as(a)
+        return torch.addcmul((g_mu / n).view(shape), a - mu.view(shape), (g_var * (2 / n)).view(shape))
+
+
 def batch_norm_stats(bn: nn.Module, a: torch.Tensor, update: bool, shift: torch.Tensor | None = None):
     """(μ, r, batch) per channel for BatchNorm `bn` on the primal a [B, C, *S]: mean and
     (σ² + eps)^-½ broadcastable to a, and whether they are the batch's (train mode, or no running
@@ -131,15 +154,11 @@ def batch_norm_stats(bn: nn.Module, a: torch.Tensor, update: bool, shift: torch.
     if not batch:
         mu, var = bn.running_mean, bn.running_var
         return mu.view(shape), torch.rsqrt(var.view(shape) + bn.eps), False
-    dims = (0,) + tuple(range(2, a.dim()))
     count = a.numel() // C
     if count < 2:
         raise ValueError(f"{type(bn).__name__}({C}) in train mode got {count} value per channel (input "
                          f"{tuple(a.shape)}): batch statistics need at least 2")
-    # two passes, mean then mean (a - μ)²: fwd+bwd 1.4x faster on the CPU than torch.var_mean over
-    # these dims ([64, 48, 14, 14], 2 threads: 3.5 against 4.8 ms), and as exact
-    mu = a.mean(dims, keepdim=True)
-    var = (a - mu).square().mean(dims, keepdim=True)
+    mu, var = (t.view(shape) for t in _BatchStats.apply(a))
     if shift is not None:
         mu = mu + shift.view(shape)
     if update and bn.training and bn.track_running_stats:
