@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .model import OneWayFlowBase, generator_activation
+from .model import OneWayFlowBase, energy_head, generator_activation
 
 
 def _stages(size: int, n_stages: int) -> int:
@@ -94,7 +94,4 @@ class ConvEnergy(nn.Module):
         return cls(shape, cfg.widths("d_hidden"), quadratic=cfg.d_quadratic)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.net(x)
-        if self.quadratic:
-            return -0.5 * (f * f).sum(-1)             # D = -½‖f(x)‖²
-        return f.squeeze(-1)
+        return energy_head(self.net(x), self.quadratic)

@@ -272,7 +272,9 @@ class Energy(nn.Module):
                    quadratic=cfg.d_quadratic)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.net(x)                               # [..., m] or [..., 1]
-        if self.quadratic:
-            return -0.5 * (f * f).sum(-1)             # D = -½‖f(x)‖²
-        return f.squeeze(-1)
+        return energy_head(self.net(x), self.quadratic)
+
+
+def energy_head(f: torch.Tensor, quadratic: int) -> torch.Tensor:
+    """D from the network's output f [..., m] (quadratic = m: D = -½‖f‖²) or [..., 1] (quadratic = 0: D = f)."""
+    return -0.5 * (f * f).sum(-1) if quadratic else f.squeeze(-1)

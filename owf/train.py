@@ -68,6 +68,8 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
     is_owf = cfg.loss == "owf"
     log_q = logdet = None
     world = rank_world()[1]
+    # on many processes, one log ζ̂ and one Rényi softmax over every rank's samples
+    log_zeta_fn, softmax = (global_log_zeta, global_softmax) if world > 1 else (log_zeta_hat, None)
     # ---- discriminator: n_critic steps; the last one's generator batch serves the G step
     for i in range(cfg.n_critic):
         keep = i == cfg.n_critic - 1
@@ -83,8 +85,8 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
             y_is, log_q_is = torch.cat([y_is, y_k]), torch.cat([log_q_is, log_k])
         d_x, d_is = D(torch.cat([x, y_is])).split([cfg.batch, len(y_is)])     # one pass
         d_y_d = d_is[:cfg.samples]                                            # G's samples' energies
-        if is_owf:                         # on many processes, one log ζ̂ over every rank's samples
-            loss_d = discriminator_loss_eq16(d_x, d_is, log_q_is, cfg.w, global_log_zeta if world > 1 else log_zeta_hat)
+        if is_owf:
+            loss_d = discriminator_loss_eq16(d_x, d_is, log_q_is, cfg.w, log_zeta_fn)
         else:
             loss_d = wgan_discriminator_loss_eq4(d_x, d_y_d)
             if cfg.loss == "wgan-gp":
@@ -103,7 +105,6 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
     d_y = D(y)
     if is_owf and cfg.orient:
         logdet = oriented_logdet(logdet, sign[0])     # log|det J| on the majority side, reflected on the other
-    softmax = global_softmax if world > 1 else None       # the Rényi weights over every rank's samples
     loss_g = generator_loss_renyi(d_y, logdet, log_q, cfg.w, cfg.g_alpha, softmax) if is_owf else wgan_generator_loss(d_y)
     for p, g in zip(g_params, torch.autograd.grad(loss_g, g_params)):
         p.grad = g.contiguous()       # fused Adam reads grads in the parameter's layout
