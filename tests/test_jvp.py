@@ -176,6 +176,29 @@ def test_batch_norm_modes_agree_in_eval_mode():
     assert net[1].num_batches_tracked == 0
 
 
+@pytest.mark.parametrize("shape", [(7, 19), (7, 3, 5), (2, 3, 4, 5)])
+def test_the_batch_statistics_and_their_gradients(shape):
+    """jvp_layers._BatchStats (one fused pass forward, one addcmul backward) against var_mean: values,
+    gradients of μ and σ² together and of each alone, second derivatives; bf16 within its rounding."""
+    from owf_kernels.jvp_layers import _BatchStats
+    a = torch.randn(*shape, dtype=DT) * 3 + 2
+    dims = (0,) + tuple(range(2, a.dim()))
+    var, mu = torch.var_mean(a, dims, correction=0)
+    got_mu, got_var = _BatchStats.apply(a)
+    torch.testing.assert_close(got_mu, mu)
+    torch.testing.assert_close(got_var, var)
+    a.requires_grad_(True)
+    assert torch.autograd.gradcheck(_BatchStats.apply, (a,))
+    assert torch.autograd.gradgradcheck(_BatchStats.apply, (a,))
+    for i in (0, 1):                              # a loss that reads only μ, or only σ²
+        assert torch.autograd.gradcheck(lambda t: _BatchStats.apply(t)[i], (a,))
+    b = a.detach().bfloat16()
+    bm, bv = _BatchStats.apply(b)
+    assert bm.dtype == bv.dtype == torch.bfloat16
+    torch.testing.assert_close(bm.double(), mu, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(bv.double(), var, atol=0.05, rtol=0.02)
+
+
 def test_per_sample_is_each_samples_own_jacobian():
     """per_sample against the issue's reference: torch.func.jvp of an eval-mode copy whose running
     statistics are the primal batch's (biased variance); and the tangent of sample b does not
