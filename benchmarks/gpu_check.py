@@ -386,8 +386,6 @@ def time_dcgan(compile_ok):
                 for what, make in (("fwd", lambda p: (lambda f: lambda: _no_grad(f))(P.dcgan_jvp_fn(p, G, u, v))),
                                    ("step", lambda p: P.dcgan_step_fn(p, G, D, B)),
                                    ("train", lambda p: P.dcgan_train_step_fn(p, G, D, B))):
-                    if prov == "plain" and what == "train":
-                        continue
                     try:
                         fn = make(prov)
                         fn()

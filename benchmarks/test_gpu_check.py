@@ -55,6 +55,7 @@ def test_the_dcgan_section_runs_its_providers_and_renders(monkeypatch):
     assert fp32["dtype"] == "float32" and float(fp32["tangent_rel_err_vs_forward_ad"]) < 1e-5
     assert all(fp32[f"{p}_{w}_ms"] == 1.25 for p in ("owf", "owf-torch-epilogue", "func.jvp", "forward_ad")
                for w in ("fwd", "step", "train"))
+    assert fp32["plain_train_ms"] == 1.25                # the floor: a training step whose tangent costs nothing
     md = GC.table(GC.RESULTS)
     assert "| tiny | float32 | owf | 1.250 (2.0) | 1.250 (2.0) | 1.250 (2.0) | 1.00x |" in md
 

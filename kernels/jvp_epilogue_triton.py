@@ -22,7 +22,7 @@ Forward: ONE launch reads A = [a; ȧ] once and writes the next layer's stacked i
 [1+T, B, C, *S] directly (no torch.cat). Each program owns BLOCK_R rows of the B·C (b, c) rows and
 loops over the S columns; for each element it computes z, σ, σ' once and then streams the T
 tangents. Reads (1+T)·N, writes (1+T)·N (N = B·C·|S|); the statistics before it read a once
-(var_mean) and, for "batch", ȧ twice (its mean and mean(a ȧ_t)).
+(jvp_layers.batch_norm_stats: one fused pass) and, for "batch", ȧ twice (its mean and mean(a ȧ_t)).
 
 Backward: ONE launch reads A and gH = [gy; gẏ] and writes g_A = [g_a; g_ȧ] with
     g_ż_t = gẏ_t σ'(z),     g_ȧ_t = g_ż_t s,

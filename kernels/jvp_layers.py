@@ -21,7 +21,7 @@ Here the epilogue is written in differentiable torch ops, so autograd gives ever
 σ'' and BatchNorm-statistics terms included): the CPU path, and the oracle of the Triton epilogue
 (jvp_epilogue_triton.py), which computes the same map in one kernel each way. Reads and writes of
 `epilogue_torch`, for N = B·|S| elements per row and T tangents: the bias add reads and writes N;
-the statistics read N three times and write it twice (mean, a - μ, its square, its mean); the
+the statistics read N once (one fused pass; their backward reads N and writes N); the
 normalisation (one addcmul) reads and writes N; the tangent scale reads and writes T·N (batch mode
 reads T·N twice more for its two means); the activation reads N and writes N, its tangent op reads
 N + T·N and writes T·N; the final stack copies (1+T)·N. The op profile of the 28×28 DCGAN step
@@ -126,18 +126,16 @@ class _BatchStats(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a):
-        mu, var = torch.batch_norm_update_stats(a, None, None, 0.0)
+        # in a's dtype: on CUDA a bf16/fp16 input's statistics come back in float32 (its accumulation type)
+        mu, var = (t.to(a.dtype) for t in torch.batch_norm_update_stats(a, None, None, 0.0))
         ctx.save_for_backward(a, mu)
         return mu, var
 
     @staticmethod
-    def backward(ctx, g_mu, g_var):
+    def backward(ctx, g_mu, g_var):             # autograd passes zeros for an output the loss does not read
         a, mu = ctx.saved_tensors
         shape = (1, -1) + (1,) * (a.dim() - 2)
         n = a.numel() // a.shape[1]
-        g_mu = torch.zeros_like(mu) if g_mu is None else g_mu
-        if g_var is None:
-            return (g_mu / n).view(shape).expand_as(a)
         return torch.addcmul((g_mu / n).view(shape), a - mu.view(shape), (g_var * (2 / n)).view(shape))
 
 

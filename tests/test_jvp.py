@@ -199,6 +199,17 @@ def test_the_batch_statistics_and_their_gradients(shape):
     torch.testing.assert_close(bv.double(), var, atol=0.05, rtol=0.02)
 
 
+def test_batch_statistics_come_back_in_the_inputs_dtype(monkeypatch):
+    """On CUDA torch.batch_norm_update_stats returns a bf16 input's statistics in float32; simulated
+    here, a bf16 Conv -> BatchNorm -> GELU -> Conv network still runs in bf16 on the torch epilogue."""
+    real = torch.batch_norm_update_stats
+    monkeypatch.setattr(torch, "batch_norm_update_stats", lambda a, *r: tuple(t.float() for t in real(a, *r)))
+    net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.GELU(), nn.Conv2d(3, 2, 3)).bfloat16()
+    x, v = torch.randn(4, 2, 7, 7, dtype=torch.bfloat16), torch.randn(4, 2, 7, 7, dtype=torch.bfloat16)
+    y, yd = jvp(net, (x,), (v,), batch_norm="per_sample")
+    assert y.dtype == yd.dtype == torch.bfloat16
+
+
 def test_per_sample_is_each_samples_own_jacobian():
     """per_sample against the issue's reference: torch.func.jvp of an eval-mode copy whose running
     statistics are the primal batch's (biased variance); and the tangent of sample b does not
