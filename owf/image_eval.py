@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .density import OWFModel, slice_estimates  # noqa: E402
-from .images import load_images, to_uint8, to_unit  # noqa: E402
+from .images import generator_samples, load_images, to_uint8, to_unit  # noqa: E402
 from .plots import save_energy_hist, save_image_grid, save_zeta_convergence  # noqa: E402
 
 CONVERGENCE_S = [1, 3, 10, 30, 100, 300, 1000, 3000, 10_000]
@@ -176,11 +176,6 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 2000, gau
         from .fid import inception_fid
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res["inception_fid"] = inception_fid(_samples(model, 10_000, seed + 4), test_u8, fid_weights)
+            res["inception_fid"] = inception_fid(generator_samples(model.G, 10_000, seed + 4), test_u8, fid_weights)
     return res
 
-
-@torch.no_grad()
-def _samples(model, n, seed, batch=500):
-    g = torch.Generator().manual_seed(seed)
-    return torch.cat([model.sample(min(batch, n - i), g).cpu() for i in range(0, n, batch)])

@@ -221,3 +221,16 @@ class ImageStream:
     def load_state_dict(self, state: dict):
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
         self._perm = self._permutation(self.epoch)
+
+
+@torch.no_grad()
+def generator_samples(G, n: int, seed: int, batch: int = 500) -> torch.Tensor:
+    """n samples of the one-way flow G in eval mode (BatchNorm on its running statistics: g_n is then
+    one function of each u), on the CPU, from a stream of their own seeded with `seed`."""
+    device = next(G.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed)
+    was = G.training
+    G.eval()
+    out = torch.cat([G.sample(min(batch, n - i), g).cpu() for i in range(0, n, batch)])
+    G.train(was)
+    return out

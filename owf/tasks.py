@@ -23,7 +23,7 @@ from .config import data_kind
 from .data import get_dataset
 from .dcgan import ConvEnergy, DCGANFlow
 from .classifier import classifier_cached
-from .images import SHAPES, ImageStream, load_images, to_uint8
+from .images import SHAPES, ImageStream, generator_samples, load_images, to_uint8
 from .metrics import EVAL_POINTS, mode_coverage, mode_histogram
 from .model import FOLD_CHECK_MAX_N, Energy, OneWayFlow
 from .plots import save_density, save_image_grid, save_samples
@@ -147,28 +147,17 @@ class ImageTask:
         return self._fid
 
     @torch.no_grad()
-    def samples(self, G, n: int, seed: int, batch: int = 500) -> torch.Tensor:
-        """n samples of G in eval mode (BatchNorm on its running statistics: g_n is then one
-        function of each u), from a stream of their own."""
-        device = next(G.parameters()).device
-        g = torch.Generator(device=device).manual_seed(seed)
-        was = G.training
-        G.eval()
-        out = torch.cat([G.sample(min(batch, n - i), g).cpu() for i in range(0, n, batch)])
-        G.train(was)
-        return out
-
     def evaluate(self, G, step: int, final: bool) -> dict:
         every = self.fid_every
         if not every or not (final or step % every == 0):
             return {}
         scorer = self._scorer()
-        ev = scorer(self.samples(G, self.cfg.fid_samples, 20_000 + self.cfg.seed))
+        ev = scorer(generator_samples(G, self.cfg.fid_samples, 20_000 + self.cfg.seed))
         ev.update(classifier_accuracy=scorer.accuracy, fid_floor=scorer.floor)
         return ev
 
     def pictures(self, run, G, D, cfg, metrics):
-        y = self.samples(G, self.GRID, 10_000 + cfg.seed)
+        y = generator_samples(G, self.GRID, 10_000 + cfg.seed)
         title = f"{cfg.data} {cfg.loss}, step {metrics['step']}" + (
             f", classifier FID {metrics['fid']:.2f}" if "fid" in metrics else "")
         save_image_grid(run / "samples.png", to_uint8(y), title)
