@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from .jvp_layers import (ACTIVATION_RULES, BATCH_NORM_MODES, BATCH_NORMS, LINEAR_OPS, SHAPE_OPS, epilogue_torch,
-                         fused_rule_problem, linear_op)
+                         fused_rule_problem, linear_op, unstack)
 from .backend import use_triton
 from .linear_jvp import const_tangents
 from .mlp_jvp import mlp_jvp
@@ -163,14 +163,15 @@ def run_stacked(steps, x: torch.Tensor, V: torch.Tensor, batch_norm: str, update
     """The planned steps on x [B, ...] and V [T, B, ...] -> (y [B, ...], ẏ [T, B, ...]). The state
     is the stacked H = [h; ḣ] [1+T, B, ...] between layer steps; an MLP run takes and gives the pair
     (h, ḣ) as they are (mlp_jvp: tangents constant over the batch, such as the identity columns of
-    an exact log-det, keep their broadcast path, and its outputs need no stacking copy at the end)."""
-    H, pair = None, (x, V)
+    an exact log-det, keep their broadcast path, and its outputs need no stacking copy at the end).
+    x and V are stacked once up front unless that broadcast path takes them: an MLP run then runs its
+    GEMMs over the stacked rows too (the separate pair would be two GEMMs per layer)."""
+    keep_pair = not steps or (steps[0][0] == "mlp" and const_tangents(V))
+    H, pair = (None, (x, V)) if keep_pair else (torch.cat([x.unsqueeze(0), V]), None)
     for step in steps:
         kind = step[0]
         if kind == "mlp":
             _, linears, hidden, last, slope = step
-            if H is None and not const_tangents(pair[1]):
-                H = torch.cat([pair[0].unsqueeze(0), pair[1]])
             h, hd = pair if H is None else unstack(H)
             pair = mlp_jvp(h, hd, [m.weight for m in linears], [m.bias for m in linears], hidden, last, slope)
             H = None
@@ -191,13 +192,6 @@ def run_stacked(steps, x: torch.Tensor, V: torch.Tensor, batch_norm: str, update
             _warn_fallback(step[1], step[2])
             H = _fallback(step[1], H)
     return pair if H is None else unstack(H)
-
-
-def unstack(H: torch.Tensor):
-    """H [1+T, ...] -> (H[0], H[1:]) as views of one split, whose backward is one cat (the two
-    indexes' backwards would each write a zero-filled copy of H)."""
-    h, hd = H.split([1, H.shape[0] - 1])
-    return h.squeeze(0), hd
 
 
 def _epilogue(A, bias, bn, act, act_module, batch_norm, update_stats, bias_last):

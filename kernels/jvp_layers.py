@@ -168,6 +168,13 @@ def batch_norm_stats(bn: nn.Module, a: torch.Tensor, update: bool, shift: torch.
     return mu, torch.rsqrt(var + bn.eps), True
 
 
+def unstack(H: torch.Tensor):
+    """H [1+T, ...] -> (H[0], H[1:]) as views of one split, whose backward is one cat (the two
+    indexes' backwards would each write their gradient into a zero-filled copy of H, then be added)."""
+    h, hd = H.split([1, H.shape[0] - 1])
+    return h.squeeze(0), hd
+
+
 def epilogue_torch(A: torch.Tensor, bias, bn, act, bn_mode: str, update_stats: bool,
                    bias_last: bool = False) -> torch.Tensor:
     """A = [a; ȧ] [1+T, B, C, *S] -> the next H = [y; ẏ] (module docstring's formulas). bias [C] or
@@ -176,10 +183,7 @@ def epilogue_torch(A: torch.Tensor, bias, bn, act, bn_mode: str, update_stats: b
     σ'(z) ż) (ACTIVATION_RULES) or None."""
     if bias is None and bn is None and act is None:
         return A
-    # split, not A[0] and A[1:]: split's backward is one cat, where each index's backward would
-    # write its gradient into a zero-filled copy of A and the two be added
-    a, ad = A.split([1, A.shape[0] - 1])
-    a = a.squeeze(0)
+    a, ad = unstack(A)
     C = a.shape[1]
     shape = (1, C) + (1,) * (a.dim() - 2)
     if bias is not None:

@@ -146,7 +146,6 @@ class ImageTask:
             self._fid.accuracy, self._fid.floor = clf.test_accuracy, clf.fid_floor
         return self._fid
 
-    @torch.no_grad()
     def evaluate(self, G, step: int, final: bool) -> dict:
         every = self.fid_every
         if not every or not (final or step % every == 0):
