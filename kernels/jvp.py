@@ -168,6 +168,9 @@ def run_stacked(steps, x: torch.Tensor, V: torch.Tensor, batch_norm: str, update
     GEMMs over the stacked rows too (the separate pair would be two GEMMs per layer)."""
     keep_pair = not steps or (steps[0][0] == "mlp" and const_tangents(V))
     H, pair = (None, (x, V)) if keep_pair else (torch.cat([x.unsqueeze(0), V]), None)
+    # on the CPU's torch epilogue the convolutions run channels_last: oneDNN computes in it, and an
+    # NCHW tensor costs a layout copy each way around every transposed convolution (docs/jvp.md)
+    channels_last = x.device.type == "cpu" and not use_triton(x)
     for step in steps:
         kind = step[0]
         if kind == "mlp":
@@ -182,7 +185,7 @@ def run_stacked(steps, x: torch.Tensor, V: torch.Tensor, batch_norm: str, update
             H = torch.cat([pair[0].unsqueeze(0), pair[1]])
         if kind == "layer":
             _, op, bn, act, act_module = step
-            A = linear_op(op, H) if op is not None else H
+            A = linear_op(op, H, channels_last) if op is not None else H
             H = _epilogue(A, None if op is None else op.bias, bn, act, act_module, batch_norm, update_stats,
                           bias_last=isinstance(op, nn.Linear))
         elif kind == "shape":
@@ -191,7 +194,10 @@ def run_stacked(steps, x: torch.Tensor, V: torch.Tensor, batch_norm: str, update
         else:
             _warn_fallback(step[1], step[2])
             H = _fallback(step[1], H)
-    return pair if H is None else unstack(H)
+    if H is None:
+        return pair
+    y, yd = unstack(H)
+    return y.contiguous(), yd.contiguous()     # torch.func.jvp's layout for a contiguous input
 
 
 def _epilogue(A, bias, bn, act, act_module, batch_norm, update_stats, bias_last):

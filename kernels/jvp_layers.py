@@ -80,12 +80,16 @@ BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 SHAPE_OPS = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
 
 
-def linear_op(m: nn.Module, H: torch.Tensor) -> torch.Tensor:
-    """A = op(H) without the bias: H [1+T, B, *feat] -> [1+T, B, *feat'], one call over the merged batch."""
+def linear_op(m: nn.Module, H: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """A = op(H) without the bias: H [1+T, B, *feat] -> [1+T, B, *feat'], one call over the merged
+    batch. channels_last: a convolution's merged input is made channels_last first (a no-op when the
+    previous layer's epilogue kept it so), and its output then is too (see epilogue_torch)."""
     if isinstance(m, nn.Linear):
         return F.linear(H, m.weight)                          # acts on the last dim: no merge needed
     Hm = H.reshape(-1, *H.shape[2:])
-    if isinstance(m, nn.ConvTranspose2d) and _is_projection(m, Hm):
+    if channels_last and Hm.dim() == 4 and not _is_projection(m, Hm):
+        Hm = Hm.contiguous(memory_format=torch.channels_last)
+    if _is_projection(m, Hm):
         # on a 1x1 input with no padding a transposed convolution is a GEMM: out[b, o, i, j] =
         # Σ_c x[b, c] W[c, o, i, j] (a DCGAN generator's first layer); CPU: fwd+bwd at [128, 784] ->
         # [96, 7, 7] took 35 ms as a GEMM, 54 ms as conv_transpose2d
@@ -93,13 +97,44 @@ def linear_op(m: nn.Module, H: torch.Tensor) -> torch.Tensor:
         A = (Hm.reshape(-1, C) @ m.weight.reshape(C, O * kh * kw)).view(-1, O, kh, kw)
     elif isinstance(m, nn.Conv2d):
         A = F.conv2d(Hm, m.weight, None, m.stride, m.padding, m.dilation, m.groups)
+    elif channels_last and m.out_channels == 1 and m.groups == 1:
+        A = _ConvTransposeToOneChannel.apply(Hm, m.weight, m.stride, m.padding, m.output_padding, m.dilation)
     else:
         A = F.conv_transpose2d(Hm, m.weight, None, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
     return A.view(H.shape[0], H.shape[1], *A.shape[1:])
 
 
-def _is_projection(m: nn.ConvTranspose2d, x: torch.Tensor) -> bool:
-    return (x.shape[-2:] == (1, 1) and m.groups == 1 and tuple(m.padding) == (0, 0)
+class _ConvTransposeToOneChannel(torch.autograd.Function):
+    """conv_transpose2d(x, W) to one output channel, x [N, C, H, W] channels_last, W [C, 1, kh, kw]:
+    forward as the GEMM it is per pixel and col2im, cols [N, H·W, kh·kw] = x_NHWC W, y = fold(cols)
+    (each output pixel the sum of the cols that land on it); backward the native convolution
+    backward (g_x = conv2d(g, W), g_W = Σ x ⊗ unfold(g)), whose own derivative autograd has. On the
+    CPU oneDNN's transposed convolution to one channel is slow: the 28×28 generator's last layer
+    (48 -> 1, 14×14 -> 28×28, over the 128 stacked rows, 2 threads) took 4.8 ms forward and 6.8 ms
+    with its backward, this 2.1 and 4.1 ms; to 3 or 8 channels it gains nothing or loses (docs/jvp.md)."""
+
+    @staticmethod
+    def forward(ctx, x, w, stride, padding, output_padding, dilation):
+        ctx.save_for_backward(x, w)
+        ctx.conv = (stride, padding, dilation, output_padding)
+        N, C, H, W = x.shape
+        kh, kw = w.shape[2:]
+        size = [(n - 1) * s - 2 * p + d * (k - 1) + op + 1
+                for n, s, p, d, k, op in zip((H, W), stride, padding, dilation, (kh, kw), output_padding)]
+        cols = (x.permute(0, 2, 3, 1).reshape(N * H * W, C) @ w.reshape(C, kh * kw)).view(N, H * W, kh * kw)
+        return F.fold(cols.transpose(1, 2), size, (kh, kw), dilation, padding, stride)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        stride, padding, dilation, output_padding = ctx.conv
+        gx, gw, _ = torch.ops.aten.convolution_backward(g, x, w, None, stride, padding, dilation, True, output_padding,
+                                                        1, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
+        return gx, gw, None, None, None, None
+
+
+def _is_projection(m: nn.Module, x: torch.Tensor) -> bool:
+    return (isinstance(m, nn.ConvTranspose2d) and x.shape[-2:] == (1, 1) and m.groups == 1 and tuple(m.padding) == (0, 0)
             and tuple(m.output_padding) == (0, 0) and tuple(m.dilation) == (1, 1))
 
 
@@ -169,10 +204,13 @@ def batch_norm_stats(bn: nn.Module, a: torch.Tensor, update: bool, shift: torch.
 
 
 def unstack(H: torch.Tensor):
-    """H [1+T, ...] -> (H[0], H[1:]) as views of one split, whose backward is one cat (the two
-    indexes' backwards would each write their gradient into a zero-filled copy of H, then be added)."""
-    h, hd = H.split([1, H.shape[0] - 1])
-    return h.squeeze(0), hd
+    """H [1+T, B, ...] -> (H[0], H[1:]) as views of one split, whose backward is one cat (the two
+    indexes' backwards would each write their gradient into a zero-filled copy of H, then be added).
+    The split is of the merged batch [(1+T)·B, ...], so that the cat keeps a channels_last gradient
+    channels_last (a cat of 5-D [1, B, ...] and [T, B, ...] pieces returns a contiguous one)."""
+    B = H.shape[1]
+    h, hd = H.flatten(0, 1).split([B, H.shape[0] * B - B])
+    return h, hd.view(-1, *h.shape)
 
 
 def epilogue_torch(A: torch.Tensor, bias, bn, act, bn_mode: str, update_stats: bool,
@@ -201,4 +239,7 @@ def epilogue_torch(A: torch.Tensor, bias, bn, act, bn_mode: str, update_stats: b
         ad = ad * scale
     if act is not None:
         a, ad = act(a, ad)
-    return torch.cat([a.unsqueeze(0), ad])
+    # stacked on the merged batch, so that a channels_last a and ȧ give a channels_last H (the
+    # elementwise ops above keep their input's layout; a cat of the 5-D [1, B, ...] and [T, B, ...]
+    # would return a contiguous H, and the next convolution would copy it back)
+    return torch.cat([a, ad.flatten(0, 1)]).view(A.shape[0], *a.shape)

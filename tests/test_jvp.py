@@ -121,11 +121,37 @@ def test_conv2d(cin, cout, k, stride, padding, dilation, B):
 
 
 @pytest.mark.parametrize("cin, cout, k, stride, padding, output_padding, dilation", [
-    (3, 19, 3, 1, 1, 0, 1), (19, 3, 4, 2, 1, 0, 1), (3, 3, 5, 2, 2, 1, 1), (3, 4, 3, 2, 0, 1, 2)])
+    (3, 19, 3, 1, 1, 0, 1), (19, 3, 4, 2, 1, 0, 1), (3, 3, 5, 2, 2, 1, 1), (3, 4, 3, 2, 0, 1, 2),
+    (19, 1, 4, 2, 1, 0, 1), (3, 1, 3, 2, 0, 1, 2), (3, 1, 5, 1, 2, 0, 1)])     # to one channel: GEMM + col2im
 @pytest.mark.parametrize("B", [1, 7])
 def test_conv_transpose2d(cin, cout, k, stride, padding, output_padding, dilation, B):
     check(nn.ConvTranspose2d(cin, cout, k, stride, padding, output_padding, dilation=dilation).double(),
           (B, cin, 5, 4), 3)
+
+
+def test_a_transposed_convolution_to_one_channel_is_a_gemm_and_col2im(monkeypatch):
+    """The CPU path's own form of that layer: taken (counted), the same numbers as conv_transpose2d,
+    and gradients of every order (gradcheck and gradgradcheck in x and W)."""
+    import owf_kernels.jvp_layers as L
+    calls = []
+    apply = L._ConvTransposeToOneChannel.apply
+    monkeypatch.setattr(L._ConvTransposeToOneChannel, "apply", lambda *a: calls.append(1) or apply(*a))
+    check(nn.Sequential(nn.Conv2d(3, 5, 3, 2, 1), nn.BatchNorm2d(5), nn.LeakyReLU(0.2),
+                        nn.ConvTranspose2d(5, 1, (4, 3), 2, (1, 0), (0, 1)), nn.Tanh()).double(), (7, 3, 6, 6), 3, "per_sample")
+    assert calls, "the one-channel transposed convolution did not take its GEMM + col2im form"
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 3, 5, dtype=DT).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(4, 1, 3, 4, dtype=DT, requires_grad=True)
+    f = lambda x, w: apply(x, w, (2, 1), (1, 2), (1, 0), (1, 2))           # noqa: E731
+    torch.testing.assert_close(f(x, w), nn.functional.conv_transpose2d(x, w, None, (2, 1), (1, 2), (1, 0), 1, (1, 2)))
+    assert torch.autograd.gradcheck(f, (x, w)) and torch.autograd.gradgradcheck(f, (x, w))
+
+
+def test_outputs_come_back_in_the_layout_of_torch_func_jvp():
+    """The CPU path runs its convolutions channels_last; y and ẏ of a contiguous input are contiguous."""
+    net = nn.Sequential(nn.Conv2d(3, 19, 3, 1, 1), nn.BatchNorm2d(19), nn.ReLU(), nn.ConvTranspose2d(19, 3, 4, 2, 1)).double()
+    y, yd = check(net, (7, 3, 5, 4), 3)
+    assert y.is_contiguous() and yd.is_contiguous()
 
 
 def test_conv_transpose2d_on_a_1x1_input_takes_the_gemm_path():
