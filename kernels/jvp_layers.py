@@ -122,7 +122,10 @@ class _ConvTransposeToOneChannel(torch.autograd.Function):
         size = [(n - 1) * s - 2 * p + d * (k - 1) + op + 1
                 for n, s, p, d, k, op in zip((H, W), stride, padding, dilation, (kh, kw), output_padding)]
         cols = (x.permute(0, 2, 3, 1).reshape(N * H * W, C) @ w.reshape(C, kh * kw)).view(N, H * W, kh * kw)
-        return F.fold(cols.transpose(1, 2), size, (kh, kw), dilation, padding, stride)
+        y = F.fold(cols.transpose(1, 2), size, (kh, kw), dilation, padding, stride)
+        # col2im's result is a view of a buffer the size of cols (kh·kw times y's on the 28×28 layer),
+        # which the next op's saved tensors would keep alive: a copy of y frees it
+        return y if y.untyped_storage().nbytes() <= y.numel() * y.element_size() else y.clone()
 
     @staticmethod
     def backward(ctx, g):
