@@ -141,7 +141,9 @@ def _warn_fallback(module, why: str):
 
 def _fallback(func, H: torch.Tensor) -> torch.Tensor:
     """[y; ẏ] of func on H = [h; ḣ] by torch.func.jvp, vmapped over the T tangents (a random op,
-    such as train-mode Dropout, draws the same for every tangent: the primal's mask)."""
+    such as train-mode Dropout, draws the same for every tangent: the primal's mask). H in the
+    layout plain PyTorch would hand the module (a channels_last H breaks a module's x.view)."""
+    H = H.contiguous()
     h = H[0]
     y, yd = torch.func.vmap(lambda t: torch.func.jvp(func, (h,), (t,)), out_dims=(None, 0), randomness="same")(H[1:])
     return torch.cat([y.unsqueeze(0), yd])
@@ -168,9 +170,7 @@ def run_stacked(steps, x: torch.Tensor, V: torch.Tensor, batch_norm: str, update
     GEMMs over the stacked rows too (the separate pair would be two GEMMs per layer)."""
     keep_pair = not steps or (steps[0][0] == "mlp" and const_tangents(V))
     H, pair = (None, (x, V)) if keep_pair else (torch.cat([x.unsqueeze(0), V]), None)
-    # on the CPU's torch epilogue the convolutions run channels_last: oneDNN computes in it, and an
-    # NCHW tensor costs a layout copy each way around every transposed convolution (docs/jvp.md)
-    channels_last = x.device.type == "cpu" and not use_triton(x)
+    channels_last = None          # decided at the first convolution (_channels_last)
     for step in steps:
         kind = step[0]
         if kind == "mlp":
@@ -185,7 +185,9 @@ def run_stacked(steps, x: torch.Tensor, V: torch.Tensor, batch_norm: str, update
             H = torch.cat([pair[0].unsqueeze(0), pair[1]])
         if kind == "layer":
             _, op, bn, act, act_module = step
-            A = linear_op(op, H, channels_last) if op is not None else H
+            if channels_last is None and isinstance(op, (nn.Conv2d, nn.ConvTranspose2d)):
+                channels_last = _channels_last(x)
+            A = linear_op(op, H, bool(channels_last)) if op is not None else H
             H = _epilogue(A, None if op is None else op.bias, bn, act, act_module, batch_norm, update_stats,
                           bias_last=isinstance(op, nn.Linear))
         elif kind == "shape":
@@ -198,6 +200,14 @@ def run_stacked(steps, x: torch.Tensor, V: torch.Tensor, batch_norm: str, update
         return pair
     y, yd = unstack(H)
     return y.contiguous(), yd.contiguous()     # torch.func.jvp's layout for a contiguous input
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    """Whether the convolutions run channels_last: on the CPU's torch epilogue, where oneDNN computes
+    in it and an NCHW tensor costs a layout copy each way around every transposed convolution
+    (docs/jvp.md); not inside a torch.func transform (vmap cannot query a layout)."""
+    return (x.device.type == "cpu" and not use_triton(x)
+            and torch._C._functorch.peek_interpreter_stack() is None)
 
 
 def _epilogue(A, bias, bn, act, act_module, batch_norm, update_stats, bias_last):

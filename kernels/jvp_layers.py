@@ -30,6 +30,7 @@ and the measurements behind these choices are in docs/jvp.md.
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -97,7 +98,7 @@ def linear_op(m: nn.Module, H: torch.Tensor, channels_last: bool = False) -> tor
         A = (Hm.reshape(-1, C) @ m.weight.reshape(C, O * kh * kw)).view(-1, O, kh, kw)
     elif isinstance(m, nn.Conv2d):
         A = F.conv2d(Hm, m.weight, None, m.stride, m.padding, m.dilation, m.groups)
-    elif channels_last and m.out_channels == 1 and m.groups == 1:
+    elif channels_last and _one_channel_form(m, Hm):
         A = _ConvTransposeToOneChannel.apply(Hm, m.weight, m.stride, m.padding, m.output_padding, m.dilation)
     else:
         A = F.conv_transpose2d(Hm, m.weight, None, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
@@ -110,8 +111,9 @@ class _ConvTransposeToOneChannel(torch.autograd.Function):
     (each output pixel the sum of the cols that land on it); backward the native convolution
     backward (g_x = conv2d(g, W), g_W = Σ x ⊗ unfold(g)), whose own derivative autograd has. On the
     CPU oneDNN's transposed convolution to one channel is slow: the 28×28 generator's last layer
-    (48 -> 1, 14×14 -> 28×28, over the 128 stacked rows, 2 threads) took 4.8 ms forward and 6.8 ms
-    with its backward, this 2.1 and 4.1 ms; to 3 or 8 channels it gains nothing or loses (docs/jvp.md)."""
+    (48 -> 1, 14×14 -> 28×28, over the 128 stacked rows, channels_last, 2 threads) took 4.8 ms
+    forward and 6.8 ms with its backward, this 2.1 and 4.1 ms; to 3 or 8 channels it gains nothing
+    or loses (docs/jvp.md)."""
 
     @staticmethod
     def forward(ctx, x, w, stride, padding, output_padding, dilation):
@@ -134,6 +136,15 @@ class _ConvTransposeToOneChannel(torch.autograd.Function):
         gx, gw, _ = torch.ops.aten.convolution_backward(g, x, w, None, stride, padding, dilation, True, output_padding,
                                                         1, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
         return gx, gw, None, None, None, None
+
+
+def _one_channel_form(m: nn.ConvTranspose2d, x: torch.Tensor) -> bool:
+    """Whether _ConvTransposeToOneChannel takes m on x: one output channel, output_padding below the
+    stride (col2im's block count; PyTorch also allows it up to the dilation), and plain autograd (the
+    Function has no forward-mode or autocast rule: a dual tensor or CPU autocast takes the native op)."""
+    return (m.out_channels == 1 and all(op < s for op, s in zip(m.output_padding, m.stride))
+            and not torch.is_autocast_enabled(x.device.type)
+            and all(fwAD.unpack_dual(t).tangent is None for t in (x, m.weight)))
 
 
 def _is_projection(m: nn.Module, x: torch.Tensor) -> bool:
@@ -213,7 +224,7 @@ def unstack(H: torch.Tensor):
     channels_last (a cat of 5-D [1, B, ...] and [T, B, ...] pieces returns a contiguous one)."""
     B = H.shape[1]
     h, hd = H.flatten(0, 1).split([B, H.shape[0] * B - B])
-    return h, hd.view(-1, *h.shape)
+    return h, hd.view(H.shape[0] - 1, *h.shape)
 
 
 def epilogue_torch(A: torch.Tensor, bias, bn, act, bn_mode: str, update_stats: bool,

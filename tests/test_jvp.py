@@ -122,7 +122,8 @@ def test_conv2d(cin, cout, k, stride, padding, dilation, B):
 
 @pytest.mark.parametrize("cin, cout, k, stride, padding, output_padding, dilation", [
     (3, 19, 3, 1, 1, 0, 1), (19, 3, 4, 2, 1, 0, 1), (3, 3, 5, 2, 2, 1, 1), (3, 4, 3, 2, 0, 1, 2),
-    (19, 1, 4, 2, 1, 0, 1), (3, 1, 3, 2, 0, 1, 2), (3, 1, 5, 1, 2, 0, 1)])     # to one channel: GEMM + col2im
+    (19, 1, 4, 2, 1, 0, 1), (3, 1, 3, 2, 0, 1, 2), (3, 1, 5, 1, 2, 0, 1),      # to one channel: GEMM + col2im
+    (3, 1, 3, 1, 0, 1, 2)])                      # output_padding >= stride (below the dilation): the native op
 @pytest.mark.parametrize("B", [1, 7])
 def test_conv_transpose2d(cin, cout, k, stride, padding, output_padding, dilation, B):
     check(nn.ConvTranspose2d(cin, cout, k, stride, padding, output_padding, dilation=dilation).double(),
@@ -133,6 +134,7 @@ def test_a_transposed_convolution_to_one_channel_is_a_gemm_and_col2im(monkeypatc
     """The CPU path's own form of that layer: taken (counted), the same numbers as conv_transpose2d,
     and gradients of every order (gradcheck and gradgradcheck in x and W)."""
     import owf_kernels.jvp_layers as L
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "torch")
     calls = []
     apply = L._ConvTransposeToOneChannel.apply
     monkeypatch.setattr(L._ConvTransposeToOneChannel, "apply", lambda *a: calls.append(1) or apply(*a))
@@ -145,6 +147,39 @@ def test_a_transposed_convolution_to_one_channel_is_a_gemm_and_col2im(monkeypatc
     f = lambda x, w: apply(x, w, (2, 1), (1, 2), (1, 0), (1, 2))           # noqa: E731
     torch.testing.assert_close(f(x, w), nn.functional.conv_transpose2d(x, w, None, (2, 1), (1, 2), (1, 0), 1, (1, 2)))
     assert torch.autograd.gradcheck(f, (x, w)) and torch.autograd.gradgradcheck(f, (x, w))
+    # col2im returns a view of a buffer the size of its columns: the result is copied out of it
+    y = apply(torch.randn(2, 8, 7, 7).contiguous(memory_format=torch.channels_last), torch.randn(8, 1, 4, 4),
+              (2, 2), (1, 1), (0, 0), (1, 1))
+    assert y.untyped_storage().nbytes() == y.numel() * y.element_size()
+
+
+def test_it_composes_as_the_plain_layers_do():
+    """What the plain modules allow, the CPU path's channels_last layout and one-channel layer must
+    not break: a custom module's x.view, an empty batch, CPU autocast, and torch.func.vmap,
+    torch.func.grad and forward_ad around jvp."""
+    class View(nn.Module):
+        def forward(self, x):
+            return x.view(x.shape[0], -1)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, 1, 1), nn.ReLU(), View(), nn.Linear(100, 2)).double()
+    _WARNED.discard("View")
+    with pytest.warns(RuntimeWarning, match="View takes the torch.func.jvp fallback"):
+        check(net, (2, 3, 5, 5), 2)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, 1, 1), nn.Tanh(), nn.ConvTranspose2d(3, 1, 4, 2, 1)).double()
+    y, yd = jvp(net, (torch.zeros(0, 2, 4, 4, dtype=DT),), (torch.zeros(2, 0, 2, 4, 4, dtype=DT),))
+    assert y.shape == (0, 1, 8, 8) and yd.shape == (2, 0, 1, 8, 8)
+    x, v, t = (torch.randn(2, 2, 4, 4, dtype=DT) for _ in range(3))
+    want = torch.func.jvp(net, (x,), (v,))[1]
+    torch.testing.assert_close(torch.func.vmap(lambda xx, vv: jvp(net, (xx[None],), (vv[None],))[1][0])(x, v), want)
+    g = torch.func.grad(lambda xx: jvp(net, (xx,), (v,))[1].square().sum())(x)
+    torch.testing.assert_close(g, torch.func.grad(lambda xx: torch.func.jvp(net, (xx,), (v,))[1].square().sum())(x))
+    with fwAD.dual_level():
+        got = fwAD.unpack_dual(jvp(net, (fwAD.make_dual(x, t),), (v,))[1]).tangent
+    torch.testing.assert_close(got, torch.func.jvp(lambda xx: torch.func.jvp(net, (xx,), (v,))[1], (x,), (t,))[1])
+    xf = x.float().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, yd = jvp(net.float(), (xf,), (v.float(),))
+    (y.float().sum() + yd.float().square().sum()).backward()
+    assert xf.grad is not None and xf.grad.isfinite().all()
 
 
 def test_outputs_come_back_in_the_layout_of_torch_func_jvp():
