@@ -170,7 +170,8 @@ def run_stacked(steps, x: torch.Tensor, V: torch.Tensor, batch_norm: str, update
     GEMMs over the stacked rows too (the separate pair would be two GEMMs per layer)."""
     keep_pair = not steps or (steps[0][0] == "mlp" and const_tangents(V))
     H, pair = (None, (x, V)) if keep_pair else (torch.cat([x.unsqueeze(0), V]), None)
-    channels_last = None          # decided at the first convolution (_channels_last)
+    convs = any(s[0] == "layer" and isinstance(s[1], (nn.Conv2d, nn.ConvTranspose2d)) for s in steps)
+    channels_last = convs and _channels_last(x)       # the backend is asked only of a network with convolutions
     for step in steps:
         kind = step[0]
         if kind == "mlp":
@@ -185,9 +186,7 @@ def run_stacked(steps, x: torch.Tensor, V: torch.Tensor, batch_norm: str, update
             H = torch.cat([pair[0].unsqueeze(0), pair[1]])
         if kind == "layer":
             _, op, bn, act, act_module = step
-            if channels_last is None and isinstance(op, (nn.Conv2d, nn.ConvTranspose2d)):
-                channels_last = _channels_last(x)
-            A = linear_op(op, H, bool(channels_last)) if op is not None else H
+            A = linear_op(op, H, channels_last) if op is not None else H
             H = _epilogue(A, None if op is None else op.bias, bn, act, act_module, batch_norm, update_stats,
                           bias_last=isinstance(op, nn.Linear))
         elif kind == "shape":

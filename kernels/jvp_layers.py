@@ -88,9 +88,10 @@ def linear_op(m: nn.Module, H: torch.Tensor, channels_last: bool = False) -> tor
     if isinstance(m, nn.Linear):
         return F.linear(H, m.weight)                          # acts on the last dim: no merge needed
     Hm = H.reshape(-1, *H.shape[2:])
-    if channels_last and Hm.dim() == 4 and not _is_projection(m, Hm):
+    projection = _is_projection(m, Hm)
+    if channels_last and Hm.dim() == 4 and not projection:
         Hm = Hm.contiguous(memory_format=torch.channels_last)
-    if _is_projection(m, Hm):
+    if projection:
         # on a 1x1 input with no padding a transposed convolution is a GEMM: out[b, o, i, j] =
         # Σ_c x[b, c] W[c, o, i, j] (a DCGAN generator's first layer); CPU: fwd+bwd at [128, 784] ->
         # [96, 7, 7] took 35 ms as a GEMM, 54 ms as conv_transpose2d
