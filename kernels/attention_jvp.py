@@ -1,0 +1,261 @@
+"""sdpa_jvp: scaled dot-product attention and its Jacobian-vector products (tangents) in one pass.
+
+torch.func.jvp has no forward-mode rule for F.scaled_dot_product_attention on the CPU in torch
+2.14.1 (pytorch#128971: "_scaled_dot_product_flash_attention_for_cpu ... not implemented yet").
+This is that rule, for T tangents at once. Per batch element (shapes without the leading `*`):
+
+    q [L, E], k [S, E], v [S, Ev];  tangents q̇_t [L, E], k̇_t [S, E], v̇_t [S, Ev], t = 1..T
+    s   = c q kᵀ + mask               c = scale (default 1/√E); mask: 0 / -inf (bool) or additive
+    p   = softmax(s)                  (row-wise; a row with every key masked gives p = 0, as SDPA does)
+    o   = p v                                                                           [L, Ev]
+    ṡ_t = c (q̇_t kᵀ + q k̇_tᵀ)                                                          [L, S]
+    ṗ_t = p ⊙ (ṡ_t − μ_t),   μ_t = Σ_j p_ij ṡ_t,ij     (the softmax JVP)
+    ȯ_t = ṗ_t v + p v̇_t = (p ⊙ ṡ_t) v − μ_t ⊙ o + p v̇_t                                [L, Ev]
+
+(sCM, Lu & Song 2024, Appendix F.) In a flash loop over key blocks the second form is an online
+softmax that carries, besides o's accumulator and the running max and sum, the accumulators of
+(p ⊙ ṡ) v + p v̇ and of μ, all rescaled together: see attention_jvp_triton.py.
+
+Backward, given g_o = ∂L/∂o [L, Ev] and g_ȯ_t = ∂L/∂ȯ_t [L, Ev] (derived here: jvp_flash_attention
+and NVlabs/rcm backpropagate through o only):
+
+    ν_t   = rowsum(g_ȯ_t ⊙ o)                       (= Σ_j p_ij (g_ȯ_t vᵀ)_ij)          [L]
+    δ     = rowsum(g_o ⊙ o) + Σ_t [rowsum(g_ȯ_t ⊙ ȯ_t) − ν_t μ_t]                       [L]
+    g_ṡ_t = p ⊙ (g_ȯ_t vᵀ − ν_t)                   (softmax-JVP transpose)            [L, S]
+    g_s   = p ⊙ (g_o vᵀ − δ + Σ_t [g_ȯ_t v̇_tᵀ + (g_ȯ_t vᵀ) ⊙ (ṡ_t − μ_t) − ν_t ṡ_t])   [L, S]
+    g_q   = c (g_s k + Σ_t g_ṡ_t k̇_t)              g_q̇_t = c g_ṡ_t k
+    g_k   = c (g_sᵀ q + Σ_t g_ṡ_tᵀ q̇_t)            g_k̇_t = c g_ṡ_tᵀ q
+    g_v   = pᵀ g_o + Σ_t ṗ_tᵀ g_ȯ_t                 g_v̇_t = pᵀ g_ȯ_t
+
+(δ is rowsum(p ⊙ G) of the bracket G in g_s, collapsed with ṗ_t v + p v̇_t = ȯ_t.) Only the Triton
+backward uses these formulas; the torch reference is differentiated by autograd.
+
+Two implementations share this contract:
+- `sdpa_jvp_torch`: the pure-PyTorch reference, the CPU path and the test oracle. The primal and
+  tangent rows are stacked so each product is one batched GEMM (see `_jvp_math`); autograd
+  differentiates it (to any order). Memory kept for backward: about (1 + 2T) [L, S] fp32 tensors
+  per batch element (p, ṡ, ṗ) besides the inputs.
+- the Triton kernels in `attention_jvp_triton.py`: one flash pass for o and all T tangents, saving
+  the log-sum-exp and μ ([L] each), not p; a flash backward for every input (no [L, S] tensor).
+`sdpa_jvp` picks one with a single `if` (see backend.py).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .backend import use_triton
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+def check_inputs(q, k, v, q_dot, k_dot, v_dot, attn_mask, is_causal, scale, dropout_p, enable_gqa):
+    """Raise ValueError naming the bad value; return (T, scale as a float)."""
+    if dropout_p != 0.0:
+        raise ValueError(f"dropout_p={dropout_p!r} is not supported (sdpa_jvp has no dropout); pass 0.0")
+    if enable_gqa:
+        raise ValueError(f"enable_gqa={enable_gqa!r} is not supported: repeat k and v over the query heads")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be floating point, got dtype {t.dtype}")
+        if t.dim() < 2:
+            raise ValueError(f"{name} must be [*, seq, dim], got shape {tuple(t.shape)}")
+    if not q.dim() == k.dim() == v.dim():
+        raise ValueError(f"q, k, v must have the same number of dims: got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
+        if q.dim() >= 3 and q.shape[:-3] == k.shape[:-3] and q.shape[-3] != k.shape[-3]:
+            raise ValueError(f"q has {q.shape[-3]} heads and k {k.shape[-3]} (GQA): not supported; "
+                             f"repeat k and v over the query heads")
+        raise ValueError(f"q, k, v must share their batch dims [*]: got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"k shape {tuple(k.shape)} does not end in E={q.shape[-1]} (q {tuple(q.shape)})")
+    if v.shape[-2] != k.shape[-2]:
+        raise ValueError(f"v shape {tuple(v.shape)} does not have S={k.shape[-2]} keys (k {tuple(k.shape)})")
+    tensors = [("q", q), ("k", k), ("v", v)]
+    T = None
+    for name, t, primal in (("q_dot", q_dot, q), ("k_dot", k_dot, k), ("v_dot", v_dot, v)):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a tensor or None, got {type(t).__name__}")
+        if t.dim() != primal.dim() + 1 or t.shape[1:] != primal.shape or t.shape[0] < 1:
+            raise ValueError(f"{name} must be [T, *{name[0]}.shape] with T >= 1: got {name} "
+                             f"{tuple(t.shape)} for {name[0]} {tuple(primal.shape)}")
+        if T is not None and t.shape[0] != T:
+            raise ValueError(f"every tangent must have the same T: {name} has T={t.shape[0]}, "
+                             f"an earlier one T={T}")
+        T = t.shape[0]
+        tensors.append((name, t))
+    if T is None:
+        raise ValueError("q_dot, k_dot and v_dot are all None: give at least one tangent")
+    devices = {t.device for _, t in tensors}
+    if len(devices) != 1:
+        raise ValueError("all inputs must be on one device, got " +
+                         ", ".join(f"{n} on {t.device}" for n, t in tensors))
+    dtypes = {t.dtype for _, t in tensors}
+    if len(dtypes) != 1:
+        raise ValueError("q, k, v and the tangents must share one dtype, got " +
+                         ", ".join(f"{n} {t.dtype}" for n, t in tensors))
+    if attn_mask is not None:
+        if is_causal:
+            raise ValueError("attn_mask and is_causal=True together are not supported (SDPA refuses "
+                             "them too): fold the causal mask into attn_mask")
+        if not isinstance(attn_mask, torch.Tensor):
+            raise ValueError(f"attn_mask must be a tensor or None, got {type(attn_mask).__name__}")
+        if not (attn_mask.dtype == torch.bool or attn_mask.is_floating_point()):
+            raise ValueError(f"attn_mask must be bool or floating point, got dtype {attn_mask.dtype}")
+        if attn_mask.device != q.device:
+            raise ValueError(f"attn_mask is on {attn_mask.device} but q is on {q.device}")
+        want = (*q.shape[:-1], k.shape[-2])
+        try:
+            ok = torch.broadcast_shapes(attn_mask.shape, want) == want
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"attn_mask shape {tuple(attn_mask.shape)} does not broadcast to [*, L, S] = {want}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    elif not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+        raise ValueError(f"scale={scale!r} must be a finite number or None")
+    return T, float(scale)
+
+
+def mask_bias(attn_mask, is_causal, L, S, dtype, device):
+    """The additive mask (0 / -inf for bool, the values for float; a causal mask is top-left
+    aligned, as SDPA's: key j is seen by query i iff j <= i), or None; and whether some query row
+    sees no key at all (its softmax is 0/0: SDPA gives p = 0 there, and so do we)."""
+    if is_causal:
+        attn_mask = torch.ones(L, S, dtype=torch.bool, device=device).tril()
+    if attn_mask is None:
+        return None, False
+    if attn_mask.dtype == torch.bool:
+        bias = torch.zeros(attn_mask.shape, dtype=dtype, device=device).masked_fill_(~attn_mask, -math.inf)
+        return bias, bool((~attn_mask.any(-1)).any())
+    bias = attn_mask.to(dtype)
+    return bias, bool((bias == -math.inf).all(-1).any())
+
+
+# ---------------------------------------------------------------------------------------------
+# The pure-PyTorch reference (CPU path and oracle)
+# ---------------------------------------------------------------------------------------------
+def _safe_softmax(s, dead):
+    """softmax over the last dim; with `dead`, rows whose entries are all -inf give 0, not NaN
+    (they are softmaxed as zeros, then zeroed: no NaN reaches the gradient either)."""
+    if not dead:
+        return torch.softmax(s, -1)
+    empty = (s == -math.inf).all(-1, keepdim=True)
+    return torch.softmax(s.masked_fill(empty, 0.0), -1).masked_fill(empty, 0.0)
+
+
+def _jvp_math(q, k, v, q_dot, k_dot, v_dot, bias, dead, c):
+    """The math rule, stacked. q [*, L, E], k [*, S, E], v [*, S, Ev]; tangents [T, *, ...] or
+    None; bias broadcastable to [*, L, S] or None. Inside, the tangent index sits at dim -3 ([*, T,
+    L, S]), so [q; q̇] and [p; ṗ] are row-stacked operands of single batched GEMMs:
+
+        [s; c q̇ kᵀ] = c [q; q̇] kᵀ          one GEMM over (1+T)·L rows   read (1+T)LE + SE, write (1+T)LS
+        c q k̇ᵀ      = c q [k̇_1 … k̇_T]ᵀ      one GEMM, T·S columns         read LE + TSE,     write TLS
+        [o | p v̇]  = p [v | v̇_1 … v̇_T]     one GEMM, (1+T)·Ev columns    read LS,           write (1+T)LEv
+        ṗ v                                 one GEMM over T·L rows        read TLS,          write TLEv
+    """
+    T = next(t.shape[0] for t in (q_dot, k_dot, v_dot) if t is not None)
+    L, S, Ev = q.shape[-2], k.shape[-2], v.shape[-1]
+    kt = k.transpose(-1, -2)                                               # [*, E, S]
+    if q_dot is not None:
+        qs = torch.cat([q.unsqueeze(-3), q_dot.movedim(0, -3)], -3) * c    # [*, 1+T, L, E]
+        st = (qs.flatten(-3, -2) @ kt).unflatten(-2, (1 + T, L))           # [*, 1+T, L, S]
+        s, s_dot = st[..., 0, :, :], st[..., 1:, :, :]
+    else:
+        s, s_dot = (q * c) @ kt, None
+    if k_dot is not None:                                                  # + c q k̇_tᵀ, all t in one GEMM
+        qk = ((q * c) @ k_dot.movedim(0, -3).flatten(-3, -2).transpose(-1, -2))   # [*, L, T·S]
+        qk = qk.unflatten(-1, (T, S)).transpose(-3, -2)                    # [*, T, L, S]
+        s_dot = qk if s_dot is None else s_dot + qk
+    if bias is not None:
+        s = s + bias
+    p = _safe_softmax(s, dead)                                             # [*, L, S]
+    vs = v if v_dot is None else torch.cat([v, v_dot.movedim(0, -2).flatten(-2)], -1)   # [*, S, (1+T)Ev]
+    pv = p @ vs                                                            # [o | p v̇_1 … p v̇_T]
+    o = pv[..., :Ev]
+    o_dot = None
+    if s_dot is not None:
+        ps = p.unsqueeze(-3) * s_dot                                       # p ⊙ ṡ_t
+        mu = ps.sum(-1, keepdim=True)                                      # μ_t        [*, T, L, 1]
+        p_dot = torch.addcmul(ps, p.unsqueeze(-3), mu, value=-1)           # ṗ_t = p ⊙ ṡ_t − p μ_t
+        o_dot = (p_dot.flatten(-3, -2) @ v).unflatten(-2, (T, L))          # ṗ_t v      [*, T, L, Ev]
+    if v_dot is not None:
+        pvd = pv[..., Ev:].unflatten(-1, (T, Ev)).transpose(-3, -2)        # p v̇_t      [*, T, L, Ev]
+        o_dot = pvd if o_dot is None else o_dot + pvd
+    return o, o_dot.movedim(-3, 0)                                         # [*, L, Ev], [T, *, L, Ev]
+
+
+def sdpa_jvp_torch(q, k, v, q_dot, k_dot, v_dot, attn_mask=None, is_causal=False, scale=None,
+                   dropout_p=0.0, enable_gqa=False):
+    """The pure-PyTorch reference; same contract as `sdpa_jvp`. bf16/fp16 inputs are computed in
+    float32 (as the kernel's accumulators are) and the outputs cast back."""
+    T, c = check_inputs(q, k, v, q_dot, k_dot, v_dot, attn_mask, is_causal, scale, dropout_p, enable_gqa)
+    ct = torch.promote_types(q.dtype, torch.float32)
+    up = lambda t: None if t is None else t.to(ct)          # noqa: E731  (no copy when already ct)
+    bias, dead = mask_bias(attn_mask, is_causal, q.shape[-2], k.shape[-2], ct, q.device)
+    o, o_dot = _jvp_math(up(q), up(k), up(v), up(q_dot), up(k_dot), up(v_dot), bias, dead, c)
+    return o.to(q.dtype).contiguous(), o_dot.to(q.dtype).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# The Triton path's autograd node (kernels and launchers in attention_jvp_triton.py)
+# ---------------------------------------------------------------------------------------------
+class _SDPAJVPTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, q_dot, k_dot, v_dot, attn_mask, is_causal, scale):
+        from .attention_jvp_triton import attention_jvp_backward, attention_jvp_forward  # noqa: F401
+        o, o_dot, lse, mu = attention_jvp_forward(q, k, v, q_dot, k_dot, v_dot, attn_mask, is_causal, scale)
+        # Saved: the inputs, both outputs, the log-sum-exp [*, L] and μ [T, *, L] (fp32); p and ṡ
+        # are recomputed block by block in backward.
+        ctx.save_for_backward(q, k, v, q_dot, k_dot, v_dot, attn_mask, o, o_dot, lse, mu)
+        ctx.is_causal, ctx.scale = is_causal, scale
+        return o, o_dot
+
+    @staticmethod
+    @once_differentiable       # a create_graph=True backward through it raises (the torch path is differentiable again)
+    def backward(ctx, g_o, g_o_dot):
+        from .attention_jvp_triton import attention_jvp_backward
+        q, k, v, q_dot, k_dot, v_dot, attn_mask, o, o_dot, lse, mu = ctx.saved_tensors
+        grads = attention_jvp_backward(q, k, v, q_dot, k_dot, v_dot, attn_mask, ctx.is_causal, ctx.scale,
+                                       o, o_dot, lse, mu, g_o, g_o_dot, ctx.needs_input_grad[:6])
+        return (*grads, None, None, None)
+
+
+def sdpa_jvp_triton(q, k, v, q_dot, k_dot, v_dot, attn_mask=None, is_causal=False, scale=None,
+                    dropout_p=0.0, enable_gqa=False):
+    """The Triton path; same contract as `sdpa_jvp`."""
+    _, c = check_inputs(q, k, v, q_dot, k_dot, v_dot, attn_mask, is_causal, scale, dropout_p, enable_gqa)
+    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype {q.dtype} is not supported by the Triton kernel (float32, bfloat16, "
+                         f"float16); use OWF_KERNELS_BACKEND=torch for it")
+    return _SDPAJVPTriton.apply(q, k, v, q_dot, k_dot, v_dot, attn_mask, bool(is_causal), c)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry point
+# ---------------------------------------------------------------------------------------------
+def sdpa_jvp(q, k, v, q_dot, k_dot, v_dot, attn_mask=None, is_causal=False, scale=None,
+             dropout_p=0.0, enable_gqa=False):
+    """o = softmax(q kᵀ·scale + mask) v, as F.scaled_dot_product_attention, and its tangents
+    o_dot[t] = ∂o/∂(q, k, v) · (q_dot[t], k_dot[t], v_dot[t]), differentiable in all six inputs.
+
+    q: [*, L, E], k: [*, S, E], v: [*, S, Ev]; q_dot: [T, *, L, E], k_dot: [T, *, S, E],
+    v_dot: [T, *, S, Ev], each or None for a zero tangent (at least one given). attn_mask: bool
+    (True = attend) or additive float, broadcastable to [*, L, S], a constant; is_causal: top-left
+    causal mask, as SDPA's; scale: None = 1/√E. dropout_p != 0 and enable_gqa=True are refused.
+    Returns o: [*, L, Ev] and o_dot: [T, *, L, Ev]. Triton on CUDA, the torch reference on CPU
+    (see backend.py for OWF_KERNELS_BACKEND).
+    """
+    if use_triton(q):
+        return sdpa_jvp_triton(q, k, v, q_dot, k_dot, v_dot, attn_mask, is_causal, scale, dropout_p, enable_gqa)
+    return sdpa_jvp_torch(q, k, v, q_dot, k_dot, v_dot, attn_mask, is_causal, scale, dropout_p, enable_gqa)

@@ -1,0 +1,214 @@
+"""sdpa_jvp against torch.func.jvp of softmax(q kᵀ·scale + mask) v in float64: outputs, tangents and
+every gradient of a loss of both, for the torch reference and for the Triton kernel (interpreter)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from support import DEVICE
+from owf_kernels.attention_jvp import sdpa_jvp
+
+# (dtype, atol, rtol) for the outputs; gradients get GRAD_FACTOR times these. The oracle is float64.
+TOLS = {torch.float32: (5e-5, 5e-5), torch.bfloat16: (4e-2, 4e-2)}
+GRAD_FACTOR = 10
+
+
+@pytest.fixture(params=["torch"])
+def backend(request, monkeypatch):
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", request.param)
+    return request.param
+
+
+# ---------------------------------------------------------------------------------------------
+# The oracle: attention written as softmax(q kᵀ·scale + bias) v, differentiated by torch.func.jvp
+# ---------------------------------------------------------------------------------------------
+def bias_of(attn_mask, is_causal, L, S):
+    if is_causal:
+        attn_mask = torch.ones(L, S, dtype=torch.bool, device=DEVICE).tril()
+    if attn_mask is None:
+        return None
+    if attn_mask.dtype == torch.bool:
+        return torch.zeros(attn_mask.shape, dtype=torch.float64, device=DEVICE).masked_fill(~attn_mask, -math.inf)
+    return attn_mask.double()
+
+
+def math_attention(q, k, v, bias, scale):
+    s = q @ k.transpose(-1, -2) * scale
+    if bias is not None:
+        s = s + bias
+    return torch.softmax(s, -1) @ v
+
+
+def oracle(q, k, v, q_dot, k_dot, v_dot, attn_mask=None, is_causal=False, scale=None):
+    """(o, o_dot [T, ...]) by torch.func.jvp of the math attention, one tangent at a time; a None
+    tangent is zero."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    bias = bias_of(attn_mask, is_causal, q.shape[-2], k.shape[-2])
+    T = next(t.shape[0] for t in (q_dot, k_dot, v_dot) if t is not None)
+    tan = lambda d, p, t: torch.zeros_like(p) if d is None else d[t]     # noqa: E731
+    outs = [torch.func.jvp(lambda q, k, v: math_attention(q, k, v, bias, scale), (q, k, v),
+                           (tan(q_dot, q, t), tan(k_dot, k, t), tan(v_dot, v, t))) for t in range(T)]
+    return outs[0][0], torch.stack([o[1] for o in outs])
+
+
+def make(batch, L, S, E, Ev, T, tangents="qkv", dtype=torch.float32):
+    q = torch.randn(*batch, L, E, device=DEVICE).to(dtype)
+    k = torch.randn(*batch, S, E, device=DEVICE).to(dtype)
+    v = torch.randn(*batch, S, Ev, device=DEVICE).to(dtype)
+    dots = [torch.randn(T, *x.shape, device=DEVICE).to(dtype) if name in tangents else None
+            for name, x in zip("qkv", (q, k, v))]
+    return [q, k, v, *dots]
+
+
+def loss_of(o, o_dot, g_o, g_od):
+    """Uses both outputs, o_dot non-linearly."""
+    return (o.double() * g_o).sum() + (o_dot.double() * g_od).sum() + (o_dot.double() ** 2).sum()
+
+
+def check(inputs, atol, rtol, **kw):
+    present = [i for i, t in enumerate(inputs) if t is not None]
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in inputs]
+    refl = [t.detach().double().requires_grad_(True) if t is not None else None for t in inputs]
+    o, o_dot = sdpa_jvp(*leaves, **kw)
+    ro, rod = oracle(*refl, **kw)
+    assert o.dtype == o_dot.dtype == inputs[0].dtype
+    assert o.shape == ro.shape and o_dot.shape == rod.shape
+    torch.testing.assert_close(o.double(), ro, atol=atol, rtol=rtol, msg=lambda m: f"o: {m}")
+    torch.testing.assert_close(o_dot.double(), rod, atol=atol, rtol=rtol, msg=lambda m: f"o_dot: {m}")
+    g_o, g_od = torch.randn_like(ro), torch.randn_like(rod)
+    grads = torch.autograd.grad(loss_of(o, o_dot, g_o, g_od), [leaves[i] for i in present])
+    rgrads = torch.autograd.grad(loss_of(ro, rod, g_o, g_od), [refl[i] for i in present])
+    names = ["q", "k", "v", "q_dot", "k_dot", "v_dot"]
+    for i, g, r in zip(present, grads, rgrads):
+        torch.testing.assert_close(g.double(), r, atol=atol * GRAD_FACTOR, rtol=rtol * GRAD_FACTOR,
+                                   msg=lambda m: f"grad {names[i]}: {m}")
+
+
+def bool_mask(shape, p=0.3):
+    """A random bool mask with every query row seeing key 0 (no row is fully masked)."""
+    m = torch.rand(*shape, device=DEVICE) > p
+    m[..., 0] = True
+    return m
+
+
+def float_mask(shape):
+    """An additive mask with some -inf entries (never a whole row)."""
+    m = torch.randn(*shape, device=DEVICE)
+    m[torch.rand(*shape, device=DEVICE) < 0.2] = -math.inf
+    m[..., 0] = 0.0
+    return m
+
+
+# ---------------------------------------------------------------------------------------------
+# Against func.jvp: odd shapes (L ≠ S, E ≠ Ev, L not a multiple of the block), T = 1 and 3,
+# None tangents, bool and float masks, causal
+# ---------------------------------------------------------------------------------------------
+#        id                batch    L   S   E  Ev  T  tangents mask
+CASES = [("T1",            (2,),   19, 23, 12, 5, 1, "qkv",  None),
+         ("T3-4d",         (1, 2), 20, 17, 8, 12, 3, "qkv",  None),
+         ("q-only-bool",   (2,),   19, 23, 12, 5, 2, "q",    "bool"),
+         ("k-only-float",  (2, 2), 17, 18, 6, 7, 1, "k",     "float-heads"),
+         ("v-only-causal", (2,),   21, 13, 5, 9, 2, "v",     "causal"),
+         ("kv-causal",     (1,),   13, 21, 9, 6, 3, "kv",    "causal"),
+         ("qv-float",      (),     18, 19, 7, 7, 2, "qv",    "float")]
+
+
+def mask_kw(kind, batch, L, S):
+    if kind is None:
+        return {}
+    if kind == "causal":
+        return dict(is_causal=True)
+    if kind == "bool":
+        return dict(attn_mask=bool_mask((L, S)))
+    if kind == "float":
+        return dict(attn_mask=float_mask((L, S)))
+    return dict(attn_mask=float_mask((*batch[:-1], 1, L, S)))        # float-heads: one per batch, broadcast over heads
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_matches_func_jvp(backend, case):
+    _, batch, L, S, E, Ev, T, tangents, mask = case
+    check(make(batch, L, S, E, Ev, T, tangents), *TOLS[torch.float32], **mask_kw(mask, batch, L, S))
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[4]], ids=[CASES[0][0], CASES[4][0]])
+def test_bfloat16(backend, case):
+    _, batch, L, S, E, Ev, T, tangents, mask = case
+    check(make(batch, L, S, E, Ev, T, tangents, dtype=torch.bfloat16), *TOLS[torch.bfloat16],
+          **mask_kw(mask, batch, L, S))
+
+
+def test_scale_and_non_contiguous(backend):
+    """A given scale; q, k, v as the [B, L, H, E] -> [B, H, L, E] transposes a projection gives."""
+    B, H, L, S, E = 2, 2, 18, 17, 8
+    q = torch.randn(B, L, H, E, device=DEVICE).transpose(1, 2)
+    k = torch.randn(B, S, H, E, device=DEVICE).transpose(1, 2)
+    v = torch.randn(B, S, H, E, device=DEVICE).transpose(1, 2)
+    qd = torch.randn(2, B, L, H, E, device=DEVICE).transpose(2, 3)
+    assert not q.is_contiguous() and not qd.is_contiguous()
+    check([q, k, v, qd, None, torch.randn(2, *v.shape, device=DEVICE)], *TOLS[torch.float32], scale=0.3)
+
+
+def test_matches_sdpa_forward(backend):
+    """The primal is F.scaled_dot_product_attention's, conventions included: a bool mask's True
+    attends, a causal mask with L ≠ S is top-left aligned."""
+    q, k, v, qd, kd, vd = make((2,), 19, 13, 8, 8, 1)
+    for kw in (dict(attn_mask=bool_mask((19, 13))), dict(is_causal=True), dict(attn_mask=float_mask((2, 19, 13)))):
+        o, _ = sdpa_jvp(q, k, v, qd, kd, vd, **kw)
+        torch.testing.assert_close(o, F.scaled_dot_product_attention(q, k, v, **kw), atol=1e-5, rtol=1e-5)
+
+
+def test_fully_masked_rows_give_zero(backend):
+    """A query row that sees no key gives o = 0 and o_dot = 0, as SDPA does (not NaN), and passes
+    no gradient; the other rows' values and gradients are those of the math attention."""
+    q, k, v, qd, kd, vd = make((2,), 19, 13, 8, 6, 2)
+    mask = bool_mask((19, 13))
+    mask[[3, 17]] = False
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v, qd, kd, vd)]
+    o, o_dot = sdpa_jvp(*leaves, attn_mask=mask)
+    torch.testing.assert_close(o, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=1e-5, rtol=1e-5)
+    assert (o[:, [3, 17]] == 0).all() and (o_dot[:, :, [3, 17]] == 0).all()
+    live = mask.any(-1)
+    refl = [t.double().requires_grad_(True) for t in (q, k, v, qd, kd, vd)]
+    ro, rod = oracle(*refl, attn_mask=mask | ~live[:, None])             # dead rows given keys, then ignored
+    torch.testing.assert_close(o_dot[:, :, live].double(), rod[:, :, live], atol=5e-5, rtol=5e-5)
+    g_o, g_od = torch.randn_like(ro) * live[:, None], torch.randn_like(rod) * live[:, None]
+    grads = torch.autograd.grad(loss_of(o * live[:, None], o_dot * live[:, None], g_o, g_od), leaves)
+    rgrads = torch.autograd.grad(loss_of(ro * live[:, None], rod * live[:, None], g_o, g_od), refl)
+    for g, r in zip(grads, rgrads):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g.double(), r, atol=5e-4, rtol=5e-4)
+
+
+def test_gradcheck_float64_torch_path(monkeypatch):
+    """The reference is plain autograd: gradients and second derivatives check by finite differences."""
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "torch")
+    inputs = [t.double().requires_grad_(True) for t in make((1,), 3, 4, 3, 2, 2)]
+    mask = bool_mask((3, 4))
+    f = lambda *a: sdpa_jvp(*a, attn_mask=mask)      # noqa: E731
+    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(dropout_p=0.1), "dropout_p=0.1"),
+    (dict(enable_gqa=True), "enable_gqa=True"),
+    (dict(k=torch.randn(2, 1, 6, 4), v=torch.randn(2, 1, 6, 3), k_dot=None, v_dot=None), "2 heads and k 1 .GQA."),
+    (dict(k=torch.randn(2, 2, 6, 5)), r"does not end in E=4"),
+    (dict(v=torch.randn(2, 2, 7, 3)), r"does not have S=6 keys"),
+    (dict(q_dot=torch.randn(2, 2, 5, 4)), r"q_dot must be \[T, \*q.shape\]"),
+    (dict(k_dot=torch.randn(3, 2, 2, 6, 4)), "k_dot has T=3, an earlier one T=2"),
+    (dict(q_dot=None, k_dot=None, v_dot=None), "all None"),
+    (dict(attn_mask=torch.ones(5, 6, dtype=torch.bool), is_causal=True), "attn_mask and is_causal"),
+    (dict(attn_mask=torch.ones(5, 6, dtype=torch.int64)), "bool or floating point, got dtype torch.int64"),
+    (dict(attn_mask=torch.ones(5, 7)), r"attn_mask shape \(5, 7\) does not broadcast"),
+    (dict(v=torch.randn(2, 2, 6, 3).double()), "share one dtype"),
+    (dict(scale=math.inf), "scale=inf"),
+])
+def test_bad_input_names_the_problem(bad, match):
+    args = dict(q=torch.randn(2, 2, 5, 4), k=torch.randn(2, 2, 6, 4), v=torch.randn(2, 2, 6, 3),
+                q_dot=torch.randn(2, 2, 2, 5, 4), k_dot=torch.randn(2, 2, 2, 6, 4), v_dot=torch.randn(2, 2, 2, 6, 3))
+    args.update(bad)
+    with pytest.raises(ValueError, match=match):
+        sdpa_jvp(**args)
