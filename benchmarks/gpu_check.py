@@ -357,7 +357,7 @@ DCGAN_ROWS = [P.DCGAN_PROVIDERS[0], "owf-torch-epilogue", *P.DCGAN_PROVIDERS[1:]
 def time_dcgan(compile_ok):
     import importlib
     from owf_kernels.jvp_layers import epilogue_torch
-    J = importlib.import_module("owf_kernels.jvp")      # the module (owf_kernels.jvp is also the function)
+    J = importlib.import_module("owf_kernels.jvp_runner")     # the runner's layer-epilogue dispatch
     triton_dispatch = J._epilogue
 
     def torch_dispatch(A, bias, bn, act, act_module, batch_norm, update_stats, bias_last):

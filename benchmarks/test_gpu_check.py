@@ -47,7 +47,7 @@ def test_the_dcgan_section_runs_its_providers_and_renders(monkeypatch):
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: 0)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 2 ** 21)
     import importlib
-    J = importlib.import_module("owf_kernels.jvp")
+    J = importlib.import_module("owf_kernels.jvp_runner")
     dispatch = J._epilogue
     GC.time_dcgan(lambda: False)                      # no compile: it is the slow part
     assert J._epilogue is dispatch                    # the torch-epilogue row's patch is undone

@@ -1,10 +1,11 @@
-"""The rule table of owf_kernels.jvp: one small forward+tangent rule per module type, on the
-stacked layout, and the layer epilogue they share.
+"""The layer kernels of owf_kernels.jvp's stacked runner: a linear op over the stacked batch, and
+the layer epilogue (bias, BatchNorm, activation and their tangents) that the runner's fusion rule
+(jvp_runner.py, "layer") calls after it.
 
-Layout. Between layers the primal and its T tangents travel as ONE tensor H [1+T, B, *feat]: H[0]
-is the primal h, H[1:] the tangents ḣ_t. A linear op (Linear, Conv2d, ConvTranspose2d) is linear
-in its input, so it runs once over the merged batch [(1+T)·B, *feat] with no bias: the weights are
-read once for all 1+T rows, and the result is A = [a; ȧ] with a = op(h) and ȧ_t = op(ḣ_t).
+Layout. The primal and its T tangents travel as ONE tensor H [1+T, B, *feat]: H[0] is the primal
+h, H[1:] the tangents ḣ_t. A linear op (linear, conv2d, conv_transpose2d) is linear in its input,
+so it runs once over the merged batch [(1+T)·B, *feat] with no bias: the weights are read once for
+all 1+T rows, and the result is A = [a; ȧ] with a = op(h) and ȧ_t = op(ḣ_t).
 
 The epilogue then takes A to the next H (per channel c; a: [B, C, *S], S the spatial dims):
 
@@ -33,6 +34,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
 import torch.nn.functional as F
+from typing import NamedTuple
 
 BATCH_NORM_MODES = ("batch", "per_sample")
 
@@ -75,34 +77,56 @@ ACTIVATION_RULES = {
                                       _aten.gelu_backward(zd, z.expand_as(zd), approximate=m.approximate)),
 }
 
-LINEAR_OPS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-# modules that act on each sample's shape only (or not at all): applied to the merged batch
-SHAPE_OPS = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
+# aten activation op (as a trace records it) -> the module it stands for, from the op's arguments:
+# the fusion rule hands the epilogue a module, whose type picks the rule above and the Triton code
+ACTIVATION_OPS = {
+    _aten.relu.default: lambda x: nn.ReLU(),
+    _aten.leaky_relu.default: lambda x, slope=0.01: nn.LeakyReLU(slope),
+    _aten.tanh.default: lambda x: nn.Tanh(),
+    _aten.sigmoid.default: lambda x: nn.Sigmoid(),
+    _aten.softplus.default: lambda x, beta=1, threshold=20: nn.Softplus(beta, threshold),
+    _aten.silu.default: lambda x: nn.SiLU(),
+    _aten.elu.default: lambda x, alpha=1.0, scale=1, input_scale=1: nn.ELU(alpha) if scale == input_scale == 1 else None,
+    _aten.gelu.default: lambda x, approximate="none": nn.GELU(approximate),
+}
 
 
-def linear_op(m: nn.Module, H: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+# ---------------------------------------------------------------------------------------------
+# Linear ops over the stacked batch
+# ---------------------------------------------------------------------------------------------
+class LinearOp(NamedTuple):
+    """A linear op as a trace records it (aten.linear / conv2d / conv_transpose2d), without its bias."""
+    kind: str                      # "linear" | "conv" | "conv_transpose"
+    weight: torch.Tensor           # linear [N, K]; conv [O, C/g, kh, kw]; conv_transpose [C, O/g, kh, kw]
+    stride: tuple = (1, 1)
+    padding: tuple | str = (0, 0)
+    output_padding: tuple = (0, 0)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+
+
+def linear_op(op: LinearOp, H: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """A = op(H) without the bias: H [1+T, B, *feat] -> [1+T, B, *feat'], one call over the merged
     batch. channels_last: a convolution's merged input is made channels_last first (a no-op when the
     previous layer's epilogue kept it so), and its output then is too (see epilogue_torch)."""
-    if isinstance(m, nn.Linear):
-        return F.linear(H, m.weight)                          # acts on the last dim: no merge needed
+    if op.kind == "linear":
+        return F.linear(H, op.weight)                         # acts on the last dim: no merge needed
     Hm = H.reshape(-1, *H.shape[2:])
-    projection = _is_projection(m, Hm)
+    projection = _is_projection(op, Hm)
     if channels_last and Hm.dim() == 4 and not projection:
         Hm = Hm.contiguous(memory_format=torch.channels_last)
     if projection:
         # on a 1x1 input with no padding a transposed convolution is a GEMM: out[b, o, i, j] =
         # Σ_c x[b, c] W[c, o, i, j] (a DCGAN generator's first layer); CPU: fwd+bwd at [128, 784] ->
         # [96, 7, 7] took 35 ms as a GEMM, 54 ms as conv_transpose2d
-        C, O, kh, kw = m.weight.shape
-        A = (Hm.reshape(-1, C) @ m.weight.reshape(C, O * kh * kw)).view(-1, O, kh, kw)
-    elif isinstance(m, nn.Conv2d):
-        A = F.conv2d(Hm, m.weight, None, m.stride, m.padding, m.dilation, m.groups)
-    elif channels_last and _one_channel_form(m, Hm):
-        A = _ConvTransposeToOneChannel.apply(Hm, m.weight, m.stride, m.padding, m.output_padding, m.dilation)
+        C, O, kh, kw = op.weight.shape
+        A = (Hm.reshape(-1, C) @ op.weight.reshape(C, O * kh * kw)).view(-1, O, kh, kw)
+    elif op.kind == "conv":
+        A = F.conv2d(Hm, op.weight, None, op.stride, op.padding, op.dilation, op.groups)
+    elif channels_last and _one_channel_form(op, Hm):
+        A = _ConvTransposeToOneChannel.apply(Hm, op.weight, op.stride, op.padding, op.output_padding, op.dilation)
     else:
-        A = F.conv_transpose2d(Hm, m.weight, None, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
+        A = F.conv_transpose2d(Hm, op.weight, None, op.stride, op.padding, op.output_padding, op.groups, op.dilation)
     return A.view(H.shape[0], H.shape[1], *A.shape[1:])
 
 
@@ -139,33 +163,45 @@ class _ConvTransposeToOneChannel(torch.autograd.Function):
         return gx, gw, None, None, None, None
 
 
-def _one_channel_form(m: nn.ConvTranspose2d, x: torch.Tensor) -> bool:
-    """Whether _ConvTransposeToOneChannel takes m on x: one output channel, output_padding below the
+def _one_channel_form(op: LinearOp, x: torch.Tensor) -> bool:
+    """Whether _ConvTransposeToOneChannel takes op on x: one output channel, output_padding below the
     stride (col2im's block count; PyTorch also allows it up to the dilation), and plain autograd (the
     Function has no forward-mode or autocast rule: a dual tensor or CPU autocast takes the native op)."""
-    return (m.out_channels == 1 and all(op < s for op, s in zip(m.output_padding, m.stride))
+    return (op.groups == 1 and op.weight.shape[1] == 1 and all(p < s for p, s in zip(op.output_padding, op.stride))
             and not torch.is_autocast_enabled(x.device.type)
-            and all(fwAD.unpack_dual(t).tangent is None for t in (x, m.weight)))
+            and all(fwAD.unpack_dual(t).tangent is None for t in (x, op.weight)))
 
 
-def _is_projection(m: nn.Module, x: torch.Tensor) -> bool:
-    return (isinstance(m, nn.ConvTranspose2d) and x.shape[-2:] == (1, 1) and m.groups == 1 and tuple(m.padding) == (0, 0)
-            and tuple(m.output_padding) == (0, 0) and tuple(m.dilation) == (1, 1))
+def _is_projection(op: LinearOp, x: torch.Tensor) -> bool:
+    return (op.kind == "conv_transpose" and x.shape[-2:] == (1, 1) and op.groups == 1
+            and tuple(op.padding) == (0, 0) and tuple(op.output_padding) == (0, 0) and tuple(op.dilation) == (1, 1))
 
 
-def fused_rule_problem(m: nn.Module) -> str | None:
-    """Why module m cannot take the fused path, or None when it can (its type has a rule here)."""
-    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.padding_mode != "zeros":
-        return f"padding_mode={m.padding_mode!r}"
-    if isinstance(m, nn.Conv2d) and isinstance(m.padding, str):
-        return None                                           # 'same' / 'valid': F.conv2d takes them
-    if isinstance(m, nn.Dropout) and m.training and m.p > 0:
-        return "train-mode Dropout"
-    if (isinstance(m, nn.Flatten) and m.start_dim == 0) or (isinstance(m, nn.Unflatten) and m.dim == 0):
-        return "it reshapes the batch dimension"
-    if isinstance(m, LINEAR_OPS + BATCH_NORMS + SHAPE_OPS) or type(m) in ACTIVATION_RULES:
-        return None
-    return "no rule for its type"
+# ---------------------------------------------------------------------------------------------
+# BatchNorm
+# ---------------------------------------------------------------------------------------------
+class BatchNormArgs(NamedTuple):
+    """aten.batch_norm's arguments, as a trace records them (nn.BatchNorm has resolved them)."""
+    weight: torch.Tensor | None      # γ [C]
+    bias: torch.Tensor | None        # β [C]
+    running_mean: torch.Tensor | None
+    running_var: torch.Tensor | None
+    training: bool                   # batch statistics (train mode, or no running statistics)
+    momentum: float                  # the running statistics' update factor (1/n for a cumulative average)
+    eps: float
+    name: str = "BatchNorm"
+
+
+def batch_norm_args(m: nn.Module, update: bool = True) -> BatchNormArgs:
+    """The arguments nn.BatchNorm `m` passes to F.batch_norm, with its own bookkeeping when update
+    (num_batches_tracked + 1 in train mode; momentum=None is the cumulative average 1/n)."""
+    momentum = 0.0 if m.momentum is None else m.momentum
+    if m.training and m.track_running_stats and m.num_batches_tracked is not None and update:
+        m.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(m.num_batches_tracked) if m.momentum is None else m.momentum
+    track = not m.training or m.track_running_stats
+    return BatchNormArgs(m.weight, m.bias, m.running_mean if track else None, m.running_var if track else None,
+                         m.training or m.running_mean is None, momentum, m.eps, f"{type(m).__name__}({m.num_features})")
 
 
 class _BatchStats(torch.autograd.Function):
@@ -189,30 +225,30 @@ class _BatchStats(torch.autograd.Function):
         return torch.addcmul((g_mu / n).view(shape), a - mu.view(shape), (g_var * (2 / n)).view(shape))
 
 
-def batch_norm_stats(bn: nn.Module, a: torch.Tensor, update: bool, shift: torch.Tensor | None = None):
-    """(μ, r, batch) per channel for BatchNorm `bn` on the primal a [B, C, *S]: mean and
-    (σ² + eps)^-½ broadcastable to a, and whether they are the batch's (train mode, or no running
-    statistics) rather than the running ones. update=True updates the running statistics once,
-    from the primal batch, exactly as nn.BatchNorm does (unbiased variance, momentum, or the
-    cumulative average when momentum is None). shift [C]: a bias not yet added to a (the Triton
-    epilogue's); the statistics are then those of a + shift (its mean is μ_a + shift)."""
+def batch_norm_stats(bn, a: torch.Tensor, update: bool, shift: torch.Tensor | None = None):
+    """(μ, r, batch) per channel for BatchNorm `bn` (BatchNormArgs, or an nn.BatchNorm module) on the
+    primal a [B, C, *S]: mean and (σ² + eps)^-½ broadcastable to a, and whether they are the
+    batch's (train mode, or no running statistics) rather than the running ones. update=True
+    updates the running statistics once, from the primal batch, exactly as nn.BatchNorm does
+    (unbiased variance, bn.momentum). shift [C]: a bias not yet added to a (the Triton epilogue's);
+    the statistics are then those of a + shift (its mean is μ_a + shift)."""
+    if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+        bn = batch_norm_args(bn, update)
     C = a.shape[1]
     shape = (1, C) + (1,) * (a.dim() - 2)
-    batch = bn.training or bn.running_mean is None
-    if not batch:
+    if not bn.training:
         mu, var = bn.running_mean, bn.running_var
         return mu.view(shape), torch.rsqrt(var.view(shape) + bn.eps), False
     count = a.numel() // C
     if count < 2:
-        raise ValueError(f"{type(bn).__name__}({C}) in train mode got {count} value per channel (input "
+        raise ValueError(f"{bn.name} in train mode got {count} value per channel (input "
                          f"{tuple(a.shape)}): batch statistics need at least 2")
     mu, var = (t.view(shape) for t in _BatchStats.apply(a))
     if shift is not None:
         mu = mu + shift.view(shape)
-    if update and bn.training and bn.track_running_stats:
+    if update and bn.running_mean is not None:
         with torch.no_grad():
-            bn.num_batches_tracked.add_(1)
-            m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            m = bn.momentum
             bn.running_mean.mul_(1 - m).add_(mu.detach().flatten(), alpha=m)
             bn.running_var.mul_(1 - m).add_(var.detach().flatten(), alpha=m * count / (count - 1))
     return mu, torch.rsqrt(var + bn.eps), True
@@ -232,7 +268,7 @@ def epilogue_torch(A: torch.Tensor, bias, bn, act, bn_mode: str, update_stats: b
                    bias_last: bool = False) -> torch.Tensor:
     """A = [a; ȧ] [1+T, B, C, *S] -> the next H = [y; ẏ] (module docstring's formulas). bias [C] or
     None, on dim 1 of a (a convolution's channels), or on its last dim with bias_last (a Linear's
-    features, whatever dims lead); bn a BatchNorm module or None; act a function (z, ż) -> (σ(z),
+    features, whatever dims lead); bn BatchNormArgs (or an nn.BatchNorm module) or None; act a function (z, ż) -> (σ(z),
     σ'(z) ż) (ACTIVATION_RULES) or None."""
     if bias is None and bn is None and act is None:
         return A
