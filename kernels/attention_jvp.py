@@ -213,7 +213,7 @@ def sdpa_jvp_torch(q, k, v, q_dot, k_dot, v_dot, attn_mask=None, is_causal=False
 class _SDPAJVPTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, q_dot, k_dot, v_dot, attn_mask, is_causal, scale):
-        from .attention_jvp_triton import attention_jvp_backward, attention_jvp_forward  # noqa: F401
+        from .attention_jvp_triton import attention_jvp_forward
         o, o_dot, lse, mu = attention_jvp_forward(q, k, v, q_dot, k_dot, v_dot, attn_mask, is_causal, scale)
         # Saved: the inputs, both outputs, the log-sum-exp [*, L] and μ [T, *, L] (fp32); p and ṡ
         # are recomputed block by block in backward.

@@ -1,6 +1,11 @@
 """sdpa_jvp against torch.func.jvp of softmax(q kᵀ·scale + mask) v in float64: outputs, tangents and
-every gradient of a loss of both, for the torch reference and for the Triton kernel (interpreter)."""
+every gradient of a loss of both, for the torch reference and for the Triton kernel (interpreter);
+and the kernels compiled for an sm_90 GPU (no launch), which the interpreter cannot check."""
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,12 +17,6 @@ from owf_kernels.attention_jvp import sdpa_jvp
 # (dtype, atol, rtol) for the outputs; gradients get GRAD_FACTOR times these. The oracle is float64.
 TOLS = {torch.float32: (5e-5, 5e-5), torch.bfloat16: (4e-2, 4e-2)}
 GRAD_FACTOR = 10
-
-
-@pytest.fixture(params=["torch"])
-def backend(request, monkeypatch):
-    monkeypatch.setenv("OWF_KERNELS_BACKEND", request.param)
-    return request.param
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,6 +180,42 @@ def test_fully_masked_rows_give_zero(backend):
         torch.testing.assert_close(g.double(), r, atol=5e-4, rtol=5e-4)
 
 
+def test_only_some_inputs_need_gradients(backend):
+    """Detached tangents (MeanFlow, sCM) and a constant q: gradients for k and v only, still exact."""
+    q, k, v, qd, kd, vd = make((2,), 18, 19, 8, 6, 2)
+    kv = [t.clone().requires_grad_(True) for t in (k, v)]
+    o, o_dot = sdpa_jvp(q, *kv, qd, kd, vd, is_causal=True)
+    rkv = [t.double().requires_grad_(True) for t in (k, v)]
+    ro, rod = oracle(q.double(), *rkv, qd.double(), kd.double(), vd.double(), is_causal=True)
+    g_o, g_od = torch.randn_like(ro), torch.randn_like(rod)
+    for g, r in zip(torch.autograd.grad(loss_of(o, o_dot, g_o, g_od), kv),
+                    torch.autograd.grad(loss_of(ro, rod, g_o, g_od), rkv)):
+        torch.testing.assert_close(g.double(), r, atol=5e-4, rtol=5e-4)
+
+
+def test_triton_saves_no_score_matrix(monkeypatch):
+    """Backward keeps the inputs, the outputs, the log-sum-exp and μ (rows): nothing [L, S]."""
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "triton")
+    B, L, S, E, T = 2, 40, 36, 8, 2
+    q, k, v, qd, kd, vd = (t.requires_grad_(True) for t in make((B,), L, S, E, E, T))
+    o, o_dot = sdpa_jvp(q, k, v, qd, kd, vd)
+    saved = [t for t in o.grad_fn.saved_tensors if t is not None]
+    assert max(t.numel() for t in saved) < B * L * S
+    assert sum(t.numel() for t in saved) == sum(t.numel() for t in (q, k, v, qd, kd, vd, o, o_dot)) + (1 + T) * B * L
+
+
+def test_triton_double_backward_raises(monkeypatch):
+    """The Triton backward is kernels that build no graph: a create_graph=True backward through it
+    raises instead of missing terms (the torch path is differentiable again, see gradgradcheck)."""
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "triton")
+    q, k, v, qd, kd, vd = make((1,), 16, 16, 8, 8, 1)
+    q.requires_grad_(True)
+    o, o_dot = sdpa_jvp(q, k, v, qd, kd, vd)
+    (gq,) = torch.autograd.grad(o_dot.square().sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gq.sum().backward()
+
+
 def test_gradcheck_float64_torch_path(monkeypatch):
     """The reference is plain autograd: gradients and second derivatives check by finite differences."""
     monkeypatch.setenv("OWF_KERNELS_BACKEND", "torch")
@@ -212,3 +247,51 @@ def test_bad_input_names_the_problem(bad, match):
     args.update(bad)
     with pytest.raises(ValueError, match=match):
         sdpa_jvp(**args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled for an H100/H200 (sm_90): Triton's frontend, LLVM and ptxas, no launch
+# ---------------------------------------------------------------------------------------------
+def aot_compile_sm90():
+    """Compile the forward and both backward kernels as the JIT would specialise them (unit inner
+    strides, 16-aligned pointers and sizes) with the smallest autotune tile: bf16 with every
+    tangent and a bool mask, fp32 (tf32x3 dots) with q_dot only, causal. Needs TRITON_INTERPRET unset."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    import owf_kernels.attention_jvp_triton as K
+    unit = ("stride_qk", "stride_kk", "stride_vk", "stride_qdk", "stride_kdk", "stride_vdk", "stride_mn")
+    for dtype, precision, tangents, mask, causal in (("bf16", None, (True, True, True), 1, False),
+                                                     ("fp32", "tf32x3", (True, False, False), 0, True)):
+        for kernel, cfg in ((K._fwd_kernel, K._fwd_configs()[-1]), (K._bwd_q_kernel, K._bwd_configs()[-1]),
+                            (K._bwd_kv_kernel, K._bwd_configs()[-1])):
+            consts = dict({n: 1 for n in unit}, HAS_QD=tangents[0], HAS_KD=tangents[1], HAS_VD=tangents[2], MASK=mask,
+                          IS_CAUSAL=causal, PRECISION=precision, CAST_F32=False, BLOCK_E=64, BLOCK_EV=32, **cfg.kwargs)
+            sig = {}
+            for n in kernel.arg_names:
+                if n in consts:
+                    sig[n] = "constexpr"
+                elif n.endswith("_ptr"):
+                    sig[n] = "*u8" if n == "mask_ptr" else "*fp32" if n in ("lse_ptr", "mu_ptr", "nu_ptr", "delta_ptr") \
+                        else f"*{dtype}"
+                else:
+                    sig[n] = "fp32" if n == "sm_scale" else "i32"
+            attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(kernel.arg_names)
+                     if sig[n] != "constexpr" and n not in ("H", "T", "sm_scale")}
+            triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs),
+                           target=GPUTarget("cuda", 90, 32), options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+
+
+def test_kernels_compile_for_sm90():
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    p = subprocess.run([sys.executable, "-c", "import test_attention_jvp as t; t.aot_compile_sm90()"],
+                       cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+
+def test_triton_refuses_float64(monkeypatch):
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "triton")
+    with pytest.raises(ValueError, match="dtype torch.float64 is not supported by the Triton kernel"):
+        sdpa_jvp(*make((1,), 4, 4, 4, 4, 1, dtype=torch.float64))
