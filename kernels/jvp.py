@@ -38,7 +38,7 @@ from torch.utils import _pytree as pytree
 
 from .backend import use_triton
 from .jvp_layers import BATCH_NORM_MODES
-from .jvp_rules import Ctx, Dual
+from .jvp_dual import Ctx, Dual
 from .jvp_runner import build, run
 from .jvp_trace import clear_cache, get_trace
 

@@ -32,7 +32,9 @@ from torch.utils import _pytree as pytree
 from .backend import use_triton
 from .jvp_layers import (ACTIVATION_OPS, ACTIVATION_RULES, BatchNormArgs, LinearOp, epilogue_torch, linear_op,
                          unstack)
-from .jvp_rules import (INPLACE, NO_TANGENT, RULES, Dual, batch_norm_const, is_dual, primal, resolve_momentum)
+from .jvp_dual import Dual, is_dual, primal
+from .jvp_rules import INPLACE, NO_TANGENT, RULES
+from .jvp_rules_nonlinear import batch_norm_const, resolve_momentum
 from .linear_jvp import const_tangents, stacked_view
 from .mlp_jvp import mlp_jvp
 
@@ -74,22 +76,24 @@ def _resolve(a, env):
 
 
 def _positional(target, args, kwargs):
-    """args + kwargs as positional arguments in the op's schema order (the rules take them so), up
-    to the last one given; keyword-only ones included."""
+    """(args, kwargs) with every keyword argument that the op's schema also takes by position moved
+    to its position (the rules take them so), up to the last one given; keyword-only ones stay."""
     if not kwargs or not isinstance(target, torch._ops.OpOverload):
-        return args
-    out, last = list(args), len(args)
+        return args, kwargs
+    out, last, rest = list(args), len(args), dict(kwargs)
     for a in target._schema.arguments[len(args):]:
-        if a.name in kwargs:
-            out.append(kwargs[a.name])
+        if a.kwarg_only:
+            continue
+        if a.name in rest:
+            out.append(rest.pop(a.name))
             last = len(out)
         else:
             out.append(a.default_value if a.has_default_value() else None)
-    return tuple(out[:last])
+    return tuple(out[:last]), rest
 
 
 def node_args(n):
-    """A node's arguments, positional (see _positional)."""
+    """A node's (args, kwargs), positional where the schema allows (see _positional)."""
     return _positional(n.target, tuple(n.args), dict(n.kwargs))
 
 
@@ -193,9 +197,9 @@ def _mlp_step(layers):
     return run
 
 
-def _layer_step(kind, conv_args, has_bn, bn_args, act_target, act_args):
+def _layer_step(kind, conv_args, has_bn, bn_args, act_target, act_args, act_kwargs):
     """linear_op then the epilogue (module docstring, "layer")."""
-    act_module = ACTIVATION_OPS[act_target](None, *act_args) if act_target is not None else None
+    act_module = ACTIVATION_OPS[act_target](None, *act_args, **act_kwargs) if act_target is not None else None
     act = ACTIVATION_RULES[type(act_module)](act_module) if act_module is not None else None
 
     def run(ctx, x, weight, bias, *bn_params):
@@ -280,7 +284,7 @@ def build(trace, tangent_grad: bool) -> Program:
         args, kwargs = _plain(torch.fx.node.map_arg(n.args, ref)), _plain(torch.fx.node.map_arg(n.kwargs, ref))
         t = n.target
         if dual[n]:
-            args, kwargs = _positional(t, args, kwargs), {}
+            args, kwargs = _positional(t, args, kwargs)
         any_dual = any(dual[m] for m in _inputs(n))
         if t is operator.getitem:
             fn = _const(t)
@@ -364,7 +368,7 @@ def _linear_layer(n, dual, taken):
     """(W, b) of an aten.linear node that a fusion can take: dual input, constant 2-D weight and bias."""
     if n.op != "call_function" or n.target is not aten.linear.default or n in taken or not dual.get(n.args[0], False):
         return None
-    a = node_args(n)
+    a = node_args(n)[0]
     W = a[1]
     b = a[2] if len(a) > 2 else None
     if not _const_args([W, b], dual) or W.meta.get("val") is None or W.meta["val"].dim() != 2:
@@ -380,7 +384,7 @@ def _mlp_act(n):
     f = MLP_ACTIVATIONS.get(u.target)
     if f is None or u.args[0] is not n:
         return None, None
-    act = f(node_args(u))
+    act = f(node_args(u)[0])
     return (u, act) if act is not None else (None, None)
 
 
@@ -419,7 +423,7 @@ def _mlp_run(n, dual, taken):
 
 def _layer(n, dual, taken):
     """A layer pattern starting at n: (step fn, chain, input nodes, has a conv) or None."""
-    a = node_args(n) if n.op == "call_function" else ()
+    a = node_args(n)[0] if n.op == "call_function" else ()
     if n.target in LAYER_OPS:
         x = a[0]
         if not dual.get(x, False):
@@ -454,7 +458,7 @@ def _layer(n, dual, taken):
         if u.target is aten.batch_norm.default and u.args[0] is cur and u not in taken:
             bn_node = u
     if bn_node is not None:
-        bn = node_args(bn_node)
+        bn = node_args(bn_node)[0]
         if not _const_args(list(bn[1:5]), dual):
             return None
         chain.append(bn_node)
@@ -463,15 +467,16 @@ def _layer(n, dual, taken):
     if _single_user(cur):
         u = next(iter(cur.users))
         if u.target in ACTIVATION_OPS and u.args[0] is cur and u not in taken:
-            if ACTIVATION_OPS[u.target](None, *node_args(u)[1:]) is not None:
+            ua, uk = node_args(u)
+            if ACTIVATION_OPS[u.target](None, *ua[1:], **uk) is not None:
                 act_node = u
                 chain.append(u)
     if len(chain) < 2:
         return None                                                  # a lone op: its own rule
-    bn = node_args(bn_node) if bn_node is not None else ()
+    bn = node_args(bn_node)[0] if bn_node is not None else ()
+    act_args, act_kwargs = node_args(act_node) if act_node is not None else ((None,), {})
     fn = _layer_step(kind, conv_args, bn_node is not None, tuple(bn[5:8]),
-                     act_node.target if act_node is not None else None,
-                     tuple(node_args(act_node)[1:]) if act_node is not None else ())
+                     act_node.target if act_node is not None else None, tuple(act_args[1:]), act_kwargs)
     return fn, chain, [x, W, b] + list(bn[1:5]), kind in ("conv", "conv_transpose")
 
 
