@@ -145,6 +145,35 @@ def mask_bias(attn_mask, is_causal, L, S, dtype, device):
 # ---------------------------------------------------------------------------------------------
 # The pure-PyTorch reference (CPU path and oracle)
 # ---------------------------------------------------------------------------------------------
+# Two forms of the same math, chosen by the size of one [*, L, S] fp32 block (see
+# docs/attention_jvp.md for the measurements behind both thresholds, 1 CPU thread):
+# - up to WHOLE_BYTES: one pass of `_jvp_math` under autograd. Backward reuses what autograd kept,
+#   about (1 + 2T) [*, L, S] blocks (p, ṡ, ṗ), and is differentiable to any order.
+# - above: `_SDPAJVPTorch`, in chunks of query rows (rows are independent: the softmax runs over
+#   keys) whose [*, rows, S] block is about CHUNK_BYTES. Forward keeps the inputs, the outputs and
+#   μ [*, T, L]; backward recomputes p and ṡ chunk by chunk (one more forward's GEMMs) with the
+#   formulas of the module docstring. Nothing [L, S] outlives a chunk, and no allocation reaches
+#   glibc's 32 MiB mmap ceiling, where every call page-faults (owf_kernels.keep_freed_memory).
+WHOLE_BYTES = 24 << 20
+CHUNK_BYTES = 4 << 20
+MIN_CHUNK_ROWS = 16
+
+
+def _chunks(q, S):
+    """Row ranges (i, j) covering the L query rows."""
+    L = q.shape[-2]
+    heads = q[..., 0, 0].numel()
+    rows = max(MIN_CHUNK_ROWS, CHUNK_BYTES // max(1, 4 * heads * S))
+    return [(i, min(L, i + rows)) for i in range(0, L, rows)] or [(0, 0)]
+
+
+def _rows(x, i, j):
+    """Rows i:j of x [.., L, d] (a mask broadcast over rows, of size 1 there or 1-D, as it is)."""
+    if x is None or x.dim() < 2 or x.shape[-2] == 1:
+        return x
+    return x[..., i:j, :]
+
+
 def _safe_softmax(s, dead):
     """softmax over the last dim; with `dead`, rows whose entries are all -inf give 0, not NaN
     (they are softmaxed as zeros, then zeroed: no NaN reaches the gradient either)."""
@@ -154,45 +183,177 @@ def _safe_softmax(s, dead):
     return torch.softmax(s.masked_fill(empty, 0.0), -1).masked_fill(empty, 0.0)
 
 
-def _jvp_math(q, k, v, q_dot, k_dot, v_dot, bias, dead, c):
-    """The math rule, stacked. q [*, L, E], k [*, S, E], v [*, S, Ev]; tangents [T, *, ...] or
-    None; bias broadcastable to [*, L, S] or None. Inside, the tangent index sits at dim -3 ([*, T,
-    L, S]), so [q; q̇] and [p; ṗ] are row-stacked operands of single batched GEMMs:
+def _scores(q, k, q_dot, k_dot, bias, c):
+    """s = c q kᵀ + bias [*, r, S], ṡ [*, T, r, S] (None without q_dot and k_dot) and the stacked
+    qs = c [q; q̇] [*, 1+T, r, E] (c q alone without q_dot). The tangent index sits at dim -3, so
+    [q; q̇] is a row-stacked operand of one batched GEMM:
 
-        [s; c q̇ kᵀ] = c [q; q̇] kᵀ          one GEMM over (1+T)·L rows   read (1+T)LE + SE, write (1+T)LS
-        c q k̇ᵀ      = c q [k̇_1 … k̇_T]ᵀ      one GEMM, T·S columns         read LE + TSE,     write TLS
-        [o | p v̇]  = p [v | v̇_1 … v̇_T]     one GEMM, (1+T)·Ev columns    read LS,           write (1+T)LEv
-        ṗ v                                 one GEMM over T·L rows        read TLS,          write TLEv
+        [s; c q̇ kᵀ] = c [q; q̇] kᵀ       one GEMM over (1+T)·r rows   read (1+T)rE + SE, write (1+T)rS
+        c q k̇ᵀ      = c q [k̇_1 … k̇_T]ᵀ   one GEMM, T·S columns         read rE + TSE,     write TrS
     """
-    T = next(t.shape[0] for t in (q_dot, k_dot, v_dot) if t is not None)
-    L, S, Ev = q.shape[-2], k.shape[-2], v.shape[-1]
+    r, S = q.shape[-2], k.shape[-2]
     kt = k.transpose(-1, -2)                                               # [*, E, S]
     if q_dot is not None:
-        qs = torch.cat([q.unsqueeze(-3), q_dot.movedim(0, -3)], -3) * c    # [*, 1+T, L, E]
-        st = (qs.flatten(-3, -2) @ kt).unflatten(-2, (1 + T, L))           # [*, 1+T, L, S]
+        qs = torch.cat([q.unsqueeze(-3), q_dot.movedim(0, -3)], -3) * c    # [*, 1+T, r, E]
+        st = (qs.flatten(-3, -2) @ kt).unflatten(-2, (qs.shape[-3], r))    # [*, 1+T, r, S]
         s, s_dot = st[..., 0, :, :], st[..., 1:, :, :]
     else:
-        s, s_dot = (q * c) @ kt, None
+        qs = (q * c).unsqueeze(-3)
+        s, s_dot = qs[..., 0, :, :] @ kt, None
     if k_dot is not None:                                                  # + c q k̇_tᵀ, all t in one GEMM
-        qk = ((q * c) @ k_dot.movedim(0, -3).flatten(-3, -2).transpose(-1, -2))   # [*, L, T·S]
-        qk = qk.unflatten(-1, (T, S)).transpose(-3, -2)                    # [*, T, L, S]
+        T = k_dot.shape[0]
+        qk = qs[..., 0, :, :] @ k_dot.movedim(0, -3).flatten(-3, -2).transpose(-1, -2)   # [*, r, T·S]
+        qk = qk.unflatten(-1, (T, S)).transpose(-3, -2)                    # [*, T, r, S]
         s_dot = qk if s_dot is None else s_dot + qk
     if bias is not None:
         s = s + bias
-    p = _safe_softmax(s, dead)                                             # [*, L, S]
+    return s, s_dot, qs
+
+
+def _jvp_math(q, k, v, q_dot, k_dot, v_dot, bias, dead, c):
+    """The math rule on one chunk of query rows, stacked. q [*, r, E], k [*, S, E], v [*, S, Ev];
+    tangents [T, *, ...] or None; bias broadcastable to [*, r, S] or None. Returns o [*, r, Ev],
+    o_dot [T, *, r, Ev] and μ [*, T, r, 1] (None without q_dot and k_dot). Differentiable.
+
+        [o | p v̇]  = p [v | v̇_1 … v̇_T]     one GEMM, (1+T)·Ev columns    read rS,  write (1+T)rEv
+        ṗ v                                 one GEMM over T·r rows        read TrS, write TrEv
+    """
+    T = next(t.shape[0] for t in (q_dot, k_dot, v_dot) if t is not None)
+    r, Ev = q.shape[-2], v.shape[-1]
+    s, s_dot, _ = _scores(q, k, q_dot, k_dot, bias, c)
+    p = _safe_softmax(s, dead)                                             # [*, r, S]
     vs = v if v_dot is None else torch.cat([v, v_dot.movedim(0, -2).flatten(-2)], -1)   # [*, S, (1+T)Ev]
     pv = p @ vs                                                            # [o | p v̇_1 … p v̇_T]
     o = pv[..., :Ev]
-    o_dot = None
+    o_dot = mu = None
     if s_dot is not None:
         ps = p.unsqueeze(-3) * s_dot                                       # p ⊙ ṡ_t
-        mu = ps.sum(-1, keepdim=True)                                      # μ_t        [*, T, L, 1]
+        mu = ps.sum(-1, keepdim=True)                                      # μ_t        [*, T, r, 1]
         p_dot = torch.addcmul(ps, p.unsqueeze(-3), mu, value=-1)           # ṗ_t = p ⊙ ṡ_t − p μ_t
-        o_dot = (p_dot.flatten(-3, -2) @ v).unflatten(-2, (T, L))          # ṗ_t v      [*, T, L, Ev]
+        o_dot = (p_dot.flatten(-3, -2) @ v).unflatten(-2, (T, r))          # ṗ_t v      [*, T, r, Ev]
     if v_dot is not None:
-        pvd = pv[..., Ev:].unflatten(-1, (T, Ev)).transpose(-3, -2)        # p v̇_t      [*, T, L, Ev]
+        pvd = pv[..., Ev:].unflatten(-1, (T, Ev)).transpose(-3, -2)        # p v̇_t      [*, T, r, Ev]
         o_dot = pvd if o_dot is None else o_dot + pvd
-    return o, o_dot.movedim(-3, 0)                                         # [*, L, Ev], [T, *, L, Ev]
+    return o, o_dot.movedim(-3, 0), mu
+
+
+def forward_torch(q, k, v, q_dot, k_dot, v_dot, bias, dead, c):
+    """(o [*, L, Ev], o_dot [T, *, L, Ev], μ [*, T, L, 1] or None), chunk by chunk of query rows."""
+    chunks = _chunks(q, k.shape[-2])
+    if len(chunks) == 1:
+        return _jvp_math(q, k, v, q_dot, k_dot, v_dot, bias, dead, c)
+    T = next(t.shape[0] for t in (q_dot, k_dot, v_dot) if t is not None)
+    o = q.new_empty((*q.shape[:-1], v.shape[-1]))
+    o_dot = q.new_empty((T, *o.shape))
+    mu = q.new_empty((*q.shape[:-2], T, q.shape[-2], 1)) if q_dot is not None or k_dot is not None else None
+    for i, j in chunks:
+        oc, odc, muc = _jvp_math(q[..., i:j, :], k, v, _rows(q_dot, i, j), k_dot, v_dot, _rows(bias, i, j), dead, c)
+        o[..., i:j, :] = oc
+        o_dot[..., i:j, :] = odc
+        if mu is not None:
+            mu[..., i:j, :] = muc
+    return o, o_dot, mu
+
+
+def backward_torch(q, k, v, q_dot, k_dot, v_dot, bias, dead, c, o, o_dot, mu, g_o, g_od, needs):
+    """The six gradients (None where not needed), chunk by chunk of query rows, from the formulas of
+    the module docstring in this form (a_t = g_ȯ_t vᵀ − ν_t):
+
+        g_ṡ_t = p ⊙ a_t
+        g_s   = p ⊙ (g_o vᵀ + Σ_t g_ȯ_t v̇_tᵀ + Σ_t a_t ⊙ (ṡ_t − μ_t) − δ'),
+        δ'    = rowsum(g_o ⊙ o) + Σ_t rowsum(g_ȯ_t ⊙ ȯ_t)
+
+    p and ṡ are recomputed per chunk ([*, 1+T, rows, S] blocks); the products are stacked GEMMs:
+    [g_s; g_ṡ] [k] gives g_q's first term and every g_q̇_t at once, [g_s; g_ṡ]ᵀ c[q; q̇] is g_k,
+    [p; ṗ]ᵀ [g_o; g_ȯ] is g_v."""
+    T = g_od.shape[0]
+    has_sd = q_dot is not None or k_dot is not None
+    gq = torch.empty_like(q) if needs[0] else None
+    gqd = torch.empty_like(q_dot) if needs[3] else None
+    gk = torch.zeros_like(k) if needs[1] else None
+    gv = torch.zeros_like(v) if needs[2] else None
+    gkd = torch.zeros_like(k_dot) if needs[4] else None
+    gvd = torch.zeros_like(v_dot) if needs[5] else None
+    vt = v.transpose(-1, -2)
+    if v_dot is not None:   # [v | v̇_1 … v̇_T] [*, S, (1+T)Ev]: G = [g_o | g_ȯ_1 … g_ȯ_T] [v | v̇]ᵀ in one GEMM
+        vcat = torch.cat([v, v_dot.movedim(0, -2).flatten(-2)], -1)
+    for i, j in _chunks(q, k.shape[-2]):
+        qc, qdc = q[..., i:j, :], _rows(q_dot, i, j)
+        oc, odc, goc, godc = o[..., i:j, :], o_dot[..., i:j, :], g_o[..., i:j, :], g_od[..., i:j, :]
+        r = j - i
+        s, s_dot, qs = _scores(qc, k, qdc, k_dot, _rows(bias, i, j), c)
+        p = _safe_softmax(s, dead)                                              # [*, r, S]
+        god = godc.movedim(0, -3)                                               # [*, T, r, Ev]
+        # δ' = rowsum(g_o ⊙ o) + Σ_t rowsum(g_ȯ_t ⊙ ȯ_t)                          [*, r, 1]
+        dp = (goc * oc).sum(-1, keepdim=True) + (god * odc.movedim(0, -3)).sum(-1, keepdim=True).sum(-3)
+        # G = g_o vᵀ + Σ_t g_ȯ_t v̇_tᵀ − δ'                                        [*, r, S]
+        if v_dot is not None:
+            G = torch.cat([goc, god.transpose(-3, -2).flatten(-2)], -1) @ vcat.transpose(-1, -2)
+        else:
+            G = goc @ vt
+        G.sub_(dp)
+        GS = p.new_empty((*p.shape[:-2], 1 + T if has_sd else 1, r, p.shape[-1]))    # [g_s; g_ṡ_1 … g_ṡ_T]
+        P = GS.new_empty(GS.shape) if has_sd else p.unsqueeze(-3)                 # [p; ṗ_1 … ṗ_T]
+        if has_sd:
+            muc = mu[..., i:j, :]
+            nu = (god * oc.unsqueeze(-3)).sum(-1, keepdim=True)                 # ν_t = rowsum(g_ȯ_t ⊙ o)
+            a = (god.flatten(-3, -2) @ vt).unflatten(-2, (T, r)).sub_(nu)       # a_t = g_ȯ_t vᵀ − ν_t
+            sdm = s_dot.sub(muc)                                                # ṡ_t − μ_t
+            torch.mul(p.unsqueeze(-3), sdm, out=P[..., 1:, :, :])               # ṗ_t = p ⊙ (ṡ_t − μ_t)
+            P[..., 0, :, :] = p
+            G.add_((a * sdm).sum(-3))                                           # + Σ_t a_t ⊙ (ṡ_t − μ_t)
+            torch.mul(p.unsqueeze(-3), a, out=GS[..., 1:, :, :])                # g_ṡ_t = p ⊙ a_t
+        torch.mul(p, G, out=GS[..., 0, :, :])                                   # g_s = p ⊙ G
+        gs, gsd = GS[..., 0, :, :], GS[..., 1:, :, :]
+        if needs[0] or needs[3]:
+            KQ = (GS.flatten(-3, -2) @ k).unflatten(-2, (GS.shape[-3], r))      # [g_s k; g_ṡ_t k]
+            if needs[0]:
+                gq_c = KQ[..., 0, :, :] * c                                     # g_q = c (g_s k + Σ_t g_ṡ_t k̇_t)
+                if k_dot is not None:
+                    gq_c += (gsd @ k_dot.movedim(0, -3)).sum(-3) * c
+                gq[..., i:j, :] = gq_c
+            if needs[3]:
+                gqd[..., i:j, :] = (KQ[..., 1:, :, :] * c).movedim(-3, 0)       # g_q̇_t = c g_ṡ_t k
+        if needs[1]:                                                            # g_k = [g_s; g_ṡ]ᵀ c [q; q̇]
+            if q_dot is not None:
+                gk += GS.flatten(-3, -2).transpose(-1, -2) @ qs.flatten(-3, -2)
+            else:
+                gk += gs.transpose(-1, -2) @ qs[..., 0, :, :]
+        if needs[4]:                                                            # g_k̇_t = c g_ṡ_tᵀ q
+            gkd += (gsd.transpose(-1, -2) @ qs[..., :1, :, :]).movedim(-3, 0)
+        if needs[2]:                                                            # g_v = [p; ṗ]ᵀ [g_o; g_ȯ]
+            GO = torch.cat([goc.unsqueeze(-3), god], -3) if has_sd else goc.unsqueeze(-3)
+            gv += P.flatten(-3, -2).transpose(-1, -2) @ GO.flatten(-3, -2)
+        if needs[5]:                                                            # g_v̇_t = pᵀ g_ȯ_t
+            gvd += (p.transpose(-1, -2) @ god.transpose(-3, -2).flatten(-2)).unflatten(-1, (T, -1)).movedim(-2, 0)
+    return gq, gk, gv, gqd, gkd, gvd
+
+
+class _SDPAJVPTorch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, q_dot, k_dot, v_dot, bias, dead, c):
+        o, o_dot, mu = forward_torch(q, k, v, q_dot, k_dot, v_dot, bias, dead, c)
+        # Saved: the inputs, both outputs and μ [*, T, L, 1]; p and ṡ are recomputed per chunk.
+        ctx.save_for_backward(q, k, v, q_dot, k_dot, v_dot, bias, o, o_dot, mu)
+        ctx.dead, ctx.c = dead, c
+        return o, o_dot
+
+    @staticmethod
+    def backward(ctx, g_o, g_od):
+        q, k, v, q_dot, k_dot, v_dot, bias, o, o_dot, mu = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:6]
+        if torch.is_grad_enabled():
+            # create_graph=True (a penalty on a gradient, double backward): autograd through the
+            # math rule, recomputed whole, so the gradient is differentiable in turn
+            inputs = (q, k, v, q_dot, k_dot, v_dot)
+            wanted = [x for x, n in zip(inputs, needs) if n]
+            with torch.enable_grad():
+                outs = _jvp_math(q, k, v, q_dot, k_dot, v_dot, bias, ctx.dead, ctx.c)[:2]
+            grads = iter(torch.autograd.grad(outs, wanted, (g_o, g_od), create_graph=True, allow_unused=True))
+            return (*(next(grads) if n else None for n in needs), None, None, None)
+        grads = backward_torch(q, k, v, q_dot, k_dot, v_dot, bias, ctx.dead, ctx.c, o, o_dot, mu,
+                               g_o, g_od, needs)
+        return (*grads, None, None, None)
 
 
 def sdpa_jvp_torch(q, k, v, q_dot, k_dot, v_dot, attn_mask=None, is_causal=False, scale=None,
@@ -203,7 +364,11 @@ def sdpa_jvp_torch(q, k, v, q_dot, k_dot, v_dot, attn_mask=None, is_causal=False
     ct = torch.promote_types(q.dtype, torch.float32)
     up = lambda t: None if t is None else t.to(ct)          # noqa: E731  (no copy when already ct)
     bias, dead = mask_bias(attn_mask, is_causal, q.shape[-2], k.shape[-2], ct, q.device)
-    o, o_dot = _jvp_math(up(q), up(k), up(v), up(q_dot), up(k_dot), up(v_dot), bias, dead, c)
+    args = (up(q), up(k), up(v), up(q_dot), up(k_dot), up(v_dot), bias, dead, c)
+    if 4 * q[..., 0].numel() * k.shape[-2] <= WHOLE_BYTES:          # one [*, L, S] fp32 block
+        o, o_dot, _ = _jvp_math(*args)
+    else:
+        o, o_dot = _SDPAJVPTorch.apply(*args)
     return o.to(q.dtype).contiguous(), o_dot.to(q.dtype).contiguous()
 
 

@@ -138,6 +138,29 @@ def test_bfloat16(backend, case):
           **mask_kw(mask, batch, L, S))
 
 
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_torch_path_in_chunks(monkeypatch, case):
+    """Above WHOLE_BYTES the torch path runs query rows in chunks of CHUNK_BYTES with a hand-written
+    backward; forced here, with 16-row chunks, so every case but L = 13 spans two."""
+    import owf_kernels.attention_jvp as A
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "torch")
+    monkeypatch.setattr(A, "WHOLE_BYTES", 0)
+    monkeypatch.setattr(A, "CHUNK_BYTES", 1)
+    _, batch, L, S, E, Ev, T, tangents, mask = case
+    assert len(A._chunks(torch.empty(*batch, L, E), S)) == -(-L // 16)
+    check(make(batch, L, S, E, Ev, T, tangents), *TOLS[torch.float32], **mask_kw(mask, batch, L, S))
+
+
+def test_row_broadcast_masks(backend, monkeypatch):
+    """Masks of shape [S] and [*, 1, S] (one row for every query), in chunks on the torch path."""
+    import owf_kernels.attention_jvp as A
+    monkeypatch.setattr(A, "WHOLE_BYTES", 0)
+    monkeypatch.setattr(A, "CHUNK_BYTES", 1)
+    inputs = make((2, 2), 19, 18, 8, 8, 2)
+    check(inputs, *TOLS[torch.float32], attn_mask=float_mask((18,)))
+    check(inputs, *TOLS[torch.float32], attn_mask=bool_mask((2, 1, 1, 18)))
+
+
 def test_scale_and_non_contiguous(backend):
     """A given scale; q, k, v as the [B, L, H, E] -> [B, H, L, E] transposes a projection gives."""
     B, H, L, S, E = 2, 2, 18, 17, 8
@@ -216,9 +239,13 @@ def test_triton_double_backward_raises(monkeypatch):
         gq.sum().backward()
 
 
-def test_gradcheck_float64_torch_path(monkeypatch):
-    """The reference is plain autograd: gradients and second derivatives check by finite differences."""
+@pytest.mark.parametrize("whole_bytes", [24 << 20, 0], ids=["whole", "chunks"])
+def test_gradcheck_float64_torch_path(monkeypatch, whole_bytes):
+    """Both forms of the torch path: gradients and second derivatives (a create_graph=True backward
+    through the chunked form runs autograd on the math) check by finite differences."""
+    import owf_kernels.attention_jvp as A
     monkeypatch.setenv("OWF_KERNELS_BACKEND", "torch")
+    monkeypatch.setattr(A, "WHOLE_BYTES", whole_bytes)
     inputs = [t.double().requires_grad_(True) for t in make((1,), 3, 4, 3, 2, 2)]
     mask = bool_mask((3, 4))
     f = lambda *a: sdpa_jvp(*a, attn_mask=mask)      # noqa: E731
