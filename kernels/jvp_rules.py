@@ -40,7 +40,7 @@ import operator
 
 import torch
 
-from .jvp_dual import primal
+from .jvp_dual import _nd, primal
 from .jvp_rules_linear import (_add, _addcdiv, _addcmul, _addmm, _conv_rule, _convolution, _div, _einsum, _linear,
                                _matmul, _mm, _mul, _neg, _outer, _rsub, _sub)
 from .jvp_rules_nonlinear import (ACTIVATION_TANGENTS, _activation, _amax, _batch_norm, _clamp, _cumsum, _dropout,
@@ -69,7 +69,7 @@ RULES = {
     aten.transpose.int: _shape_rule(aten.transpose.int, _transpose),
     aten.t.default: _t_rule,
     aten.unsqueeze.default: _shape_rule(aten.unsqueeze.default, _unsqueeze),
-    aten.squeeze.dim: _shape_rule(aten.squeeze.dims, lambda s, lead, d: _squeeze_dims(s, lead, [d])),
+    aten.squeeze.dim: _shape_rule(aten.squeeze.dim, lambda s, lead, d: (_nd(d, len(s)),)),
     aten.squeeze.dims: _shape_rule(aten.squeeze.dims, _squeeze_dims),
     aten.squeeze.default: _squeeze_all,
     aten.flatten.using_ints: _shape_rule(aten.flatten.using_ints, _flatten),
