@@ -19,22 +19,26 @@ softmax that carries, besides o's accumulator and the running max and sum, the a
 Backward, given g_o = ∂L/∂o [L, Ev] and g_ȯ_t = ∂L/∂ȯ_t [L, Ev] (derived here: jvp_flash_attention
 and NVlabs/rcm backpropagate through o only):
 
-    ν_t   = rowsum(g_ȯ_t ⊙ o)                       (= Σ_j p_ij (g_ȯ_t vᵀ)_ij)          [L]
-    δ     = rowsum(g_o ⊙ o) + Σ_t [rowsum(g_ȯ_t ⊙ ȯ_t) − ν_t μ_t]                       [L]
-    g_ṡ_t = p ⊙ (g_ȯ_t vᵀ − ν_t)                   (softmax-JVP transpose)            [L, S]
-    g_s   = p ⊙ (g_o vᵀ − δ + Σ_t [g_ȯ_t v̇_tᵀ + (g_ȯ_t vᵀ) ⊙ (ṡ_t − μ_t) − ν_t ṡ_t])   [L, S]
+    ν_t   = rowsum(g_ȯ_t ⊙ o)                                                          [L]
+    δ'    = rowsum(g_o ⊙ o) + Σ_t rowsum(g_ȯ_t ⊙ ȯ_t)                                   [L]
+    a_t   = g_ȯ_t vᵀ − ν_t                                                             [L, S]
+    g_ṡ_t = p ⊙ a_t                                 (the softmax JVP, transposed)
+    g_s   = p ⊙ (g_o vᵀ + Σ_t g_ȯ_t v̇_tᵀ + Σ_t a_t ⊙ (ṡ_t − μ_t) − δ')                [L, S]
     g_q   = c (g_s k + Σ_t g_ṡ_t k̇_t)              g_q̇_t = c g_ṡ_t k
     g_k   = c (g_sᵀ q + Σ_t g_ṡ_tᵀ q̇_t)            g_k̇_t = c g_ṡ_tᵀ q
     g_v   = pᵀ g_o + Σ_t ṗ_tᵀ g_ȯ_t                 g_v̇_t = pᵀ g_ȯ_t
 
-(δ is rowsum(p ⊙ G) of the bracket G in g_s, collapsed with ṗ_t v + p v̇_t = ȯ_t.) Only the Triton
-backward uses these formulas; the torch reference is differentiated by autograd.
+g_s is the softmax backward of G = g_o vᵀ + Σ_t [g_ȯ_t v̇_tᵀ + a_t ⊙ (ṡ_t − μ_t)] (∂ṗ/∂s gives the
+a-term), and δ' = rowsum(p ⊙ G) collapses with rowsum(ṗ_t) = 0 and ṗ_t v + p v̇_t = ȯ_t. Checked
+against autograd of the math in float64 (1e-15) before either backward was written; the torch
+path uses it above WHOLE_BYTES, the Triton kernels always.
 
 Two implementations share this contract:
-- `sdpa_jvp_torch`: the pure-PyTorch reference, the CPU path and the test oracle. The primal and
-  tangent rows are stacked so each product is one batched GEMM (see `_jvp_math`); autograd
-  differentiates it (to any order). Memory kept for backward: about (1 + 2T) [L, S] fp32 tensors
-  per batch element (p, ṡ, ṗ) besides the inputs.
+- `sdpa_jvp_torch`: the pure-PyTorch reference, the CPU path (the tests' oracle is func.jvp of the
+  math attention). The primal and tangent rows are stacked so each product is one batched GEMM
+  (see `_scores`, `_jvp_math`). Up to WHOLE_BYTES per [*, L, S] block autograd differentiates it
+  (to any order), keeping about (1 + 2T) [*, L, S] fp32 blocks; above, it runs in chunks of query
+  rows and keeps the inputs, outputs and μ only (see `_SDPAJVPTorch`).
 - the Triton kernels in `attention_jvp_triton.py`: one flash pass for o and all T tangents, saving
   the log-sum-exp and μ ([L] each), not p; a flash backward for every input (no [L, S] tensor).
 `sdpa_jvp` picks one with a single `if` (see backend.py).
@@ -256,14 +260,8 @@ def forward_torch(q, k, v, q_dot, k_dot, v_dot, bias, dead, c):
 
 
 def backward_torch(q, k, v, q_dot, k_dot, v_dot, bias, dead, c, o, o_dot, mu, g_o, g_od, needs):
-    """The six gradients (None where not needed), chunk by chunk of query rows, from the formulas of
-    the module docstring in this form (a_t = g_ȯ_t vᵀ − ν_t):
-
-        g_ṡ_t = p ⊙ a_t
-        g_s   = p ⊙ (g_o vᵀ + Σ_t g_ȯ_t v̇_tᵀ + Σ_t a_t ⊙ (ṡ_t − μ_t) − δ'),
-        δ'    = rowsum(g_o ⊙ o) + Σ_t rowsum(g_ȯ_t ⊙ ȯ_t)
-
-    p and ṡ are recomputed per chunk ([*, 1+T, rows, S] blocks); the products are stacked GEMMs:
+    """The six gradients (None where not needed), chunk by chunk of query rows, by the backward
+    formulas of the module docstring. p and ṡ are recomputed per chunk ([*, 1+T, rows, S] blocks); the products are stacked GEMMs:
     [g_s; g_ṡ] [k] gives g_q's first term and every g_q̇_t at once, [g_s; g_ṡ]ᵀ c[q; q̇] is g_k,
     [p; ṗ]ᵀ [g_o; g_ȯ] is g_v."""
     T = g_od.shape[0]

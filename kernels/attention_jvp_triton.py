@@ -19,13 +19,13 @@ of the work, 2 of its 6 GEMMs), in exchange for no [T, ...] accumulators in regi
 of t = 0 writes o and lse; each writes ȯ_t and μ_t. A row that sees no key has l = 0: it writes
 o = ȯ = 0 and lse = -inf (its p is taken as 0 everywhere, in backward too).
 
-Backward: δ and ν_t (see attention_jvp.py) are two row reductions in torch, then two kernels
+Backward: δ' and ν_t (see attention_jvp.py) are two row reductions in torch, then two kernels
 recompute p = exp(s − lse) and ṡ_t block by block (no [L, S] tensor is stored):
 - `_bwd_kv_kernel`, one program per (block of BLOCK_N keys, batch-head), loops over t, then
   over query blocks: g_k, g_v accumulate over all t; g_k̇_t, g_v̇_t are written after each t.
 - `_bwd_q_kernel`, one program per (block of BLOCK_M queries, batch-head), loops over t, then over
   key blocks: g_q accumulates over all t; g_q̇_t is written after each t.
-The primal-only terms (g_o vᵀ − δ in g_s, pᵀ g_o in g_v) join at t = 0.
+The primal-only terms (g_o vᵀ − δ' in g_s, pᵀ g_o in g_v) join at t = 0.
 """
 from __future__ import annotations
 
@@ -227,8 +227,8 @@ def _bwd_kv_kernel(
 
         g_v   = Σ_i pᵀ g_o + Σ_t ṗ_tᵀ g_ȯ_t          g_v̇_t = pᵀ g_ȯ_t
         g_k   = c Σ_t (g_s,tᵀ q + g_ṡ_tᵀ q̇_t)       g_k̇_t = c g_ṡ_tᵀ q
-        g_ṡ_t = p ⊙ (g_ȯ_t vᵀ − ν_t),   g_s,t = p ⊙ (g_ȯ_t v̇_tᵀ + (g_ȯ_t vᵀ) ⊙ (ṡ_t − μ_t) − ν_t ṡ_t)
-                                                     (+ p ⊙ (g_o vᵀ − δ) at t = 0)
+        a_t   = g_ȯ_t vᵀ − ν_t,   g_ṡ_t = p ⊙ a_t,   g_s,t = p ⊙ (g_ȯ_t v̇_tᵀ + a_t ⊙ (ṡ_t − μ_t))
+                                                     (+ p ⊙ (g_o vᵀ − δ') at t = 0)
     """
     pid_n = tl.program_id(0)
     pid_z = tl.program_id(1).to(tl.int64)
@@ -287,10 +287,12 @@ def _bwd_kv_kernel(
                 if HAS_KD:
                     sdt = tl.dot(kd, tl.trans(q), sdt, input_precision=PRECISION)             # (q k̇ᵀ)ᵀ
                 sdt = sdt * sm_scale
-                pdt = pt * (sdt - mu[None, :])                                                # ṗᵀ
+                sdt = sdt - mu[None, :]                                                       # (ṡ − μ)ᵀ
+                pdt = pt * sdt                                                                # ṗᵀ
                 g_v = tl.dot(pdt.to(god.dtype), god, g_v, input_precision=PRECISION)         # g_v += ṗᵀ g_ȯ
-                gsdt = pt * (govt - nu[None, :])                                              # g_ṡᵀ
-                gst += govt * (sdt - mu[None, :]) - nu[None, :] * sdt
+                at = govt - nu[None, :]                                                       # aᵀ
+                gsdt = pt * at                                                                # g_ṡᵀ = (p ⊙ a)ᵀ
+                gst += at * sdt                                                               # + (a ⊙ (ṡ − μ))ᵀ
                 g_kd = tl.dot(gsdt.to(q.dtype), q, g_kd, input_precision=PRECISION)          # g_k̇ / c
                 if HAS_QD:
                     g_k = tl.dot(gsdt.to(qd.dtype), qd, g_k, input_precision=PRECISION)      # + g_ṡᵀ q̇ (/ c)
@@ -299,7 +301,7 @@ def _bwd_kv_kernel(
             if t == 0:
                 go = _load_tile(go_ptr + pid_z * L * EV, offs_m, offs_ev, EV, 1, L, EV, CAST_F32)
                 delta = tl.load(delta_ptr + pid_z * L + offs_m, mask=row_ok, other=0.0)
-                gst += tl.dot(v, tl.trans(go), input_precision=PRECISION) - delta[None, :]   # (g_o vᵀ − δ)ᵀ
+                gst += tl.dot(v, tl.trans(go), input_precision=PRECISION) - delta[None, :]   # (g_o vᵀ − δ')ᵀ
                 g_v = tl.dot(pt.to(go.dtype), go, g_v, input_precision=PRECISION)            # g_v += pᵀ g_o
             gst = pt * gst
             g_k = tl.dot(gst.to(q.dtype), q, g_k, input_precision=PRECISION)                 # + g_sᵀ q (/ c)
@@ -394,9 +396,9 @@ def _bwd_q_kernel(
                     kd = _load_tile(kd_ptr + t64 * stride_kdt + off_b * stride_kdb + off_h * stride_kdh,
                                     offs_n, offs_e, stride_kdn, stride_kdk, S, E, CAST_F32)
                     sd = tl.dot(q, tl.trans(kd), sd, input_precision=PRECISION)
-                sd = sd * sm_scale                                                            # ṡ
-                gsd = p * (gov - nu[:, None])                                                 # g_ṡ
-                gs += gov * (sd - mu[:, None]) - nu[:, None] * sd
+                a = gov - nu[:, None]                                                         # a = g_ȯ vᵀ − ν
+                gsd = p * a                                                                   # g_ṡ = p ⊙ a
+                gs += a * (sd * sm_scale - mu[:, None])                                       # + a ⊙ (ṡ − μ)
                 g_qd = tl.dot(gsd.to(k.dtype), k, g_qd, input_precision=PRECISION)           # g_q̇ / c
                 if HAS_KD:
                     g_q = tl.dot(gsd.to(kd.dtype), kd, g_q, input_precision=PRECISION)       # + g_ṡ k̇ (/ c)
@@ -405,7 +407,7 @@ def _bwd_q_kernel(
                                 offs_n, offs_ev, stride_vdn, stride_vdk, S, EV, CAST_F32)
                 gs += tl.dot(god, tl.trans(vd), input_precision=PRECISION)                    # g_ȯ v̇ᵀ
             if t == 0:
-                gs += tl.dot(go, tl.trans(v), input_precision=PRECISION) - delta[:, None]    # g_o vᵀ − δ
+                gs += tl.dot(go, tl.trans(v), input_precision=PRECISION) - delta[:, None]    # g_o vᵀ − δ'
             gs = p * gs
             g_q = tl.dot(gs.to(k.dtype), k, g_q, input_precision=PRECISION)                  # + g_s k (/ c)
         if HAS_QD:
@@ -494,10 +496,10 @@ def attention_jvp_backward(q, k, v, q_dot, k_dot, v_dot, attn_mask, is_causal, s
     Z = B * H
     g_o = g_o.reshape(Z, L, Ev).contiguous()
     g_od = g_o_dot.reshape(T, Z, L, Ev).contiguous()
-    # ν_t = rowsum(g_ȯ_t ⊙ o);  δ = rowsum(g_o ⊙ o) + Σ_t [rowsum(g_ȯ_t ⊙ ȯ_t) − ν_t μ_t]   (fp32, [·, Z, L])
+    # ν_t = rowsum(g_ȯ_t ⊙ o);  δ' = rowsum(g_o ⊙ o) + Σ_t rowsum(g_ȯ_t ⊙ ȯ_t)   (fp32, [·, Z, L])
     of, odf = o.reshape(Z, L, Ev).float(), o_dot.reshape(T, Z, L, Ev).float()
     nu = (g_od.float() * of).sum(-1)
-    delta = (g_o.float() * of).sum(-1) + ((g_od.float() * odf).sum(-1) - nu * mu).sum(0)
+    delta = (g_o.float() * of).sum(-1) + (g_od.float() * odf).sum(-1).sum(0)
     rows = (g_o, g_od, lse, mu, nu, delta)
     new = lambda x, lead=(): torch.empty((*lead, Z, x.shape[-2], x.shape[-1]), dtype=q.dtype, device=q.device)  # noqa: E731
     gq = gk = gv = gqd = gkd = gvd = None
