@@ -17,7 +17,13 @@ Sections (each guarded, so one failure does not lose the rest; a deadline skips 
     its tangents against forward_ad's, then forward+JVP, the generator step and an owf training
     step against torch.func.jvp, forward_ad and torch.compile(func.jvp), with the peak memory of each;
     "owf-torch-epilogue" is owf with the torch epilogue instead of the Triton one (which to keep)
- 7. the kernel test files under pytest on the GPU, if time is left
+ 7. owf_kernels.jvp on the networks of flow and consistency models (jvp_networks.py): a MeanFlow step on
+    a DiT and on a SongUNet (32x32x1, B = 32), T = 8 probes on a residual MLP: owf's tangents against
+    forward_ad's (math attention), then every provider's step (compiled too) and the ideal's pieces,
+    with the peak memory of each
+ 8. the kernel test files under pytest on the GPU, if time is left
+
+    python benchmarks/gpu_check.py --dry-run        # the sections and cases it would run, on any machine
 """
 from __future__ import annotations
 
@@ -406,6 +412,38 @@ def _no_grad(f):
         return f()
 
 
+def time_networks(compile_ok, table=None, device="cuda"):
+    """Section 7: jvp_networks' cases on the GPU (float32), one row per case."""
+    import jvp_networks as J
+    table = table or J.CASES
+    for case in table:
+        kind, net, math_net, B, T = J.build(case, table, device)
+        row = dict(section="jvp networks", case=case, kind=kind, B=B, T=T)
+        d = J.inputs(kind, net, B, T)
+        with torch.no_grad():
+            _, a = J.jvp_fn("owf", kind, net, math_net, d)()
+            _, b = J.jvp_fn("forward_ad", kind, net, math_net, d)()
+        row["tangent_rel_err_vs_forward_ad"] = f"{rel_err(a, b):.1e}"
+        del net, math_net, d
+        fns = {p: (lambda p=p: J.step_fn(p, case, table, device)) for p in J.PROVIDERS + J.COMPILED}
+        pieces = J.ideal_fns(case, table, device)
+        fns["ideal"] = lambda: (lambda: [f() for f in pieces.values()])
+        for prov, make in fns.items():
+            if prov.startswith("compile-") and not compile_ok():
+                continue
+            try:
+                fn = make()
+                fn()
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                row[f"{prov}_ms"] = round(bench(fn), 4)
+                row[f"{prov}_peak_MiB"] = round((torch.cuda.max_memory_allocated() - base) / 2 ** 20, 1)
+            except Exception as e:
+                row[f"{prov}_ms"] = f"error: {type(e).__name__}: {str(e)[:120]}"
+        record(**row)
+
+
 def train_on_cuda(out):
     t = time.time()
     run = Path("/tmp/owf_cuda_run")
@@ -424,7 +462,8 @@ def pytest_on_gpu(seconds):
     try:
         p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                             "tests/test_linear_jvp.py", "tests/test_mlp_jvp.py", "tests/test_log_zeta.py",
-                            "tests/test_jvp.py", "tests/test_jvp_epilogue.py"], capture_output=True, text=True,
+                            "tests/test_jvp.py", "tests/test_jvp_epilogue.py", "tests/test_jvp_rules.py",
+                            "tests/test_jvp_engine.py"], capture_output=True, text=True,
                            timeout=seconds, cwd=HERE.parent, env=env)
         tail = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr[-300:]
         record(section="pytest kernels on GPU", rc=p.returncode, wall_s=round(time.time() - t, 1), result=tail)
@@ -473,8 +512,18 @@ def table(rows) -> str:
                 st, ow = r.get(f"{prov}_step_ms"), r.get("owf_step_ms")
                 sp = f"{st / ow:.2f}x" if isinstance(st, float) and isinstance(ow, float) else "-"
                 lines.append(f"| {r['case']} | {r['dtype']} | {prov} | {cell('fwd')} | {cell('step')} | {cell('train')} | {sp} |")
+    nw = [r for r in rows if r.get("section") == "jvp networks"]
+    if nw:
+        lines += ["", "### owf_kernels.jvp on flow-model networks (jvp_networks.py), median ms (peak MiB)", "",
+                  "| case | provider | step | owf speedup | / ideal |", "|---|---|---|---|---|"]
+        for r in nw:
+            for prov in ["owf", *[k[:-3] for k in r if k.endswith("_ms") and k[:-3] not in ("owf", "ideal")], "ideal"]:
+                ms, ow, ideal = r.get(f"{prov}_ms"), r.get("owf_ms"), r.get("ideal_ms")
+                ok = all(isinstance(v, float) for v in (ms, ow, ideal))
+                lines.append(f"| {r['case']} | {prov} | " + (f"{ms:.3f} ({r.get(f'{prov}_peak_MiB', '-')}) | "
+                             f"{ms / ow:.2f}x | {ms / ideal:.2f} |" if ok else f"{str(ms)[:60]} | - | - |"))
     other = [r for r in rows if r.get("section") not in ("linear_jvp fwd+bwd", "log_zeta fwd", "generator step",
-                                                         "dcgan jvp")]
+                                                         "dcgan jvp", "jvp networks")]
     lj_err = [f"{r['dtype']} {r['K']} {k}: {v}" for r in lj for k, v in r.items() if str(v).startswith("error")]
     if lj_err:
         lines += ["", "errors: " + "; ".join(lj_err[:4])]
@@ -489,8 +538,15 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", str(HERE / "results")))
     ap.add_argument("--sizes", default="256,512,1024,4096")
     ap.add_argument("--sections", default="ceilings,check_linear_jvp,check_log_zeta,time_log_zeta,sweep_log_zeta,"
-                    "profile,time_linear_jvp,generator,dcgan,train,pytest", help="comma-separated sections to run")
+                    "profile,time_linear_jvp,generator,dcgan,networks,train,pytest", help="comma-separated sections to run")
+    ap.add_argument("--dry-run", action="store_true", help="print the sections and the network cases, run nothing")
     args = ap.parse_args()
+    if args.dry_run:
+        import jvp_networks as J
+        print(json.dumps({"sections": args.sections.split(","), "budget_s": args.budget, "out": args.out,
+                          "dcgan_cases": list(P.DCGAN_CASES), "network_cases": {k: [v[0], v[2], v[3]] for k, v in J.CASES.items()},
+                          "network_providers": J.PROVIDERS + J.COMPILED + ["ideal"]}, indent=1))
+        return
     deadline = T0 + args.budget
     Path(args.out).mkdir(parents=True, exist_ok=True)
     props = torch.cuda.get_device_properties(0)
@@ -511,6 +567,7 @@ def main():
     run("time_linear_jvp", time_linear_jvp, [int(s) for s in args.sizes.split(",")], compile_ok)
     run("generator", time_generator_steps, compile_ok)
     run("dcgan", time_dcgan, compile_ok)
+    run("networks", time_networks, compile_ok)
     run("train", train_on_cuda, args.out)
     left = deadline - time.time()
     if left > 40 and "pytest" in want:

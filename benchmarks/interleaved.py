@@ -11,7 +11,9 @@ test_bench_generator_step.py: the 2D MLP with the exact log-det (B = 512, width 
 784-wide MLP with jvp1 (B = 256), forward + log-det + backward; "gemm" is the same GEMMs alone.
 And the layer cases of test_bench_linear_jvp.py (tanh; M = 4096 at widths 64/256/1024, T = 1, 2;
 M = 256, 1024, 16384 at width 256, T = 1): the forward against a plain forward, forward+backward
-against torch.compile.
+against torch.compile. The DCGAN cases (owf_kernels.jvp on the one-way flows), and the network
+cases of jvp_networks.py (a MeanFlow step on a DiT and a SongUNet, 8 probes on a residual MLP)
+against every provider, compiled or not, and the ideal.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
 
+import jvp_networks as J  # noqa: E402
 import providers as P  # noqa: E402
 from owf_kernels import keep_freed_memory  # noqa: E402
 
@@ -44,7 +47,10 @@ LAYER_CASES = {**{f"layer W={W} T={T}": (4096, W, T) for W in (64, 256, 1024) fo
 # provider's tangents (providers.dcgan_train_step_fn; "plain": with a tangent that costs nothing).
 # name -> key of providers.DCGAN_CASES
 DCGAN_CASES = {"dcgan 28x28x1, B=64": "28x28x1", "dcgan 32x32x3, B=64": "32x32x3"}
-CASES = {**GENERATOR_CASES, **LAYER_CASES, **DCGAN_CASES}
+# owf_kernels.jvp on the networks of flow and consistency models (jvp_networks.py): a MeanFlow step
+# on a DiT and a SongUNet (tangent detached), T = 8 probes on a residual MLP (through the tangents)
+NETWORK_CASES = {name: name for name in J.CASES}
+CASES = {**GENERATOR_CASES, **LAYER_CASES, **DCGAN_CASES, **NETWORK_CASES}
 DCGAN_B = 64
 
 
@@ -143,6 +149,35 @@ def run_dcgan_case(name, rounds):
     return med
 
 
+def run_network_case(name, rounds, compile_=True, table=None):
+    """Every provider's step and the ideal's pieces in one round robin; the table reads each
+    against owf and against the ideal (jvp_networks' docstring), with the memory kept for backward."""
+    table = table or J.CASES
+    providers = J.PROVIDERS + (J.COMPILED if compile_ else [])
+    fns = {p: (lambda p=p: J.step_fn(p, name, table)) for p in providers}
+    pieces = J.ideal_fns(name, table)
+    fns.update({k: (lambda f=f: f) for k, f in pieces.items()})
+    med = timed(fns, rounds)
+    ideal = sum(med[k] for k in pieces)
+    kind, B, T = table[name][0], table[name][2], table[name][3]
+    nan = float("nan")
+    print(f"\n{name}, B={B}, T={T} ({kind}; {rounds} rounds, {torch.get_num_threads()} threads)\n")
+    print("| provider | step ms | owf speedup over it | / ideal | saved for backward MiB |\n|---|---|---|---|---|")
+    for p in [p for p in providers if p in med]:
+        try:
+            saved = J.forward_saved_bytes(p, name, table) / 2 ** 20 if not p.startswith("compile-") else nan
+        except Exception:                              # noqa: BLE001
+            saved = nan
+        print(f"| {p} | {med[p]:.1f} | {med[p] / med['owf']:.2f}x | {med[p] / ideal:.2f} | {saved:.1f} |")
+    print(f"| ideal ({' + '.join(pieces)}) | {ideal:.1f} | {ideal / med['owf']:.2f}x | 1.00 | |")
+    others = [p for p in med if p in providers and p not in ("owf", "compile-owf")]
+    if others:
+        best = min(others, key=med.get)
+        print(f"\nowf vs the best other provider ({best}): {med[best] / med['owf']:.2f}x; owf / ideal: "
+              f"{med['owf'] / ideal:.2f}")
+    return med
+
+
 def run_generator_case(name, rounds):
     med = timed(generator_fns(name), rounds)
     jvp_best = min(med[p] for p in med if p.startswith("func.jvp")) if any(p.startswith("func.jvp") for p in med) else None
@@ -177,6 +212,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile providers of the network cases")
     p.add_argument("--glibc-trim", action="store_true",
                    help="leave glibc's default mmap/trim thresholds (by default keep_freed_memory() is applied, to every provider alike)")
     a = p.parse_args(argv)
@@ -192,6 +228,8 @@ def main(argv=None):
             run_generator_case(name, a.rounds)
         elif name in DCGAN_CASES:
             run_dcgan_case(name, a.rounds)
+        elif name in NETWORK_CASES:
+            run_network_case(name, a.rounds, compile_=not a.no_compile)
         else:
             layer_lines.append(run_layer_case(name, a.rounds)[1])
     if layer_lines:

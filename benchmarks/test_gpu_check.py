@@ -2,6 +2,7 @@
 them: the table renders the committed H200 results, and a failing or late section is recorded,
 not raised."""
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -66,3 +67,31 @@ def test_the_jvp_epilogue_check_runs(monkeypatch):
     import torch.nn as nn
     monkeypatch.setenv("OWF_KERNELS_BACKEND", "triton")
     assert GC.check_jvp_epilogue("cpu", [nn.ELU()]) < 1e-5
+
+
+def test_the_networks_section_runs_its_providers_and_renders(monkeypatch):
+    """time_networks at smoke sizes on the CPU (cuda calls stubbed, compile left out): every
+    provider's step and the ideal reach the table, and owf's tangents agree with forward_ad's."""
+    import jvp_networks as J
+    import torch
+    monkeypatch.setattr(GC, "RESULTS", [])
+    monkeypatch.setattr(GC, "bench", lambda fn: (fn(), 2.5)[1])
+    for name in ("synchronize", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 2 ** 21)
+    GC.time_networks(lambda: False, J.SMOKE, "cpu")
+    rows = GC.RESULTS
+    assert [r["case"] for r in rows] == list(J.SMOKE)
+    for r in rows:
+        assert float(r["tangent_rel_err_vs_forward_ad"]) < 1e-5
+        assert all(r[f"{p}_ms"] == 2.5 for p in J.PROVIDERS + ["ideal"])
+    md = GC.table(rows)
+    assert "| meanflow DiT 32x32x1 | owf | 2.500 (2.0) | 1.00x | 1.00 |" in md
+
+
+def test_the_dry_run_names_the_new_cases(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--dry-run"])
+    GC.main()
+    out = json.loads(capsys.readouterr().out)
+    assert "networks" in out["sections"] and "meanflow DiT 32x32x1" in out["network_cases"]

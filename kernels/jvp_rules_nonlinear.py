@@ -54,14 +54,18 @@ ACTIVATION_TANGENTS = {
 
 
 def _activation(op):
-    """y = σ(x) by the op itself, ẏ = σ'(x) ẋ (ACTIVATION_TANGENTS)."""
+    """y = σ(x) by the op itself, ẏ = σ'(x) ẋ (ACTIVATION_TANGENTS; without tangent_grad SiLU's
+    fused silu_backward, which has no derivative of its own)."""
     tangent = ACTIVATION_TANGENTS[op]
 
     def rule(ctx, x, *args, **kwargs):
         p, t = x.P()
         y = op(p, *args, **kwargs)
         with ctx.tan:
-            yd = tangent(p, y, t, *args, **kwargs)
+            if op is aten.silu.default and not ctx.stack:
+                yd = aten.silu_backward(t, p.expand_as(t))
+            else:
+                yd = tangent(p, y, t, *args, **kwargs)
         return Dual(p=y, t=yd)
     return rule
 
@@ -246,11 +250,29 @@ def _normalized_tangent(xhat, r, t, dims):
     return torch.addcmul(t - m1, xhat, m2, value=-1) * r
 
 
+def _over_tangents(t, x, *stats):
+    """x and per-sample statistics repeated for the T tangents [T·N, ...] (no copy when T = 1)."""
+    T = t.shape[0]
+    if T == 1:
+        return (x, *stats)
+    return (x.expand(T, *x.shape).reshape(-1, *x.shape[1:]), *[s.repeat(T, *(1,) * (s.dim() - 1)) for s in stats])
+
+
+# The Jacobian of a normalisation x -> x̂ (within each group) is symmetric, r (I - 11ᵀ/n - x̂x̂ᵀ/n),
+# so its tangent J ẋ is its own backward applied to ẋ: without tangent_grad (no graph needed) the
+# native backward kernel computes it in one fused pass (CPU, SongUNet's GroupNorm at [32, 32, 32,
+# 32]: the torch-op formula below took about 12 ms, see docs/jvp.md); γ then scales it.
 def _layer_norm(ctx, x, shape, weight=None, bias=None, eps=1e-5, cudnn=True):
     """LayerNorm over the last len(shape) dims (module docstring)."""
     p, t = x.P()
     y, mean, rstd = aten.native_layer_norm(p, shape, weight, bias, eps)
     dims = tuple(range(-len(shape), 0))
+    if not ctx.stack:
+        with torch.no_grad():
+            xs, m, r = _over_tangents(t, p, mean, rstd)
+            yd = aten.native_layer_norm_backward(t.reshape(xs.shape), xs, shape, m, r, None, None,
+                                                 [True, False, False])[0].view(t.shape)
+            return Dual(p=y, t=yd if weight is None else yd * weight)
     with ctx.tan:
         if ctx.stack:
             # native_layer_norm's backward does not carry gradients of its mean and rstd outputs
@@ -270,27 +292,41 @@ def _group_norm(ctx, x, groups, weight=None, bias=None, eps=1e-5, cudnn=True):
     N, C = p.shape[:2]
     HW = p[0, 0].numel()
     y, mean, rstd = aten.native_group_norm(p, weight, bias, N, C, HW, groups, eps)
+    wshape = (C, *(1,) * (p.dim() - 2))
+    if not ctx.stack:
+        with torch.no_grad():
+            xs, m, r = _over_tangents(t, p, mean, rstd)
+            yd = aten.native_group_norm_backward(t.reshape(xs.shape), xs, m, r, None, xs.shape[0], C, HW, groups,
+                                                 [True, False, False])[0].view(t.shape)
+            return Dual(p=y, t=yd if weight is None else yd * weight.view(wshape))
     with ctx.tan:
         g = p.reshape(N, groups, -1)
         xhat = (g - mean.unsqueeze(-1)) * rstd.unsqueeze(-1)
         tg = t.reshape(t.shape[0], N, groups, -1)
         yd = _normalized_tangent(xhat, rstd.unsqueeze(-1), tg, -1).view(t.shape)
         if weight is not None:
-            yd = yd * weight.view(C, *(1,) * (p.dim() - 2))
+            yd = yd * weight.view(wshape)
     return Dual(p=y, t=yd)
 
 
 def _rms_norm(ctx, x, shape, weight=None, eps=None):
-    """RMSNorm: y = γ x r, ẏ = γ r (ẋ - x r² mean(x ẋ))."""
+    """RMSNorm: y = γ x r, r = (mean x² + eps)^-½ over the last len(shape) dims; ẏ = γ r (ẋ - x r² mean(x ẋ)).
+    The primal in the ops of aten.rms_norm's own CPU decomposition (the plain forward's numbers and
+    graph), so that r is at hand for the tangent."""
     p, t = x.P()
-    y = aten.rms_norm(p, shape, weight, eps)
     dims = tuple(range(-len(shape), 0))
+    e = torch.finfo(p.dtype).eps if eps is None else eps
+    up = p.float() if p.dtype in (torch.float16, torch.bfloat16) else p
+    r = torch.rsqrt(up.pow(2).mean(dims, keepdim=True) + e)
+    y = (up * r).type_as(p)
+    y = y if weight is None else y * weight
     with ctx.tan:
-        e = torch.finfo(p.dtype).eps if eps is None else eps
-        r = torch.rsqrt(p.square().mean(dims, keepdim=True) + e)
-        yd = torch.addcmul(t, p, (r * r) * (p * t).mean(dims, keepdim=True), value=-1)
-        yd = yd * (r if weight is None else r * weight)
-    return Dual(p=y, t=yd.to(y.dtype))
+        rt = r if ctx.stack else r.detach()
+        tt = t.to(up.dtype)
+        yd = torch.addcmul(tt, up, (rt * rt) * (up * tt).mean(dims, keepdim=True), value=-1) * rt
+        yd = yd.type_as(p)
+        yd = yd if weight is None else yd * weight
+    return Dual(p=y, t=yd)
 
 
 def _batch_norm(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps, cudnn=True):
