@@ -112,6 +112,109 @@ def test_attention_jvp(run, benchmark, provider, backward, L):
 
 
 # ---------------------------------------------------------------------------------------------
+# For benchmarks/gpu_check.py: correctness against float64, then timings (record, bench: its own)
+# ---------------------------------------------------------------------------------------------
+def _rel_err(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+GPU_CHECK_CASES = [  # batch, L, S, E, Ev, T, tangents, mask
+    ((2, 3), 77, 77, 64, 64, 1, "qkv", None), ((2, 3), 130, 61, 32, 48, 3, "qkv", "bool"),
+    ((1, 4), 200, 200, 128, 128, 2, "qk", "causal"), ((3,), 65, 129, 24, 40, 1, "v", "float"),
+    ((2, 2), 300, 300, 64, 64, 1, "qkv", "causal")]
+
+
+def gpu_check(record, device="cuda", cases=GPU_CHECK_CASES, tols=((torch.float32, 1e-4), (torch.bfloat16, 3e-2))):
+    """sdpa_jvp (Triton on CUDA) against the torch reference in float64 on the same inputs: o, o_dot
+    and the gradients of Σ o·g_o + Σ o_dot·g_od for all six inputs, as relative errors."""
+    from owf_kernels.attention_jvp import sdpa_jvp_torch
+    worst = {}
+    for dtype, tol in tols:
+        for batch, L, S, Ed, Ev, nT, tangents, mask in cases:
+            g = torch.Generator(device=device).manual_seed(L + S)
+            r = lambda *s: torch.randn(*s, generator=g, device=device).to(dtype)   # noqa: E731
+            prim = [r(*batch, L, Ed), r(*batch, S, Ed), r(*batch, S, Ev)]
+            dots = [r(nT, *x.shape) if n in tangents else None for n, x in zip("qkv", prim)]
+            kw = {"causal": dict(is_causal=True), None: {},
+                  "bool": dict(attn_mask=torch.rand(L, S, generator=g, device=device) > 0.3),
+                  "float": dict(attn_mask=torch.randn(*batch, 1, S, generator=g, device=device))}[mask]
+            if mask == "bool":
+                kw["attn_mask"][:, 0] = True
+            xs = [x.requires_grad_(True) if x is not None else None for x in prim + dots]
+            ref = [x.detach().double().requires_grad_(True) if x is not None else None for x in xs]
+            o, od = sdpa_jvp(*xs, **kw)
+            ro, rod = sdpa_jvp_torch(*ref, **kw)
+            go, god = torch.randn_like(ro), torch.randn_like(rod)
+            have = [x for x in xs if x is not None]
+            grads = torch.autograd.grad([o, od], have, [go.to(dtype), god.to(dtype)])
+            rgrads = torch.autograd.grad([ro, rod], [x for x in ref if x is not None], [go, god])
+            errs = [_rel_err(o, ro), _rel_err(od, rod)] + [_rel_err(a, b) for a, b in zip(grads, rgrads)]
+            key = str(dtype)[6:]
+            worst[key] = max(worst.get(key, 0.0), max(errs))
+            if not all(e < tol for e in errs):          # NaN fails too
+                record(section="check sdpa_jvp", status="FAIL", dtype=key, case=(batch, L, S, Ed, Ev, nT, tangents, mask),
+                       errors=[f"{e:.2e}" for e in errs])
+    ok = all(worst[str(dt)[6:]] < tol for dt, tol in tols)
+    record(section="check sdpa_jvp", status="ok" if ok else "FAIL", worst_rel_err={k: f"{v:.1e}" for k, v in worst.items()})
+    return worst
+
+
+def gpu_time(record, bench, compile_ok=lambda: True, lengths=(256, 1024, 4096), heads=(4, 8), Ed=64, nT=1,
+             dit=True):
+    """Forward+tangent and forward+tangent+backward of sdpa_jvp against func.jvp and
+    torch.compile(func.jvp) of the math attention and plain SDPA (flash) forward / forward+backward,
+    bf16 and fp32, B·H = heads at L = S in `lengths`, one tangent; plus the issue's DiT (B = 32,
+    H = 4, L = 256, E = 32). Records ms, TFLOP/s and the ratios."""
+    global B, H, E, T
+    saved = (B, H, E, T)
+    try:
+        shapes = [(heads[0], heads[1], L, Ed) for L in lengths] + ([(32, 4, 256, 32)] if dit else [])
+        for dtype in (torch.bfloat16, torch.float32):
+            for B, H, L, E in shapes:
+                T = nT
+                row = dict(section="sdpa_jvp", dtype=str(dtype)[6:], B=B, H=H, L=L, E=E, T=T)
+                for backward in (False, True):
+                    t = inputs(L, backward, dtype=dtype)
+                    mode = "fwd+bwd" if backward else "fwd"
+                    leaves = list(t[:3]) if backward else None
+                    for prov in ("sdpa_jvp", "plain", "func.jvp", "compile"):
+                        if prov == "compile" and not compile_ok():
+                            continue
+                        try:
+                            fn = provider_fn(prov, t, backward)
+                            with torch.set_grad_enabled(backward):
+                                fn()
+                                row[f"{prov}_{mode}_ms"] = bench(fn, leaves)
+                        except Exception as e:        # e.g. out of memory for func.jvp's [L, S] tensors
+                            row[f"{prov}_{mode}_ms"] = f"error: {type(e).__name__}: {str(e)[:120]}"
+                    ms = row.get(f"sdpa_jvp_{mode}_ms")
+                    if isinstance(ms, float):
+                        row[f"sdpa_jvp_{mode}_TFLOPs"] = flops(L, backward) / ms / 1e9
+                        for prov in ("plain", "func.jvp", "compile"):
+                            other = row.get(f"{prov}_{mode}_ms")
+                            if isinstance(other, float):
+                                row[f"{prov}_over_sdpa_jvp_{mode}"] = other / ms
+                    del t
+                record(**{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+    finally:
+        B, H, E, T = saved
+
+
+def test_gpu_check_runs(monkeypatch):
+    """gpu_check and gpu_time on CPU tensors through the interpreter, tiny: they run and agree."""
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "triton")
+    rows = []
+    record = lambda **row: rows.append(row)     # noqa: E731  (gpu_check.record's signature)
+    worst = gpu_check(record, device="cpu", cases=[((1, 2), 19, 17, 8, 12, 2, "qkv", "causal")])
+    assert rows[-1]["status"] == "ok", rows
+    assert worst["float32"] < 1e-4
+    gpu_time(record, lambda fn, leaves=None: (fn(), 1.0)[1], compile_ok=lambda: False, lengths=(16,),
+             heads=(1, 2), Ed=16, dit=False)
+    assert rows[-1]["sdpa_jvp_fwd+bwd_ms"] == 1.0 and B == 8
+
+
+# ---------------------------------------------------------------------------------------------
 # Round robin (python benchmarks/test_bench_attention_jvp.py)
 # ---------------------------------------------------------------------------------------------
 def round_robin(L, backward, rounds, seed=0):
