@@ -55,7 +55,9 @@ from .data import get_dataset
 from .model import Energy, OneWayFlow, log_normal
 from .preimages import all_preimages
 
-PROPOSALS = ("generator", "normal", "gaussian")     # gaussian: fitted to the training data (fit_gaussian)
+PROPOSALS = ("generator", "normal", "gaussian", "ais")   # gaussian: fitted to the training data; ais: owf.ais
+AIS_BASES = {"2d": ("defensive", "gaussian", "uniform"), "image": ("defensive", "gaussian", "histogram", "uniform")}
+AIS_LOW_ESS_FRACTION = 0.1   # AIS runs ~100 chains: flag an estimate carried by fewer than a tenth of them
 LOGDETS = ("exact", "jvp1", "both")
 PREIMAGES_MAX_N = 2          # search every preimage of the generator's samples by default up to this n
 LOW_ESS_FRACTION = 0.01
@@ -79,6 +81,54 @@ class ZetaEstimate:
 
     def to_dict(self):
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("log_weights", "signs")}
+
+
+@dataclass
+class AISEstimate(ZetaEstimate):
+    """log ζ̂ by annealed importance sampling (owf.ais): M = num_samples chains of `steps` (K)
+    transitions from `base`. accept: the chains' mean acceptance; log_weight_var: the variance of
+    the M final log-weights; increment_var_sum / _max: the variance over chains of each step's
+    log-weight increment, summed over the path and its largest; nonfinite_proposals: proposals
+    rejected for a non-finite energy; nonfinite_chains: chains whose weight is not finite (left out
+    of the estimate, counted here); thermodynamic_length: the pilot's Λ = ∫ std_β(g) dβ (a chain at
+    equilibrium has log-weight variance ≥ Λ²/K). low_ess: ESS below a tenth of the chains."""
+    steps: int = 0
+    base: str = ""
+    schedule: str = ""
+    leapfrog: int = 1
+    accept: float = math.nan
+    log_weight_var: float = math.nan
+    increment_var_sum: float = math.nan
+    increment_var_max: float = math.nan
+    nonfinite_proposals: int = 0
+    nonfinite_chains: int = 0
+    pilot_accept: float = math.nan
+    thermodynamic_length: float = math.nan
+    seconds: float = math.nan
+    step_sizes: object = field(default=None, repr=False)      # owf.ais.StepSizes, reused by raise_log_prob
+
+    def to_dict(self):
+        return {k: v for k, v in super().to_dict().items() if k != "step_sizes"}
+
+
+@dataclass
+class RaiseEstimate:
+    """RAISE (owf.ais): log_prob [N], each point's conservative log-likelihood estimate (a stochastic
+    lower bound of the annealing model's log-density, on P_D's domain), from `chains` reverse chains
+    of `steps` transitions each; accept and the non-finite counts as AISEstimate's."""
+    log_prob: torch.Tensor
+    steps: int
+    chains: int
+    base: str
+    accept: float
+    nonfinite_proposals: int
+    nonfinite_points: int
+    seconds: float
+
+
+def zeta_from_dict(d: dict) -> ZetaEstimate:
+    """The estimate a checkpoint stored (an AIS one has `steps`)."""
+    return AISEstimate(**d) if "steps" in d else ZetaEstimate(**d)
 
 
 def signed_partials(log_w: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
@@ -131,10 +181,11 @@ class OWFModel:
         self.w = config.w
         self.device = torch.device(device)
         self.checkpoint = checkpoint
-        self.zeta = ZetaEstimate(**log_zeta) if log_zeta else None
+        self.zeta = zeta_from_dict(log_zeta) if log_zeta else None
         self.kind = data_kind(config.data)
         self.event_shape = tuple(G.event_shape)
         self._gaussian = None
+        self._ais_bases = {}
         if self.kind == "2d":
             self.data = get_dataset(config.data)
             self.domain = self.data.extent(DOMAIN_MARGIN)     # (lo, hi): the box [lo, hi]^n
@@ -216,43 +267,169 @@ class OWFModel:
         return self.energy_on_domain(x) - self.zeta.log_zeta
 
     def fit_gaussian(self, samples: int = 100_000, shrink: float = 1e-3):
-        """A Gaussian N(μ, Σ) fitted to the training data, the "gaussian" proposal of
-        estimate_log_zeta: in 2D to `samples` draws of the mixture; for images to z = atanh(x) of
-        the training split (pixels at their bins' centres, (u8 + ½)/128 - 1), so that its samples
-        y = tanh(z) stay inside P_D's box [-1, 1]^n (a Gaussian in pixel space puts nearly every
-        sample outside it, where P_D is 0). Σ is shrunk towards its mean variance by `shrink` (full
-        rank for pixels that never change). -> (μ, L), Σ = L Lᵀ."""
+        """A Gaussian fitted to the training data, the "gaussian" proposal of estimate_log_zeta and
+        AIS's default base. In 2D: N(μ, Σ) of `samples` draws of the mixture, in the plane -> (μ, L),
+        Σ = L Lᵀ. For images: owf.baselines.AtanhGaussian, N(μ, Σ) in u = atanh(x) of the
+        *dequantised* training split, so that its samples x = tanh(u) stay inside P_D's box and a
+        pixel that is always 0 keeps the spread of its bin. Σ is shrunk towards its mean variance
+        by `shrink` (full rank for pixels that never change)."""
         if self._gaussian is None:
             if self.kind == "2d":
                 x = self.data.sample(samples, torch.Generator().manual_seed(3 * 10 ** 6)).double()
+                mu = x.mean(0)
+                cov = torch.cov(x.T).reshape(len(mu), len(mu))
+                cov = (1 - shrink) * cov + shrink * cov.diagonal().mean() * torch.eye(len(mu), dtype=cov.dtype)
+                self._gaussian = (mu, torch.linalg.cholesky(cov))
             else:
+                from .baselines import AtanhGaussian
                 from .images import load_images
-                u8 = load_images(self.config.data, self.config.data_root, train=True)[0]
-                x = torch.atanh((u8.double() + 0.5) / 128 - 1).flatten(1)
-            mu = x.mean(0)
-            cov = torch.cov(x.T).reshape(len(mu), len(mu))
-            cov = (1 - shrink) * cov + shrink * cov.diagonal().mean() * torch.eye(len(mu), dtype=cov.dtype)
-            self._gaussian = (mu, torch.linalg.cholesky(cov))
+                self._gaussian = AtanhGaussian(load_images(self.config.data, self.config.data_root, train=True)[0],
+                                               shrink)
         return self._gaussian
 
     def _gaussian_batch(self, n: int, generator):
-        """n samples of the fitted Gaussian and their log-density; for images y = tanh(z), with
-        log p(y) = log N(z; μ, Σ) - Σ_i log(1 - tanh² z_i) (the change of variables)."""
+        """n samples of the fitted Gaussian and their log-density; for images y = tanh(u), with
+        log p(y) = log N(u; μ, Σ) - Σ_i log(1 - tanh² u_i) (the change of variables)."""
+        if self.kind == "image":
+            from .baselines import log1m_tanh2
+            base = self.fit_gaussian()
+            u = base.sample(n, generator).double()
+            y = torch.tanh(u)
+            return y.float().view(n, *self.event_shape).to(self.device), base.log_prob(u) - log1m_tanh2(u).sum(1)
         mu, L = self.fit_gaussian()
         eps = torch.randn(n, len(mu), generator=generator, dtype=torch.float64)
-        z = mu + eps @ L.T
         log_p = -0.5 * (eps * eps).sum(1) - L.diagonal().log().sum() - 0.5 * len(mu) * math.log(2 * math.pi)
-        if self.kind == "image":
-            y = torch.tanh(z)
-            log_p = log_p - torch.log1p(-y * y).sum(1)
-            z = y
-        return z.float().view(n, *self.event_shape).to(self.device), log_p
+        return (mu + eps @ L.T).float().view(n, *self.event_shape).to(self.device), log_p
+
+    # ---- annealed importance sampling (owf.ais)
+    def ais_base(self, base: str = "gaussian"):
+        """AIS's base, a normalised density of u (x = c + h tanh u on the domain box), by name:
+        "gaussian": fitted to the data (images: the AtanhGaussian of fit_gaussian; 2D: a Gaussian in
+        u of 10^5 draws of the mixture); "histogram" (images): owf.baselines.PixelHistogram, the
+        per-pixel histograms of the training split; "uniform": the uniform density on the box;
+        "defensive": ½ gaussian + ½ uniform (owf.baselines.MixtureBase), chains that start both
+        where the data are and everywhere else, for an energy whose mass may lie in either."""
+        allowed = AIS_BASES[self.kind]
+        if base not in allowed:
+            raise ValueError(f"AIS base {base!r}: choose one of {allowed} for {self.kind} data")
+        if base not in self._ais_bases:
+            from . import baselines
+            if base == "uniform":
+                self._ais_bases[base] = baselines.UniformBox(self.G.n, *self.domain)
+            elif base == "defensive":
+                self._ais_bases[base] = baselines.MixtureBase([self.ais_base("gaussian"), self.ais_base("uniform")],
+                                                              [0.5, 0.5])
+            elif self.kind == "2d":
+                from .ais import Box
+                x = self.data.sample(100_000, torch.Generator().manual_seed(3 * 10 ** 6)).double()
+                lo, hi = self.domain
+                inside = ((x > lo) & (x < hi)).all(1)
+                self._ais_bases[base] = baselines.GaussianBase(Box(lo, hi).to_u(x[inside]))
+            elif base == "gaussian":
+                self._ais_bases[base] = self.fit_gaussian()
+            else:
+                from .images import load_images
+                self._ais_bases[base] = baselines.PixelHistogram(
+                    load_images(self.config.data, self.config.data_root, train=True)[0])
+        return self._ais_bases[base]
+
+    def ais_path(self, base: str = "defensive", leapfrog: int = 1):
+        """owf.ais.Path from the base to f(u) = exp(D(x(u))/w) |dx/du| on the domain box."""
+        from .ais import Box, Path, box_log_f
+        w = self.w
+        for p in self.D.parameters():        # the chains differentiate D in x only
+            p.requires_grad_(False)
+        return Path(box_log_f(lambda x: self.D(x) / w, Box(*self.domain), self.event_shape),
+                    self.ais_base(base), leapfrog, device=self.device)
+
+    def _ais_args(self, chains: int, steps: int, leapfrog: int, pilot_steps: int):
+        for k, v in (("chains (num_samples)", chains), ("steps", steps), ("leapfrog", leapfrog),
+                     ("pilot_steps", pilot_steps)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"AIS {k} must be a positive integer, got {v!r}")
+
+    def tune_ais(self, base: str = "defensive", leapfrog: int = 1, pilot_steps: int = 200, chains: int = 64,
+                 generator: torch.Generator | None = None, progress: bool = False):
+        """The pilot of owf.ais.tune: step sizes per β (frozen) and std_β(g) along the path."""
+        from .ais import tune
+        self._ais_args(chains, 1, leapfrog, pilot_steps)
+        g = generator if generator is not None else torch.Generator().manual_seed(10 ** 7)
+        return tune(self.ais_path(base, leapfrog), chains, pilot_steps, g, progress=progress)
+
+    def _estimate_log_zeta_ais(self, chains: int, steps: int, base: str, leapfrog: int, schedule: str,
+                               step_sizes, pilot_steps: int, generator, progress: bool) -> AISEstimate:
+        import time
+        from .ais import SCHEDULES, ais, estimate
+        self._ais_args(chains, steps, leapfrog, pilot_steps)
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule={schedule!r}: choose one of {SCHEDULES}")
+        t = time.perf_counter()
+        if step_sizes is None:
+            step_sizes = self.tune_ais(base, leapfrog, pilot_steps, progress=progress)
+        path = self.ais_path(base, leapfrog)
+        run = ais(path, chains, step_sizes.schedule(steps, schedule), step_sizes, generator, progress)
+        lz, se, ess = estimate(run.log_w)
+        if run.nonfinite_chains:
+            warnings.warn(f"AIS: {run.nonfinite_chains} of {chains} chains have a non-finite weight (a non-finite "
+                          "energy at their start); they are left out of log ζ̂", RuntimeWarning, stacklevel=3)
+        finite = run.log_w[torch.isfinite(run.log_w)]
+        est = AISEstimate(lz, se, ess, chains, "ais", ess < AIS_LOW_ESS_FRACTION * chains, steps=steps, base=base,
+                          schedule=schedule, leapfrog=leapfrog, accept=run.accept,
+                          log_weight_var=float(finite.var()) if len(finite) > 1 else 0.0,
+                          increment_var_sum=float(run.increment_var.sum()),
+                          increment_var_max=float(run.increment_var.max()),
+                          nonfinite_proposals=run.nonfinite_proposals, nonfinite_chains=run.nonfinite_chains,
+                          pilot_accept=step_sizes.accept, thermodynamic_length=step_sizes.thermodynamic_length(),
+                          seconds=time.perf_counter() - t, step_sizes=step_sizes)
+        est.log_weights = run.log_w.cpu()
+        return est
+
+    def raise_log_prob(self, x: torch.Tensor, steps: int, chains: int = 1, base: str = "defensive", leapfrog: int = 1,
+                       schedule: str = "sigmoid", step_sizes=None, pilot_steps: int = 200, batch_size: int = 256,
+                       generator: torch.Generator | None = None, progress: bool = False) -> RaiseEstimate:
+        """RAISE (owf.ais): each point's conservative log-likelihood, log p̂(x) [N], for points x [N,
+        *event_shape] inside the domain box (float64 is kept for the coordinate u = atanh, so pass
+        dequantised pixels in float64), from `chains` reverse chains of `steps` transitions each,
+        with the schedule and kernel of estimate_log_zeta(proposal="ais") (pass its step_sizes to
+        reuse its pilot). mean(-log p̂) is an upper bound in expectation of the annealing model's NLL."""
+        import time
+        from .ais import SCHEDULES, Box, log_mean_exp, raise_chains
+        self._ais_args(chains, steps, leapfrog, pilot_steps)
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule={schedule!r}: choose one of {SCHEDULES}")
+        if tuple(x.shape[1:]) != self.event_shape:
+            raise ValueError(f"points of shape {tuple(x.shape[1:])}, expected [N, {', '.join(map(str, self.event_shape))}]")
+        if not bool(self.in_domain(x).all()):
+            raise ValueError(f"{int((~self.in_domain(x)).sum())} points lie outside the domain box {list(self.domain)}, "
+                             "where P_D is 0")
+        t = time.perf_counter()
+        if step_sizes is None:
+            step_sizes = self.tune_ais(base, leapfrog, pilot_steps, progress=progress)
+        path = self.ais_path(base, leapfrog)
+        box = Box(*self.domain)
+        betas = step_sizes.schedule(steps, schedule)
+        u = box.to_u(x.flatten(1)).repeat_interleave(chains, 0)
+        out, acc, bad = [], 0.0, 0
+        start = path.nonfinite
+        per = max(batch_size // chains, 1) * chains
+        for i in range(0, len(u), per):
+            run = raise_chains(path, u[i:i + per].to(self.device), betas, step_sizes, generator, progress)
+            out.append(run.log_w.cpu())
+            acc += run.accept * len(run.log_w)
+        log_w = torch.cat(out).view(len(x), chains)
+        bad = int((~torch.isfinite(log_w)).any(1).sum())
+        # in x: log p̂(x) = log mean_c ŵ_c - log|dx/du|
+        log_p = log_mean_exp(log_w, 1) - box.log_jac(u[::chains].double()).cpu()
+        return RaiseEstimate(log_p, steps, chains, base, acc / len(u), path.nonfinite - start, bad,
+                             time.perf_counter() - t)
 
     @torch.no_grad()
     def estimate_log_zeta(self, num_samples: int, proposal: str = "generator", batch_size: int = 65536,
                           generator: torch.Generator | None = None, progress: bool = False,
                           signed: bool = True, preimages: bool | None = None,
-                          keep_log_weights: bool = False, logdet: str = "exact", chunk: int | None = None):
+                          keep_log_weights: bool = False, logdet: str = "exact", chunk: int | None = None,
+                          steps: int = 1000, base: str = "defensive", leapfrog: int = 1, schedule: str = "sigmoid",
+                          step_sizes=None, pilot_steps: int = 200):
         """log ζ̂ = log (1/S) Σ s_i exp(energy_on_domain(y_i) - log p(y_i)) from `num_samples` samples of
         `proposal`, in chunks of `batch_size`.
 
@@ -269,9 +446,18 @@ class OWFModel:
 
         logdet (generator, no preimages): "exact" (Eq. 10, n tangents, `chunk` at a time), "jvp1"
         (Eq. 9's log‖Jv‖ in place of log|det J|: the paper's ζ̂, biased, since its log q is not a
-        density), or "both": {"exact": ..., "jvp1": ...}, the two estimators on the same samples."""
+        density), or "both": {"exact": ..., "jvp1": ...}, the two estimators on the same samples.
+
+        proposal="ais": annealed importance sampling (owf.ais) with num_samples chains (M) of `steps`
+        (K) HMC transitions of `leapfrog` steps each, from `base` (ais_base) along the `schedule`
+        ("sigmoid" or "adaptive"), with step sizes per β from a pilot of `pilot_steps` (or the
+        `step_sizes` of an earlier estimate) -> AISEstimate. K = 1 is importance sampling from the base."""
         if not isinstance(num_samples, int) or num_samples <= 0:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        if proposal == "ais":
+            with torch.enable_grad():
+                return self._estimate_log_zeta_ais(num_samples, steps, base, leapfrog, schedule, step_sizes,
+                                                   pilot_steps, generator, progress)
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size!r}")
         if proposal not in PROPOSALS:

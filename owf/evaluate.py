@@ -117,13 +117,30 @@ def energy_hist(model, out: Path, n: int = 20_000):
     return float(e_tr.mean()), float(e_te.mean())
 
 
+def ais_ladder(steps: int, rungs: int = 6) -> tuple:
+    """The bracket's K: `steps` and its halvings, `rungs` in all (at least 1 each): 8000 -> 250 ... 8000."""
+    return tuple(sorted({max(steps // 2 ** i, 1) for i in range(rungs)}))
+
+
+def _ais_2d(model: OWFModel, chains: int, steps: int, leapfrog: int, seed: int, quad: float) -> dict:
+    """AIS's log ζ̂ (owf.ais, the fitted Gaussian base) beside importance sampling's and the quadrature."""
+    est = model.estimate_log_zeta(chains, "ais", steps=steps, base="gaussian", leapfrog=leapfrog,
+                                  generator=torch.Generator().manual_seed(seed + 3))
+    return {"log_zeta_ais": est.log_zeta, "log_zeta_ais_se": est.se, "ais_chains": chains, "ais_steps": steps,
+            "ais_accept": est.accept, "log_zeta_ais_minus_quadrature": est.log_zeta - quad}
+
+
 def evaluate_run(run: str, zeta_samples: int | None = None, batch_size: int | None = None, figures: bool = True,
                  progress: bool = True, seed: int = 0, convergence_max_s: int = 100_000,
-                 fid_weights: str | None = None, chunk: int = 112) -> dict:
+                 fid_weights: str | None = None, chunk: int = 112, ais_steps: int = 8000, ais_chains: int = 64,
+                 raise_points: int = 64, ais_bases=None, leapfrog: int = 1, device: str = "cpu") -> dict:
     """Evaluate the run and write eval.json beside its checkpoint. zeta_samples and batch_size:
-    None takes the data kind's defaults (2D: 10^6 in chunks of 65536; images: 2000 exact-log-det
-    samples in chunks of 16, `chunk` tangents per pass)."""
-    model = load(run)
+    None takes the data kind's defaults (2D: 10^6 in chunks of 65536; images: 200 exact-log-det
+    samples in chunks of 16, `chunk` tangents per pass). Images: the AIS / RAISE bracket at
+    ais_ladder(ais_steps), with ais_chains chains, raise_points test images, from ais_bases (None:
+    owf.image_eval.AIS_BASES); 2D: AIS's log ζ̂ (ais_chains · 64 chains of ais_steps / 16 steps) beside
+    importance sampling's and the quadrature."""
+    model = load(run, device)
     out = Path(model.checkpoint).parent
     rank, world = rank_world()
     if world > 1:                     # torchrun: one ζ estimate over every rank's samples; rank 0 writes it
@@ -138,8 +155,11 @@ def evaluate_run(run: str, zeta_samples: int | None = None, batch_size: int | No
         return res
     if model.kind == "image":
         from .image_eval import evaluate_image_run
-        res = evaluate_image_run(model, out, zeta_samples or 2000, chunk=chunk, batch_size=batch_size or 16,
-                                 seed=seed, figures=figures, progress=progress, fid_weights=fid_weights)
+        from .image_eval import AIS_BASES
+        res = evaluate_image_run(model, out, zeta_samples or 200, chunk=chunk, batch_size=batch_size or 16,
+                                 seed=seed, figures=figures, progress=progress, fid_weights=fid_weights,
+                                 ais_ladder=ais_ladder(ais_steps), ais_bases=tuple(ais_bases or AIS_BASES),
+                                 ais_chains=ais_chains, raise_points=raise_points, leapfrog=leapfrog)
         (out / "eval.json").write_text(json.dumps(res, indent=2) + "\n")
         return res
     if fid_weights:
@@ -172,6 +192,7 @@ def evaluate_run(run: str, zeta_samples: int | None = None, batch_size: int | No
                    **({"log_zeta_eq10_minus_quadrature": res["log_zeta_eq10"] - quad["log_zeta"]}
                       if "log_zeta_eq10" in res else {}),
                    integral_of_density=math.exp(quad["log_zeta"] - est.log_zeta),
+                   **_ais_2d(model, ais_chains * 64, max(ais_steps // 16, 1), leapfrog, seed, quad["log_zeta"]),
                    test_nll=float(-model.log_prob(x).double().mean()),
                    true_nll=float(-model.data.log_prob(x).mean()))
         res["nll_gap"] = res["test_nll"] - res["true_nll"]
@@ -213,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--convergence-max-s", type=int, default=100_000, help="2D: largest S in zeta_convergence.png")
     p.add_argument("--fid-weights", default=None, metavar="FILE",
                    help="images: the Inception-v3 weights (torch-fidelity's pt_inception-2015-12-05) for the standard FID")
+    p.add_argument("--ais-steps", type=int, default=8000, help="AIS / RAISE: the largest K (images: the bracket "
+                   "runs K and its halvings, six rungs; 2D: K / 16)")
+    p.add_argument("--ais-chains", type=int, default=64, help="AIS chains M (2D: 64 times as many)")
+    p.add_argument("--raise-points", type=int, default=64, help="images: test images given RAISE chains (0: none)")
+    p.add_argument("--ais-bases", default=None, help="images: comma-separated AIS bases, of defensive, gaussian, "
+                   "histogram, uniform (default: defensive,histogram)")
+    p.add_argument("--leapfrog", type=int, default=1, help="AIS / RAISE: leapfrog steps per HMC transition (1: MALA)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -227,11 +256,20 @@ def main(argv=None) -> int:
 def _run(a: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for k in ("zeta_samples", "batch_size", "chunk"):
+        for k in ("zeta_samples", "batch_size", "chunk", "ais_steps", "ais_chains", "leapfrog"):
             if getattr(a, k) is not None and getattr(a, k) <= 0:
                 raise ValueError(f"--{k.replace('_', '-')} must be positive, got {getattr(a, k)}")
+        if a.raise_points < 0:
+            raise ValueError(f"--raise-points must be >= 0, got {a.raise_points}")
+        if a.device != "cpu" and not a.device.startswith("cuda"):
+            raise ValueError(f"--device {a.device!r}: choose cpu, cuda or cuda:N")
+        if a.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {a.device}: no CUDA device is available here")
+        bases = [b.strip() for b in a.ais_bases.split(",")] if a.ais_bases else None
         res = evaluate_run(a.run, a.zeta_samples, a.batch_size, not a.no_figures, seed=a.seed,
-                           convergence_max_s=a.convergence_max_s, fid_weights=a.fid_weights, chunk=a.chunk)
+                           convergence_max_s=a.convergence_max_s, fid_weights=a.fid_weights, chunk=a.chunk,
+                           ais_steps=a.ais_steps, ais_chains=a.ais_chains, raise_points=a.raise_points,
+                           ais_bases=bases, leapfrog=a.leapfrog, device=a.device)
     if rank_world()[0] != 0:
         return 0
     for w in caught:

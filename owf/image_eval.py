@@ -1,22 +1,26 @@
-"""`python -m owf.evaluate RUN` for an image run: the paper's Figs. 2b-c, 3, 4-5, 7 and 8, log ζ̂ by
-both estimators, and the test NLL in nats and bits per dimension.
+"""`python -m owf.evaluate RUN` for an image run: the test NLL bracketed by AIS and RAISE against
+exact baselines, importance sampling as the paper does it, and the paper's Figs. 2b-c, 3, 4-5, 7, 8.
 
 The generator is evaluated in eval mode: its BatchNorms use their running statistics, so g_n is
 one function of each u, and Eq. 10 is its density at its own samples when g_n is injective.
+Every NLL is of the test split, dequantised (x' = 2 (u8 + U) / 256 - 1, U ~ U[0, 1)^n, one draw
+per pixel from the seed), on the [0, 256) scale: -log P(y) = -log P_D(x') - n log(2/256), and
+bits/dim = that / (n log 2). P_D is a density on the pixel box [-1, 1]^n.
 
-- log ζ̂ (Eq. 2, 16) from S generator samples, with log q by Eq. 10 and the exact log|det J| (all n
-  tangents through owf_kernels.jvp, `chunk` at a time; slogdet in float64), and, on the same
-  samples, with the paper's log‖Jv‖ (Eq. 9) in its place: its bias is measured, not assumed. A
-  third estimate uses a Gaussian fitted to the training images as the proposal. P_D is a density
-  on the pixel box [-1, 1]^n.
-- test NLL: x' = 2 (u8 + U) / 256 - 1, U ~ U[0, 1)^n (uniform dequantisation), then
-  -log P(x) ≈ -log P_D(x') - n log(2/256): the change of scale from [0, 256) to [-1, 1) is
-  accounted for; bits/dim = that / (n log 2). It uses the larger of the two valid log ζ̂ (the
-  exact generator's and the Gaussian's): log ζ̂ is biased low, so the NLL is a lower bound in
-  expectation. (Eq. 10 counts one preimage per sample: where g_n is not injective the true q is
-  larger, and the generator's ζ̂ is biased up by that, the other way.)
+- baselines (owf.baselines): the per-pixel histogram, a Gaussian in atanh space fitted to the
+  dequantised training split, LZMA and PNG code lengths.
+- the bracket (likelihood_bracket): at each K of a ladder, for each AIS base, AIS's log ζ̂ (M
+  chains) and its test NLL, a lower bound in expectation, and RAISE's NLL of a subset of test
+  images, an upper bound in expectation of the annealing model's, which tends to P_D's as K grows;
+  `converged` when doubling K moves AIS by less than 0.05 bits/dim and the two agree within it.
+  ais_convergence.png draws both against K. The AIS log ζ̂ is cached for log_prob, and test_nll_*
+  is the whole split's NLL with it.
+- importance sampling (Eq. 2, 16), the paper's estimator: S generator samples with log q by Eq. 10
+  and the exact log|det J| (all n tangents through owf_kernels.jvp, `chunk` at a time; slogdet in
+  float64), the same samples with Eq. 9's log‖Jv‖ in its place (its bias measured, not assumed),
+  and a Gaussian fitted to the training images as the proposal; each with its ESS.
 - energy_hist.png (Fig. 3) and the AUC of telling training from test images by D (0.5: no overfit).
-- zeta_convergence.png (Fig. 2b-c): log ζ̂ against S, 10 repeats, generator and fitted Gaussian.
+- zeta_convergence.png (Fig. 2b-c): importance sampling's log ζ̂ against S, 10 repeats.
 - samples_by_energy.png (Figs. 4-5), interpolation.png (Fig. 7), same_z.png (Fig. 8).
 """
 from __future__ import annotations
@@ -35,9 +39,12 @@ import torch  # noqa: E402
 
 from .density import OWFModel, slice_estimates  # noqa: E402
 from .images import generator_samples, load_images, to_uint8, to_unit  # noqa: E402
-from .plots import save_energy_hist, save_image_grid, save_zeta_convergence  # noqa: E402
+from .plots import save_ais_convergence, save_energy_hist, save_image_grid, save_zeta_convergence  # noqa: E402
 
 CONVERGENCE_S = [1, 3, 10, 30, 100, 300, 1000, 3000, 10_000]
+AIS_LADDER = (250, 500, 1000, 2000, 4000, 8000)     # K of the bracket's rungs, each with fresh chains
+AIS_BASES = ("defensive", "histogram")
+CONVERGED_BPD = 0.05          # the bracket's width, and the move of a doubled K, that count as converged
 
 
 def dequantise(u8: torch.Tensor, generator) -> torch.Tensor:
@@ -60,6 +67,68 @@ def heldout_nll(model: OWFModel, test_u8: torch.Tensor, seed: int = 0, batch: in
     se = math.hypot(float(nll.std()) / math.sqrt(len(nll)), model.zeta.se)
     return {"test_nll_nats": float(nll.mean()), "test_nll_se": se, "test_bits_per_dim": float(nll.mean()) / (n * math.log(2)),
             "test_bits_per_dim_se": se / (n * math.log(2)), "test_images": len(nll)}
+
+
+def likelihood_bracket(model: OWFModel, test_u8: torch.Tensor, ladder=AIS_LADDER, bases=AIS_BASES, chains: int = 64,
+                       raise_points: int = 64, leapfrog: int = 1, seed: int = 0, progress: bool = True) -> dict:
+    """The test NLL bracketed by AIS and RAISE (owf.ais), at each K of `ladder`, for each base.
+
+    AIS: log ζ̂ from `chains` chains; its NLL on the whole test split, -mean(D(x)/w) + log ζ̂ (a lower
+    bound in expectation), and on the first `raise_points` test images. RAISE: one reverse chain per
+    image for those images (an upper bound in expectation of the annealing model's NLL, which tends
+    to P_D's). Both dequantised as heldout_nll (one draw per pixel, from `seed`), bits/dim on the
+    [0, 256) scale. Step sizes: one pilot per base, frozen for all rungs. Each rung draws fresh
+    chains, so successive K are independent estimates. -> the rows, and the summary: the largest
+    AIS log ζ̂ at the largest K (each is a lower bound in expectation) and its base, that base's
+    RAISE NLL, the gap between them on the same images, the spread of AIS over the bases, and whether doubling K moved AIS by less than
+    CONVERGED_BPD and the gap is below it."""
+    for base in bases:
+        model.ais_base(base)                              # a bad name fails here, before any chain runs
+    n = math.prod(test_u8.shape[1:])
+    per_bpd = n * math.log(2)
+    to_bpd = lambda nll_x: (nll_x + n * math.log(128)) / per_bpd      # [-1, 1]-scale nats -> bits/dim
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat([dequantise(b, g) for b in test_u8.split(1000)])       # float64, as heldout_nll draws them
+    e = torch.cat([model.energy(b.float()).double().cpu() for b in x.split(1000)])
+    sub = slice(0, min(raise_points, len(x)))
+    rows, ladders = [], {}
+    for base in bases:
+        ss = model.tune_ais(base, leapfrog, generator=torch.Generator().manual_seed(seed + 1), progress=progress)
+        ladders[base] = {"K": [], "ais": [], "raise": []}
+        for i, K in enumerate(ladder):
+            est = model.estimate_log_zeta(chains, "ais", steps=K, base=base, leapfrog=leapfrog, step_sizes=ss,
+                                          generator=torch.Generator().manual_seed(seed + 100 + i), progress=progress)
+            row = dict({k: v for k, v in est.to_dict().items() if k not in ("preimages", "multi_cover", "logdet")},
+                       ais_bits_per_dim=to_bpd(float(-(e - est.log_zeta).mean())),
+                       ais_bits_per_dim_subset=to_bpd(float(-(e[sub] - est.log_zeta).mean())))
+            if raise_points:
+                r = model.raise_log_prob(x[sub], K, 1, base, leapfrog, step_sizes=ss, batch_size=max(chains, 1),
+                                         generator=torch.Generator().manual_seed(seed + 200 + i), progress=progress)
+                row.update(raise_bits_per_dim=to_bpd(float(-r.log_prob.mean())),
+                           raise_bits_per_dim_se=float(r.log_prob.std()) / per_bpd / math.sqrt(len(r.log_prob)),
+                           raise_accept=r.accept, raise_nonfinite_proposals=r.nonfinite_proposals,
+                           raise_nonfinite_points=r.nonfinite_points, raise_seconds=r.seconds)
+                ladders[base]["raise"].append(row["raise_bits_per_dim"])
+            rows.append(row)
+            ladders[base]["K"].append(K)
+            ladders[base]["ais"].append(row["ais_bits_per_dim_subset" if raise_points else "ais_bits_per_dim"])
+    top = [r for r in rows if r["steps"] == ladder[-1]]
+    best = max(top, key=lambda r: r["log_zeta"])          # the base that anneals furthest: the tightest lower bound
+    prev = [r for r in rows if r["steps"] == ladder[-2] and r["base"] == best["base"]] if len(ladder) > 1 else []
+    out = {"ais_rows": rows, "ais_log_zeta": best["log_zeta"], "ais_log_zeta_se": best["se"], "ais_base": best["base"],
+           "ais_steps": ladder[-1], "ais_chains": chains, "test_bits_per_dim_ais": best["ais_bits_per_dim"],
+           "ais_doubling_move_bpd": abs(best["ais_bits_per_dim"] - prev[0]["ais_bits_per_dim"]) if prev else None,
+           # AIS from every base should agree once each has converged
+           "ais_bases_spread_bpd": max(r["ais_bits_per_dim"] for r in top) - min(r["ais_bits_per_dim"] for r in top),
+           "raise_points": raise_points, "_ladders": ladders}
+    if raise_points:
+        # RAISE bounds its own annealing model's NLL, which is the base's where the annealing has not
+        # converged (it can be below P_D's); the bracket takes the same base's RAISE, on the same images
+        out.update(test_bits_per_dim_raise=best["raise_bits_per_dim"],
+                   bracket_gap_bpd=best["raise_bits_per_dim"] - best["ais_bits_per_dim_subset"])
+    out["converged"] = bool(out["ais_doubling_move_bpd"] is not None and out["ais_doubling_move_bpd"] < CONVERGED_BPD
+                            and raise_points and abs(out["bracket_gap_bpd"]) < CONVERGED_BPD)
+    return out
 
 
 def energy_auc(model: OWFModel, train_u8, test_u8, out: Path, n: int = 10_000) -> dict:
@@ -132,39 +201,56 @@ def same_z(model: OWFModel, out: Path, rows: int = 8, draws: int = 10, seed: int
                     f"{model.config.data}: one z per row, {draws} draws of r", nrow=draws)
 
 
-def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 2000, gaussian_samples: int = 100_000,
+def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaussian_samples: int = 100_000,
                        chunk: int = 112, batch_size: int = 16, seed: int = 0, figures: bool = True,
-                       progress: bool = True, fid_weights: str | None = None) -> dict:
+                       progress: bool = True, fid_weights: str | None = None, ais_ladder=AIS_LADDER,
+                       ais_bases=AIS_BASES, ais_chains: int = 64, raise_points: int = 64, leapfrog: int = 1) -> dict:
     """Everything in the module docstring into eval.json's dict (and the figures into `out`)."""
+    from .baselines import baseline_table
     cfg = model.config
     train_u8, _ = load_images(cfg.data, cfg.data_root, train=True)
     test_u8, _ = load_images(cfg.data, cfg.data_root, train=False)
-    g = torch.Generator().manual_seed(seed)
+    # ---- exact baselines: what the bits/dim are read against
+    res = {"baselines": baseline_table(train_u8, test_u8, seed, gaussian=model.fit_gaussian(),
+                                       histogram=model.ais_base("histogram"))}
+    # ---- importance sampling (the paper's estimator, Eq. 2): the generator with the exact Eq. 10
+    # log q and with Eq. 9's jvp1 on the same samples, and the fitted Gaussian; their ESS says how
+    # far each is from a usable estimate
+    g = torch.Generator(device=model.device).manual_seed(seed)
     t = time.perf_counter()
     both = model.estimate_log_zeta(zeta_samples, "generator", batch_size, g, progress, logdet="both", chunk=chunk,
                                    keep_log_weights=True)
     exact_s = (time.perf_counter() - t) / zeta_samples
-    gauss = model.estimate_log_zeta(gaussian_samples, "gaussian", 1000, g, progress, keep_log_weights=True)
+    gauss = model.estimate_log_zeta(gaussian_samples, "gaussian", 1000, torch.Generator().manual_seed(seed), progress,
+                                    keep_log_weights=True)
     est = both["exact"]
-    # log ζ̂ of an unbiased ζ̂ is biased low (Jensen), the more the heavier its weights' tail: each
-    # valid estimate (Eq. 10's exact log q, the fitted Gaussian; not jvp1, whose log q is no density)
-    # is a lower bound of log ζ in expectation, and the larger the tighter. The NLL uses that one,
-    # so it too is a lower bound in expectation: the model's bits/dim are at least about that.
-    best = max((est, gauss), key=lambda e: e.log_zeta)
-    model.cache_log_zeta(best)
-    res = {"log_zeta": est.log_zeta, "log_zeta_se": est.se, "ess": est.ess, "num_samples": est.num_samples,
-           "low_ess": est.low_ess, "logdet": "exact",
-           "log_zeta_jvp1": both["jvp1"].log_zeta, "log_zeta_jvp1_se": both["jvp1"].se, "ess_jvp1": both["jvp1"].ess,
-           "log_zeta_jvp1_minus_exact": both["jvp1"].log_zeta - est.log_zeta,
-           "log_zeta_gaussian": gauss.log_zeta, "log_zeta_gaussian_se": gauss.se, "ess_gaussian": gauss.ess,
-           "gaussian_samples": gauss.num_samples, "nll_log_zeta_from": best.proposal,
-           # the time per generator sample of both log-dets (n tangents, and jvp1's one) and what fits in 30 min
-           "seconds_per_exact_sample": exact_s, "exact_samples_in_30_min": int(1800 / exact_s)}
-    res.update(heldout_nll(model, test_u8, seed))
-    if best.low_ess:
-        res["warning"] = (f"the ESS of the log ζ̂ behind the NLL ({best.proposal}) is {best.ess:.1f} of {best.num_samples} "
-                          "samples (< 1%): ζ̂, and the NLL built on it, are dominated by a few samples")
+    res.update({"log_zeta_is": est.log_zeta, "log_zeta_is_se": est.se, "ess": est.ess, "num_samples": est.num_samples,
+                "low_ess": est.low_ess, "logdet": "exact",
+                "log_zeta_jvp1": both["jvp1"].log_zeta, "log_zeta_jvp1_se": both["jvp1"].se, "ess_jvp1": both["jvp1"].ess,
+                "log_zeta_jvp1_minus_exact": both["jvp1"].log_zeta - est.log_zeta,
+                "log_zeta_gaussian": gauss.log_zeta, "log_zeta_gaussian_se": gauss.se, "ess_gaussian": gauss.ess,
+                "gaussian_samples": gauss.num_samples,
+                # the time per generator sample of both log-dets (n tangents, and jvp1's one) and what fits in 30 min
+                "seconds_per_exact_sample": exact_s, "exact_samples_in_30_min": int(1800 / exact_s)})
+    # ---- the bracket: AIS (log ζ̂, a lower bound of the NLL) and RAISE (an upper bound), against K
+    t = time.perf_counter()
+    bracket = likelihood_bracket(model, test_u8, ais_ladder, ais_bases, ais_chains, raise_points, leapfrog, seed,
+                                 progress)
+    ladders = bracket.pop("_ladders")
+    res.update(bracket, log_zeta=bracket["ais_log_zeta"], bracket_seconds=time.perf_counter() - t)
+    best = next(r for r in bracket["ais_rows"] if r["base"] == bracket["ais_base"] and r["steps"] == bracket["ais_steps"])
+    from .density import AISEstimate
+    model.cache_log_zeta(AISEstimate(**{k: v for k, v in best.items() if k in AISEstimate.__dataclass_fields__}))
+    res.update(heldout_nll(model, test_u8, seed))        # log_prob's NLL with the cached (AIS) log ζ̂
+    if not res["converged"]:
+        res["warning"] = ("the bracket has not converged: AIS's NLL is a lower bound in expectation and RAISE's an "
+                          "upper bound of the annealing model's; read the test NLL as the interval between them")
     if figures:
+        b = res["baselines"]
+        save_ais_convergence(out / "ais_convergence.png", ladders,
+                             {"per-pixel histogram": b["histogram_bits_per_dim"],
+                              "atanh Gaussian": b["atanh_gaussian_bits_per_dim"], "LZMA": b["lzma_bits_per_dim"]},
+                             f"{cfg.data}: test NLL by AIS ({ais_chains} chains) and RAISE ({raise_points} images)")
         res.update(energy_auc(model, train_u8, test_u8, out / "energy_hist.png"))
         res["zeta_convergence"] = {k: {str(S): v for S, v in d.items()} for k, d in zeta_convergence(
             {"generator (Eq. 10, exact)": est, "generator (Eq. 9, jvp1)": both["jvp1"],
@@ -178,4 +264,3 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 2000, gau
             warnings.simplefilter("ignore")
             res["inception_fid"] = inception_fid(generator_samples(model.G, 10_000, seed + 4), test_u8, fid_weights)
     return res
-

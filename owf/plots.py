@@ -140,3 +140,27 @@ def save_energy_hist(path, e_train, e_test, labels, title):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def save_ais_convergence(path, ladder: dict, baselines: dict, title: str):
+    """The test NLL's bracket against the number of AIS steps K: per base, AIS's NLL (a lower bound
+    in expectation, solid) and RAISE's (an upper bound of the annealing model's, dashed), in
+    bits/dim on one axis; ladder = {base: {"K": [...], "ais": [...], "raise": [...]}}; baselines =
+    {label: bits/dim} as horizontal lines."""
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    colors = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
+    for (base, row), color in zip(ladder.items(), colors):
+        ax.plot(row["K"], row["ais"], color=color, marker="o", ms=3, label=f"AIS, {base} base")
+        if row.get("raise"):
+            ax.plot(row["K"], row["raise"], color=color, marker="s", ms=3, ls="--", label=f"RAISE, {base} base")
+    for (label, v), ls in zip(baselines.items(), (":", "-.", (0, (1, 3)), (0, (5, 5)))):
+        ax.axhline(v, color="0.4", lw=1, ls=ls, label=f"{label} ({v:.2f})")
+    ax.set_xscale("log")
+    ax.set_xlabel("AIS steps K")
+    ax.set_ylabel("test NLL, bits/dim")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -32,3 +32,15 @@ def fashion_root(tmp_path, monkeypatch):
     from support import write_fashion_mnist
     monkeypatch.setenv("OWF_CACHE", str(tmp_path / "cache"))
     return write_fashion_mnist(tmp_path / "fm")
+
+
+@pytest.fixture(scope="session")
+def trained_ring(tmp_path_factory):
+    """A ring model trained for 1,500 steps, shared by the test modules: copy it (copy_run) before
+    writing into it."""
+    from owf.config import Config
+    from owf.train import train
+    out = tmp_path_factory.mktemp("trained") / "ring"
+    train(Config(steps=1500, lr_d=1e-3, lr_g=3e-3, log_every=500, sample_every=10 ** 6, ckpt_every=10 ** 6,
+                 device="cpu", out=str(out)), progress=False)
+    return out

@@ -1,0 +1,299 @@
+"""Annealed importance sampling (AIS) for log ζ of P_D on its domain box, and reverse annealing
+(RAISE) for each test point's log-likelihood: the two sides of a test NLL's bracket.
+
+Coordinates. P_D(x) = exp(E(x)) / ζ, E = D/w, lives on a box [lo, hi]^n. The chains move in an
+unconstrained u ∈ R^n,
+
+    x = c + h tanh(u),   c = (lo + hi)/2,  h = (hi - lo)/2,   log|dx/du| = Σ_i [log h + log(1 - tanh² u_i)],
+
+so ζ = ∫_box exp(E(x)) dx = ∫ f(u) du with log f(u) = E(x(u)) + log|dx/du|: no chain ever leaves
+the box, and nothing is reflected. The base p_0 is a normalised density of u (owf.baselines: a
+Gaussian in u fitted to the data, or the per-pixel histogram), and the path is geometric:
+
+    log f_β(u) = (1 - β) log p_0(u) + β log f(u),   0 = β_0 < β_1 < ... < β_K = 1,
+    g(u) = log f(u) - log p_0(u)   (so that log f_β = log p_0 + β g).
+
+AIS (Neal 2001). u_0 ~ p_0; for k = 1..K:
+
+    log w += (β_k - β_{k-1}) g(u_{k-1});    u_k ~ T_k(· | u_{k-1}),   T_k leaving f_{β_k} invariant.
+
+E[w] = ζ, so log ζ̂ = log mean_m w_m over M chains is a stochastic lower bound of log ζ (Jensen),
+and a test NLL built on it is a lower bound in expectation. K = 1 is plain importance sampling
+from the base: log w = g(u_0).
+
+RAISE (Burda, Grosse & Salakhutdinov 2015). The annealing model draws u_0 ~ p_0, u_k ~ T_k(· | u_{k-1})
+and keeps u_K: a normalised density p_ann(u_K) that tends to P_D as the annealing converges. For a
+test point, u_K = u(x); for k = K..1, u_{k-1} ~ T_k(· | u_k) (T_k is reversible, so it is its own
+reversal), and with f_k(u) = p_0(u)^{1-β_k} f(u)^{β_k}:
+
+    ŵ = p_0(u_0) Π_{k=1}^{K} f_k(u_k) / f_k(u_{k-1})
+    log ŵ = log f(u_K) - Σ_{k=1}^{K} (β_k - β_{k-1}) g(u_{k-1})       (summing by parts, β_0 = 0, β_K = 1)
+
+E[ŵ] = p_ann(u_K), so log ŵ is a stochastic lower bound of log p_ann (a conservative
+log-likelihood of a normalised model), and in x: log p̂(x) = log ŵ - log|dx/du| = E(x) - Σ_k
+(β_k - β_{k-1}) g(u_{k-1}). With C chains per point, log mean_c ŵ_c. In expectation
+NLL by AIS ≤ NLL of P_D, and NLL of p_ann ≤ NLL by RAISE: the bracket.
+
+Transitions: HMC with `leapfrog` steps (1: MALA), mass matrix diag(1/s²) with s the base's scale
+of u (leapfrog in ũ = u / s), and a Metropolis accept. A proposal whose f_β is not finite is
+rejected and counted. The step size is one per β: a pilot run (its own chains, its own stream)
+adapts it towards a target acceptance at each β of a coarser schedule, and then it is frozen:
+step_sizes(β) looks it up, so the estimate's chains are a fixed Markov chain and AIS stays
+unbiased. The pilot also measures the spread of g along the path, std_β(g), which gives the
+adaptive schedule (steps placed with density ∝ std_β(g), which minimises Σ_k Δβ_k² Var_β(g), the
+log-weight variance of a chain at equilibrium; that minimum, Λ²/K with Λ = ∫ std_β(g) dβ, predicts
+the K a target variance needs). The schedules (`schedule`): "sigmoid" (Grosse et al. 2015,
+sharpness `delta`) or "adaptive".
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from .baselines import log1m_tanh2
+
+SCHEDULES = ("sigmoid", "adaptive")
+TARGET_ACCEPT = 0.65
+
+
+# ---- coordinates and the target
+@dataclass
+class Box:
+    """The box [lo, hi]^n and the map x = c + h tanh(u)."""
+    lo: float
+    hi: float
+
+    @property
+    def c(self):
+        return (self.lo + self.hi) / 2
+
+    @property
+    def h(self):
+        return (self.hi - self.lo) / 2
+
+    def to_x(self, u: torch.Tensor) -> torch.Tensor:
+        return self.c + self.h * torch.tanh(u)
+
+    def to_u(self, x: torch.Tensor) -> torch.Tensor:
+        """atanh((x - c)/h) in float64, kept finite at the walls (|u| ≤ 19, where tanh is ±1 in float64)."""
+        t = ((x.double() - self.c) / self.h).clamp(-1 + 2 ** -52, 1 - 2 ** -52)
+        return torch.atanh(t)
+
+    def log_jac(self, u: torch.Tensor) -> torch.Tensor:
+        """log|dx/du| [B] for u [B, n]."""
+        return log1m_tanh2(u).sum(1) + u.shape[1] * math.log(self.h)
+
+
+def box_log_f(energy, box: Box, event_shape):
+    """log f(u) = E(x(u)) + log|dx/du| [B] for u [B, n] (float32 in, float64 out): the unnormalised
+    log P_D in the chains' coordinate. energy: x [B, *event_shape] -> E(x) [B]."""
+    def log_f(u):
+        e = energy(box.to_x(u).view(len(u), *event_shape))
+        return e.double() + box.log_jac(u.double())
+    return log_f
+
+
+# ---- schedules and step sizes
+def sigmoid_schedule(K: int, delta: float = 4.0) -> torch.Tensor:
+    """β_k = (σ(δ(2k/K - 1)) - σ(-δ)) / (σ(δ) - σ(-δ)), k = 0..K [K+1] (float64): dense at both ends."""
+    t = torch.sigmoid(delta * (2 * torch.arange(K + 1, dtype=torch.float64) / K - 1))
+    b = (t - t[0]) / (t[-1] - t[0])
+    b[0], b[-1] = 0.0, 1.0
+    return b
+
+
+def adaptive_schedule(K: int, betas: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    """K steps placed with density ∝ spread(β) = std_β(g) (piecewise constant on the grid betas [J+1],
+    spread [J] per interval): β_k = Λ⁻¹(k Λ / K), Λ(β) = ∫_0^β spread. -> [K+1] (float64)."""
+    s = spread.double().clamp_min(1e-12) * betas.diff()
+    cum = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(s, 0)])
+    q = torch.linspace(0, float(cum[-1]), K + 1, dtype=torch.float64)
+    i = torch.searchsorted(cum, q, right=True).clamp(1, len(cum) - 1) - 1
+    frac = ((q - cum[i]) / (cum[i + 1] - cum[i]).clamp_min(1e-300)).clamp(0, 1)
+    b = betas[i] + frac * (betas[i + 1] - betas[i])
+    b[0], b[-1] = 0.0, 1.0
+    return torch.cummax(b, 0).values
+
+
+@dataclass
+class StepSizes:
+    """ε per β, frozen after the pilot: ε(β) = eps[j] for grid[j] ≤ β < grid[j+1] (in ũ = u/s units).
+    spread[j]: the pilot chains' std of g at grid[j] (the adaptive schedule's density)."""
+    grid: torch.Tensor        # [J] float64, increasing, grid[0] = 0
+    eps: torch.Tensor         # [J]
+    spread: torch.Tensor      # [J]
+    accept: float             # the pilot's mean acceptance
+
+    def __call__(self, beta: float) -> float:
+        j = int(torch.searchsorted(self.grid, torch.tensor([beta], dtype=torch.float64), right=True)) - 1
+        return float(self.eps[max(j, 0)])
+
+    def schedule(self, K: int, kind: str = "sigmoid", delta: float = 4.0) -> torch.Tensor:
+        if kind == "sigmoid":
+            return sigmoid_schedule(K, delta)
+        if kind == "adaptive":
+            return adaptive_schedule(K, torch.cat([self.grid, torch.ones(1, dtype=torch.float64)]), self.spread)
+        raise ValueError(f"schedule={kind!r}: choose one of {SCHEDULES}")
+
+    def thermodynamic_length(self) -> float:
+        """Λ = ∫ std_β(g) dβ: a chain at equilibrium has log-weight variance ≥ Λ²/K at K steps."""
+        widths = torch.cat([self.grid, torch.ones(1, dtype=torch.float64)]).diff()
+        return float((self.spread.double() * widths).sum())
+
+    def to_dict(self) -> dict:
+        return {"grid": self.grid.tolist(), "eps": self.eps.tolist(), "spread": self.spread.tolist(),
+                "accept": self.accept}
+
+
+# ---- the chains
+@dataclass
+class _State:
+    u: torch.Tensor           # [M, n]
+    lf: torch.Tensor          # log f(u) [M] float64
+    lp0: torch.Tensor         # log p_0(u) [M] float64
+    gf: torch.Tensor          # ∇ log f [M, n]
+    gp0: torch.Tensor         # ∇ log p_0 [M, n]
+
+    def log_target(self, beta: float) -> torch.Tensor:
+        return self.lp0 + beta * (self.lf - self.lp0)
+
+    def grad(self, beta: float) -> torch.Tensor:
+        return (1 - beta) * self.gp0 + beta * self.gf
+
+    def where(self, keep: torch.Tensor, other: "_State") -> "_State":
+        k1 = keep[:, None]
+        return _State(torch.where(k1, self.u, other.u), torch.where(keep, self.lf, other.lf),
+                      torch.where(keep, self.lp0, other.lp0), torch.where(k1, self.gf, other.gf),
+                      torch.where(k1, self.gp0, other.gp0))
+
+
+class Path:
+    """The geometric path from a base p_0 to f, and HMC transitions along it. log_f: u [B, n] -> [B]
+    (differentiable); base: log_prob(u) -> [B], sample(num, generator) -> u, scale [n]."""
+
+    def __init__(self, log_f, base, leapfrog: int = 1, device="cpu"):
+        if leapfrog < 1:
+            raise ValueError(f"leapfrog={leapfrog} must be >= 1 (1: MALA)")
+        self.log_f, self.base, self.leapfrog, self.device = log_f, base, leapfrog, torch.device(device)
+        self.nonfinite = 0                       # proposals rejected for a non-finite f or p_0
+
+    def evaluate(self, u: torch.Tensor) -> _State:
+        with torch.enable_grad():
+            u = u.detach().requires_grad_(True)
+            lf = self.log_f(u)
+            (gf,) = torch.autograd.grad(lf.sum(), u)
+            lp0 = self.base.log_prob(u)
+            (gp0,) = torch.autograd.grad(lp0.sum(), u)
+        bad = ~(torch.isfinite(lf) & torch.isfinite(lp0))
+        lf = lf.detach().masked_fill(bad, -math.inf)        # -inf: never accepted, weight 0
+        gf, gp0 = gf.masked_fill(bad[:, None], 0.0), gp0.to(gf.dtype).masked_fill(bad[:, None], 0.0)
+        return _State(u.detach(), lf, lp0.detach().double(), gf, gp0)
+
+    def hmc(self, st: _State, beta: float, eps: float, generator=None) -> tuple[_State, torch.Tensor]:
+        """One HMC transition of every chain, invariant for f_β. With ũ = u/s (s: the base's scale) and
+        p ~ N(0, I): H = -log f_β(u) + ½|p|²; leapfrog p ← p + ½ε s∇, ũ ← ũ + εp, p ← p + ½ε s∇;
+        accept with probability min(1, e^{H_0 - H_1}). -> (the new state, accepted [M] bool)."""
+        s = self.base.scale.to(st.u.device)
+        gdev = generator.device if generator is not None else st.u.device
+        p = torch.randn(st.u.shape, generator=generator, device=gdev).to(st.u.device)
+        h0 = -st.log_target(beta) + 0.5 * (p.double() ** 2).sum(1)
+        new = st
+        p = p + 0.5 * eps * s * new.grad(beta)
+        for i in range(self.leapfrog):
+            new = self.evaluate(new.u + eps * s * p)
+            p = p + (0.5 if i == self.leapfrog - 1 else 1.0) * eps * s * new.grad(beta)
+        h1 = -new.log_target(beta) + 0.5 * (p.double() ** 2).sum(1)
+        finite = torch.isfinite(h1)
+        self.nonfinite += int((~finite).sum())
+        log_u = torch.log(torch.rand(len(h0), generator=generator, device=gdev, dtype=torch.float64)).to(h0.device)
+        accept = finite & (log_u < h0 - h1)
+        return new.where(accept, st), accept
+
+
+@dataclass
+class AISRun:
+    """The chains' results. log_w [M] float64; accept: mean acceptance; increment_var [K]: the
+    variance over chains of each step's log-weight increment; nonfinite_*: counts."""
+    log_w: torch.Tensor
+    accept: float
+    increment_var: torch.Tensor
+    nonfinite_proposals: int
+    nonfinite_chains: int
+    u: torch.Tensor = field(repr=False)      # the final states [M, n]
+
+
+def tune(path: Path, chains: int, steps: int, generator=None, eps0: float = 0.05, target: float = TARGET_ACCEPT,
+         repeats: int = 3, progress: bool = False) -> StepSizes:
+    """The pilot: `chains` chains along a sigmoid schedule of `steps` steps, `repeats` HMC transitions
+    per β; after each, log ε ← log ε + (mean acceptance - target). Records ε and std(g) at each β."""
+    betas = sigmoid_schedule(steps)
+    st = path.evaluate(path.base.sample(chains, generator).to(path.device))
+    eps, E, S, acc = eps0, [], [], []
+    for k in tqdm(range(steps), disable=not progress, desc="AIS pilot", unit="β", leave=False):
+        beta = float(betas[k])
+        g = (st.lf - st.lp0)
+        g = g[torch.isfinite(g)]
+        S.append(float(g.std()) if len(g) > 1 else 0.0)
+        for _ in range(repeats):
+            st, a = path.hmc(st, beta, eps, generator)
+            rate = float(a.double().mean())
+            acc.append(rate)
+            eps = float(min(max(eps * math.exp(rate - target), 1e-6), 10.0))
+        E.append(eps)
+    return StepSizes(betas[:-1].clone(), torch.tensor(E, dtype=torch.float64), torch.tensor(S, dtype=torch.float64),
+                     sum(acc) / len(acc))
+
+
+def ais(path: Path, chains: int, betas: torch.Tensor, step_sizes: StepSizes, generator=None,
+        progress: bool = False) -> AISRun:
+    """The forward chains (see the module docstring): u_0 ~ p_0, log w += Δβ_k g(u_{k-1}), u_k ~ T_k."""
+    K = len(betas) - 1
+    st = path.evaluate(path.base.sample(chains, generator).to(path.device))
+    bad0 = ~torch.isfinite(st.lf - st.lp0) & ~(st.lf == -math.inf)
+    log_w = torch.zeros(chains, dtype=torch.float64, device=st.u.device)
+    inc_var = torch.zeros(K, dtype=torch.float64)
+    start, accepted = path.nonfinite, 0.0
+    for k in tqdm(range(1, K + 1), disable=not progress, desc="AIS", unit="β"):
+        inc = (betas[k] - betas[k - 1]) * (st.lf - st.lp0)
+        log_w += inc
+        inc_var[k - 1] = inc[torch.isfinite(inc)].var() if chains > 1 else 0.0
+        if k < K:                                 # u_K is not needed for the weight
+            st, a = path.hmc(st, float(betas[k]), step_sizes(float(betas[k])), generator)
+            accepted += float(a.double().mean())
+    return AISRun(log_w, accepted / max(K - 1, 1), inc_var, path.nonfinite - start,
+                  int((bad0 | torch.isnan(log_w)).sum()), st.u)
+
+
+def raise_chains(path: Path, u: torch.Tensor, betas: torch.Tensor, step_sizes: StepSizes, generator=None,
+                 progress: bool = False) -> AISRun:
+    """Reverse chains from the points u [N, n] (u_K): for k = K..1, u_{k-1} ~ T_k(· | u_k), and
+    log ŵ = log f(u_K) - Σ_k Δβ_k g(u_{k-1}) [N] (the u-space density; see the module docstring)."""
+    K = len(betas) - 1
+    st = path.evaluate(u.float())
+    log_w = st.lf.clone()
+    inc_var = torch.zeros(K, dtype=torch.float64)
+    start, accepted = path.nonfinite, 0.0
+    for k in tqdm(range(K, 0, -1), disable=not progress, desc="RAISE", unit="β"):
+        st, a = path.hmc(st, float(betas[k]), step_sizes(float(betas[k])), generator)
+        accepted += float(a.double().mean())
+        inc = (betas[k] - betas[k - 1]) * (st.lf - st.lp0)
+        log_w -= inc
+        inc_var[k - 1] = inc[torch.isfinite(inc)].var() if len(inc) > 1 else 0.0
+    return AISRun(log_w, accepted / K, inc_var, path.nonfinite - start, int((~torch.isfinite(log_w)).sum()), st.u)
+
+
+def log_mean_exp(a: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    return torch.logsumexp(a, dim) - math.log(a.shape[dim])
+
+
+def estimate(log_w: torch.Tensor) -> tuple[float, float, float]:
+    """(log mean w, its delta-method standard error sqrt(1/ESS - 1/M), the Kish ESS) of log-weights [M]."""
+    lw = log_w[torch.isfinite(log_w) | (log_w == -math.inf)].double()
+    M = len(lw)
+    lz = float(log_mean_exp(lw))
+    w = torch.exp(lw - lw.max())
+    ess = float(w.sum() ** 2 / (w * w).sum())
+    return lz, math.sqrt(max(1 / ess - 1 / M, 0.0)), ess

@@ -1,0 +1,208 @@
+"""Exact baselines for an image model's test bits/dim, and the normalised densities that AIS starts from.
+
+Every number is on the scale the README uses: 8-bit pixels u8 dequantised uniformly,
+y = u8 + U ∈ [0, 256)^n, bits/dim = -log2 p(y) / n. P_D and the bases below live on the pixel box
+x = y / 128 - 1 ∈ [-1, 1)^n, where p_y(y) = p_x(x) / 128^n.
+
+- `PixelHistogram`: each pixel independent, a 256-bin histogram of the training split with add-one
+  smoothing, piecewise constant within a bin: p(y) = Π_i (c_i[u8_i] + 1) / (N + 256). Exact; the
+  dequantisation noise does not change it.
+- `AtanhGaussian` (a `GaussianBase`): a Gaussian N(μ, Σ) in the unconstrained coordinate u = atanh(x), fitted to
+  *dequantised* training images (the bin centres would give a pixel that is always 0 a tiny σ, and
+  a dequantised test pixel then tens of nats), Σ shrunk towards its mean variance by `shrink`.
+  p_x(x) = N(u; μ, Σ) / |dx/du|, log|dx/du| = Σ_i log(1 - x_i²).
+- `code_lengths`: the test split as bytes under LZMA (`lzma.compress(..., preset=9 | PRESET_EXTREME)`,
+  one stream of the raw uint8 [N, C, H, W]), and each image as its own optimised PNG file, headers
+  included (PIL, `optimize=True`). A code length is a likelihood of the discrete pixels, which
+  bounds the dequantised density's (Theis et al. 2016): bits/dim comparable with the rest.
+
+Both densities double as AIS bases (owf.ais): a base is a normalised density of u, the coordinate
+the chains move in, with `sample(n, generator) -> u [n, n_dim]`, `log_prob(u) -> [n]` and `scale`
+[n_dim] (u's spread per coordinate, the chains' preconditioner). Everything in u is computed from u
+itself, never from x = tanh(u), which rounds to ±1 in float32 beyond |u| ≈ 9.
+"""
+from __future__ import annotations
+
+import io
+import lzma
+import math
+
+import torch
+import torch.nn.functional as F
+
+LZMA_PRESET = 9 | lzma.PRESET_EXTREME
+BINS = 256
+
+
+def log1m_tanh2(u: torch.Tensor) -> torch.Tensor:
+    """log(1 - tanh² u) = 2 (log 2 - |u| - log(1 + e^{-2|u|})), exact where tanh u rounds to ±1 -> same shape."""
+    a = u.abs()
+    return 2 * (math.log(2.0) - a - F.softplus(-2 * a))
+
+
+def dequantised_u(u8: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """u8 [N, ...] -> (u, log|dx/du|): u = atanh(x) [N, n] of the dequantised x = (u8 + U)/128 - 1,
+    U ~ U(0, 1), and log|dx/du| = Σ log(1 - x²) [N], both in float64 and both from t = u8 + U directly:
+    1 + x = t/128, 1 - x = (256 - t)/128, so u = ½ log(t / (256 - t)) never meets atanh(±1)."""
+    U = torch.rand(u8.shape, generator=generator, dtype=torch.float64).clamp_min_(1e-12)
+    t = (u8.double() + U).flatten(1)
+    u = 0.5 * (torch.log(t) - torch.log(256 - t))
+    return u, (torch.log(t / 128) + torch.log((256 - t) / 128)).sum(1)
+
+
+def bits_per_dim(nll_nats: torch.Tensor, n: int) -> float:
+    """Mean NLL in nats on the [-1, 1] scale -> bits/dim on the [0, 256) scale, where p_y = p_x / 128^n."""
+    return float(nll_nats.double().mean() + n * math.log(128)) / (n * math.log(2))
+
+
+class PixelHistogram:
+    """Per-pixel 256-bin histograms (add-one smoothing) of training images u8 [N, C, H, W]."""
+
+    def __init__(self, train_u8: torch.Tensor):
+        self.shape = tuple(train_u8.shape[1:])
+        self.n = math.prod(self.shape)
+        flat = train_u8.reshape(len(train_u8), self.n).long()
+        counts = torch.zeros(self.n, BINS, dtype=torch.float64)
+        counts.scatter_add_(1, flat.T, torch.ones(self.n, len(flat), dtype=torch.float64))
+        # log-probability of each bin [n, 256], and the log-density on [-1, 1] (a bin is 2/256 wide)
+        self.log_p_bin = torch.log(counts + 1) - math.log(len(flat) + BINS)
+        self.log_density = self.log_p_bin + math.log(BINS / 2)
+        self.cdf = torch.cumsum(self.log_p_bin.exp(), 1)
+        # u's spread per pixel: the std of atanh(x) under the histogram, by the bin centres
+        centres = torch.atanh((torch.arange(BINS, dtype=torch.float64) + 0.5) / 128 - 1)
+        p = self.log_p_bin.exp()
+        mean = (p * centres).sum(1)
+        self.scale = ((p * (centres - mean[:, None]) ** 2).sum(1)).sqrt().float()
+
+    def log_prob_u8(self, u8: torch.Tensor) -> torch.Tensor:
+        """log p_x of dequantised images (any noise within the bins) [N] on the [-1, 1] scale."""
+        flat = u8.reshape(len(u8), self.n).long()
+        return self.log_density.gather(1, flat.T).sum(0)
+
+    def _bins(self, u: torch.Tensor) -> torch.Tensor:
+        # x = tanh u, so (x + 1)/2 = σ(2u): the bin is floor(256 σ(2u)), exact where x rounds to ±1
+        return (torch.sigmoid(2 * u.double()) * BINS).floor().clamp_(0, BINS - 1).long()
+
+    def log_prob(self, u: torch.Tensor) -> torch.Tensor:
+        """log p(u) = log p_x(tanh u) + log|dx/du| [B] for u [B, n] (float64)."""
+        lp = self.log_density.to(u.device).gather(1, self._bins(u).T).sum(0)
+        return lp + log1m_tanh2(u.double()).sum(1)
+
+    def sample(self, num: int, generator=None) -> torch.Tensor:
+        """u = atanh(x) [num, n] (float32), x uniform within a bin drawn from each pixel's histogram."""
+        r = torch.rand(num, self.n, generator=generator, dtype=torch.float64)
+        b = torch.searchsorted(self.cdf, r.T.contiguous()).T.clamp_(max=BINS - 1)
+        t = b + torch.rand(num, self.n, generator=generator, dtype=torch.float64).clamp_min_(1e-12)
+        return (0.5 * (torch.log(t) - torch.log(BINS - t))).float()
+
+
+class GaussianBase:
+    """N(μ, Σ) fitted to samples u [N, n] of the chains' coordinate, Σ ← (1 - shrink) Σ + shrink ·
+    mean(diag Σ) I (full rank for coordinates that never change)."""
+
+    def __init__(self, u: torch.Tensor, shrink: float = 1e-3):
+        u = u.double()
+        self.n = u.shape[1]
+        self.mu = u.mean(0)
+        cov = torch.cov(u.T).reshape(self.n, self.n)
+        cov = (1 - shrink) * cov + shrink * cov.diagonal().mean() * torch.eye(self.n, dtype=cov.dtype)
+        self.L = torch.linalg.cholesky(cov)
+        self.scale = cov.diagonal().sqrt().float()
+        self._log_norm = -self.L.diagonal().log().sum() - 0.5 * self.n * math.log(2 * math.pi)
+
+    def log_prob(self, u: torch.Tensor) -> torch.Tensor:
+        """log N(u; μ, Σ) [B] for u [B, n] (float64)."""
+        eps = torch.linalg.solve_triangular(self.L.to(u.device), (u.double() - self.mu.to(u.device)).T, upper=False)
+        return -0.5 * (eps * eps).sum(0) + self._log_norm.to(u.device)
+
+    def sample(self, num: int, generator=None) -> torch.Tensor:
+        eps = torch.randn(num, self.n, generator=generator, dtype=torch.float64)
+        return (self.mu + eps @ self.L.T).float()
+
+
+class AtanhGaussian(GaussianBase):
+    """The Gaussian in u = atanh(x) of dequantised training images u8 [N, C, H, W] (one noise draw
+    each, from `seed`)."""
+
+    def __init__(self, train_u8: torch.Tensor, shrink: float = 1e-3, seed: int = 0):
+        self.shape = tuple(train_u8.shape[1:])
+        super().__init__(dequantised_u(train_u8, torch.Generator().manual_seed(seed))[0], shrink)
+
+    def log_prob_u8(self, u8: torch.Tensor, generator=None) -> torch.Tensor:
+        """log p_x of dequantised images [N] (one noise draw each) on the [-1, 1] scale."""
+        u, log_jac = dequantised_u(u8, generator)
+        return self.log_prob(u) - log_jac
+
+
+class UniformBox:
+    """The uniform density on the box [lo, hi]^n, as a density of u with x = c + h tanh(u):
+    p(u) = Π_i ½(1 - tanh² u_i) (the box's volume cancels the Jacobian's h). It holds mass wherever
+    P_D can, the walls and noise included (AIS's defensive base)."""
+
+    def __init__(self, n: int, lo: float = -1.0, hi: float = 1.0):
+        self.n = n
+        self.scale = torch.full((n,), 0.9)            # the std of atanh(U(-1, 1)) is π/(2√3) ≈ 0.91
+
+    def log_prob(self, u: torch.Tensor) -> torch.Tensor:
+        return (log1m_tanh2(u) - math.log(2.0)).sum(1)
+
+    def sample(self, num: int, generator=None) -> torch.Tensor:
+        t = torch.rand(num, self.n, generator=generator, dtype=torch.float64).clamp_min_(1e-12)
+        return (0.5 * (torch.log(t) - torch.log1p(-t))).float()    # atanh(2t - 1)
+
+
+class MixtureBase:
+    """Σ_j π_j p_j(u): a defensive mixture of bases (Hesterberg 1995), e.g. the uniform box with a
+    fitted Gaussian, so that AIS's chains start both where the data are and everywhere else.
+    `scale` is the first component's (the chains' preconditioner)."""
+
+    def __init__(self, components, weights):
+        if len(components) != len(weights) or min(weights) <= 0:
+            raise ValueError(f"mixture weights {list(weights)} must be positive, one per component")
+        self.components = list(components)
+        self.log_weights = torch.tensor(weights, dtype=torch.float64).log() - math.log(sum(weights))
+        self.n, self.scale = self.components[0].n, self.components[0].scale
+
+    def log_prob(self, u: torch.Tensor) -> torch.Tensor:
+        return torch.logsumexp(torch.stack([lw + c.log_prob(u) for lw, c in zip(self.log_weights, self.components)]), 0)
+
+    def sample(self, num: int, generator=None) -> torch.Tensor:
+        j = torch.multinomial(self.log_weights.exp(), num, replacement=True, generator=generator)
+        out = torch.empty(num, self.n)
+        for i, c in enumerate(self.components):
+            pick = j == i
+            if pick.any():
+                out[pick] = c.sample(int(pick.sum()), generator)
+        return out
+
+
+def code_lengths(test_u8: torch.Tensor) -> dict:
+    """Bits/dim of the test split u8 [N, C, H, W] as one LZMA stream and as optimised PNG files."""
+    from PIL import Image
+    n_pix = test_u8[0].numel()
+    raw = test_u8.contiguous().numpy().tobytes()
+    lz = len(lzma.compress(raw, preset=LZMA_PRESET))
+    png = 0
+    for img in test_u8:
+        a = img.permute(1, 2, 0).numpy()
+        buf = io.BytesIO()
+        Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).save(buf, format="PNG", optimize=True)
+        png += buf.tell()
+    return {"lzma_bits_per_dim": 8 * lz / (len(test_u8) * n_pix), "lzma_preset": "9 | PRESET_EXTREME",
+            "png_bits_per_dim": 8 * png / (len(test_u8) * n_pix)}
+
+
+def baseline_table(train_u8: torch.Tensor, test_u8: torch.Tensor, seed: int = 0, gaussian: AtanhGaussian | None = None,
+                   histogram: PixelHistogram | None = None) -> dict:
+    """Every baseline's test bits/dim (the Gaussian's with one dequantisation draw from `seed`, and
+    its standard error over images)."""
+    n = math.prod(test_u8.shape[1:])
+    histogram = histogram or PixelHistogram(train_u8)
+    gaussian = gaussian or AtanhGaussian(train_u8)
+    h = -histogram.log_prob_u8(test_u8)
+    g = torch.cat([-gaussian.log_prob_u8(b, torch.Generator().manual_seed(seed + i))
+                   for i, b in enumerate(test_u8.split(2000))])
+    per = n * math.log(2)
+    return {"histogram_bits_per_dim": bits_per_dim(h, n), "histogram_bits_per_dim_se": float(h.std()) / per / len(h) ** 0.5,
+            "atanh_gaussian_bits_per_dim": bits_per_dim(g, n),
+            "atanh_gaussian_bits_per_dim_se": float(g.std()) / per / len(g) ** 0.5, **code_lengths(test_u8)}

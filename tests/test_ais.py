@@ -1,0 +1,266 @@
+"""AIS and RAISE (owf.ais) against normalisers known exactly, and the bases and baselines they start from."""
+import math
+import shutil
+
+import pytest
+import torch
+
+import owf
+from owf.ais import Box, Path, StepSizes, ais, adaptive_schedule, box_log_f, estimate, log_mean_exp, raise_chains, tune
+from owf.baselines import (AtanhGaussian, GaussianBase, MixtureBase, PixelHistogram, UniformBox, baseline_table,
+                           code_lengths, dequantised_u, log1m_tanh2)
+from owf.density import quadrature_log_zeta
+
+# ---- an energy on [-1, 1]^n with a known normaliser: a product of 1D bimodal energies, each a
+# mixture of two Gaussians, e_i(t) = log(π_i N(t; m1_i, s1_i) + (1 - π_i) N(t; m2_i, s2_i)) on [-1, 1],
+# whose integral over [-1, 1] is closed-form (erf), so log ζ = Σ_i log ∫ exp(e_i).
+
+
+class ProductEnergy:
+    def __init__(self, n, seed=1):
+        g = torch.Generator().manual_seed(seed)
+        r = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64)
+        self.n, self.pi, c, sep = n, r(0.35, 0.65), r(-0.1, 0.1), r(0.32, 0.36)
+        self.m1, self.m2, self.s1, self.s2 = c - sep / 2, c + sep / 2, r(0.1, 0.12), r(0.1, 0.12)
+        Phi = lambda z: 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+        z1 = Phi((1 - self.m1) / self.s1) - Phi((-1 - self.m1) / self.s1)
+        z2 = Phi((1 - self.m2) / self.s2) - Phi((-1 - self.m2) / self.s2)
+        self.log_zeta = float(torch.log(self.pi * z1 + (1 - self.pi) * z2).sum())
+
+    def per_pixel(self, x):
+        a = torch.log(self.pi) - 0.5 * ((x - self.m1) / self.s1) ** 2 - torch.log(self.s1) - 0.5 * math.log(2 * math.pi)
+        b = torch.log(1 - self.pi) - 0.5 * ((x - self.m2) / self.s2) ** 2 - torch.log(self.s2) - 0.5 * math.log(2 * math.pi)
+        return torch.logaddexp(a, b)
+
+    def __call__(self, x):
+        return self.per_pixel(x.double().flatten(1)).sum(1)
+
+    def sample(self, N, gen):
+        pick = torch.rand(N, self.n, generator=gen, dtype=torch.float64) < self.pi
+        m, s = torch.where(pick, self.m1, self.m2), torch.where(pick, self.s1, self.s2)
+        x = m + s * torch.randn(N, self.n, generator=gen, dtype=torch.float64)
+        while (bad := x.abs() >= 1).any():        # truncated to the box
+            x = torch.where(bad, m + s * torch.randn(N, self.n, generator=gen, dtype=torch.float64), x)
+        return x
+
+
+class DiagonalGaussian:
+    """A diagonal Gaussian base in u (the product energy's own shape, and cheap)."""
+
+    def __init__(self, u):
+        self.mu, self.sd, self.n = u.mean(0), u.std(0), u.shape[1]
+        self.scale = self.sd.float()
+
+    def log_prob(self, u):
+        z = (u.double() - self.mu) / self.sd
+        return (-0.5 * z * z - torch.log(self.sd) - 0.5 * math.log(2 * math.pi)).sum(1)
+
+    def sample(self, num, generator=None):
+        return (self.mu + self.sd * torch.randn(num, self.n, generator=generator, dtype=torch.float64)).float()
+
+
+def product_path(n=784, leapfrog=1):
+    energy = ProductEnergy(n)
+    box = Box(-1.0, 1.0)
+    base = DiagonalGaussian(box.to_u(energy.sample(5000, torch.Generator().manual_seed(2))))
+    return energy, box, Path(box_log_f(energy, box, (n,)), base, leapfrog)
+
+
+def test_the_product_energy_is_bimodal_in_every_pixel():
+    energy = ProductEnergy(784)
+    t = torch.linspace(-1, 1, 2001, dtype=torch.float64)[:, None]
+    e = energy.per_pixel(t)                                     # [2001, 784]
+    peaks = ((e[1:-1] > e[:-2]) & (e[1:-1] > e[2:])).sum(0)
+    assert (peaks == 2).all()
+    # the closed form against a Riemann sum
+    quad = float((torch.logsumexp(e, 0) + math.log(2 / 2000)).sum())
+    assert abs(quad - energy.log_zeta) < 0.05
+
+
+def test_ais_and_raise_recover_a_known_normaliser_in_784_dimensions():
+    energy, box, path = product_path(784)
+    steps = tune(path, 32, 100, torch.Generator().manual_seed(3))
+    betas = steps.schedule(2000)
+    run = ais(path, 32, betas, steps, torch.Generator().manual_seed(4))
+    log_zeta, se, _ = estimate(run.log_w)
+    assert abs(log_zeta - energy.log_zeta) < 1.0, (log_zeta, energy.log_zeta, se)
+    assert run.nonfinite_chains == run.nonfinite_proposals == 0
+    assert 0.5 < run.accept < 0.8
+    # RAISE, 4 chains for each of 8 exact samples: each within 1 nat of its exact log-density, and
+    # not above it on average (a stochastic lower bound of the annealing model's log-density)
+    x = energy.sample(8, torch.Generator().manual_seed(5))
+    u = box.to_u(x)
+    rev = raise_chains(path, u.repeat_interleave(4, 0), betas, steps, torch.Generator().manual_seed(6))
+    log_p = log_mean_exp(rev.log_w.view(8, 4), 1) - box.log_jac(u)
+    err = log_p - (energy(x) - energy.log_zeta)
+    assert err.abs().max() < 1.0, err
+    assert err.mean() < 0.25, err
+
+
+def test_one_step_is_importance_sampling_from_the_base():
+    energy, box, path = product_path(50)
+    steps = StepSizes(torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64), torch.ones(1), 0.0)
+    run = ais(path, 16, torch.tensor([0.0, 1.0], dtype=torch.float64), steps, torch.Generator().manual_seed(7))
+    u = path.base.sample(16, torch.Generator().manual_seed(7))
+    expected = energy(box.to_x(u)) + box.log_jac(u.double()) - path.base.log_prob(u)
+    torch.testing.assert_close(run.log_w, expected, rtol=0, atol=1e-9)
+
+
+def test_the_weights_telescope_on_an_energy_equal_to_the_base():
+    """f = p_0: every increment is 0, whatever the chains do, so log ζ̂ = 0 exactly and RAISE gives
+    log p_0 of each point exactly, at any K."""
+    base = GaussianBase(torch.randn(500, 6, dtype=torch.float64))
+    path = Path(base.log_prob, base)
+    steps = tune(path, 16, 20, torch.Generator().manual_seed(8))
+    run = ais(path, 16, steps.schedule(30), steps, torch.Generator().manual_seed(9))
+    assert run.log_w.abs().max() < 1e-9
+    u = base.sample(5, torch.Generator().manual_seed(10))
+    rev = raise_chains(path, u, steps.schedule(30), steps, torch.Generator().manual_seed(11))
+    torch.testing.assert_close(rev.log_w, base.log_prob(u), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("K", [1, 3])
+def test_the_weights_are_unbiased_at_any_k(K):
+    """E[w] = ζ for AIS and E_{x ~ p_0}[ŵ(x) / p_0(x)] = ∫ p_ann = 1 for RAISE, whatever K and however
+    poorly the chains mix: checked in 3D with 200,000 chains, to 4 standard errors. (The base is fitted
+    to the target: from a far one, such as the uniform box, RAISE's ratio has so heavy a tail that its
+    sample mean and standard error mislead at any affordable number of chains.)"""
+    energy = ProductEnergy(3, seed=4)
+    box = Box(-1.0, 1.0)
+    base = DiagonalGaussian(box.to_u(energy.sample(5000, torch.Generator().manual_seed(2))))
+    path = Path(box_log_f(energy, box, (3,)), base)
+    steps = StepSizes(torch.zeros(1, dtype=torch.float64), torch.full((1,), 0.8, dtype=torch.float64), torch.ones(1), 0.0)
+    betas = torch.linspace(0, 1, K + 1, dtype=torch.float64)
+    w = torch.exp(ais(path, 200_000, betas, steps, torch.Generator().manual_seed(14)).log_w - energy.log_zeta)
+    assert abs(float(w.mean()) - 1) < 4 * float(w.std()) / len(w) ** 0.5, (float(w.mean()), float(w.std()))
+    u = base.sample(200_000, torch.Generator().manual_seed(15))
+    r = torch.exp(raise_chains(path, u, betas, steps, torch.Generator().manual_seed(16)).log_w - base.log_prob(u))
+    assert abs(float(r.mean()) - 1) < 4 * float(r.std()) / len(r) ** 0.5, (float(r.mean()), float(r.std()))
+
+
+def test_adaptive_schedule_places_steps_by_the_spread():
+    grid = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    b = adaptive_schedule(4, grid, torch.tensor([3.0, 1.0]))     # 3/4 of the length in [0, 0.5]
+    torch.testing.assert_close(b, torch.tensor([0.0, 1 / 6, 1 / 3, 0.5, 1.0], dtype=torch.float64))
+
+
+def test_a_non_finite_energy_is_rejected_and_counted():
+    energy, box, _ = product_path(8)
+    base = UniformBox(8)
+
+    def holed(x):                                  # nan on a slab of the box
+        e = energy(x)
+        return torch.where(x.flatten(1)[:, 0] > 0.5, torch.full_like(e, math.nan), e)
+
+    path = Path(box_log_f(holed, box, (8,)), base)
+    steps = tune(path, 32, 30, torch.Generator().manual_seed(12))
+    run = ais(path, 64, steps.schedule(50), steps, torch.Generator().manual_seed(13))
+    assert run.nonfinite_proposals > 0
+    assert run.nonfinite_chains == 0                 # chains that start in the hole have weight 0, not nan
+    assert math.isfinite(estimate(run.log_w)[0])
+
+
+# ---- a trained 2D model: AIS against the quadrature
+
+@pytest.fixture(scope="module")
+def ring(tmp_path_factory, trained_ring):
+    out = tmp_path_factory.mktemp("ais") / "ring"
+    shutil.copytree(trained_ring, out)
+    return out
+
+
+def test_ais_on_a_trained_2d_model_matches_the_quadrature(ring):
+    model = owf.load(ring)
+    quad = quadrature_log_zeta(model)["log_zeta"]
+    est = model.estimate_log_zeta(4096, "ais", steps=500, base="gaussian", generator=torch.Generator().manual_seed(0))
+    assert abs(est.log_zeta - quad) < 0.02, (est, quad)
+    assert est.proposal == "ais" and est.steps == 500 and not est.low_ess
+    model.cache_log_zeta(est)                              # written into the checkpoint, and read back
+    again = owf.load(ring)
+    assert again.zeta.steps == 500 and again.zeta.log_zeta == est.log_zeta
+    # RAISE of fresh data points: close to the model's own log-density, conservative on average
+    x = model.data.sample(64, torch.Generator().manual_seed(1))
+    inside = model.in_domain(x)
+    r = model.raise_log_prob(x[inside].double(), steps=500, chains=4, base="gaussian",
+                             step_sizes=est.step_sizes, generator=torch.Generator().manual_seed(2))
+    exact = model.energy(x[inside]).double() - quad
+    assert (r.log_prob - exact).mean() < 0.05
+    assert (r.log_prob - exact).abs().median() < 0.5
+
+
+def test_bad_requests_are_refused(ring):
+    model = owf.load(ring)
+    for kw, needle in ((dict(steps=0), "steps"), (dict(leapfrog=0), "leapfrog"), (dict(base="histogram"), "histogram"),
+                       (dict(schedule="linear"), "linear")):
+        with pytest.raises(ValueError, match=needle):
+            model.estimate_log_zeta(16, "ais", **kw)
+    with pytest.raises(ValueError, match="num_samples"):
+        model.estimate_log_zeta(0, "ais")
+    with pytest.raises(ValueError, match="outside the domain"):
+        model.raise_log_prob(torch.full((2, 2), 100.0), steps=5)
+
+
+@pytest.mark.parametrize("args, needle", [(["--ais-steps", "0"], "--ais-steps"), (["--ais-chains", "-1"], "--ais-chains"),
+                                          (["--raise-points", "-2"], "--raise-points"), (["--device", "tpu"], "tpu"),
+                                          (["--leapfrog", "0"], "--leapfrog")])
+def test_evaluate_names_a_bad_ais_option_in_one_line(ring, args, needle, capsys):
+    from owf.evaluate import main
+    assert main([str(ring), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err and err.count("\n") == 1, err
+
+
+# ---- the bases and the exact baselines
+
+def test_the_bases_are_normalised_densities_of_u():
+    """In 1D, ∫ exp(log_prob(u)) du = 1 by quadrature, and the samples follow it (first two moments)."""
+    u = torch.linspace(-25, 25, 200_001, dtype=torch.float64)[:, None]
+    du = 50 / 200_000
+    imgs = torch.randint(0, 256, (400, 1, 1, 1), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    imgs[:200] = 0                                     # half the images black: a histogram with a spike at a wall
+    bases = {"uniform": UniformBox(1), "histogram": PixelHistogram(imgs), "gaussian": AtanhGaussian(imgs),
+             "mixture": MixtureBase([AtanhGaussian(imgs), UniformBox(1)], [0.3, 0.7])}
+    for name, b in bases.items():
+        p = b.log_prob(u).exp()
+        assert abs(float(p.sum() * du) - 1) < 1e-3, name
+        s = b.sample(200_000, torch.Generator().manual_seed(1)).double()[:, 0]
+        mean = float((p * u[:, 0]).sum() * du)
+        assert abs(float(s.mean()) - mean) < 0.03, (name, float(s.mean()), mean)
+
+
+def test_histogram_log_prob_in_u_is_its_density_in_x_with_the_jacobian():
+    imgs = torch.randint(0, 256, (300, 1, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    h = PixelHistogram(imgs)
+    test = imgs[:7]
+    u, log_jac = dequantised_u(test, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(h.log_prob(u), h.log_prob_u8(test) + log_jac)
+    # add-one smoothing by hand for one pixel of one image
+    b = int(test[0, 0, 0, 0])
+    count = int((imgs[:, 0, 0, 0] == b).sum())
+    assert math.isclose(float(h.log_p_bin[0, b]), math.log((count + 1) / (300 + 256)), rel_tol=1e-12)
+
+
+def test_the_dequantised_gaussian_keeps_an_always_black_pixel_cheap():
+    """A pixel that is 0 in every image: fitted to bin centres its σ would be tiny, and a dequantised
+    test pixel would cost tens of nats; fitted to dequantised pixels it costs about log(128) - log
+    of its bin's density, a few nats at most on the [0, 256) scale."""
+    imgs = torch.randint(0, 256, (2000, 1, 2, 2), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    imgs[:, 0, 0, 0] = 0
+    g = AtanhGaussian(imgs)
+    test = imgs[:500].clone()
+    u, log_jac = dequantised_u(test, torch.Generator().manual_seed(1))
+    # the black pixel's own marginal cost, [0, 256) scale: -log N(u_0; μ_0, σ_0) + log(1 - x_0²)... + log 128
+    mu, sd = g.mu[0], g.L[0, 0]
+    z = (u[:, 0] - mu) / sd
+    log_px = -0.5 * z ** 2 - torch.log(sd) - 0.5 * math.log(2 * math.pi) - log1m_tanh2(u[:, 0])
+    assert float(-(log_px - math.log(128)).mean()) < 2.0
+
+
+def test_baseline_table_on_toy_images():
+    imgs = torch.randint(0, 256, (200, 1, 6, 6), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    t = baseline_table(imgs, imgs[:50])
+    assert 7.0 < t["histogram_bits_per_dim"] < 8.1          # uniform noise: about 8 bits a pixel
+    assert t["lzma_bits_per_dim"] > 7.5 and t["png_bits_per_dim"] > 7.5
+    flat = torch.zeros(100, 1, 6, 6, dtype=torch.uint8)
+    c = code_lengths(flat)
+    assert c["lzma_bits_per_dim"] < 0.5                     # a constant image compresses
