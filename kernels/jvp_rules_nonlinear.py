@@ -311,20 +311,17 @@ def _group_norm(ctx, x, groups, weight=None, bias=None, eps=1e-5, cudnn=True):
 
 def _rms_norm(ctx, x, shape, weight=None, eps=None):
     """RMSNorm: y = γ x r, r = (mean x² + eps)^-½ over the last len(shape) dims; ẏ = γ r (ẋ - x r² mean(x ẋ)).
-    The primal in the ops of aten.rms_norm's own CPU decomposition (the plain forward's numbers and
-    graph), so that r is at hand for the tangent."""
+    The primal is aten.rms_norm itself (its CPU kernel returns a contiguous y, which the layout of
+    everything after it follows); r is taken again for the tangent."""
     p, t = x.P()
+    y = aten.rms_norm(p, shape, weight, eps)
     dims = tuple(range(-len(shape), 0))
-    e = torch.finfo(p.dtype).eps if eps is None else eps
-    up = p.float() if p.dtype in (torch.float16, torch.bfloat16) else p
-    r = torch.rsqrt(up.pow(2).mean(dims, keepdim=True) + e)
-    y = (up * r).type_as(p)
-    y = y if weight is None else y * weight
     with ctx.tan:
-        rt = r if ctx.stack else r.detach()
+        e = torch.finfo(p.dtype).eps if eps is None else eps
+        up = p.float() if p.dtype in (torch.float16, torch.bfloat16) else p
         tt = t.to(up.dtype)
-        yd = torch.addcmul(tt, up, (rt * rt) * (up * tt).mean(dims, keepdim=True), value=-1) * rt
-        yd = yd.type_as(p)
+        r = torch.rsqrt(up.square().mean(dims, keepdim=True) + e)
+        yd = (torch.addcmul(tt, up, (r * r) * (up * tt).mean(dims, keepdim=True), value=-1) * r).type_as(p)
         yd = yd if weight is None else yd * weight
     return Dual(p=y, t=yd)
 
