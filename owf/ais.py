@@ -143,10 +143,6 @@ class StepSizes:
         widths = torch.cat([self.grid, torch.ones(1, dtype=torch.float64)]).diff()
         return float((self.spread.double() * widths).sum())
 
-    def to_dict(self) -> dict:
-        return {"grid": self.grid.tolist(), "eps": self.eps.tolist(), "spread": self.spread.tolist(),
-                "accept": self.accept}
-
 
 # ---- the chains
 @dataclass
@@ -156,9 +152,10 @@ class _State:
     lp0: torch.Tensor         # log p_0(u) [M] float64
     gf: torch.Tensor          # ∇ log f [M, n]
     gp0: torch.Tensor         # ∇ log p_0 [M, n]
+    bad: torch.Tensor         # [M] bool: f or p_0 not finite here (then lf = -inf)
 
     def log_target(self, beta: float) -> torch.Tensor:
-        return self.lp0 + beta * (self.lf - self.lp0)
+        return self.lp0 if beta == 0 else self.lp0 + beta * (self.lf - self.lp0)
 
     def grad(self, beta: float) -> torch.Tensor:
         return (1 - beta) * self.gp0 + beta * self.gf
@@ -167,7 +164,7 @@ class _State:
         k1 = keep[:, None]
         return _State(torch.where(k1, self.u, other.u), torch.where(keep, self.lf, other.lf),
                       torch.where(keep, self.lp0, other.lp0), torch.where(k1, self.gf, other.gf),
-                      torch.where(k1, self.gp0, other.gp0))
+                      torch.where(k1, self.gp0, other.gp0), torch.where(keep, self.bad, other.bad))
 
 
 class Path:
@@ -190,21 +187,28 @@ class Path:
         bad = ~(torch.isfinite(lf) & torch.isfinite(lp0))
         lf = lf.detach().masked_fill(bad, -math.inf)        # -inf: never accepted, weight 0
         gf, gp0 = gf.masked_fill(bad[:, None], 0.0), gp0.to(gf.dtype).masked_fill(bad[:, None], 0.0)
-        return _State(u.detach(), lf, lp0.detach().double(), gf, gp0)
+        return _State(u.detach(), lf, lp0.detach().double(), gf, gp0, bad)
 
-    def hmc(self, st: _State, beta: float, eps: float, generator=None) -> tuple[_State, torch.Tensor]:
-        """One HMC transition of every chain, invariant for f_β. With ũ = u/s (s: the base's scale) and
-        p ~ N(0, I): H = -log f_β(u) + ½|p|²; leapfrog p ← p + ½ε s∇, ũ ← ũ + εp, p ← p + ½ε s∇;
-        accept with probability min(1, e^{H_0 - H_1}). -> (the new state, accepted [M] bool)."""
+    def integrate(self, st: _State, p: torch.Tensor, beta: float, eps: float) -> tuple[_State, torch.Tensor]:
+        """`leapfrog` steps of the leapfrog integrator for H = -log f_β(u) + ½|p|² in ũ = u/s (s: the
+        base's scale, a unit mass there): p ← p + ½ε s∇, ũ ← ũ + εp, p ← p + ½ε s∇, the inner half
+        steps merged. Volume-preserving, and reversible: from (end, -p_end) it returns to (st, -p)."""
         s = self.base.scale.to(st.u.device)
-        gdev = generator.device if generator is not None else st.u.device
-        p = torch.randn(st.u.shape, generator=generator, device=gdev).to(st.u.device)
-        h0 = -st.log_target(beta) + 0.5 * (p.double() ** 2).sum(1)
         new = st
         p = p + 0.5 * eps * s * new.grad(beta)
         for i in range(self.leapfrog):
             new = self.evaluate(new.u + eps * s * p)
             p = p + (0.5 if i == self.leapfrog - 1 else 1.0) * eps * s * new.grad(beta)
+        return new, p
+
+    def hmc(self, st: _State, beta: float, eps: float, generator=None) -> tuple[_State, torch.Tensor]:
+        """One HMC transition of every chain, invariant for f_β: p ~ N(0, I), the leapfrog trajectory,
+        then accept with probability min(1, e^{H_0 - H_1}) (a non-finite H_1 is rejected and counted).
+        -> (the new state, accepted [M] bool)."""
+        gdev = generator.device if generator is not None else st.u.device
+        p = torch.randn(st.u.shape, generator=generator, device=gdev).to(st.u.device)
+        h0 = -st.log_target(beta) + 0.5 * (p.double() ** 2).sum(1)
+        new, p = self.integrate(st, p, beta, eps)
         h1 = -new.log_target(beta) + 0.5 * (p.double() ** 2).sum(1)
         finite = torch.isfinite(h1)
         self.nonfinite += int((~finite).sum())
@@ -215,8 +219,11 @@ class Path:
 
 @dataclass
 class AISRun:
-    """The chains' results. log_w [M] float64; accept: mean acceptance; increment_var [K]: the
-    variance over chains of each step's log-weight increment; nonfinite_*: counts."""
+    """The chains' results. log_w [M] float64; accept: mean acceptance (nan with no transition);
+    increment_var [K]: the variance over chains of each step's log-weight increment;
+    nonfinite_proposals: proposals rejected for a non-finite f or p_0; nonfinite_chains: AIS, chains
+    that started where f or p_0 is not finite (weight 0); RAISE, points whose weight is not finite;
+    u: the final states (AIS: approximate samples of P_D in u)."""
     log_w: torch.Tensor
     accept: float
     increment_var: torch.Tensor
@@ -230,7 +237,7 @@ def tune(path: Path, chains: int, steps: int, generator=None, eps0: float = 0.05
     """The pilot: `chains` chains along a sigmoid schedule of `steps` steps, `repeats` HMC transitions
     per β; after each, log ε ← log ε + (mean acceptance - target). Records ε and std(g) at each β."""
     betas = sigmoid_schedule(steps)
-    st = path.evaluate(path.base.sample(chains, generator).to(path.device))
+    st = path.evaluate(path.base.sample(chains, _cpu(generator)).to(path.device))
     eps, E, S, acc = eps0, [], [], []
     for k in tqdm(range(steps), disable=not progress, desc="AIS pilot", unit="β", leave=False):
         beta = float(betas[k])
@@ -251,20 +258,21 @@ def ais(path: Path, chains: int, betas: torch.Tensor, step_sizes: StepSizes, gen
         progress: bool = False) -> AISRun:
     """The forward chains (see the module docstring): u_0 ~ p_0, log w += Δβ_k g(u_{k-1}), u_k ~ T_k."""
     K = len(betas) - 1
-    st = path.evaluate(path.base.sample(chains, generator).to(path.device))
-    bad0 = ~torch.isfinite(st.lf - st.lp0) & ~(st.lf == -math.inf)
+    st = path.evaluate(path.base.sample(chains, _cpu(generator)).to(path.device))
+    bad0 = st.bad.clone()
     log_w = torch.zeros(chains, dtype=torch.float64, device=st.u.device)
     inc_var = torch.zeros(K, dtype=torch.float64)
     start, accepted = path.nonfinite, 0.0
     for k in tqdm(range(1, K + 1), disable=not progress, desc="AIS", unit="β"):
         inc = (betas[k] - betas[k - 1]) * (st.lf - st.lp0)
         log_w += inc
-        inc_var[k - 1] = inc[torch.isfinite(inc)].var() if chains > 1 else 0.0
+        inc_var[k - 1] = _var(inc)
         if k < K:                                 # u_K is not needed for the weight
             st, a = path.hmc(st, float(betas[k]), step_sizes(float(betas[k])), generator)
             accepted += float(a.double().mean())
-    return AISRun(log_w, accepted / max(K - 1, 1), inc_var, path.nonfinite - start,
-                  int((bad0 | torch.isnan(log_w)).sum()), st.u)
+    # a chain that starts where f or p_0 is not finite has weight 0 (log w = -inf): counted here
+    return AISRun(log_w, accepted / (K - 1) if K > 1 else math.nan, inc_var, path.nonfinite - start,
+                  int(bad0.sum()), st.u)
 
 
 def raise_chains(path: Path, u: torch.Tensor, betas: torch.Tensor, step_sizes: StepSizes, generator=None,
@@ -281,8 +289,21 @@ def raise_chains(path: Path, u: torch.Tensor, betas: torch.Tensor, step_sizes: S
         accepted += float(a.double().mean())
         inc = (betas[k] - betas[k - 1]) * (st.lf - st.lp0)
         log_w -= inc
-        inc_var[k - 1] = inc[torch.isfinite(inc)].var() if len(inc) > 1 else 0.0
+        inc_var[k - 1] = _var(inc)
     return AISRun(log_w, accepted / K, inc_var, path.nonfinite - start, int((~torch.isfinite(log_w)).sum()), st.u)
+
+
+def _var(inc: torch.Tensor) -> float:
+    """The variance over chains of the finite increments (0 with fewer than two)."""
+    inc = inc[torch.isfinite(inc)]
+    return float(inc.var()) if len(inc) > 1 else 0.0
+
+
+def _cpu(generator):
+    """A CPU generator for the bases' draws: `generator` itself, or one seeded from it (a CUDA generator)."""
+    if generator is None or generator.device.type == "cpu":
+        return generator
+    return torch.Generator().manual_seed(int(torch.randint(2 ** 62, (1,), generator=generator, device=generator.device)))
 
 
 def log_mean_exp(a: torch.Tensor, dim: int = 0) -> torch.Tensor:

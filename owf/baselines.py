@@ -28,16 +28,11 @@ import lzma
 import math
 
 import torch
-import torch.nn.functional as F
+
+from .model import log1m_tanh2
 
 LZMA_PRESET = 9 | lzma.PRESET_EXTREME
 BINS = 256
-
-
-def log1m_tanh2(u: torch.Tensor) -> torch.Tensor:
-    """log(1 - tanh² u) = 2 (log 2 - |u| - log(1 + e^{-2|u|})), exact where tanh u rounds to ±1 -> same shape."""
-    a = u.abs()
-    return 2 * (math.log(2.0) - a - F.softplus(-2 * a))
 
 
 def dequantised_u(u8: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,9 +45,18 @@ def dequantised_u(u8: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch
     return u, (torch.log(t / 128) + torch.log((256 - t) / 128)).sum(1)
 
 
-def bits_per_dim(nll_nats: torch.Tensor, n: int) -> float:
-    """Mean NLL in nats on the [-1, 1] scale -> bits/dim on the [0, 256) scale, where p_y = p_x / 128^n."""
-    return float(nll_nats.double().mean() + n * math.log(128)) / (n * math.log(2))
+def _on(obj, name: str, device) -> torch.Tensor:
+    """obj.<name> on `device`, copied there once and kept (a base's tables are read at every step)."""
+    cache = obj.__dict__.setdefault("_device_copies", {})
+    if (name, device) not in cache:
+        cache[(name, device)] = getattr(obj, name).to(device)
+    return cache[(name, device)]
+
+
+def bits_per_dim(nll_nats, n: int) -> float:
+    """NLL in nats on the [-1, 1] scale (a number, or a tensor to average) -> bits/dim on the [0, 256)
+    scale, where p_y = p_x / 128^n. In float64."""
+    return (float(torch.as_tensor(nll_nats, dtype=torch.float64).mean()) + n * math.log(128)) / (n * math.log(2))
 
 
 class PixelHistogram:
@@ -85,7 +89,7 @@ class PixelHistogram:
 
     def log_prob(self, u: torch.Tensor) -> torch.Tensor:
         """log p(u) = log p_x(tanh u) + log|dx/du| [B] for u [B, n] (float64)."""
-        lp = self.log_density.to(u.device).gather(1, self._bins(u).T).sum(0)
+        lp = _on(self, "log_density", u.device).gather(1, self._bins(u).T).sum(0)
         return lp + log1m_tanh2(u.double()).sum(1)
 
     def sample(self, num: int, generator=None) -> torch.Tensor:
@@ -112,8 +116,9 @@ class GaussianBase:
 
     def log_prob(self, u: torch.Tensor) -> torch.Tensor:
         """log N(u; μ, Σ) [B] for u [B, n] (float64)."""
-        eps = torch.linalg.solve_triangular(self.L.to(u.device), (u.double() - self.mu.to(u.device)).T, upper=False)
-        return -0.5 * (eps * eps).sum(0) + self._log_norm.to(u.device)
+        eps = torch.linalg.solve_triangular(_on(self, "L", u.device), (u.double() - _on(self, "mu", u.device)).T,
+                                            upper=False)
+        return -0.5 * (eps * eps).sum(0) + float(self._log_norm)
 
     def sample(self, num: int, generator=None) -> torch.Tensor:
         eps = torch.randn(num, self.n, generator=generator, dtype=torch.float64)
@@ -135,16 +140,16 @@ class AtanhGaussian(GaussianBase):
 
 
 class UniformBox:
-    """The uniform density on the box [lo, hi]^n, as a density of u with x = c + h tanh(u):
-    p(u) = Π_i ½(1 - tanh² u_i) (the box's volume cancels the Jacobian's h). It holds mass wherever
-    P_D can, the walls and noise included (AIS's defensive base)."""
+    """The uniform density on a box [lo, hi]^n, as a density of u with x = c + h tanh(u):
+    p(u) = Π_i ½(1 - tanh² u_i), whatever the box (its volume cancels the Jacobian's h). It holds
+    mass wherever P_D can, the walls and noise included (AIS's defensive base)."""
 
-    def __init__(self, n: int, lo: float = -1.0, hi: float = 1.0):
+    def __init__(self, n: int):
         self.n = n
         self.scale = torch.full((n,), 0.9)            # the std of atanh(U(-1, 1)) is π/(2√3) ≈ 0.91
 
     def log_prob(self, u: torch.Tensor) -> torch.Tensor:
-        return (log1m_tanh2(u) - math.log(2.0)).sum(1)
+        return (log1m_tanh2(u.double()) - math.log(2.0)).sum(1)
 
     def sample(self, num: int, generator=None) -> torch.Tensor:
         t = torch.rand(num, self.n, generator=generator, dtype=torch.float64).clamp_min_(1e-12)

@@ -315,7 +315,7 @@ class OWFModel:
         if base not in self._ais_bases:
             from . import baselines
             if base == "uniform":
-                self._ais_bases[base] = baselines.UniformBox(self.G.n, *self.domain)
+                self._ais_bases[base] = baselines.UniformBox(self.G.n)
             elif base == "defensive":
                 self._ais_bases[base] = baselines.MixtureBase([self.ais_base("gaussian"), self.ais_base("uniform")],
                                                               [0.5, 0.5])
@@ -334,30 +334,31 @@ class OWFModel:
         return self._ais_bases[base]
 
     def ais_path(self, base: str = "defensive", leapfrog: int = 1):
-        """owf.ais.Path from the base to f(u) = exp(D(x(u))/w) |dx/du| on the domain box."""
+        """owf.ais.Path from the base to f(u) = exp(D(x(u))/w) |dx/du| on the domain box (its
+        gradients are taken in u alone, so D's parameters get none)."""
         from .ais import Box, Path, box_log_f
         w = self.w
-        for p in self.D.parameters():        # the chains differentiate D in x only
-            p.requires_grad_(False)
         return Path(box_log_f(lambda x: self.D(x) / w, Box(*self.domain), self.event_shape),
                     self.ais_base(base), leapfrog, device=self.device)
 
     def _ais_args(self, chains: int, steps: int, leapfrog: int, pilot_steps: int):
-        for k, v in (("chains (num_samples)", chains), ("steps", steps), ("leapfrog", leapfrog),
-                     ("pilot_steps", pilot_steps)):
+        for k, v in (("chains", chains), ("steps", steps), ("leapfrog", leapfrog), ("pilot_steps", pilot_steps)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"AIS {k} must be a positive integer, got {v!r}")
 
     def tune_ais(self, base: str = "defensive", leapfrog: int = 1, pilot_steps: int = 200, chains: int = 64,
                  generator: torch.Generator | None = None, progress: bool = False):
-        """The pilot of owf.ais.tune: step sizes per β (frozen) and std_β(g) along the path."""
+        """The pilot of owf.ais.tune: step sizes per β (frozen) and std_β(g) along the path, on a
+        stream of its own (seeded from `generator` when one is given)."""
         from .ais import tune
         self._ais_args(chains, 1, leapfrog, pilot_steps)
-        g = generator if generator is not None else torch.Generator().manual_seed(10 ** 7)
-        return tune(self.ais_path(base, leapfrog), chains, pilot_steps, g, progress=progress)
+        seed = 10 ** 7 if generator is None else int(torch.randint(2 ** 62, (1,), generator=generator,
+                                                                      device=generator.device))
+        return tune(self.ais_path(base, leapfrog), chains, pilot_steps, torch.Generator(self.device).manual_seed(seed),
+                    progress=progress)
 
     def _estimate_log_zeta_ais(self, chains: int, steps: int, base: str, leapfrog: int, schedule: str,
-                               step_sizes, pilot_steps: int, generator, progress: bool) -> AISEstimate:
+                               step_sizes, pilot_steps: int, generator, progress: bool, batch_size: int) -> AISEstimate:
         import time
         from .ais import SCHEDULES, ais, estimate
         self._ais_args(chains, steps, leapfrog, pilot_steps)
@@ -365,23 +366,29 @@ class OWFModel:
             raise ValueError(f"schedule={schedule!r}: choose one of {SCHEDULES}")
         t = time.perf_counter()
         if step_sizes is None:
-            step_sizes = self.tune_ais(base, leapfrog, pilot_steps, progress=progress)
+            step_sizes = self.tune_ais(base, leapfrog, pilot_steps, generator=generator, progress=progress)
         path = self.ais_path(base, leapfrog)
-        run = ais(path, chains, step_sizes.schedule(steps, schedule), step_sizes, generator, progress)
-        lz, se, ess = estimate(run.log_w)
-        if run.nonfinite_chains:
-            warnings.warn(f"AIS: {run.nonfinite_chains} of {chains} chains have a non-finite weight (a non-finite "
-                          "energy at their start); they are left out of log ζ̂", RuntimeWarning, stacklevel=3)
-        finite = run.log_w[torch.isfinite(run.log_w)]
-        est = AISEstimate(lz, se, ess, chains, "ais", ess < AIS_LOW_ESS_FRACTION * chains, steps=steps, base=base,
-                          schedule=schedule, leapfrog=leapfrog, accept=run.accept,
+        betas = step_sizes.schedule(steps, schedule)
+        runs = [ais(path, min(batch_size, chains - i), betas, step_sizes, generator, progress)
+                for i in range(0, chains, batch_size)]           # batch_size chains at a time bound the memory
+        log_w = torch.cat([r.log_w for r in runs])
+        lz, se, ess = estimate(log_w)
+        bad = sum(r.nonfinite_chains for r in runs)
+        if bad:
+            warnings.warn(f"AIS: {bad} of {chains} chains started where the energy or the base density is not finite; "
+                          "their weight is 0 (right where P_D is 0, a bias where the energy is nan)", RuntimeWarning,
+                          stacklevel=3)
+        finite = log_w[torch.isfinite(log_w)]
+        acc = [r.accept for r in runs if not math.isnan(r.accept)]
+        est = AISEstimate(lz, se, ess, chains, "ais", not ess >= AIS_LOW_ESS_FRACTION * chains, steps=steps, base=base,
+                          schedule=schedule, leapfrog=leapfrog, accept=sum(acc) / len(acc) if acc else math.nan,
                           log_weight_var=float(finite.var()) if len(finite) > 1 else 0.0,
-                          increment_var_sum=float(run.increment_var.sum()),
-                          increment_var_max=float(run.increment_var.max()),
-                          nonfinite_proposals=run.nonfinite_proposals, nonfinite_chains=run.nonfinite_chains,
+                          increment_var_sum=float(sum(r.increment_var.sum() for r in runs) / len(runs)),
+                          increment_var_max=float(max(r.increment_var.max() for r in runs)),
+                          nonfinite_proposals=sum(r.nonfinite_proposals for r in runs), nonfinite_chains=bad,
                           pilot_accept=step_sizes.accept, thermodynamic_length=step_sizes.thermodynamic_length(),
                           seconds=time.perf_counter() - t, step_sizes=step_sizes)
-        est.log_weights = run.log_w.cpu()
+        est.log_weights = log_w.cpu()
         return est
 
     def raise_log_prob(self, x: torch.Tensor, steps: int, chains: int = 1, base: str = "defensive", leapfrog: int = 1,
@@ -404,7 +411,7 @@ class OWFModel:
                              "where P_D is 0")
         t = time.perf_counter()
         if step_sizes is None:
-            step_sizes = self.tune_ais(base, leapfrog, pilot_steps, progress=progress)
+            step_sizes = self.tune_ais(base, leapfrog, pilot_steps, generator=generator, progress=progress)
         path = self.ais_path(base, leapfrog)
         box = Box(*self.domain)
         betas = step_sizes.schedule(steps, schedule)
@@ -418,8 +425,8 @@ class OWFModel:
             acc += run.accept * len(run.log_w)
         log_w = torch.cat(out).view(len(x), chains)
         bad = int((~torch.isfinite(log_w)).any(1).sum())
-        # in x: log p̂(x) = log mean_c ŵ_c - log|dx/du|
-        log_p = log_mean_exp(log_w, 1) - box.log_jac(u[::chains].double()).cpu()
+        # in x: log p̂(x) = log mean_c ŵ_c - log|dx/du|, the Jacobian at the float32 u the chains started from
+        log_p = log_mean_exp(log_w, 1) - box.log_jac(u[::chains].float().double()).cpu()
         return RaiseEstimate(log_p, steps, chains, base, acc / len(u), path.nonfinite - start, bad,
                              time.perf_counter() - t)
 
@@ -451,13 +458,14 @@ class OWFModel:
         proposal="ais": annealed importance sampling (owf.ais) with num_samples chains (M) of `steps`
         (K) HMC transitions of `leapfrog` steps each, from `base` (ais_base) along the `schedule`
         ("sigmoid" or "adaptive"), with step sizes per β from a pilot of `pilot_steps` (or the
-        `step_sizes` of an earlier estimate) -> AISEstimate. K = 1 is importance sampling from the base."""
+        `step_sizes` of an earlier estimate), `batch_size` chains at a time -> AISEstimate. K = 1
+        is importance sampling from the base."""
         if not isinstance(num_samples, int) or num_samples <= 0:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         if proposal == "ais":
             with torch.enable_grad():
                 return self._estimate_log_zeta_ais(num_samples, steps, base, leapfrog, schedule, step_sizes,
-                                                   pilot_steps, generator, progress)
+                                                   pilot_steps, generator, progress, batch_size)
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size!r}")
         if proposal not in PROPOSALS:

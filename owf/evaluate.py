@@ -35,7 +35,8 @@ import torch  # noqa: E402
 
 from owf_kernels import log_zeta as log_zeta_of  # noqa: E402
 
-from .density import OWFModel, load, quadrature_log_zeta, signed_estimate, signed_partials, slice_estimates  # noqa: E402
+from .density import AIS_BASES, OWFModel, load, quadrature_log_zeta, signed_estimate, signed_partials, slice_estimates  # noqa: E402,E501
+from .image_eval import AIS_CHAINS, AIS_STEPS, DEFAULT_AIS_BASES, RAISE_POINTS  # noqa: E402
 from .metrics import EVAL_POINTS, mode_coverage  # noqa: E402
 from .model import FOLD_CHECK_MAX_N  # noqa: E402
 from .plots import save_density, save_energy_hist, save_zeta_convergence  # noqa: E402
@@ -117,11 +118,6 @@ def energy_hist(model, out: Path, n: int = 20_000):
     return float(e_tr.mean()), float(e_te.mean())
 
 
-def ais_ladder(steps: int, rungs: int = 6) -> tuple:
-    """The bracket's K: `steps` and its halvings, `rungs` in all (at least 1 each): 8000 -> 250 ... 8000."""
-    return tuple(sorted({max(steps // 2 ** i, 1) for i in range(rungs)}))
-
-
 def _ais_2d(model: OWFModel, chains: int, steps: int, leapfrog: int, seed: int, quad: float) -> dict:
     """AIS's log ζ̂ (owf.ais, the fitted Gaussian base) beside importance sampling's and the quadrature."""
     est = model.estimate_log_zeta(chains, "ais", steps=steps, base="gaussian", leapfrog=leapfrog,
@@ -132,14 +128,17 @@ def _ais_2d(model: OWFModel, chains: int, steps: int, leapfrog: int, seed: int, 
 
 def evaluate_run(run: str, zeta_samples: int | None = None, batch_size: int | None = None, figures: bool = True,
                  progress: bool = True, seed: int = 0, convergence_max_s: int = 100_000,
-                 fid_weights: str | None = None, chunk: int = 112, ais_steps: int = 8000, ais_chains: int = 64,
-                 raise_points: int = 64, ais_bases=None, leapfrog: int = 1, device: str = "cpu") -> dict:
+                 fid_weights: str | None = None, chunk: int = 112, ais_steps: int = AIS_STEPS,
+                 ais_chains: int = AIS_CHAINS, raise_points: int = RAISE_POINTS, ais_bases=None, leapfrog: int = 1,
+                 device: str = "cpu") -> dict:
     """Evaluate the run and write eval.json beside its checkpoint. zeta_samples and batch_size:
     None takes the data kind's defaults (2D: 10^6 in chunks of 65536; images: 200 exact-log-det
     samples in chunks of 16, `chunk` tangents per pass). Images: the AIS / RAISE bracket at
     ais_ladder(ais_steps), with ais_chains chains, raise_points test images, from ais_bases (None:
-    owf.image_eval.AIS_BASES); 2D: AIS's log ζ̂ (ais_chains · 64 chains of ais_steps / 16 steps) beside
+    owf.image_eval.DEFAULT_AIS_BASES); 2D: AIS's log ζ̂ (ais_chains · 64 chains of ais_steps / 16 steps) beside
     importance sampling's and the quadrature."""
+    if fid_weights and not Path(fid_weights).is_file():       # before minutes of work, not after
+        raise FileNotFoundError(f"--fid-weights {fid_weights}: no such file")
     model = load(run, device)
     out = Path(model.checkpoint).parent
     rank, world = rank_world()
@@ -155,10 +154,12 @@ def evaluate_run(run: str, zeta_samples: int | None = None, batch_size: int | No
         return res
     if model.kind == "image":
         from .image_eval import evaluate_image_run
-        from .image_eval import AIS_BASES
+        bad = [b for b in (ais_bases or ()) if b not in AIS_BASES["image"]]
+        if bad:
+            raise ValueError(f"AIS bases {bad}: choose from {list(AIS_BASES['image'])}")
         res = evaluate_image_run(model, out, zeta_samples or 200, chunk=chunk, batch_size=batch_size or 16,
                                  seed=seed, figures=figures, progress=progress, fid_weights=fid_weights,
-                                 ais_ladder=ais_ladder(ais_steps), ais_bases=tuple(ais_bases or AIS_BASES),
+                                 ais_steps=ais_steps, ais_bases=tuple(ais_bases or DEFAULT_AIS_BASES),
                                  ais_chains=ais_chains, raise_points=raise_points, leapfrog=leapfrog)
         (out / "eval.json").write_text(json.dumps(res, indent=2) + "\n")
         return res
@@ -234,12 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--convergence-max-s", type=int, default=100_000, help="2D: largest S in zeta_convergence.png")
     p.add_argument("--fid-weights", default=None, metavar="FILE",
                    help="images: the Inception-v3 weights (torch-fidelity's pt_inception-2015-12-05) for the standard FID")
-    p.add_argument("--ais-steps", type=int, default=8000, help="AIS / RAISE: the largest K (images: the bracket "
-                   "runs K and its halvings, six rungs; 2D: K / 16)")
-    p.add_argument("--ais-chains", type=int, default=64, help="AIS chains M (2D: 64 times as many)")
-    p.add_argument("--raise-points", type=int, default=64, help="images: test images given RAISE chains (0: none)")
+    p.add_argument("--ais-steps", type=int, default=AIS_STEPS, help="AIS / RAISE: the largest K (images: the "
+                   "bracket runs K and its halvings, six rungs; 2D: AIS alone at K / 16)")
+    p.add_argument("--ais-chains", type=int, default=AIS_CHAINS, help="AIS chains M (2D: 64 times as many)")
+    p.add_argument("--raise-points", type=int, default=RAISE_POINTS, help="images: test images given a RAISE chain "
+                   "each (0: none)")
     p.add_argument("--ais-bases", default=None, help="images: comma-separated AIS bases, of defensive, gaussian, "
-                   "histogram, uniform (default: defensive,histogram)")
+                   f"histogram, uniform (default: {','.join(DEFAULT_AIS_BASES)})")
     p.add_argument("--leapfrog", type=int, default=1, help="AIS / RAISE: leapfrog steps per HMC transition (1: MALA)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0)
@@ -266,6 +268,8 @@ def _run(a: argparse.Namespace) -> int:
         if a.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device {a.device}: no CUDA device is available here")
         bases = [b.strip() for b in a.ais_bases.split(",")] if a.ais_bases else None
+        if bases is not None and not all(b in AIS_BASES["image"] for b in bases):
+            raise ValueError(f"--ais-bases {a.ais_bases!r}: choose from {','.join(AIS_BASES['image'])}")
         res = evaluate_run(a.run, a.zeta_samples, a.batch_size, not a.no_figures, seed=a.seed,
                            convergence_max_s=a.convergence_max_s, fid_weights=a.fid_weights, chunk=a.chunk,
                            ais_steps=a.ais_steps, ais_chains=a.ais_chains, raise_points=a.raise_points,

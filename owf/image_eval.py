@@ -39,12 +39,21 @@ import torch  # noqa: E402
 
 from .density import OWFModel, slice_estimates  # noqa: E402
 from .images import generator_samples, load_images, to_uint8, to_unit  # noqa: E402
+from .baselines import bits_per_dim  # noqa: E402
 from .plots import save_ais_convergence, save_energy_hist, save_image_grid, save_zeta_convergence  # noqa: E402
 
 CONVERGENCE_S = [1, 3, 10, 30, 100, 300, 1000, 3000, 10_000]
-AIS_LADDER = (250, 500, 1000, 2000, 4000, 8000)     # K of the bracket's rungs, each with fresh chains
-AIS_BASES = ("defensive", "histogram")
+AIS_STEPS = 8000              # the bracket's largest K; its rungs are K and its halvings (ais_ladder)
+AIS_RUNGS = 6
+AIS_CHAINS = 64
+RAISE_POINTS = 64             # test images given a RAISE chain each
+DEFAULT_AIS_BASES = ("defensive", "histogram")
 CONVERGED_BPD = 0.05          # the bracket's width, and the move of a doubled K, that count as converged
+
+
+def ais_ladder(steps: int = AIS_STEPS, rungs: int = AIS_RUNGS) -> tuple:
+    """The bracket's K: `steps` and its halvings, `rungs` in all (at least 1 each): 8000 -> 250 ... 8000."""
+    return tuple(sorted({max(steps // 2 ** i, 1) for i in range(rungs)}))
 
 
 def dequantise(u8: torch.Tensor, generator) -> torch.Tensor:
@@ -59,8 +68,8 @@ def heldout_nll(model: OWFModel, test_u8: torch.Tensor, seed: int = 0, batch: in
     (the images' spread and log ζ̂'s own)."""
     g = torch.Generator().manual_seed(seed)
     n = math.prod(test_u8.shape[1:])
-    lp = torch.cat([model.log_prob(dequantise(test_u8[i:i + batch], g).float()).double().cpu()
-                    for i in range(0, len(test_u8), batch)])
+    lp = torch.cat([model.energy_on_domain(dequantise(test_u8[i:i + batch], g).float()).double().cpu()
+                    for i in range(0, len(test_u8), batch)]) - model.zeta.log_zeta      # log P_D, in float64
     if not torch.isfinite(lp).all():
         raise ValueError(f"{int((~torch.isfinite(lp)).sum())} test images have a non-finite log P_D")
     nll = -lp - n * math.log(2 / 256)                   # the bin of an 8-bit pixel is 2/256 wide in [-1, 1]
@@ -69,8 +78,9 @@ def heldout_nll(model: OWFModel, test_u8: torch.Tensor, seed: int = 0, batch: in
             "test_bits_per_dim_se": se / (n * math.log(2)), "test_images": len(nll)}
 
 
-def likelihood_bracket(model: OWFModel, test_u8: torch.Tensor, ladder=AIS_LADDER, bases=AIS_BASES, chains: int = 64,
-                       raise_points: int = 64, leapfrog: int = 1, seed: int = 0, progress: bool = True) -> dict:
+def likelihood_bracket(model: OWFModel, test_u8: torch.Tensor, ladder=ais_ladder(), bases=DEFAULT_AIS_BASES,
+                       chains: int = AIS_CHAINS, raise_points: int = RAISE_POINTS, leapfrog: int = 1, seed: int = 0,
+                       progress: bool = True) -> dict:
     """The test NLL bracketed by AIS and RAISE (owf.ais), at each K of `ladder`, for each base.
 
     AIS: log ζ̂ from `chains` chains; its NLL on the whole test split, -mean(D(x)/w) + log ζ̂ (a lower
@@ -86,7 +96,7 @@ def likelihood_bracket(model: OWFModel, test_u8: torch.Tensor, ladder=AIS_LADDER
         model.ais_base(base)                              # a bad name fails here, before any chain runs
     n = math.prod(test_u8.shape[1:])
     per_bpd = n * math.log(2)
-    to_bpd = lambda nll_x: (nll_x + n * math.log(128)) / per_bpd      # [-1, 1]-scale nats -> bits/dim
+    to_bpd = lambda nll_x: bits_per_dim(nll_x, n)      # noqa: E731 ([-1, 1]-scale nats -> bits/dim)
     g = torch.Generator().manual_seed(seed)
     x = torch.cat([dequantise(b, g) for b in test_u8.split(1000)])       # float64, as heldout_nll draws them
     e = torch.cat([model.energy(b.float()).double().cpu() for b in x.split(1000)])
@@ -112,22 +122,32 @@ def likelihood_bracket(model: OWFModel, test_u8: torch.Tensor, ladder=AIS_LADDER
             rows.append(row)
             ladders[base]["K"].append(K)
             ladders[base]["ais"].append(row["ais_bits_per_dim_subset" if raise_points else "ais_bits_per_dim"])
+    return dict(bracket_summary(rows, ladder, raise_points), ais_rows=rows, ais_chains=chains,
+                raise_points=raise_points, _ladders=ladders)
+
+
+def bracket_summary(rows: list, ladder, raise_points: int) -> dict:
+    """The bracket from likelihood_bracket's rows: the base whose AIS log ζ̂ is largest at the largest
+    K (each is a lower bound in expectation: the largest is the tightest) and its test NLL; that
+    base's RAISE NLL on the subset and the gap to AIS's there; how far doubling K moved each; the
+    spread of AIS over the bases. `converged`: both moves and the gap below CONVERGED_BPD.
+    `raise_below_ais`: a RAISE NLL below AIS's by more than that, the sign that the annealing model
+    is still more the base's than P_D's (RAISE bounds the annealing model's NLL, not P_D's)."""
     top = [r for r in rows if r["steps"] == ladder[-1]]
-    best = max(top, key=lambda r: r["log_zeta"])          # the base that anneals furthest: the tightest lower bound
-    prev = [r for r in rows if r["steps"] == ladder[-2] and r["base"] == best["base"]] if len(ladder) > 1 else []
-    out = {"ais_rows": rows, "ais_log_zeta": best["log_zeta"], "ais_log_zeta_se": best["se"], "ais_base": best["base"],
-           "ais_steps": ladder[-1], "ais_chains": chains, "test_bits_per_dim_ais": best["ais_bits_per_dim"],
+    best = max(top, key=lambda r: r["log_zeta"])
+    prev = [r for r in rows if len(ladder) > 1 and r["steps"] == ladder[-2] and r["base"] == best["base"]]
+    out = {"ais_log_zeta": best["log_zeta"], "ais_log_zeta_se": best["se"], "ais_base": best["base"],
+           "ais_steps": ladder[-1], "test_bits_per_dim_ais": best["ais_bits_per_dim"],
            "ais_doubling_move_bpd": abs(best["ais_bits_per_dim"] - prev[0]["ais_bits_per_dim"]) if prev else None,
-           # AIS from every base should agree once each has converged
-           "ais_bases_spread_bpd": max(r["ais_bits_per_dim"] for r in top) - min(r["ais_bits_per_dim"] for r in top),
-           "raise_points": raise_points, "_ladders": ladders}
+           "ais_bases_spread_bpd": max(r["ais_bits_per_dim"] for r in top) - min(r["ais_bits_per_dim"] for r in top)}
+    converged = out["ais_doubling_move_bpd"] is not None and out["ais_doubling_move_bpd"] < CONVERGED_BPD
     if raise_points:
-        # RAISE bounds its own annealing model's NLL, which is the base's where the annealing has not
-        # converged (it can be below P_D's); the bracket takes the same base's RAISE, on the same images
-        out.update(test_bits_per_dim_raise=best["raise_bits_per_dim"],
-                   bracket_gap_bpd=best["raise_bits_per_dim"] - best["ais_bits_per_dim_subset"])
-    out["converged"] = bool(out["ais_doubling_move_bpd"] is not None and out["ais_doubling_move_bpd"] < CONVERGED_BPD
-                            and raise_points and abs(out["bracket_gap_bpd"]) < CONVERGED_BPD)
+        gap = best["raise_bits_per_dim"] - best["ais_bits_per_dim_subset"]
+        move = abs(best["raise_bits_per_dim"] - prev[0]["raise_bits_per_dim"]) if prev else None
+        out.update(test_bits_per_dim_raise=best["raise_bits_per_dim"], bracket_gap_bpd=gap,
+                   raise_doubling_move_bpd=move, raise_below_ais=gap < -CONVERGED_BPD)
+        converged = converged and move is not None and move < CONVERGED_BPD and abs(gap) < CONVERGED_BPD
+    out["converged"] = bool(converged and raise_points)
     return out
 
 
@@ -203,8 +223,9 @@ def same_z(model: OWFModel, out: Path, rows: int = 8, draws: int = 10, seed: int
 
 def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaussian_samples: int = 100_000,
                        chunk: int = 112, batch_size: int = 16, seed: int = 0, figures: bool = True,
-                       progress: bool = True, fid_weights: str | None = None, ais_ladder=AIS_LADDER,
-                       ais_bases=AIS_BASES, ais_chains: int = 64, raise_points: int = 64, leapfrog: int = 1) -> dict:
+                       progress: bool = True, fid_weights: str | None = None, ais_steps: int = AIS_STEPS,
+                       ais_bases=DEFAULT_AIS_BASES, ais_chains: int = AIS_CHAINS, raise_points: int = RAISE_POINTS,
+                       leapfrog: int = 1) -> dict:
     """Everything in the module docstring into eval.json's dict (and the figures into `out`)."""
     from .baselines import baseline_table
     cfg = model.config
@@ -224,8 +245,8 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaus
     gauss = model.estimate_log_zeta(gaussian_samples, "gaussian", 1000, torch.Generator().manual_seed(seed), progress,
                                     keep_log_weights=True)
     est = both["exact"]
-    res.update({"log_zeta_is": est.log_zeta, "log_zeta_is_se": est.se, "ess": est.ess, "num_samples": est.num_samples,
-                "low_ess": est.low_ess, "logdet": "exact",
+    res.update({"log_zeta_is": est.log_zeta, "log_zeta_is_se": est.se, "ess_is": est.ess,
+                "num_samples_is": est.num_samples, "low_ess_is": est.low_ess,
                 "log_zeta_jvp1": both["jvp1"].log_zeta, "log_zeta_jvp1_se": both["jvp1"].se, "ess_jvp1": both["jvp1"].ess,
                 "log_zeta_jvp1_minus_exact": both["jvp1"].log_zeta - est.log_zeta,
                 "log_zeta_gaussian": gauss.log_zeta, "log_zeta_gaussian_se": gauss.se, "ess_gaussian": gauss.ess,
@@ -234,8 +255,8 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaus
                 "seconds_per_exact_sample": exact_s, "exact_samples_in_30_min": int(1800 / exact_s)})
     # ---- the bracket: AIS (log ζ̂, a lower bound of the NLL) and RAISE (an upper bound), against K
     t = time.perf_counter()
-    bracket = likelihood_bracket(model, test_u8, ais_ladder, ais_bases, ais_chains, raise_points, leapfrog, seed,
-                                 progress)
+    bracket = likelihood_bracket(model, test_u8, ais_ladder(ais_steps), ais_bases, ais_chains, raise_points, leapfrog,
+                                 seed, progress)
     ladders = bracket.pop("_ladders")
     res.update(bracket, log_zeta=bracket["ais_log_zeta"], bracket_seconds=time.perf_counter() - t)
     best = next(r for r in bracket["ais_rows"] if r["base"] == bracket["ais_base"] and r["steps"] == bracket["ais_steps"])
@@ -243,8 +264,10 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaus
     model.cache_log_zeta(AISEstimate(**{k: v for k, v in best.items() if k in AISEstimate.__dataclass_fields__}))
     res.update(heldout_nll(model, test_u8, seed))        # log_prob's NLL with the cached (AIS) log ζ̂
     if not res["converged"]:
-        res["warning"] = ("the bracket has not converged: AIS's NLL is a lower bound in expectation and RAISE's an "
-                          "upper bound of the annealing model's; read the test NLL as the interval between them")
+        res["warning"] = ("the bracket has not converged: AIS's NLL is a lower bound in expectation of P_D's, RAISE's "
+                          "an upper bound of the annealing model's, which is P_D only once the annealing converges" +
+                          ("; RAISE is below AIS: that model is still more the base's than P_D's"
+                           if res.get("raise_below_ais") else ""))
     if figures:
         b = res["baselines"]
         save_ais_convergence(out / "ais_convergence.png", ladders,

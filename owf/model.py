@@ -17,6 +17,11 @@ log|det J| estimators:
   maximising it raises the true log-det; `python -m owf.experiments.logdet_success` measures
   how often), not an unbiased estimate of log|det J|, and log q built from it is not a
   normalised density.
+- "jvp1-tanh": for g_n = tanh ∘ h (the DCGAN flow), log|det J| = log|det J_h| + Σ_i log(1 - tanh² a_i),
+  a = h(u): the output tanh's term exactly (elementwise, so free: from the pre-activation a), and
+  Eq. 9's log‖J_h v‖ for h alone. Eq. 9 sees a direction's stretch, which the largest singular
+  values dominate; a saturated output pixel (tanh' ≈ 0) is a near-zero singular value it barely
+  notices, and the exact term weighs each one.
 """
 from __future__ import annotations
 
@@ -28,12 +33,19 @@ import torch.nn.functional as F
 
 from owf_kernels import jvp
 
-LOGDET_METHODS = ("exact", "jvp1")
+LOGDET_METHODS = ("exact", "jvp1", "jvp1-tanh")
 G_ACTIVATION_MODULES = {"tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU, "softplus": nn.Softplus, "silu": nn.SiLU,
                         "sigmoid": nn.Sigmoid}
 G_ACTIVATIONS = tuple(G_ACTIVATION_MODULES)        # σ' ≠ 0 (a.e.), so J stays full rank
 D_ACTIVATIONS = {"leaky_relu": nn.LeakyReLU, "silu": nn.SiLU, "softplus": nn.Softplus, "tanh": nn.Tanh,
                  "elu": nn.ELU, "gelu": nn.GELU}
+
+
+def log1m_tanh2(a: torch.Tensor) -> torch.Tensor:
+    """log(1 - tanh² a) = 2 (log 2 - |a| - log(1 + e^{-2|a|})), elementwise, exact where tanh a rounds
+    to ±1 (float32 beyond |a| ≈ 9, float64 beyond 19): tanh's log-derivative from its pre-activation."""
+    a = a.abs()
+    return 2 * (math.log(2.0) - a - F.softplus(-2 * a))
 
 
 def log_normal(u: torch.Tensor) -> torch.Tensor:
@@ -95,7 +107,11 @@ class OneWayFlowBase(nn.Module):
         """u = g_u(z, r) = [z; r] ~ N(0, I_n) [batch, n], z = u[:, :d] and r = u[:, d:] (Eq. 7: z and r
         are independent standard normals, so one draw of n coordinates is both)."""
         w = next(self.parameters())
-        return torch.randn(batch, self.n, generator=generator, device=device or w.device, dtype=w.dtype)
+        device = device or w.device
+        # drawn on the generator's own device (a CPU stream can seed a CUDA model), then moved
+        draw = torch.randn(batch, self.n, generator=generator, device=generator.device if generator else device,
+                           dtype=w.dtype)
+        return draw.to(device)
 
     def g_u(self, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """[z; r]: z [B, d], r [B, n - d] -> u [B, n] (Eq. 7), e.g. to hold z and redraw r."""
@@ -146,12 +162,10 @@ class OneWayFlowBase(nn.Module):
         if method == "exact" and n > 2 and isinstance(self.net, nn.Sequential) and isinstance(self.net[-1], nn.Tanh):
             # g_n = tanh(h(u)), elementwise: log|det J| = log|det J_h| + Σ_i log(1 - tanh² a_i), the
             # second term in a form that saturation cannot round to log 0 (a DCGAN's background
-            # pixels sit at tanh's ±1, where 1 - y² is exactly 0 in float32):
-            # log(1 - tanh² a) = 2 (log 2 - |a| - log(1 + e^(-2|a|)))
+            # pixels sit at tanh's ±1, where 1 - y² is exactly 0 in float32): log1m_tanh2
             a, a_dot = self.jacobian_columns(u, chunk, net=self.net[:-1])
             sign, ld = slogdet_cols(a_dot.double())
-            a64 = a.reshape(B, n).double().abs()
-            ld = ld + 2 * (math.log(2.0) - a64 - F.softplus(-2 * a64)).sum(1)
+            ld = ld + log1m_tanh2(a.reshape(B, n).double()).sum(1)
             y = torch.tanh(a)
             return (y, ld.to(u.dtype), sign.to(u.dtype)) if signed else (y, ld.to(u.dtype))
         if method == "exact":
@@ -164,6 +178,14 @@ class OneWayFlowBase(nn.Module):
             return (y, ld, sign) if signed else (y, ld)
         if signed:
             raise ValueError("signed=True needs method='exact': jvp1's ‖Jv‖ carries no sign of det J")
+        if method == "jvp1-tanh":
+            if not (isinstance(self.net, nn.Sequential) and isinstance(self.net[-1], nn.Tanh)):
+                raise ValueError("logdet='jvp1-tanh' needs a generator whose last layer is nn.Tanh (g_n = tanh ∘ h)")
+            v = torch.randn(B, n, generator=generator, device=u.device, dtype=u.dtype)
+            v = v / v.norm(dim=-1, keepdim=True)
+            a, a_dot = jvp(self.net[:-1], (u,), (v.unsqueeze(0),), batch_norm="per_sample")
+            ld = torch.log(a_dot.squeeze(0).reshape(B, -1).norm(dim=-1)) + log1m_tanh2(a.reshape(B, -1)).sum(1)
+            return torch.tanh(a), ld
         if method == "jvp1":
             v = torch.randn(B, n, generator=generator, device=u.device, dtype=u.dtype)
             v = v / v.norm(dim=-1, keepdim=True)              # uniform on S^{n-1}

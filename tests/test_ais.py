@@ -119,8 +119,8 @@ def test_the_weights_telescope_on_an_energy_equal_to_the_base():
     torch.testing.assert_close(rev.log_w, base.log_prob(u), rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("K", [1, 3])
-def test_the_weights_are_unbiased_at_any_k(K):
+@pytest.mark.parametrize("K, leapfrog", [(1, 1), (3, 1), (3, 3)])
+def test_the_weights_are_unbiased_at_any_k(K, leapfrog):
     """E[w] = ζ for AIS and E_{x ~ p_0}[ŵ(x) / p_0(x)] = ∫ p_ann = 1 for RAISE, whatever K and however
     poorly the chains mix: checked in 3D with 200,000 chains, to 4 standard errors. (The base is fitted
     to the target: from a far one, such as the uniform box, RAISE's ratio has so heavy a tail that its
@@ -128,7 +128,7 @@ def test_the_weights_are_unbiased_at_any_k(K):
     energy = ProductEnergy(3, seed=4)
     box = Box(-1.0, 1.0)
     base = DiagonalGaussian(box.to_u(energy.sample(5000, torch.Generator().manual_seed(2))))
-    path = Path(box_log_f(energy, box, (3,)), base)
+    path = Path(box_log_f(energy, box, (3,)), base, leapfrog)
     steps = StepSizes(torch.zeros(1, dtype=torch.float64), torch.full((1,), 0.8, dtype=torch.float64), torch.ones(1), 0.0)
     betas = torch.linspace(0, 1, K + 1, dtype=torch.float64)
     w = torch.exp(ais(path, 200_000, betas, steps, torch.Generator().manual_seed(14)).log_w - energy.log_zeta)
@@ -136,6 +136,19 @@ def test_the_weights_are_unbiased_at_any_k(K):
     u = base.sample(200_000, torch.Generator().manual_seed(15))
     r = torch.exp(raise_chains(path, u, betas, steps, torch.Generator().manual_seed(16)).log_w - base.log_prob(u))
     assert abs(float(r.mean()) - 1) < 4 * float(r.std()) / len(r) ** 0.5, (float(r.mean()), float(r.std()))
+
+
+def test_the_leapfrog_integrator_retraces_its_steps():
+    """From (u, p), L steps forward, the momentum flipped, L steps back: the start again (to float32
+    rounding), which the Metropolis test's correctness rests on; at L = 3 the inner full steps count."""
+    energy, box, path = product_path(20, leapfrog=3)
+    st = path.evaluate(path.base.sample(16, torch.Generator().manual_seed(17)))
+    p = torch.randn(16, 20, generator=torch.Generator().manual_seed(18))
+    end, p_end = path.integrate(st, p, 0.6, 0.3)
+    assert (end.u - st.u).abs().max() > 0.1                    # it moved
+    back, p_back = path.integrate(end, -p_end, 0.6, 0.3)
+    torch.testing.assert_close(back.u, st.u, atol=2e-5, rtol=0)
+    torch.testing.assert_close(-p_back, p, atol=2e-5, rtol=0)
 
 
 def test_adaptive_schedule_places_steps_by_the_spread():
@@ -156,7 +169,10 @@ def test_a_non_finite_energy_is_rejected_and_counted():
     steps = tune(path, 32, 30, torch.Generator().manual_seed(12))
     run = ais(path, 64, steps.schedule(50), steps, torch.Generator().manual_seed(13))
     assert run.nonfinite_proposals > 0
-    assert run.nonfinite_chains == 0                 # chains that start in the hole have weight 0, not nan
+    # the chains that start in the hole are counted, and weigh 0
+    started = box.to_x(base.sample(64, torch.Generator().manual_seed(13)))[:, 0] > 0.5
+    assert run.nonfinite_chains == int(started.sum()) > 0
+    assert (run.log_w[started] == -math.inf).all() and torch.isfinite(run.log_w[~started]).all()
     assert math.isfinite(estimate(run.log_w)[0])
 
 
@@ -181,8 +197,9 @@ def test_ais_on_a_trained_2d_model_matches_the_quadrature(ring):
     # RAISE of fresh data points: close to the model's own log-density, conservative on average
     x = model.data.sample(64, torch.Generator().manual_seed(1))
     inside = model.in_domain(x)
-    r = model.raise_log_prob(x[inside].double(), steps=500, chains=4, base="gaussian",
+    r = model.raise_log_prob(x[inside].double(), steps=500, chains=4, base="gaussian", batch_size=8,
                              step_sizes=est.step_sizes, generator=torch.Generator().manual_seed(2))
+    assert r.log_prob.shape == (int(inside.sum()),) and r.chains == 4     # two points per batch of 8 chains
     exact = model.energy(x[inside]).double() - quad
     assert (r.log_prob - exact).mean() < 0.05
     assert (r.log_prob - exact).abs().median() < 0.5
@@ -208,6 +225,27 @@ def test_evaluate_names_a_bad_ais_option_in_one_line(ring, args, needle, capsys)
     assert main([str(ring), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and needle in err and err.count("\n") == 1, err
+
+
+def test_the_bracket_summary_reads_the_rows():
+    from owf.image_eval import bracket_summary
+
+    def row(base, K, lz, ais, raise_):
+        return {"base": base, "steps": K, "log_zeta": lz, "se": 0.1, "ais_bits_per_dim": ais,
+                "ais_bits_per_dim_subset": ais, "raise_bits_per_dim": raise_}
+    rows = [row("a", 4, 10.0, 5.00, 5.30), row("a", 8, 12.0, 4.98, 5.01), row("b", 4, 0.0, 6.0, 4.0),
+            row("b", 8, 1.0, 5.9, 4.2)]
+    s = bracket_summary(rows, (4, 8), 64)
+    assert s["ais_base"] == "a" and s["ais_log_zeta"] == 12.0 and s["test_bits_per_dim_raise"] == 5.01
+    assert s["bracket_gap_bpd"] == pytest.approx(0.03) and s["ais_doubling_move_bpd"] == pytest.approx(0.02)
+    assert s["raise_doubling_move_bpd"] == pytest.approx(0.29) and not s["converged"]    # RAISE still moved
+    assert s["ais_bases_spread_bpd"] == pytest.approx(0.92) and not s["raise_below_ais"]
+    rows[0]["raise_bits_per_dim"] = 5.04
+    assert bracket_summary(rows, (4, 8), 64)["converged"]
+    rows[1]["raise_bits_per_dim"] = 4.5                   # RAISE far below AIS: the annealing model is not P_D yet
+    s = bracket_summary(rows, (4, 8), 64)
+    assert s["raise_below_ais"] and not s["converged"]
+    assert not bracket_summary(rows, (4, 8), 0)["converged"]                           # no RAISE, no bracket
 
 
 # ---- the bases and the exact baselines

@@ -82,12 +82,15 @@ def test_low_ess_is_flagged(run_dir):
 
 def test_evaluate_cli(run_dir):
     p = subprocess.run([sys.executable, "-m", "owf.evaluate", str(run_dir), "--zeta-samples", "20000",
-                        "--convergence-max-s", "300"], capture_output=True, text=True, timeout=600)
+                        "--convergence-max-s", "300", "--ais-steps", "1600", "--ais-chains", "16"],
+                       capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     res = json.loads((run_dir / "eval.json").read_text())
     for k in ("log_zeta", "log_zeta_se", "ess", "num_samples", "modes", "hq", "log_zeta_quadrature", "test_nll",
-              "true_nll", "det_negative_fraction", "det_positive_fraction", "folds"):
+              "true_nll", "det_negative_fraction", "det_positive_fraction", "folds", "log_zeta_ais"):
         assert k in res
+    assert res["ais_chains"] == 1024 and res["ais_steps"] == 100
+    assert abs(res["log_zeta_ais_minus_quadrature"]) < 0.2       # AIS beside importance sampling, in seconds
     assert abs(res["true_nll"] - (-4.289)) < 0.02            # the ring's entropy: log 8 + log(2πe σ²)
     for f in ("zeta_convergence.png", "energy_hist.png", "density.png"):
         assert (run_dir / f).stat().st_size > 0
