@@ -12,6 +12,8 @@ from .images import IMAGE_DATASETS
 from .model import D_ACTIVATIONS, G_ACTIVATIONS, LOGDET_METHODS
 
 LOSSES = ("owf", "wgan", "wgan-gp")
+DEFENSIVE_PROPOSALS = ("kernel", "uniform")
+D_BASES = ("none", "gaussian")
 ALL_DATA = tuple(DATASETS) + IMAGE_DATASETS
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -26,7 +28,8 @@ def _f(default, help, kind=None):
 # WGAN-GP's are its published settings (Gulrajani et al., 2017): Adam 1e-4, betas (0, 0.9), 5 critic
 # steps (and the field default gp = 10), on the same networks as owf.
 LOSS_DEFAULTS = {
-    "wgan-gp": dict(lr_d=1e-4, lr_g=1e-4, beta1=0.0, n_critic=5),
+    "wgan-gp": dict(lr_d=1e-4, lr_g=1e-4, beta1=0.0, n_critic=5, d_base="none"),
+    "wgan": dict(d_base="none"),         # a critic is no density: no base measure under it
 }
 # The 2D data sets (docs/results-2d.md has the runs). The grid's lr_G 5e-3: at 3e-3 one seed of
 # five lost a corner mode (G lagged behind D). Its --defensive 0.25 --g-alpha 0.75: with Eq. 16/17
@@ -37,13 +40,17 @@ DATA_DEFAULTS = {
     "grid": dict(steps=50000, lr_g=5e-3, defensive=0.25, g_alpha=0.75),
 }
 KIND_DEFAULTS = {
-    "2d": dict(w=0.1, logdet="exact", batch=256, samples=256, n_critic=1, lr_d=1e-3, beta1=0.5, g_hidden="128,128",
+    "2d": dict(dequantise=False, defensive_proposal="kernel", d_base="none", w=0.1, logdet="exact", batch=256, samples=256, n_critic=1, lr_d=1e-3, beta1=0.5, g_hidden="128,128",
                g_activation="tanh", d_hidden="128,128", d_quadratic=16, log_every=500, sample_every=10000,
                ckpt_every=5000, fid_every=0),
-    # images: DCGAN networks (owf.dcgan), Eq. 9's one-tangent log-det, the CPU recipe of
-    # docs/results-images.md (a fast generator: lr_G 2e-3 against lr_D 2e-4 gave FID 136 at 2,000
-    # steps, equal rates of 1e-4 gave 275; w = 0.01 and 0.1 did not differ; the quadratic head was worse)
-    "image": dict(steps=12000, w=0.01, logdet="jvp1", batch=64, samples=64, n_critic=1, lr_d=2e-4, lr_g=2e-3,
+    # images: DCGAN networks (owf.dcgan), the CPU recipe of docs/results-images.md (a fast generator:
+    # lr_G 2e-3 against lr_D 2e-4 gave FID 136 at 2,000 steps, equal rates of 1e-4 gave 275; w = 0.01
+    # and 0.1 did not differ; the quadratic head was worse), trained for likelihood (docs/likelihood.md,
+    # 2,000-step pilots): dequantised images, Eq. 9 for J_h with the output tanh's log-det exact
+    # (jvp1-tanh: saturated pixels 42% -> 0.05%), and a Gaussian base measure under D (test NLL by AIS
+    # 7.95 -> 4.31 bits/dim; without it 7.63)
+    "image": dict(dequantise=True, defensive_proposal="uniform", d_base="gaussian", steps=12000, w=0.01,
+                  logdet="jvp1-tanh", batch=64, samples=64, n_critic=1, lr_d=2e-4, lr_g=2e-3,
                   beta1=0.5, defensive=0.0, g_alpha=1.0, g_hidden="64,32", g_activation="leaky_relu",
                   d_hidden="32,64", d_quadratic=0, log_every=100, sample_every=2000, ckpt_every=1000, fid_every=1000),
 }
@@ -61,20 +68,26 @@ class Config:
     data_root: str = _f("", "where an image data set's files are (fashion-mnist: the Debian package "
                             "dataset-fashion-mnist when empty)")
     download: bool = _f(False, "let torchvision download mnist, cifar10 or celeba into --data-root")
+    dequantise: bool = _f(None, "images: train on x = (u8 + U)/128 - 1, U ~ U[0, 1) per pixel, the evaluation's "
+                                "dequantisation, instead of the bin values u8/127.5 - 1 (None: on for images)", bool)
     # ---- objective
     loss: str = _f("owf", "owf: Eq. 16/17; wgan: Eq. 4 with weight clipping; wgan-gp: Eq. 4 + gradient penalty")
     w: float = _f(None, "entropy weight of Appendix C.1: P_D = exp(D/w)/ζ (None: 0.1 in 2D, 0.01 for images)", float)
-    logdet: str = _f(None, "log|det J| estimator: exact (T = n tangents) or jvp1 (Eq. 9) (None: exact in 2D, "
-                           "jvp1 for images)", str)
+    logdet: str = _f(None, "log|det J| estimator: exact (T = n tangents), jvp1 (Eq. 9), or jvp1-tanh (Eq. 9 for "
+                           "g_n = tanh ∘ h's h, the tanh's own log-det exact) (None: exact in 2D, jvp1-tanh for "
+                           "images)", str)
     orient: bool = _f(None, "G's entropy term keeps one orientation of g_n (losses.oriented_logdet): "
                             "samples whose det J has the minority sign are pulled back through det J = 0 "
                             "instead of held there, so g_n does not fold (None: on with the exact log-det, "
                             "which it needs)", bool)
     samples: int = _f(None, "S: generator samples per step, the importance samples of log ζ̂ (None: per data kind)", int)
-    defensive: float = _f(None, "adds ceil(F·S) samples of a Gaussian kernel density of the data batch to log ζ̂'s "
-                               "importance samples (losses.data_kernel_proposal; defensive importance sampling): "
-                               "ζ̂ stays unbiased and sees every mode of the data, also one G has lost (0: off, "
-                               "the paper's Eq. 16; None: per data set)", float)
+    defensive: float = _f(None, "adds ceil(F·S) samples of a normalised proposal (--defensive-proposal) to log ζ̂'s "
+                               "importance samples (defensive importance sampling): ζ̂ stays unbiased and sees "
+                               "where G does not go (0: off, the paper's Eq. 16; None: per data set)", float)
+    defensive_proposal: str = _f(None, "kernel: a Gaussian kernel density of the data batch (losses.data_kernel_proposal), "
+                                       "sees every mode of the data, also one G has lost; uniform: the uniform density "
+                                       "on the pixel box, sees stray mass anywhere (None: kernel in 2D, uniform for "
+                                       "images)", str)
     g_alpha: float = _f(None, "α of the generator's Rényi divergence D_α(q ‖ P_D) (losses.generator_loss_renyi): 1 is "
                               "Eq. 17's KL; below 1 the samples where G is thin for P_D weigh more (None: per data set)",
                         float)
@@ -101,6 +114,9 @@ class Config:
     d_quadratic: int = _f(None, "0: D's output is a linear layer; m > 0: D = -½‖f(x)‖² with f's last layer m wide, "
                                 "so a LeakyReLU D is piecewise quadratic (Gaussian-shaped modes) instead of "
                                 "piecewise linear (None: 16 in 2D, 0 for images)", int)
+    d_base: str = _f(None, "images: none, or gaussian: P_D(x) ∝ p_0(x) exp(D(x)/w) with p_0 the Gaussian in atanh "
+                           "space fitted to the dequantised training split (owf.baselines.AtanhGaussian), a fixed "
+                           "base measure that D corrects (None: gaussian for images)", str)
     # ---- run
     seed: int = _f(0, "seed of every random stream")
     device: str = _f("auto", "auto: cuda if available, else cpu")
@@ -121,7 +137,7 @@ class Config:
             for k, v in defaults.items():
                 if getattr(self, k) is None:
                     setattr(self, k, v)
-        choices = {"loss": LOSSES, "logdet": LOGDET_METHODS,
+        choices = {"loss": LOSSES, "logdet": LOGDET_METHODS, "defensive_proposal": DEFENSIVE_PROPOSALS, "d_base": D_BASES,
                    "g_activation": G_ACTIVATIONS, "d_activation": tuple(D_ACTIVATIONS), "device": DEVICES}
         for k, allowed in choices.items():
             if getattr(self, k) not in allowed:
@@ -137,6 +153,12 @@ class Config:
             raise ValueError(f"g_alpha={self.g_alpha} must be in [0, 1]")
         if self.defensive < 0:
             raise ValueError(f"defensive={self.defensive} must be >= 0")
+        if self.loss != "owf" and self.d_base != "none":
+            raise ValueError(f"d_base={self.d_base!r} is a base measure of owf's density; loss={self.loss!r} takes 'none'")
+        if data_kind(self.data) == "2d":
+            for k, off in (("dequantise", False), ("d_base", "none"), ("defensive_proposal", "kernel")):
+                if getattr(self, k) != off:
+                    raise ValueError(f"{k}={getattr(self, k)!r} is for images; 2D data takes {off!r}")
         if self.orient is None:
             self.orient = self.logdet == "exact"
         if self.orient and self.logdet != "exact":
@@ -187,7 +209,7 @@ class Config:
 
 
 # Fields whose default changed after runs were saved without them: the value those runs used.
-LEGACY_VALUES = {"d_quadratic": 0, "defensive": 0.0, "g_alpha": 1.0}
+LEGACY_VALUES = {"d_quadratic": 0, "defensive": 0.0, "g_alpha": 1.0, "dequantise": False, "d_base": "none"}
 
 # Options removed on 2026-12-01, each measured not to help (docs/results-2d.md, "What we tried";
 # docs/results-images.md) or never used, and the value that had them off: a checkpoint that holds
@@ -224,7 +246,8 @@ HELP_GROUPS = (("data", "data"), ("objective", "loss"), ("schedule", "steps"), (
 
 def build_parser(prog="python -m owf.train") -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description="Train a One-way Flow (or a WGAN baseline) on 2D data or images.")
-    choices = {"data": ALL_DATA, "loss": LOSSES, "logdet": LOGDET_METHODS,
+    choices = {"data": ALL_DATA, "loss": LOSSES, "logdet": LOGDET_METHODS, "defensive_proposal": DEFENSIVE_PROPOSALS,
+               "d_base": D_BASES,
                "g_activation": G_ACTIVATIONS, "d_activation": tuple(D_ACTIVATIONS), "device": DEVICES}
     starts = dict((first, name) for name, first in HELP_GROUPS)
     group = p

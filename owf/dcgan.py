@@ -16,13 +16,25 @@ Energy: D(x) of x [B, C, H, W] alone, so no batch-coupled normalisation:
 
     k times: Conv2d(c_i -> c_{i+1}, 4, stride 2, padding 1) -> LeakyReLU(0.2)
     -> Flatten -> Linear(c_k (H / 2^k)², 1)            (or, quadratic=m, m outputs f and D = -½‖f‖²)
+
+With a base measure (base_w = w > 0): D(x) = f(x) + w log p_0(x), so P_D(x) = exp(D/w)/ζ =
+p_0(x) exp(f(x)/w)/ζ: the network corrects a fixed, normalised density p_0, the Gaussian in
+u = atanh(x) fitted to the dequantised training split (owf.baselines.AtanhGaussian; its μ and
+Cholesky factor L are buffers, saved with the network):
+    log p_0(x) = log N(u; μ, L Lᵀ) - Σ_i log(1 - x_i²),   u = atanh(x), x clamped to ±(1 - 2^-20)
+(a generator pixel at tanh's ±1 in float32 would be u = ±∞: there the clamp gives log p_0 a finite,
+very low value and a gradient that pulls the pixel back inside).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
 
-from .model import OneWayFlowBase, energy_head, generator_activation
+from .model import OneWayFlowBase, energy_head, generator_activation, log1m_tanh2
+
+BASE_CLAMP = 1 - 2 ** -20
 
 
 def _stages(size: int, n_stages: int) -> int:
@@ -76,9 +88,14 @@ def _check_no_bottleneck(net: nn.Sequential, n: int):
 class ConvEnergy(nn.Module):
     """D(x) for images: a DCGAN discriminator to a scalar (P_D(x) = exp(D(x)/w) / ζ, Eq. 15)."""
 
-    def __init__(self, shape, widths=(32, 64), negative_slope: float = 0.2, quadratic: int = 0):
+    def __init__(self, shape, widths=(32, 64), negative_slope: float = 0.2, quadratic: int = 0, base_w: float = 0.0):
         super().__init__()
         C, H, W = shape
+        self.base_w = base_w
+        if base_w:                       # the base measure's μ [n] and L [n, n], filled by fit_base or a checkpoint
+            n = C * H * W
+            self.register_buffer("base_mu", torch.zeros(n, dtype=torch.float64))
+            self.register_buffer("base_L", torch.eye(n, dtype=torch.float64))
         s = _stages(H, len(widths))
         mods, c = [], C
         for cout in widths:
@@ -91,7 +108,22 @@ class ConvEnergy(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, shape) -> "ConvEnergy":
-        return cls(shape, cfg.widths("d_hidden"), quadratic=cfg.d_quadratic)
+        return cls(shape, cfg.widths("d_hidden"), quadratic=cfg.d_quadratic,
+                   base_w=cfg.w if cfg.d_base == "gaussian" else 0.0)
+
+    def fit_base(self, base):
+        """Take the base measure's μ and L from a fitted owf.baselines.GaussianBase (of u = atanh x)."""
+        with torch.no_grad():
+            self.base_mu.copy_(base.mu)
+            self.base_L.copy_(base.L)
+
+    def log_base(self, x: torch.Tensor) -> torch.Tensor:
+        """log p_0(x) [B] (float64) for x [B, C, H, W] (see the module docstring)."""
+        u = torch.atanh(x.flatten(1).double().clamp(-BASE_CLAMP, BASE_CLAMP))
+        eps = torch.linalg.solve_triangular(self.base_L, (u - self.base_mu).T, upper=False)
+        log_n = -0.5 * (eps * eps).sum(0) - self.base_L.diagonal().log().sum() - 0.5 * len(self.base_mu) * math.log(2 * math.pi)
+        return log_n - log1m_tanh2(u).sum(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return energy_head(self.net(x), self.quadratic)
+        f = energy_head(self.net(x), self.quadratic)
+        return f + (self.base_w * self.log_base(x)).to(f.dtype) if self.base_w else f

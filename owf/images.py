@@ -44,6 +44,14 @@ def to_unit(u8: torch.Tensor) -> torch.Tensor:
     return u8.float().div_(127.5).sub_(1.0)
 
 
+def dequantise_unit(u8: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """uint8 pixels -> x = (u8 + U)/128 - 1, U ~ U[0, 1) per pixel from `generator` (float32, on u8's
+    device): uniform noise within each pixel's bin of width 2/256, the evaluation's dequantisation
+    (owf.image_eval.dequantise), so that P_D is trained on the density the test NLL measures."""
+    U = torch.rand(u8.shape, generator=generator, device=generator.device).to(u8.device)
+    return (u8.float() + U) / 128.0 - 1.0
+
+
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> uint8 pixels (rounded, clamped)."""
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round_().to(torch.uint8)
@@ -202,8 +210,9 @@ class ImageStream:
         perm = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
         return perm[self.rank:len(perm) - len(perm) % self.world:self.world]
 
-    def next(self, batch: int, device) -> torch.Tensor:
-        """The next `batch` images in [-1, 1] on `device` (across an epoch's end if need be)."""
+    def next(self, batch: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The next `batch` images in [-1, 1] on `device` (across an epoch's end if need be): the bin
+        values u8/127.5 - 1, or, given a `generator`, dequantised as dequantise_unit does."""
         parts, left = [], batch
         while left:
             take = min(left, len(self._perm) - self.pos)
@@ -213,7 +222,8 @@ class ImageStream:
             if self.pos == len(self._perm):
                 self.epoch, self.pos = self.epoch + 1, 0
                 self._perm = self._permutation(self.epoch)
-        return to_unit(self.images[torch.cat(parts)].to(device, non_blocking=True))
+        u8 = self.images[torch.cat(parts)].to(device, non_blocking=True)
+        return to_unit(u8) if generator is None else dequantise_unit(u8, generator)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos}

@@ -48,6 +48,18 @@ def data_kernel_proposal(x: torch.Tensor, num: int, generator=None, bandwidth: f
     return y.view(num, *shape), torch.logsumexp(log_n, 1) - math.log(x.shape[0])
 
 
+def uniform_box_proposal(like: torch.Tensor, num: int, generator=None):
+    """Samples of the uniform density on the pixel box [-1, 1]^n, with their exact log-density
+    -n log 2: the defensive part of log ζ̂'s importance samples for images (Config.defensive_proposal
+    "uniform"). It holds mass wherever P_D can, so a region where exp(D/w) grows that neither the
+    data nor G visit (noise, say) is seen by ζ̂, and Eq. 16 pushes D down there. like: a batch
+    [B, *shape] giving the shape, dtype and device -> (y [num, *shape], log k(y) [num])."""
+    shape = like.shape[1:]
+    gdev = generator.device if generator is not None else like.device
+    y = (2 * torch.rand(num, *shape, generator=generator, device=gdev, dtype=like.dtype) - 1).to(like.device)
+    return y, torch.full((num,), -math.log(2.0) * like[0].numel(), dtype=like.dtype, device=like.device)
+
+
 def discriminator_loss_eq16(d_x, d_y, log_q, w: float, log_zeta_fn=log_zeta_hat) -> torch.Tensor:
     """Eq. 16: -mean D(x)/w + log ζ̂, the negative log-likelihood of the data under P_D.
     log_zeta_fn(d_y, log_q, w): log ζ̂ (on many processes, over every rank's samples:

@@ -25,7 +25,7 @@ from .dcgan import ConvEnergy, DCGANFlow
 from .classifier import classifier_cached
 from .images import SHAPES, ImageStream, generator_samples, load_images, to_uint8
 from .metrics import EVAL_POINTS, mode_coverage, mode_histogram
-from .model import FOLD_CHECK_MAX_N, Energy, OneWayFlow
+from .model import FOLD_CHECK_MAX_N, Energy, OneWayFlow, log_normal
 from .plots import save_density, save_image_grid, save_samples
 
 
@@ -103,11 +103,14 @@ class MixtureTask:
 class ImageTask:
     """An image data set (owf.images): DCGAN networks, the training split as a seeded stream, the
     classifier FID of cfg.fid_samples samples against the test split every cfg.fid_every steps."""
-    summary_keys = ("fid", "min_class_share", "class_kl", "class_shares", "fid_floor", "classifier_accuracy")
+    summary_keys = ("fid", "min_class_share", "class_kl", "class_shares", "fid_floor", "classifier_accuracy",
+                    "probe_log_q", "probe_logdet", "saturated")
     summary_only = ("fid_floor", "classifier_accuracy")
     progress_keys = ("fid",)
-    curve_keys = ("fid", "min_class_share", "ess", "log_zeta", "loss_d", "loss_g")
+    curve_keys = ("fid", "min_class_share", "ess", "log_zeta", "loss_d", "loss_g", "probe_log_q", "saturated")
     GRID = 64                                         # samples in samples.png
+    PROBE = 4                                         # latents of the probe batch (exact log q: n tangents each)
+    SATURATION_SAMPLES = 256
 
     def __init__(self, cfg, progress: bool = True):
         self.cfg, self.progress = cfg, progress
@@ -133,10 +136,35 @@ class ImageTask:
                              f"python -m owf.classifier --data {cfg.data} first (or pass --fid-every 0)")
 
     def networks(self, cfg):
-        return networks(cfg, self.shape)
+        G, D = networks(cfg, self.shape)
+        if cfg.d_base == "gaussian":
+            from .baselines import AtanhGaussian
+            D.fit_base(AtanhGaussian(self.stream.images))
+        return G, D
 
     def batch(self, n, gen, device):
-        return self.stream.next(n, device)
+        return self.stream.next(n, device, gen if self.cfg.dequantise else None)
+
+    @torch.no_grad()
+    def probe(self, G) -> dict:
+        """The generator's concentration, on a fixed probe batch (PROBE latents of a stream of its
+        own, G in eval mode): the exact log|det J| (all n tangents, owf_kernels.jvp) and log q (Eq. 10)
+        of each, their means; and the share of output pixels whose tanh pre-activation has |a| > 3
+        (saturated: tanh' < 0.01), over SATURATION_SAMPLES samples. A dequantised image's density is at
+        most n log 128 nats (each pixel's bin is 2/256 wide): a mean log q above that is a G more
+        concentrated than any fit to the data can be."""
+        device = next(G.parameters()).device
+        was = G.training
+        G.eval()
+        g = torch.Generator(device=device).manual_seed(30_000 + self.cfg.seed)
+        u = G.noise(self.PROBE, g)
+        _, ld = G.logdet(u, "exact", chunk=112)
+        out = {"probe_logdet": float(ld.mean()), "probe_log_q": float((log_normal(u) - ld).mean())}
+        if isinstance(G.net[-1], torch.nn.Tanh):
+            a = G.net[:-1](G.noise(self.SATURATION_SAMPLES, g))
+            out["saturated"] = float((a.abs() > 3).float().mean())
+        G.train(was)
+        return out
 
     def _scorer(self):
         if self._fid is None:
@@ -147,11 +175,12 @@ class ImageTask:
         return self._fid
 
     def evaluate(self, G, step: int, final: bool) -> dict:
+        ev = self.probe(G) if self.cfg.loss == "owf" else {}
         every = self.fid_every
         if not every or not (final or step % every == 0):
-            return {}
+            return ev
         scorer = self._scorer()
-        ev = scorer(generator_samples(G, self.cfg.fid_samples, 20_000 + self.cfg.seed))
+        ev.update(scorer(generator_samples(G, self.cfg.fid_samples, 20_000 + self.cfg.seed)))
         ev.update(classifier_accuracy=scorer.accuracy, fid_floor=scorer.floor)
         return ev
 

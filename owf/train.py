@@ -29,7 +29,8 @@ from .checkpoint import load_checkpoint, save_atomic
 from .cli import user_errors_exit
 from .config import RESUMABLE, Config, parse_args
 from .losses import (data_kernel_proposal, discriminator_loss_eq16, effective_sample_size, generator_loss_renyi,
-                     gradient_penalty, log_zeta_hat, oriented_logdet, wgan_discriminator_loss_eq4, wgan_generator_loss)
+                     gradient_penalty, log_zeta_hat, oriented_logdet, uniform_box_proposal, wgan_discriminator_loss_eq4,
+                     wgan_generator_loss)
 from .plots import save_curves
 from .distributed import averaged_buffers, average_gradients, broadcast_module, gather_objects, global_log_zeta
 from .distributed import RANK_SEED_STRIDE, global_softmax, launched, local_device, process_group, rank_world
@@ -80,8 +81,12 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
                 y = G(G.noise(cfg.samples, gen))
         x = task.batch(cfg.batch, gen, device)
         y_is, log_q_is = y.detach(), (log_q.detach() if is_owf else None)     # log ζ̂'s importance samples
-        if is_owf and cfg.defensive > 0:       # the data kernel's samples join G's: one pooled estimate
-            y_k, log_k = data_kernel_proposal(x, math.ceil(cfg.defensive * cfg.samples), gen)
+        if is_owf and cfg.defensive > 0:       # the defensive proposal's samples join G's: one pooled estimate
+            num = math.ceil(cfg.defensive * cfg.samples)
+            if cfg.defensive_proposal == "uniform":
+                y_k, log_k = uniform_box_proposal(x, num, gen)
+            else:
+                y_k, log_k = data_kernel_proposal(x, num, gen)
             y_is, log_q_is = torch.cat([y_is, y_k]), torch.cat([log_q_is, log_k])
         d_x, d_is = D(torch.cat([x, y_is])).split([cfg.batch, len(y_is)])     # one pass
         d_y_d = d_is[:cfg.samples]                                            # G's samples' energies

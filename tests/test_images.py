@@ -187,3 +187,79 @@ def test_a_short_image_run_lowers_the_classifier_fid(tmp_path, fashion_root):
     assert len(fids) == 3 and m["fid"] == fids[-1] < 0.85 * untrained, (untrained, fids)
     assert len(m["class_shares"]) == CLASSES and abs(sum(m["class_shares"]) - 1) < 1e-3
     assert m["fid_floor"] == record["fid_floor"] and m["min_class_share"] == pytest.approx(min(m["class_shares"]), abs=1e-4)
+
+
+# ---- training for likelihood: dequantised data, the exact tanh term, the base measure, the probe
+
+def test_the_stream_dequantises_within_each_bin_when_given_a_generator():
+    u8 = torch.randint(0, 256, (40, 1, 5, 5), dtype=torch.uint8)
+    plain = ImageStream(u8, seed=3).next(40, "cpu")
+    deq = ImageStream(u8, seed=3).next(40, "cpu", torch.Generator().manual_seed(0))
+    torch.testing.assert_close(plain, to_unit(u8[ImageStream(u8, seed=3)._perm[:40]]))
+    bins = ((deq + 1) * 128).floor()                   # x = (u8 + U)/128 - 1: U in [0, 1) keeps each pixel in its bin
+    assert torch.equal(bins.to(torch.uint8), u8[ImageStream(u8, seed=3)._perm[:40]])
+    again = ImageStream(u8, seed=3).next(40, "cpu", torch.Generator().manual_seed(0))
+    assert torch.equal(deq, again) and not torch.equal(deq, plain)
+
+
+def test_jvp1_tanh_is_eq9_for_h_plus_the_exact_tanh_term():
+    torch.manual_seed(0)
+    G = DCGANFlow((1, 8, 8), widths=(16, 8), latent=10).double().eval()
+    u = G.noise(3, torch.Generator().manual_seed(1))
+    y, ld = G.logdet(u, "jvp1-tanh", torch.Generator().manual_seed(2))
+    v = torch.randn(3, 64, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    v = v / v.norm(dim=1, keepdim=True)
+    h = G.net[:-1]
+    a, a_dot = torch.func.jvp(h, (u,), (v,))
+    expected = a_dot.flatten(1).norm(dim=1).log() + torch.log(1 - torch.tanh(a.flatten(1)) ** 2).sum(1)
+    torch.testing.assert_close(ld, expected)
+    torch.testing.assert_close(y, G(u))
+    # with every direction (the exact log-det) the tanh term is the same one
+    _, exact = G.logdet(u, "exact")
+    J = torch.func.jacrev(lambda w: h(w[None]).flatten())
+    ld_h = torch.stack([torch.linalg.slogdet(J(ui)).logabsdet for ui in u])
+    torch.testing.assert_close(exact, ld_h + torch.log(1 - torch.tanh(a.flatten(1)) ** 2).sum(1))
+
+
+def test_the_base_measure_is_the_fitted_gaussian_and_survives_a_checkpoint(tmp_path):
+    from owf.baselines import AtanhGaussian, dequantised_u
+    imgs = torch.randint(0, 256, (300, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    base = AtanhGaussian(imgs)
+    D = ConvEnergy((1, 8, 8), widths=(4, 8), base_w=0.01)
+    D.fit_base(base)
+    plain = ConvEnergy((1, 8, 8), widths=(4, 8))
+    plain.load_state_dict({k: v for k, v in D.state_dict().items() if not k.startswith("base_")})
+    u, log_jac = dequantised_u(imgs[:5], torch.Generator().manual_seed(1))
+    x = torch.tanh(u).view(5, 1, 8, 8).float()
+    # D(x) = f(x) + w log p_0(x), with log p_0(x) = log N(u; μ, Σ) - Σ log(1 - x²)
+    torch.testing.assert_close(D(x), plain(x) + 0.01 * (base.log_prob(u) - log_jac).float(), rtol=1e-5, atol=1e-3)
+    edge = torch.full((1, 1, 8, 8), -1.0, requires_grad=True)                  # a saturated generator's output
+    D(edge).sum().backward()
+    assert torch.isfinite(D(edge)).all() and torch.isfinite(edge.grad).all()
+    again = ConvEnergy((1, 8, 8), widths=(4, 8), base_w=0.01)
+    again.load_state_dict(D.state_dict())
+    torch.testing.assert_close(again(x), D(x))
+
+
+def test_a_likelihood_run_logs_the_probe_and_refuses_what_does_not_fit(tmp_path, fashion_root):
+    kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=10, defensive=0.25)
+    cfg = Config(out=str(tmp_path / "r"), **kw)
+    assert cfg.dequantise and cfg.d_base == "gaussian" and cfg.logdet == "jvp1-tanh" and cfg.defensive_proposal == "uniform"
+    m = train(cfg, progress=False)
+    rows = [json.loads(l) for l in open(tmp_path / "r" / "metrics.jsonl")]
+    for r in rows:
+        assert {"probe_log_q", "probe_logdet", "saturated"} <= set(r) and 0 <= r["saturated"] <= 1
+    assert m["probe_log_q"] == rows[-1]["probe_log_q"]
+    assert (tmp_path / "r" / "curves.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="d_base"):
+        Config(data="fashion-mnist", loss="wgan-gp", d_base="gaussian")
+    assert Config(data="fashion-mnist", loss="wgan-gp").d_base == "none"              # a critic is no density
+    for k, v in (("dequantise", True), ("d_base", "gaussian"), ("defensive_proposal", "uniform")):
+        with pytest.raises(ValueError, match=k):
+            Config(data="ring", **{k: v})
+    # a run saved before these options loads as it trained: bin-valued pixels, no base measure
+    old = dict(Config(data="fashion-mnist").to_dict())
+    for k in ("dequantise", "d_base", "defensive_proposal"):
+        old.pop(k)
+    legacy = Config.from_saved(old)
+    assert legacy.dequantise is False and legacy.d_base == "none"

@@ -162,3 +162,12 @@ def test_defensive_samples_stop_the_runaway_at_a_mode_g_misses(seed):
     assert energy_gap(False) > 1e3
     assert abs(energy_gap(True)) < 3.0
 
+
+
+def test_uniform_box_proposal_is_the_uniform_density_on_the_box():
+    from owf.losses import uniform_box_proposal
+    like = torch.zeros(2, 1, 3, 4, dtype=torch.float64)
+    y, log_k = uniform_box_proposal(like, 20_000, torch.Generator().manual_seed(0))
+    assert y.shape == (20_000, 1, 3, 4) and y.dtype == torch.float64
+    assert y.min() >= -1 and y.max() < 1 and abs(float(y.mean())) < 0.01 and abs(float(y.var()) - 1 / 3) < 0.01
+    assert torch.allclose(log_k, torch.full((20_000,), -12 * math.log(2.0), dtype=torch.float64))
