@@ -272,7 +272,7 @@ def _layer_norm(ctx, x, shape, weight=None, bias=None, eps=1e-5, cudnn=True):
             xs, m, r = _over_tangents(t, p, mean, rstd)
             yd = aten.native_layer_norm_backward(t.reshape(xs.shape), xs, shape, m, r, None, None,
                                                  [True, False, False])[0].view(t.shape)
-            return Dual(p=y, t=yd if weight is None else yd * weight)
+            return Dual(p=y, t=(yd if weight is None else yd * weight).to(y.dtype))
     with ctx.tan:
         if ctx.stack:
             # native_layer_norm's backward does not carry gradients of its mean and rstd outputs
@@ -282,7 +282,7 @@ def _layer_norm(ctx, x, shape, weight=None, bias=None, eps=1e-5, cudnn=True):
         xhat = (p - mean) * rstd
         yd = _normalized_tangent(xhat, rstd, t, dims)
         if weight is not None:
-            yd = yd * weight
+            yd = (yd * weight).to(y.dtype)                                 # bf16 x, float32 γ: y's dtype
     return Dual(p=y, t=yd)
 
 
@@ -298,14 +298,14 @@ def _group_norm(ctx, x, groups, weight=None, bias=None, eps=1e-5, cudnn=True):
             xs, m, r = _over_tangents(t, p, mean, rstd)
             yd = aten.native_group_norm_backward(t.reshape(xs.shape), xs, m, r, None, xs.shape[0], C, HW, groups,
                                                  [True, False, False])[0].view(t.shape)
-            return Dual(p=y, t=yd if weight is None else yd * weight.view(wshape))
+            return Dual(p=y, t=(yd if weight is None else yd * weight.view(wshape)).to(y.dtype))
     with ctx.tan:
         g = p.reshape(N, groups, -1)
         xhat = (g - mean.unsqueeze(-1)) * rstd.unsqueeze(-1)
         tg = t.reshape(t.shape[0], N, groups, -1)
         yd = _normalized_tangent(xhat, rstd.unsqueeze(-1), tg, -1).view(t.shape)
         if weight is not None:
-            yd = yd * weight.view(wshape)
+            yd = (yd * weight.view(wshape)).to(y.dtype)
     return Dual(p=y, t=yd)
 
 
@@ -317,12 +317,14 @@ def _rms_norm(ctx, x, shape, weight=None, eps=None):
     y = aten.rms_norm(p, shape, weight, eps)
     dims = tuple(range(-len(shape), 0))
     with ctx.tan:
-        e = torch.finfo(p.dtype).eps if eps is None else eps
         up = p.float() if p.dtype in (torch.float16, torch.bfloat16) else p
+        # eps=None: the machine epsilon of the computation dtype, as aten.rms_norm (float32's for
+        # bf16/fp16 inputs, not bf16's 2^-7, which would swamp mean x² of small activations)
+        e = torch.finfo(up.dtype).eps if eps is None else eps
         tt = t.to(up.dtype)
         r = torch.rsqrt(up.square().mean(dims, keepdim=True) + e)
-        yd = (torch.addcmul(tt, up, (r * r) * (up * tt).mean(dims, keepdim=True), value=-1) * r).type_as(p)
-        yd = yd if weight is None else yd * weight
+        yd = torch.addcmul(tt, up, (r * r) * (up * tt).mean(dims, keepdim=True), value=-1) * r
+        yd = (yd if weight is None else yd * weight).to(y.dtype)          # bf16 x, float32 γ: y's dtype
     return Dual(p=y, t=yd)
 
 

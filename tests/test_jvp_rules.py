@@ -352,3 +352,17 @@ def test_attention_rule_on_the_triton_backend(monkeypatch):
     w = torch.autograd.grad(_loss(outs[0][0], torch.stack([o[1] for o in outs])), ps)
     for a, b in zip(g, w):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_rms_norm_eps_none_in_bf16_takes_the_float32_epsilon():
+    """eps=None is the computation dtype's epsilon (float32's for bf16, as aten.rms_norm): at an rms
+    of 0.02 (mean x² 4e-4) bf16's own 2^-7 would shrink the tangent about 4.5x. Against torch.func.jvp
+    in float64 with eps = finfo(float32).eps, within bf16's rounding."""
+    rn = nn.RMSNorm(16, eps=None)
+    x, V = torch.randn(4, 16) * 0.02, torch.randn(2, 4, 16) * 0.02
+    y, yd = jvp(rn.bfloat16(), (x.bfloat16(),), (V.bfloat16(),))
+    ref = lambda h: F.rms_norm(h, (16,), eps=torch.finfo(torch.float32).eps)     # noqa: E731
+    ry, ryd = zip(*[torch.func.jvp(ref, (x.bfloat16().double(),), (v.bfloat16().double(),)) for v in V])
+    torch.testing.assert_close(y, torch.ops.aten.rms_norm(x.bfloat16(), [16], None, None))
+    assert _rel(y, ry[0]) < 1e-2
+    assert _rel(yd, torch.stack(ryd)) < 1e-2
