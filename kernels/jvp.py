@@ -33,6 +33,8 @@ the primal runs once, its backward keeps none of the tangents' activations).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.utils import _pytree as pytree
 
@@ -109,7 +111,15 @@ def jvp(func, primals, tangents, *, has_aux: bool = False, tangent_grad: bool = 
         lifted[u] = t
     ctx = Ctx(T, batch_norm, bool(tangent_grad), program.has_conv_layer and _channels_last(primals[0]), lifted,
               trace.cma)
-    flat = run(program, ctx, lifted + [Dual(p=x, t=v) for x, v in zip(primals, Vs)])
+    inputs = lifted + [Dual(p=x, t=v) for x, v in zip(primals, Vs)]
+    if trace.autocast:
+        # the trace holds autocast's casts (jvp_trace._autocast_casts): the rules run without it
+        with contextlib.ExitStack() as stack:
+            for d in trace.autocast:
+                stack.enter_context(torch.autocast(d, enabled=False))
+            flat = run(program, ctx, inputs)
+    else:
+        flat = run(program, ctx, inputs)
     return _outputs(trace, flat, ctx, single, has_aux)
 
 

@@ -227,6 +227,7 @@ class Trace:
         self.gm, self.unique, self.n_primals = gm, unique, n_primals
         self.spec, self.tensor_leaf, self.consts, self.n_out, self.cma = spec, tensor_leaf, consts, n_out, cma
         self.programs = {}
+        self.autocast = ()                                            # the autocast device types it was traced under
 
 
 def _dedupe(tensors):
@@ -243,8 +244,7 @@ def signature(func, primals, has_aux):
     tensors = [s.get() for s in slots]
     key = (tuple(key), tuple(_tensor_key(t) for t in tensors), tuple(_dedupe(tensors)),
            tuple(m.training for m in modules), tuple(_tensor_key(p) for p in primals), bool(has_aux),
-           torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda"),
-           torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+           torch.is_grad_enabled(), _autocast_state())
     return key, slots, modules, tensors
 
 
@@ -330,8 +330,55 @@ def _trace(func, primals, has_aux, slots, modules, tensors):
     finally:
         for m, mom in momenta:
             m.momentum = mom
-    return Trace(gm, unique, len(primals), box["spec"], box["tensor_leaf"], box["consts"], box["n_out"],
-                 [i for _, i in cma])
+    amp = _autocast_state()
+    if amp:
+        _autocast_casts(gm, amp)
+    trace = Trace(gm, unique, len(primals), box["spec"], box["tensor_leaf"], box["consts"], box["n_out"],
+                  [i for _, i in cma])
+    trace.autocast = tuple(d for d, _ in amp)
+    return trace
+
+
+# ---------------------------------------------------------------------------------------------
+# Autocast
+# ---------------------------------------------------------------------------------------------
+_AMP_DEVICES = ("cpu", "cuda")
+
+
+def _autocast_state() -> tuple:
+    """((device type, dtype), ...) of the autocast regions active now (part of the cache key)."""
+    return tuple((d, torch.get_autocast_dtype(d)) for d in _AMP_DEVICES if torch.is_autocast_enabled(d))
+
+
+def _autocast_casts(gm, amp):
+    """Make the autocast of the trace's moment explicit in the graph. The pre-dispatch graph records
+    each op above the Autocast dispatch key (aten.linear, not its casts), while the fake values
+    (node.meta["val"]) came through it. An op autocast handles (it has a kernel for the device's
+    Autocast key: linear, conv, matmul, SDPA, cat...) whose floating inputs differ in dtype from its
+    output gets them cast to the output's dtype (_to_copy nodes: autocast's lower-precision, fp32
+    and promote policies all cast every floating input to the output's dtype); the program then
+    runs with autocast off (jvp.py), so each rule sees the dtypes autocast gives the op."""
+    from .jvp_runner import _inputs
+    keys = {"cpu": torch._C.DispatchKey.AutocastCPU, "cuda": torch._C.DispatchKey.AutocastCUDA}
+    on = {d for d, _ in amp}
+    graph = gm.graph
+    for n in list(graph.nodes):
+        if n.op != "call_function" or not isinstance(n.target, torch._ops.OpOverload):
+            continue
+        out = n.meta.get("val")
+        out = out[0] if isinstance(out, (list, tuple)) and out else out
+        if (not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.device.type not in on
+                or not n.target.has_kernel_for_dispatch_key(keys[out.device.type])):
+            continue
+        for m in dict.fromkeys(_inputs(n)):
+            v = m.meta.get("val")
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dtype != out.dtype:
+                with graph.inserting_before(n):
+                    c = graph.call_function(torch.ops.aten._to_copy.default, (m,), {"dtype": out.dtype})
+                c.meta["val"] = v.to(out.dtype)
+                n.replace_input_with(m, c)
+    graph.lint()
+    gm.recompile()
 
 
 def _momentum_none_batch_norms(modules, slots, unique):

@@ -283,3 +283,48 @@ def test_bad_calls_are_named():
         jvp(lambda a, b: a * b, (x, x), (x, x[None]))
     with pytest.raises(ValueError, match=r"the primal \(primal 1\) must be floating point.*close over integer"):
         jvp(lambda a, b: a * b, (x, torch.ones(3, 2, dtype=torch.long)), (x, x))
+
+
+def _rel(a, b):
+    return float((a.detach().double() - b.detach().double()).norm() / b.detach().double().norm())
+
+
+@pytest.mark.parametrize("which", ["mlp", "dit"])
+def test_under_cpu_autocast_as_torch_func_jvp(which, traces):
+    """Inside torch.autocast("cpu", dtype=torch.bfloat16) the trace holds autocast's casts (a bf16
+    Linear, SDPA and matmul; float32 parameters): the outputs and tangents are bf16 as torch.func.jvp's,
+    within bf16's rounding of float64, and the parameters' gradients with them; the same call
+    outside autocast is another trace, in float32."""
+    torch.manual_seed(0)
+    if which == "mlp":
+        net = nn.Sequential(nn.Linear(6, 16), nn.GELU(), nn.Linear(16, 5))
+        primals, tangents = [torch.randn(4, 6)], [torch.randn(2, 4, 6)]
+        f, ref, f64 = net, net, copy.deepcopy(net).double()
+    else:
+        net = N.DiT(image=(1, 8, 8), patch=2, width=16, depth=1, heads=2, num_classes=3, zero_init=False)
+        labels = torch.tensor([2, 0, 1])
+        primals, tangents = meanflow_inputs(3, (1, 8, 8), 2)
+        primals, tangents = [p.float() for p in primals], [t.float() for t in tangents]
+        o, o64 = oracle(net), oracle(copy.deepcopy(net).double())
+        f = lambda z, t, r: net(z, t, r, labels)                           # noqa: E731
+        ref = lambda z, t, r: o(z, t, r, labels)                            # noqa: E731
+        f64 = lambda z, t, r: o64(z, t, r, labels)                          # noqa: E731
+    T = tangents[0].shape[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, yd = jvp(f, tuple(primals), tuple(tangents))
+        outs = [torch.func.jvp(ref, tuple(primals), tuple(v[t] for v in tangents)) for t in range(T)]
+    ry, ryd = outs[0][0], torch.stack([o[1] for o in outs])
+    assert y.dtype == ry.dtype == yd.dtype == ryd.dtype == torch.bfloat16
+    exact = [torch.func.jvp(f64, tuple(p.double() for p in primals), tuple(v[t].double() for v in tangents))
+             for t in range(T)]
+    ey, eyd = exact[0][0], torch.stack([o[1] for o in exact])
+    assert _rel(y, ey) < 2e-2 and _rel(yd, eyd) < 3e-2
+    assert _rel(y, ry) < 2e-2 and _rel(yd, ryd) < 3e-2
+    params = list(net.parameters())
+    got = torch.autograd.grad(loss(y.float(), yd.float()), params)
+    want = torch.autograd.grad(loss(ry.float(), ryd.float()), list(ref.parameters()) if which == "mlp"
+                               else list(o.parameters()))
+    assert all(g.dtype == torch.float32 for g in got)
+    assert _rel(torch.cat([g.flatten() for g in got]), torch.cat([w.flatten() for w in want])) < 5e-2
+    y32, yd32 = jvp(f, tuple(primals), tuple(tangents))
+    assert y32.dtype == yd32.dtype == torch.float32 and len(traces) == 2
