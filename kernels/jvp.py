@@ -8,8 +8,9 @@ torch.func.jvp that shares one primal pass among T tangents.
 
 func is any nn.Module or callable of the primals (tensors it reads from elsewhere, such as labels,
 are closed over). It runs in three stages:
-1. trace (jvp_trace): make_fx to an ATen graph, once per signature (shapes, dtypes, training flags,
-   T), with parameters, buffers and closed-over tensors as inputs;
+1. trace (jvp_trace): make_fx to an ATen graph, once per signature (shapes, dtypes, requires_grad,
+   the modules' training flags and scalar attributes, grad and autocast modes; not T), with
+   parameters, buffers and closed-over tensors as inputs: closures and globals otherwise are baked in;
 2. rules (jvp_rules): one stacked rule per ATen op; the primal and its tangents travel as one
    tensor [1+T, ...] through linear ops (each runs once over the merged batch) and as a pair
    through elementwise chains;
@@ -100,7 +101,14 @@ def jvp(func, primals, tangents, *, has_aux: bool = False, tangent_grad: bool = 
     """(func(*primals), J·tangents) like torch.func.jvp(func, primals, tangents, has_aux=...); a
     tangent [T, *x.shape] for each primal gives outputs' tangents [T, *y.shape] from one primal pass.
     With has_aux, func returns (output, aux) and jvp returns (output, tangents, aux). See the module
-    docstring for batch_norm and tangent_grad."""
+    docstring for batch_norm and tangent_grad.
+
+    func is traced once per signature and the trace replayed: Python side effects (prints, counters,
+    appends) happen once, at trace time, on fake tensors, and Python values func reads that are not
+    in the cache key (globals, closed-over mutable objects, attributes of plain objects) are baked in;
+    call clear_cache() after changing one (jvp_trace's docstring lists the key: shapes, dtypes,
+    requires_grad, every module's scalar attributes and training flag, grad and autocast modes).
+    Forward hooks and custom torch.autograd.Functions are refused (ValueError naming them)."""
     primals, Vs, single, T = _check_call(primals, tangents, batch_norm)
     trace, tensors = get_trace(func, primals, has_aux)
     program = trace.programs.get(bool(tangent_grad))

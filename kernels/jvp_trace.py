@@ -23,9 +23,17 @@ with the same structure: a new lambda each step, new labels, updated parameters.
 
 The cache key (`signature`): the callable's identity (a module's id; a function's code object and
 the identities or values of what its closure holds), the primals' and lifted tensors' shapes,
-dtypes and devices, every module's training flag, has_aux, the grad and autocast modes. Python
-attributes read during tracing (a module's `self.attn = "sdpa"`, a config object's field) are
-baked in: change one and call `clear_cache()`.
+dtypes, devices and requires_grad, every reached module's int/float/bool/str/None attributes (its
+training flag, Dropout.p, a `self.scale`, `self.attn = "sdpa"`), has_aux, the grad mode and the
+autocast state. Everything else Python reads while tracing is baked in: a global's value (other
+than a module, a tensor or a function of the caller's module), an attribute of a config object or
+a list, a closure over a mutable object: change one and call `clear_cache()`.
+
+Side effects run once, at trace time, on fake tensors: a print, a counter, a list that collects
+activations. So forward hooks and pre-hooks (on any module reached, or global ones) are refused,
+naming the module, and so is a custom torch.autograd.Function (make_fx records its forward's ops and
+would drop its own jvp and backward); `autocast` regions active at the call are traced with their
+casts made explicit (`_autocast_casts`) and run with autocast off.
 
 nn.BatchNorm with momentum=None (a cumulative average, 1/num_batches_tracked) reads a tensor's value
 in Python. It is traced with momentum set to -(k + 1) for the k-th such module, and the rule reads
@@ -45,6 +53,7 @@ from torch.utils import _pytree as pytree
 CACHE_SIZE = 64
 _CACHE: OrderedDict = OrderedDict()
 _PLAIN = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
+_SCALAR = frozenset((int, float, bool, str, type(None)))              # a module's attributes in the key
 
 
 def clear_cache():
@@ -95,6 +104,14 @@ def _tensor_key(t):
     return ("t", tuple(t.shape), t.dtype, t.device.type)
 
 
+def _module_path(root, mod):
+    """'(at name) ' of a submodule inside root, '' for root itself."""
+    if mod is root:
+        return ""
+    name = next((n for n, m in root.named_modules() if m is mod), None)
+    return f"(at {name}) " if name else ""
+
+
 class _Lifter:
     """Walks a callable and collects its slots, the modules it reaches, and a key of the rest."""
 
@@ -111,14 +128,22 @@ class _Lifter:
                 continue
             self._seen.add(id(mod))
             self.modules.append(mod)
+            d = mod.__dict__
+            if d["_forward_hooks"] or d["_forward_pre_hooks"]:
+                raise ValueError(f"owf_kernels.jvp: {type(mod).__name__} {_module_path(m, mod)}has a forward "
+                                 f"{'hook' if d['_forward_hooks'] else 'pre-hook'}, which would run once, at trace "
+                                 "time, on fake tensors: remove it (or call the module itself) before jvp")
+            tensors, scalars = _module_attrs(mod)
+            # its plain attributes (training, Dropout.p, a `self.scale`), read in Python and baked in
+            self.key.append(scalars)
             for name, t in mod._parameters.items():
                 if t is not None:
                     self.slots.append(Slot("param", mod, name))
             for name, t in mod._buffers.items():
                 if t is not None:
                     self.slots.append(Slot("buffer", mod, name))
-            for name in _tensor_attrs(mod):
-                self.slots.append(Slot("attr", mod.__dict__, name))
+            for name in tensors:
+                self.slots.append(Slot("attr", d, name))
 
     def value(self, v, slot=None, depth=0):
         """A value the callable holds: a module, a tensor (lifted when it has a slot), a function
@@ -183,19 +208,27 @@ class _Lifter:
             raise ValueError(f"owf_kernels.jvp: func must be an nn.Module or a callable, got {type(f).__name__}")
 
 
-_ATTRS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# id(module) -> (a weak reference to it (a reused id does not match), its __dict__'s size, tensor
+# attribute names, scalar attribute names)
+_ATTRS: dict = {}
 
 
-def _tensor_attrs(mod: nn.Module) -> tuple:
-    """Names of the plain tensor attributes of mod (not parameters or buffers), rescanned when its
-    __dict__ changes size (a new attribute) or one of them stops being a tensor."""
+def _module_attrs(mod: nn.Module) -> tuple:
+    """(names of mod's plain tensor attributes (not parameters or buffers), ((name, value) of its
+    int/float/bool/str/None attributes)): the names rescanned when its __dict__ changes size or one
+    of them stops being a tensor or a scalar (a few µs per call for a DCGAN's 13 modules)."""
     d = mod.__dict__
-    hit = _ATTRS.get(mod)
-    if hit is not None and hit[0] == len(d) and all(isinstance(d.get(n), torch.Tensor) for n in hit[1]):
-        return hit[1]
+    hit = _ATTRS.get(id(mod))
+    if hit is not None and hit[0]() is mod and hit[1] == len(d):
+        values = tuple(map(d.get, hit[3]))
+        if _SCALAR.issuperset(map(type, values)) and all(isinstance(d.get(n), torch.Tensor) for n in hit[2]):
+            return hit[2], (hit[3], values)
     names = tuple(n for n, v in d.items() if isinstance(v, torch.Tensor))
-    _ATTRS[mod] = (len(d), names)
-    return names
+    plain = tuple(n for n, v in d.items() if type(v) in _SCALAR)
+    if len(_ATTRS) > 4096:
+        _ATTRS.clear()
+    _ATTRS[id(mod)] = (weakref.ref(mod), len(d), names, plain)
+    return names, (plain, tuple(map(d.get, plain)))
 
 
 @functools.lru_cache(maxsize=512)
@@ -211,6 +244,13 @@ def lift(func):
     """(slots, modules, key) of func: see the module docstring."""
     lifter = _Lifter()
     lifter.function(func)
+    if lifter.modules:
+        from torch.nn.modules import module as M
+        if M._global_forward_hooks or M._global_forward_pre_hooks:
+            raise ValueError("owf_kernels.jvp: a global module forward "
+                             f"{'hook' if M._global_forward_hooks else 'pre-hook'} is registered "
+                             "(nn.modules.module.register_module_forward_hook): it would run once, at trace time, "
+                             "on fake tensors; remove it before jvp")
     return lifter.slots, lifter.modules, lifter.key
 
 
@@ -242,9 +282,11 @@ def signature(func, primals, has_aux):
     """(key, slots, modules): the cache key of a call and what it lifts."""
     slots, modules, key = lift(func)
     tensors = [s.get() for s in slots]
+    # the modules' training flags are in `key` (their plain attributes); requires_grad, which a
+    # Python branch may read, of every lifted tensor and primal
     key = (tuple(key), tuple(_tensor_key(t) for t in tensors), tuple(_dedupe(tensors)),
-           tuple(m.training for m in modules), tuple(_tensor_key(p) for p in primals), bool(has_aux),
-           torch.is_grad_enabled(), _autocast_state())
+           tuple([t.requires_grad for t in tensors]), tuple(_tensor_key(p) + (p.requires_grad,) for p in primals),
+           bool(has_aux), torch.is_grad_enabled(), _autocast_state())
     return key, slots, modules, tensors
 
 
@@ -311,10 +353,16 @@ def _trace(func, primals, has_aux, slots, modules, tensors):
         return [v for v in leaves if isinstance(v, torch.Tensor)]
 
     momenta = [(m, m.momentum) for m, _ in cma]
+    apply = torch.autograd.Function.__dict__["apply"]
     try:
         for k, (m, _) in enumerate(cma):
             m.momentum = -(k + 1.0)
+        torch.autograd.Function.apply = classmethod(_refuse_function(apply))
         gm = make_fx(f, tracing_mode="fake", pre_dispatch=True)(*lifted, *primals)
+    except _CustomFunction as e:
+        raise ValueError(f"owf_kernels.jvp: {_name(func)} calls the autograd.Function {e.args[0]}: a trace would "
+                         "inline its forward and drop its own jvp and backward; run this function through "
+                         "torch.func.jvp, or write the Function's math in torch ops") from None
     except Exception as e:                                            # noqa: BLE001 - named and re-raised
         name = type(e).__name__
         if "DataDependent" in name or "DynamicOutputShape" in name:
@@ -328,6 +376,7 @@ def _trace(func, primals, has_aux, slots, modules, tensors):
                              "close over it directly, or register it as a buffer") from None
         raise
     finally:
+        torch.autograd.Function.apply = apply
         for m, mom in momenta:
             m.momentum = mom
     amp = _autocast_state()
@@ -379,6 +428,21 @@ def _autocast_casts(gm, amp):
                 n.replace_input_with(m, c)
     graph.lint()
     gm.recompile()
+
+
+class _CustomFunction(Exception):
+    """Raised inside the trace where func calls a custom torch.autograd.Function (its name)."""
+
+
+def _refuse_function(apply):
+    """Function.apply while tracing: a user's Function (not one of torch's own, such as checkpoint's,
+    whose forward is the computation) stops the trace, since make_fx records only its forward's ops
+    (its jvp and backward would be silently replaced by theirs)."""
+    def spy(cls, *args, **kwargs):
+        if not (cls.__module__ or "").startswith("torch."):
+            raise _CustomFunction(cls.__qualname__)
+        return apply.__get__(None, cls)(*args, **kwargs)
+    return spy
 
 
 def _momentum_none_batch_norms(modules, slots, unique):

@@ -328,3 +328,86 @@ def test_under_cpu_autocast_as_torch_func_jvp(which, traces):
     assert _rel(torch.cat([g.flatten() for g in got]), torch.cat([w.flatten() for w in want])) < 5e-2
     y32, yd32 = jvp(f, tuple(primals), tuple(tangents))
     assert y32.dtype == yd32.dtype == torch.float32 and len(traces) == 2
+
+
+def test_plain_attributes_and_requires_grad_are_in_the_key(traces):
+    """What a trace bakes in from Python is in its key: a `self.scale` float, Dropout.p, the
+    training flag, whether the parameters require grad; each change retraces and the numbers
+    follow it (against torch.func.jvp in float64)."""
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.drop, self.scale = nn.Linear(3, 4).double(), nn.Dropout(0.0), 2.0
+
+        def forward(self, x):
+            return self.drop(torch.tanh(self.lin(x)) * self.scale)
+    net = Scaled()
+    x, v = torch.randn(5, 3, dtype=DT), torch.randn(5, 3, dtype=DT)
+
+    def same():
+        y, yd = jvp(net, (x,), (v,))
+        ry, ryd = torch.func.jvp(net, (x,), (v,))
+        torch.testing.assert_close(y, ry)
+        torch.testing.assert_close(yd, ryd)
+    same()
+    net.scale = 3.0
+    same()
+    net.drop.p = 1.0                                              # drops everything
+    y, yd = jvp(net, (x,), (v,))
+    assert not y.any() and not yd.any()
+    net.drop.p = 0.0
+    net.lin.requires_grad_(False)
+    same()
+    net.scale = 2.0                                               # the first signature again: cached
+    net.lin.requires_grad_(True)
+    same()
+    assert len(traces) == 4
+
+
+@pytest.mark.parametrize("where", ["forward hook", "pre-hook", "global hook"])
+def test_forward_hooks_are_refused_in_one_line(where):
+    """A hook would run once, at trace time, on fake tensors (its side effects lost, its
+    tensors fake): refused, naming the module."""
+    net = nn.Sequential(nn.Linear(3, 3), nn.Tanh()).double()
+    seen = []
+    if where == "forward hook":
+        handle = net[1].register_forward_hook(lambda m, i, o: seen.append(o))
+        match = r"Tanh \(at 1\) has a forward hook"
+    elif where == "pre-hook":
+        handle = net.register_forward_pre_hook(lambda m, i: seen.append(i))
+        match = r"Sequential has a forward pre-hook"
+    else:
+        handle = nn.modules.module.register_module_forward_hook(lambda m, i, o: seen.append(o))
+        match = r"a global module forward hook is registered"
+    try:
+        with pytest.raises(ValueError, match=match) as e:
+            jvp(net, (torch.randn(2, 3, dtype=DT),), (torch.randn(2, 3, dtype=DT),))
+    finally:
+        handle.remove()
+    assert "\n" not in str(e.value) and not seen
+
+
+def test_a_custom_autograd_function_is_refused_in_one_line():
+    """make_fx records a Function's forward ops only: its own jvp (here 100·ẋ, not 2xẋ) and
+    backward would be dropped silently. Refused, naming it; Function.apply works after."""
+    class Square(torch.autograd.Function):
+        @staticmethod
+        def forward(x):
+            return x * x
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0])
+
+        @staticmethod
+        def backward(ctx, g):
+            return 2 * g * ctx.saved_tensors[0]
+
+        @staticmethod
+        def jvp(ctx, t):
+            return 100 * t
+    x, v = torch.randn(3, dtype=DT), torch.randn(3, dtype=DT)
+    with pytest.raises(ValueError, match=r"calls the autograd.Function .*Square: a trace would inline") as e:
+        jvp(lambda h: Square.apply(h).sin(), (x,), (v,))
+    assert "\n" not in str(e.value)
+    torch.testing.assert_close(Square.apply(x), x * x)
