@@ -27,6 +27,10 @@ tools/autograd/derivatives.yaml, written for T tangents at once; x broadcasts ov
     BatchNorm: jvp_layers.epilogue_torch ("batch": through the batch statistics; "per_sample": held)
     SDPA:     attention_jvp.sdpa_jvp (sCM's Appendix F)
     dropout:  one mask m for the primal and every tangent: y = x m/(1-p), ẏ = ẋ m/(1-p)
+    edges, as torch.func.jvp: clamp/hardtanh/relu6 ẏ = ẋ strictly inside (lo, hi), 0 at a bound;
+              max(a, b) ẏ = ḃ + w (ȧ - ḃ), w = 1 / 0 / ½ at a tie; ‖0‖₂ has ẏ = 0
+    x[i, :, j] (advanced indices apart): out [*I, *rest]; on H the index dims come first too,
+              [*I, 1+T, *rest], and are moved behind the lead dim
 
 With tangent_grad=False (ctx.stack False) every Dual stays a pair, each rule computes its primal
 with autograd and its tangent under no_grad: the primal's graph is the plain forward's, and a
@@ -47,7 +51,7 @@ from .jvp_rules_nonlinear import (ACTIVATION_TANGENTS, _activation, _amax, _batc
                                   _embedding, _feature_dropout, _group_norm, _layer_norm, _log_softmax, _logsumexp,
                                   _masked_fill, _max_pool2d, _maximum, _native_dropout, _pow_base, _pow_scalar,
                                   _pow_tensor, _reduce, _reduce_all, _rms_norm, _sdpa, _softmax, _unary, _var,
-                                  _vector_norm, _where)
+                                  _var_dim, _vector_norm, _where)
 from .jvp_rules_shape import (_cat, _constant_pad, _copy, _detach, _dim_at, _dim_default0, _dims, _expand_rule,
                               _flatten, _gather, _getitem, _index, _merged_rule, _movedim, _pad_rule, _permute,
                               _repeat_rule, _roll, _same, _shape_rule, _sizes, _slice, _squeeze_all, _squeeze_dims,
@@ -68,6 +72,9 @@ RULES = {
     aten.permute.default: _shape_rule(aten.permute.default, _permute),
     aten.transpose.int: _shape_rule(aten.transpose.int, _transpose),
     aten.t.default: _t_rule,
+    aten.mT.default: lambda ctx, x: _shape_rule(aten.transpose.int, _transpose)(ctx, x, -2, -1),
+    aten.expand_as.default: lambda ctx, x, other: _expand_rule(ctx, x, list(primal(other).shape)),
+    aten.reshape_as.default: lambda ctx, x, other: _shape_rule(aten.reshape.default, _sizes)(ctx, x, list(primal(other).shape)),
     aten.unsqueeze.default: _shape_rule(aten.unsqueeze.default, _unsqueeze),
     aten.squeeze.dim: _shape_rule(aten.squeeze.dim, lambda s, lead, d: (_nd(d, len(s)),)),
     aten.squeeze.dims: _shape_rule(aten.squeeze.dims, _squeeze_dims),
@@ -91,7 +98,7 @@ RULES = {
     aten.alias.default: _shape_rule(aten.alias.default, _same),
     aten.index_select.default: _shape_rule(aten.index_select.default, _dim_at(0)),
     aten.gather.default: _shape_rule(aten.gather.default, _gather),
-    aten.index.Tensor: _shape_rule(aten.index.Tensor, _index),
+    aten.index.Tensor: _index,
     aten.constant_pad_nd.default: _constant_pad,
     aten.pad.default: _pad_rule,
     aten.to.dtype: _to_op(aten.to.dtype),
@@ -174,6 +181,7 @@ RULES = {
     aten.clamp_min.default: lambda ctx, x, lo: _clamp(ctx, x, lo, None),
     aten.clamp_max.default: lambda ctx, x, hi: _clamp(ctx, x, None, hi),
     aten.hardtanh.default: lambda ctx, x, lo=-1.0, hi=1.0: _clamp(ctx, x, lo, hi),
+    aten.relu6.default: lambda ctx, x: _clamp(ctx, x, 0.0, 6.0),
     aten.where.self: _where,
     aten.masked_fill.Scalar: _masked_fill,
     aten.maximum.default: _maximum(torch.maximum),
@@ -185,6 +193,7 @@ RULES = {
     aten.sum.default: _reduce_all(torch.sum),
     aten.mean.default: _reduce_all(torch.mean),
     aten.var.correction: _var,
+    aten.var.dim: _var_dim,
     aten.linalg_vector_norm.default: _vector_norm,
     aten.amax.default: _amax,
     aten.logsumexp.default: _logsumexp,

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .jvp_dual import Dual, _full, _nd, _pad, is_dual, primal
 from .jvp_layers import BatchNormArgs, epilogue_torch
 from .jvp_rules_linear import _mul, _out_shape
-from .jvp_rules_shape import _dims, _index, _shape_rule
+from .jvp_rules_shape import _dims, _index
 
 aten = torch.ops.aten
 
@@ -96,14 +96,16 @@ def _pow_base(ctx, c, x):
 
 
 def _clamp(ctx, x, lo=None, hi=None):
+    """ẏ = ẋ strictly inside (lo, hi), 0 outside and at a bound: torch's clamp/hardtanh convention
+    (torch.func.jvp and clamp_backward give 0 at x = lo and x = hi, torch 2.14.1)."""
     p, t = x.P()
     y = torch.clamp(p, lo, hi)
     with ctx.tan:
         keep = torch.ones_like(p, dtype=torch.bool)
         if lo is not None:
-            keep = keep & (p >= lo)
+            keep = keep & (p > lo)
         if hi is not None:
-            keep = keep & (p <= hi)
+            keep = keep & (p < hi)
         yd = t * keep
     return Dual(p=y, t=yd)
 
@@ -125,16 +127,19 @@ def _masked_fill(ctx, x, mask, value):
 
 
 def _maximum(fn):
+    """max(a, b): ẏ = ḃ + w (ȧ - ḃ), w = 1 where a wins, 0 where b does, ½ at a tie (torch's
+    maximum/minimum forward-mode rule)."""
     def rule(ctx, a, b):
         shape = _out_shape(a, b)
         R = len(shape)
         pa, pb = primal(a), primal(b)
         y = fn(pa, pb)
-        pick = (pa >= pb) if fn is torch.maximum else (pa <= pb)
+        wins = (pa > pb) if fn is torch.maximum else (pa < pb)
         with ctx.tan:
+            w = torch.where(pa == pb, 0.5, wins.to(y.dtype))
             ta = _pad(a.P()[1], a.dim(), R) if is_dual(a) else 0.0
             tb = _pad(b.P()[1], b.dim(), R) if is_dual(b) else 0.0
-            yd = torch.where(pick, ta, tb)
+            yd = tb + w * (ta - tb)
         return Dual(p=y, t=_full(yd, shape))
     return rule
 
@@ -160,6 +165,11 @@ def _reduce_all(op):
     return rule
 
 
+def _var_dim(ctx, x, dims=None, unbiased=True, keepdim=False):
+    """aten.var.dim (torch.var(x, dim)): correction 1 when unbiased, else 0."""
+    return _var(ctx, x, dims, 1 if unbiased else 0, keepdim)
+
+
 def _var(ctx, x, dims=None, correction=1, keepdim=False):
     """σ² = Σ (x - μ)² / (N - c): σ̇² = 2 Σ (x - μ)(ẋ - mean ẋ) / (N - c) = 2 Σ (x - μ) ẋ / (N - c)."""
     p, t = x.P()
@@ -177,7 +187,7 @@ def _var(ctx, x, dims=None, correction=1, keepdim=False):
 
 
 def _vector_norm(ctx, x, ord=2, dims=None, keepdim=False, dtype=None):
-    """‖x‖₂: d‖x‖ = Σ x ẋ / ‖x‖."""
+    """‖x‖₂: d‖x‖ = Σ x ẋ / ‖x‖, 0 where ‖x‖ = 0 (torch's norm_jvp masks it; Σ x ẋ is 0 there)."""
     if ord != 2 or dtype is not None:
         return None
     p, t = x.P()
@@ -185,7 +195,7 @@ def _vector_norm(ctx, x, ord=2, dims=None, keepdim=False, dtype=None):
     y = torch.linalg.vector_norm(p, 2, dims, keepdim)
     dl = list(range(r)) if not dims else (dims if isinstance(dims, (list, tuple)) else [dims])
     with ctx.tan:
-        yd = (p * t).sum(_dims(p.shape, dl), keepdim=keepdim) / y
+        yd = (p * t).sum(_dims(p.shape, dl), keepdim=keepdim) / y.masked_fill(y == 0, 1)
     return Dual(p=y, t=yd)
 
 
@@ -406,4 +416,4 @@ def _max_pool2d(ctx, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=Fals
 def _embedding(ctx, weight, indices, *rest):
     if not is_dual(weight):
         return None
-    return _shape_rule(aten.index.Tensor, _index)(ctx, weight, [indices])
+    return _index(ctx, weight, [indices])

@@ -106,8 +106,21 @@ def _gather(shape, lead, d, index, *rest):
     return (_nd(d, len(shape)), index.expand(lead, *index.shape), *rest)
 
 
-def _index(shape, lead, indices):
-    return ([None, *indices],)
+def _index(ctx, x, indices):
+    """x[indices] (aten.index, None for a full slice) on H / the tangents with a None for the lead
+    dim. Advanced indices separated by a slice (x[:, i, :, j]) put their broadcast dims first
+    (numpy's rule), ahead of the lead dim too: [*I, 1+T, *rest] is moved back to [1+T, *I, *rest]."""
+    at = [k for k, i in enumerate(indices) if i is not None]
+    k = None
+    if at and at[-1] - at[0] + 1 != len(at):
+        k = len(torch.broadcast_shapes(*[indices[j].shape for j in at]))
+
+    def on(h):
+        out = aten.index(h, [None, *indices])
+        return out if k is None else out.movedim(k, 0)
+    if x.H is not None:
+        return Dual(H=on(x.H))
+    return Dual(p=aten.index(x.p, indices), t=on(x.t))
 
 
 def _roll(shape, lead, shifts, dims=()):

@@ -171,12 +171,32 @@ def fallback(ctx, target, args, kwargs):
     if ctx.stack:
         y, yd = torch.func.vmap(lambda *ts: torch.func.jvp(f, prims, ts), out_dims=(None, 0), randomness="same")(*tans)
     else:
+        # the primal with autograd, then the tangents again without: a random op (alpha_dropout,
+        # rrelu) draws the same numbers the second time from the generator's state before the first
+        rng = _rng_state(prims[0].device) if _seeded(target) else None
         y = f(*prims)
         with torch.no_grad():
+            if rng is not None:
+                _set_rng_state(prims[0].device, rng)
             yd = torch.func.vmap(lambda *ts: torch.func.jvp(f, prims, ts)[1], randomness="same")(*tans)
     if isinstance(y, torch.Tensor):
         return Dual(p=y, t=yd) if y.is_floating_point() or y.is_complex() else y
     return [Dual(p=a, t=b) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a, b in zip(y, yd)]
+
+
+def _seeded(target) -> bool:
+    return isinstance(target, torch._ops.OpOverload) and torch.Tag.nondeterministic_seeded in target.tags
+
+
+def _rng_state(device):
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device, state):
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
 
 
 def _mlp_step(layers):

@@ -366,3 +366,73 @@ def test_rms_norm_eps_none_in_bf16_takes_the_float32_epsilon():
     torch.testing.assert_close(y, torch.ops.aten.rms_norm(x.bfloat16(), [16], None, None))
     assert _rel(y, ry[0]) < 1e-2
     assert _rel(yd, torch.stack(ryd)) < 1e-2
+
+
+# ---------------------------------------------------------------------------------------------
+# review fixes: advanced indexing, torch's conventions at ties and bounds, a random fallback
+# ---------------------------------------------------------------------------------------------
+def test_advanced_indices_apart_put_their_dims_first():
+    """x[:, i, :, j] (aten.index with a None between the index tensors): numpy's rule puts the
+    broadcast index dims first, for the stacked lead dim as well; adjacent ones stay in place."""
+    i, j = torch.tensor([[0, 1], [1, 1]]), torch.tensor([3, 0])
+
+    def f(x):                                   # x [2, 3, 4, 5]; i [2, 2] and j [2] broadcast to [2, 2]
+        a = x[:, i, :, j]                       # [2, 2, 2, 4]: the index dims first
+        b = x[i, :, j]                          # [2, 2, 3, 5]
+        c = x[:, i, j]                          # adjacent, in place: [2, 2, 2, 5]
+        return a.sum(-1) + b.sum((-1, -2)) + c.sum(-1).transpose(0, 2)
+    check(f, [torch.randn(2, 3, 4, 5, dtype=DT)])
+    check(lambda x: x[:, i, :, j], [torch.randn(2, 3, 4, 5, dtype=DT)], T=1)
+
+
+def test_ties_and_bounds_follow_torch():
+    """torch.func.jvp's conventions at the edges: clamp, clamp_min/max, hardtanh and relu6 pass no
+    tangent at a bound; maximum/minimum take ½(ȧ + ḃ) at a tie; amax shares it among tied maxima;
+    the 2-norm of a zero vector has tangent 0 (not nan; torch's gradient of that tangent is nan, ours 0)."""
+    x = torch.tensor([[-1.0, 0.0, 0.5, 1.0, 2.0, 6.0], [1.0, 1.0, -3.0, 0.0, 0.0, 0.0]], dtype=DT)
+    w = torch.tensor([[1.0, 0.0, 0.5, 1.0, 2.0, -6.0], [1.0, 1.0, 3.0, 0.0, 0.0, 0.0]], dtype=DT)
+
+    def f(x):
+        return (x.clamp(-1, 1) + x.clamp_min(1.0) * 2 + x.clamp_max(0.0) * 3 + F.hardtanh(x) * 4 + F.relu6(x) * 5
+                + torch.maximum(x, w) * 6 + torch.minimum(x, w) * 7 + x.amax(1, keepdim=True) * 8)
+    check(f, [x])
+    x = x.clone().requires_grad_(True)
+    norm = lambda h: torch.linalg.vector_norm(h * w.eq(0), dim=1)       # noqa: E731 - row 0 nonzero, row 1 zero
+    V = torch.randn(3, *x.shape, dtype=DT)
+    y, yd = jvp(norm, (x,), (V,))
+    for t in range(3):
+        torch.testing.assert_close(yd[t], torch.func.jvp(norm, (x,), (V[t],))[1])
+    assert yd[:, 1].eq(0).all() and torch.autograd.grad(yd.square().sum(), x)[0].isfinite().all()
+
+
+def test_a_random_op_in_the_fallback_draws_one_mask_for_the_primal_and_the_tangents():
+    """aten.alpha_dropout has no stacked rule: the fallback draws it once for the primal and every
+    tangent, also without tangent_grad (the primal runs first with autograd, then the tangents
+    from the same generator state): the values torch.func.jvp gives from the same seed."""
+    x, V = torch.randn(4, 50, dtype=DT), torch.randn(3, 4, 50, dtype=DT)
+    f = lambda h: F.alpha_dropout(h * 2, 0.5, True)                   # noqa: E731
+    for tangent_grad in (True, False):
+        torch.manual_seed(1)
+        y, yd = jvp(f, (x,), (V,), tangent_grad=tangent_grad)
+        after = torch.rand(1)
+        for t in range(3):
+            torch.manual_seed(1)
+            ry, ryd = torch.func.jvp(f, (x,), (V[t],))
+            torch.testing.assert_close(y, ry)
+            torch.testing.assert_close(yd[t], ryd)
+        torch.testing.assert_close(after, torch.rand(1))             # the generator advanced as torch's
+
+
+def test_mT_var_dim_expand_as_and_reshape_as_have_stacked_rules(monkeypatch):
+    """The ops the tests met through the fallback: now each has its rule (the fallback would raise)."""
+    import owf_kernels.jvp_runner as JR
+
+    def no_fallback(ctx, target, *a):
+        raise AssertionError(f"{target} went to the fallback")
+    monkeypatch.setattr(JR, "fallback", no_fallback)
+    c = torch.randn(6, 4, dtype=DT)
+
+    def f(x):                                   # x [2, 3, 4]
+        return ((x.mT @ x) * x.var(1, keepdim=True).mT + x.var(1, unbiased=False).unsqueeze(-1)).sum(-1) \
+            + x.sum(1).expand_as(torch.empty(3, 2, 4)).reshape_as(c)[:2, :2].sum()
+    check(f, [torch.randn(2, 3, 4, dtype=DT)])
