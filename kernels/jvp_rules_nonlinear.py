@@ -372,8 +372,9 @@ def _sdpa(ctx, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=No
     if ctx.stack:
         o, od = sdpa_jvp(qs[0], ks[0], vs[0], qs[1], ks[1], vs[1], attn_mask, is_causal, scale, dropout_p, enable_gqa)
         return Dual(p=o, t=od)
-    o = F.scaled_dot_product_attention(qs[0], ks[0], vs[0], attn_mask, dropout_p, is_causal, scale=scale,
-                                       enable_gqa=enable_gqa)
+    # enable_gqa is an argument since torch 2.5 (and sdpa_jvp refuses True): passed only when set
+    gqa = {"enable_gqa": True} if enable_gqa else {}
+    o = F.scaled_dot_product_attention(qs[0], ks[0], vs[0], attn_mask, dropout_p, is_causal, scale=scale, **gqa)
     with ctx.tan:
         od = sdpa_jvp(qs[0], ks[0], vs[0], qs[1], ks[1], vs[1], attn_mask, is_causal, scale, dropout_p, enable_gqa)[1]
     return Dual(p=o, t=od)

@@ -7,7 +7,7 @@ BatchNorm is written out in elementary ops: with the batch statistics computed i
 which forward-mode AD then differentiates), or taken from a first pass and closed over (per_sample:
 constants for the tangents, still differentiable for the gradients). Not torch.func.jvp or
 forward_ad of the BatchNorm module itself: their values agree with ours, but the gradients of
-their tangents are wrong in torch 2.14.1 (test_pytorch_gets_the_gradient_of_a_batch_norm_tangent_wrong).
+their tangents are wrong in torch 2.14.1 (test_pytorch_gradient_of_a_batch_norm_tangent, an xfail).
 """
 import copy
 import random
@@ -466,10 +466,7 @@ def test_torch_compile_of_a_function_that_calls_it():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_pytorch_gets_the_gradient_of_a_batch_norm_tangent_wrong():
-    """Why the oracle is a twin: gradcheck of a loss on the tangent through a train-mode BatchNorm
-    fails for forward_ad (and for torch.func.jvp after replace_all_batch_norm_modules_) in torch
-    2.14.1, and passes for owf_kernels.jvp. If this test starts failing, PyTorch fixed it."""
+def _batch_norm_tangent_losses():
     bn = nn.BatchNorm2d(3).double()
     x = torch.randn(4, 3, 3, 3, dtype=DT, requires_grad=True)
     v = torch.randn(4, 3, 3, 3, dtype=DT)
@@ -480,8 +477,22 @@ def test_pytorch_gets_the_gradient_of_a_batch_norm_tangent_wrong():
 
     def with_owf(x):
         return (jvp(bn, (x,), (v,))[1] ** 2).sum()
+    return x, with_owf, with_forward_ad
+
+
+def test_the_gradient_of_a_batch_norm_tangent_passes_gradcheck():
+    x, with_owf, _ = _batch_norm_tangent_losses()
     assert torch.autograd.gradcheck(with_owf, (x,))
-    assert not torch.autograd.gradcheck(with_forward_ad, (x,), raise_exception=False)
+
+
+@pytest.mark.xfail(strict=False, reason="torch 2.14.1: forward_ad gets the gradient of a train-mode BatchNorm "
+                                        "tangent wrong; passes once PyTorch fixes it")
+def test_pytorch_gradient_of_a_batch_norm_tangent():
+    """Why the oracle is a twin: gradcheck of a loss on the tangent through a train-mode BatchNorm
+    fails for forward_ad (and for torch.func.jvp after replace_all_batch_norm_modules_) in torch
+    2.14.1 (an expected failure; an unexpected pass, a fixed PyTorch, keeps CI green)."""
+    x, _, with_forward_ad = _batch_norm_tangent_losses()
+    assert torch.autograd.gradcheck(with_forward_ad, (x,), raise_exception=False)
 
 
 # ---------------------------------------------------------------------------------------------

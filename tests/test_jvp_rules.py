@@ -170,16 +170,26 @@ def test_layer_norm(affine):
 
 
 @pytest.mark.parametrize("affine", [True, False])
-def test_pytorch_gets_the_gradient_of_a_layer_norm_tangent_wrong(affine):
-    """Why LayerNorm's oracle is a twin: gradcheck of a loss on the tangent through nn.LayerNorm fails
-    for torch.func.jvp in torch 2.14.1 (native_layer_norm's forward-mode formula is not differentiated
-    correctly again), and passes for owf_kernels.jvp. If this test starts failing, PyTorch fixed it."""
+def test_the_gradient_of_a_layer_norm_tangent_passes_gradcheck(affine):
+    """owf_kernels.jvp's LayerNorm tangent is differentiated right (gradcheck of a loss on it)."""
     ln = nn.LayerNorm(5, elementwise_affine=affine).double()
     x = torch.randn(3, 5, dtype=DT, requires_grad=True)
     v = torch.randn(3, 5, dtype=DT)
     assert torch.autograd.gradcheck(lambda x: jvp(ln, (x,), (v,))[1].square().sum(), (x,))
-    assert not torch.autograd.gradcheck(lambda x: torch.func.jvp(ln, (x,), (v,))[1].square().sum(), (x,),
-                                        raise_exception=False)
+
+
+@pytest.mark.xfail(strict=False, reason="torch 2.14.1: torch.func.jvp gets the gradient of a LayerNorm tangent "
+                                        "wrong (native_layer_norm's forward-mode formula); passes once PyTorch fixes it")
+@pytest.mark.parametrize("affine", [True, False])
+def test_pytorch_gradient_of_a_layer_norm_tangent(affine):
+    """Why LayerNorm's oracle is a twin: gradcheck of a loss on the tangent through nn.LayerNorm fails
+    for torch.func.jvp in torch 2.14.1 (an expected failure; an unexpected pass, a fixed PyTorch,
+    keeps CI green)."""
+    ln = nn.LayerNorm(5, elementwise_affine=affine).double()
+    x = torch.randn(3, 5, dtype=DT, requires_grad=True)
+    v = torch.randn(3, 5, dtype=DT)
+    assert torch.autograd.gradcheck(lambda x: torch.func.jvp(ln, (x,), (v,))[1].square().sum(), (x,),
+                                    raise_exception=False)
 
 
 @pytest.mark.parametrize("weight", [True, False])
