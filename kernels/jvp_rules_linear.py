@@ -24,7 +24,7 @@ def _with_bias(A: Dual, bias, shape_fn):
     return Dual(p=a + shape_fn(bias), t=ad)
 
 
-def _linear_op(ctx, x, op, bias, bias_shape, batched_rank, dual_weight=None):
+def _linear_op(ctx, x, op, bias, bias_shape, batched_rank):
     """op(h) without bias, for h the merged stacked batch; ctx.stack False: the primal with autograd
     (and its bias, as the plain forward adds it) and the tangents under no_grad."""
     if ctx.stack:

@@ -283,16 +283,14 @@ def _layer_norm(ctx, x, shape, weight=None, bias=None, eps=1e-5, cudnn=True):
             yd = aten.native_layer_norm_backward(t.reshape(xs.shape), xs, shape, m, r, None, None,
                                                  [True, False, False])[0].view(t.shape)
             return Dual(p=y, t=(yd if weight is None else yd * weight).to(y.dtype))
-    with ctx.tan:
-        if ctx.stack:
-            # native_layer_norm's backward does not carry gradients of its mean and rstd outputs
-            # (torch 2.14.1, measured: 0.03 off in float64): with tangent_grad, taken again
-            var, mean = torch.var_mean(p, dims, correction=0, keepdim=True)
-            rstd = torch.rsqrt(var + eps)
-        xhat = (p - mean) * rstd
-        yd = _normalized_tangent(xhat, rstd, t, dims)
-        if weight is not None:
-            yd = (yd * weight).to(y.dtype)                                 # bf16 x, float32 γ: y's dtype
+    # native_layer_norm's backward does not carry gradients of its mean and rstd outputs (torch
+    # 2.14.1, measured: 0.03 off in float64): with tangent_grad, taken again
+    var, mean = torch.var_mean(p, dims, correction=0, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+    xhat = (p - mean) * rstd
+    yd = _normalized_tangent(xhat, rstd, t, dims)
+    if weight is not None:
+        yd = (yd * weight).to(y.dtype)                                     # bf16 x, float32 γ: y's dtype
     return Dual(p=y, t=yd)
 
 

@@ -18,13 +18,13 @@ def _shape_rule(op, shift):
     """shift(x_shape, lead, *args) -> args for the stacked/tangent tensor whose leading size is lead."""
     def rule(ctx, x, *args):
         if x.H is not None:
-            return _wrap(op(x.H, *shift(x.H.shape[1:], x.H.shape[0], *args)), "H")
+            return _wrap(op(x.H, *shift(x.H.shape[1:], x.H.shape[0], *args)))
         p, t = x.p, x.t
         return _wrap2(op(p, *args), op(t, *shift(p.shape, t.shape[0], *args)))
     return rule
 
 
-def _wrap(out, form):
+def _wrap(out):
     if isinstance(out, (list, tuple)):
         return [Dual(H=o) for o in out]
     return Dual(H=out)

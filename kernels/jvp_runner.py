@@ -119,11 +119,11 @@ def _warn_fallback(name: str, why: str):
 # Steps
 # ---------------------------------------------------------------------------------------------
 class Step:
-    __slots__ = ("fn", "args", "kwargs", "out", "free", "alias", "name")
+    __slots__ = ("fn", "args", "kwargs", "out", "free", "name")
 
     def __init__(self, fn, args, kwargs, out, name):
         self.fn, self.args, self.kwargs, self.out, self.name = fn, args, kwargs, out, name
-        self.free, self.alias = (), None
+        self.free = ()
 
 
 def _const(target):
@@ -288,7 +288,7 @@ def build(trace, tangent_grad: bool) -> Program:
                 val = n.meta.get("val")
                 floats = _float(val) or (isinstance(val, (list, tuple)) and any(_float(v) for v in val))
                 dual[n] = any(dual[m] for m in ins) and n.target not in NO_TANGENT and floats
-    fused = _fuse(nodes, dual, lifted, tangent_grad) if tangent_grad else {}
+    fused = _fuse(nodes, dual) if tangent_grad else {}
     consumed = {m for f in fused.values() for m in f[1]}
 
     steps = []
@@ -326,7 +326,7 @@ def build(trace, tangent_grad: bool) -> Program:
 
     out_node = next(n for n in nodes if n.op == "output")
     outputs = [Ref(index[a]) for a in out_node.args[0]]
-    _free_after_last_use(steps, nodes, index, consumed, fused, out_node)
+    _free_after_last_use(steps, index, out_node)
     has_conv_layer = any(f[3] for f in fused.values())
     return Program(steps, len(nodes), [index[n] for n in placeholders], consts, outputs, has_conv_layer)
 
@@ -362,7 +362,7 @@ def _const_args(ns, dual):
     return all(not dual.get(m, False) for m in ns if isinstance(m, torch.fx.Node))
 
 
-def _fuse(nodes, dual, lifted, tangent_grad):
+def _fuse(nodes, dual):
     """{last node of a pattern: (step fn, consumed nodes, input nodes, has a conv)} (module docstring)."""
     fused, taken = {}, set()
     for n in nodes:
@@ -505,7 +505,7 @@ def _conv_args(args, defaults):
     return tuple(tuple(a) if isinstance(a, list) else a for a in out)
 
 
-def _free_after_last_use(steps, nodes, index, consumed, fused, out_node):
+def _free_after_last_use(steps, index, out_node):
     """Each step drops the values whose last reader it is (outputs are kept)."""
     keep = set()
     torch.fx.node.map_arg(out_node.args[0], lambda a: keep.add(index[a]))
