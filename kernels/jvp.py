@@ -105,9 +105,10 @@ def jvp(func, primals, tangents, *, has_aux: bool = False, tangent_grad: bool = 
 
     func is traced once per signature and the trace replayed: Python side effects (prints, counters,
     appends) happen once, at trace time, on fake tensors, and Python values func reads that are not
-    in the cache key (globals, closed-over mutable objects, attributes of plain objects) are baked in;
-    call clear_cache() after changing one (jvp_trace's docstring lists the key: shapes, dtypes,
-    requires_grad, every module's scalar attributes and training flag, grad and autocast modes).
+    in the cache key (a global config object or list, closed-over mutable objects, attributes of
+    plain objects) are baked in; call clear_cache() after changing one (jvp_trace's docstring lists
+    the key: shapes, dtypes, requires_grad, every module's scalar attributes and training flag,
+    scalar globals and closure values, grad and autocast modes).
     Forward hooks and custom torch.autograd.Functions are refused (ValueError naming them)."""
     primals, Vs, single, T = _check_call(primals, tangents, batch_norm)
     trace, tensors = get_trace(func, primals, has_aux)

@@ -25,9 +25,10 @@ The cache key (`signature`): the callable's identity (a module's id; a function'
 the identities or values of what its closure holds), the primals' and lifted tensors' shapes,
 dtypes, devices and requires_grad, every reached module's int/float/bool/str/None attributes (its
 training flag, Dropout.p, a `self.scale`, `self.attn = "sdpa"`), has_aux, the grad mode and the
-autocast state. Everything else Python reads while tracing is baked in: a global's value (other
-than a module, a tensor or a function of the caller's module), an attribute of a config object or
-a list, a closure over a mutable object: change one and call `clear_cache()`.
+autocast state, and the int/float/bool/str/None globals a function names (and plain values in its
+closure). Everything else Python reads while tracing is baked in: another global's value (a config
+object, a list, a function of another module), an attribute of a plain object, a mutable object
+closed over: change one and call `clear_cache()`.
 
 Side effects run once, at trace time, on fake tensors: a print, a counter, a list that collects
 activations. So forward hooks and pre-hooks (on any module reached, or global ones) are refused,
@@ -194,6 +195,8 @@ class _Lifter:
                     if isinstance(v, (nn.Module, torch.Tensor)) or (
                             isinstance(v, types.FunctionType) and v.__module__ == f.__module__):
                         self.value(v, Slot("global", f.__globals__, name), depth)
+                    elif type(v) in _SCALAR:
+                        self.key.append(("g", name, v))               # a global scale or flag, by value
         elif callable(f) and hasattr(type(f), "__call__"):
             self.key.append(("c", id(f)))
             for name, v in vars(f).items() if hasattr(f, "__dict__") else ():

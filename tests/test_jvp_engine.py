@@ -411,3 +411,31 @@ def test_a_custom_autograd_function_is_refused_in_one_line():
         jvp(lambda h: Square.apply(h).sin(), (x,), (v,))
     assert "\n" not in str(e.value)
     torch.testing.assert_close(Square.apply(x), x * x)
+
+
+GAIN = 2.0
+
+
+def test_a_scalar_global_and_closure_value_are_in_the_key(traces):
+    """A module-level float the function names and a float it closes over: changing either retraces
+    (the numbers follow, against torch.func.jvp); a global config object would be baked in."""
+    global GAIN
+    x, v = torch.randn(4, dtype=DT), torch.randn(4, dtype=DT)
+    offset = 0.5
+
+    def f(h):
+        return torch.sin(h * GAIN) + offset * h * h
+
+    def same():
+        y, yd = jvp(f, (x,), (v,))
+        ry, ryd = torch.func.jvp(f, (x,), (v,))
+        torch.testing.assert_close(yd, ryd)
+    try:
+        same()
+        GAIN = 3.0
+        same()
+        offset = 1.5                                              # noqa: F841 - read by f through its cell
+        same()
+    finally:
+        GAIN = 2.0
+    assert len(traces) == 3
