@@ -290,6 +290,10 @@ def build(trace, tangent_grad: bool) -> Program:
                 dual[n] = any(dual[m] for m in ins) and n.target not in NO_TANGENT and floats
     fused = _fuse(nodes, dual) if tangent_grad else {}
     consumed = {m for f in fused.values() for m in f[1]}
+    # a graph that mixes floating dtypes (autocast's bf16 activations, float32 BatchNorm parameters):
+    # each dual step's output takes its node's traced dtype (a rule's arithmetic with a float32
+    # parameter would promote where the op keeps its input's dtype)
+    mixed = len({v.dtype for n in nodes for v in [n.meta.get("val")] if _float(v)}) > 1
 
     steps = []
     for n in nodes:
@@ -299,6 +303,7 @@ def build(trace, tangent_grad: bool) -> Program:
         ref = lambda a: Ref(index[a])                                        # noqa: E731
         if n in fused:
             fn, _, ins, _ = fused[n]
+            fn = _as_traced(fn, n.meta["val"].dtype) if mixed and dual[n] and _float(n.meta.get("val")) else fn
             steps.append(Step(fn, _plain(torch.fx.node.map_arg(tuple(ins), ref)), {}, i, str(n.target)))
             continue
         args, kwargs = _plain(torch.fx.node.map_arg(n.args, ref)), _plain(torch.fx.node.map_arg(n.kwargs, ref))
@@ -322,6 +327,8 @@ def build(trace, tangent_grad: bool) -> Program:
                 fn = _fallback_step(functional or t)
             else:
                 fn = _rule(functional or t, rule)
+        if mixed and dual[n] and _float(n.meta.get("val")):
+            fn = _as_traced(fn, n.meta["val"].dtype)
         steps.append(Step(fn, args, kwargs, i, str(t)))
 
     out_node = next(n for n in nodes if n.op == "output")
@@ -329,6 +336,19 @@ def build(trace, tangent_grad: bool) -> Program:
     _free_after_last_use(steps, index, out_node)
     has_conv_layer = any(f[3] for f in fused.values())
     return Program(steps, len(nodes), [index[n] for n in placeholders], consts, outputs, has_conv_layer)
+
+
+def _as_traced(fn, dtype):
+    """fn, its Dual output cast to the traced dtype where a rule's promotion changed it."""
+    def run(ctx, *a, **k):
+        out = fn(ctx, *a, **k)
+        if type(out) is Dual:
+            if out.H is not None:
+                return out if out.H.dtype == dtype else Dual(H=out.H.to(dtype))
+            if out.p.dtype != dtype or out.t.dtype != dtype:
+                return Dual(p=out.p.to(dtype), t=out.t.to(dtype))
+        return out
+    return run
 
 
 def _check_inplace(n, nodes, index, lifted):

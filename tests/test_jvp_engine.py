@@ -439,3 +439,27 @@ def test_a_scalar_global_and_closure_value_are_in_the_key(traces):
     finally:
         GAIN = 2.0
     assert len(traces) == 3
+
+
+@pytest.mark.parametrize("tangent_grad", [True, False])
+def test_a_dcgan_generator_under_cpu_autocast(tangent_grad):
+    """A train-mode DCGAN generator (the fused Linear/ConvTranspose + BatchNorm + activation layers)
+    under bf16 autocast: BatchNorm keeps autocast's bf16 activations while its parameters are
+    float32, so each step's output takes its traced dtype (the epilogue promoted to float32 and the
+    next convolution refused it). torch.func.jvp refuses train-mode BatchNorm (and fails on this
+    network under autocast in eval mode), so the reference is the plain forward under the same
+    autocast and owf's float64 tangents, within bf16's rounding (a ReLU flips where a bf16 rounding
+    changes a sign: a few % of the tangent, as torch.func.jvp of the network in bf16)."""
+    torch.manual_seed(0)
+    g = nn.Sequential(nn.Linear(16, 32 * 4 * 4), nn.BatchNorm1d(32 * 4 * 4), nn.ReLU(), nn.Unflatten(1, (32, 4, 4)),
+                      nn.ConvTranspose2d(32, 16, 4, 2, 1), nn.BatchNorm2d(16), nn.LeakyReLU(0.2),
+                      nn.ConvTranspose2d(16, 1, 4, 2, 1), nn.Tanh())
+    g64 = copy.deepcopy(g).double()
+    x, V = torch.randn(32, 16), torch.randn(2, 32, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, yd = jvp(g, (x,), (V,), tangent_grad=tangent_grad)
+        plain = copy.deepcopy(g)(x)
+    ey, eyd = jvp(g64, (x.double(),), (V.double(),))
+    assert y.dtype == yd.dtype == plain.dtype == torch.bfloat16
+    assert _rel(y, plain) < 1e-2 and _rel(y, ey) < 2e-2 and _rel(yd, eyd) < 1e-1
+    torch.testing.assert_close(g[1].running_mean, g64[1].running_mean.float(), atol=1e-2, rtol=1e-2)
