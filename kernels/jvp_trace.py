@@ -123,7 +123,9 @@ class _Lifter:
         if id(m) in self._seen:
             self.key.append(("m", id(m)))
             return
-        self.key.append(("m", id(m)))
+        # an nn.Sequential is its children in order: keyed by them, not by its own id, so that a slice
+        # made at each call (owf.model's `self.net[:-1]`) finds its trace instead of tracing again
+        self.key.append(("seq", tuple(map(id, m._modules.values()))) if type(m) is nn.Sequential else ("m", id(m)))
         for mod in m.modules():
             if id(mod) in self._seen:
                 continue
@@ -295,8 +297,10 @@ def signature(func, primals, has_aux):
 
 def get_trace(func, primals, has_aux):
     """(trace, lifted tensors): the cached trace of func for these primals, tracing it on a miss. A
-    hit also checks that the key's modules are the same objects (an id can be reused after one dies)."""
+    hit also checks that the key's modules are the same objects (an id can be reused after one dies);
+    nn.Sequential containers, which are their children, excepted."""
     key, slots, modules, tensors = signature(func, primals, has_aux)
+    modules = [m for m in modules if type(m) is not nn.Sequential]
     entry = _CACHE.get(key)
     if entry is not None and len(entry[0]) == len(modules) and all(r() is m for r, m in zip(entry[0], modules)):
         _CACHE.move_to_end(key)

@@ -463,3 +463,20 @@ def test_a_dcgan_generator_under_cpu_autocast(tangent_grad):
     assert y.dtype == yd.dtype == plain.dtype == torch.bfloat16
     assert _rel(y, plain) < 1e-2 and _rel(y, ey) < 2e-2 and _rel(yd, eyd) < 1e-1
     torch.testing.assert_close(g[1].running_mean, g64[1].running_mean.float(), atol=1e-2, rtol=1e-2)
+
+
+def test_a_sequential_slice_made_at_each_call_traces_once(traces):
+    """owf.model calls jvp(self.net[:-1], ...): a new nn.Sequential each call, with the same children.
+    A Sequential is keyed by its children, so the slice traces once (it traced at every call);
+    another child in its place traces again, and the numbers follow (against torch.func.jvp)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2), nn.Tanh()).double()
+    x, v = torch.randn(5, 3, dtype=DT), torch.randn(5, 3, dtype=DT)
+    for _ in range(3):
+        y, yd = jvp(net[:-1], (x,), (v,))
+    torch.testing.assert_close(yd, torch.func.jvp(net[:-1], (x,), (v,))[1])
+    assert len(traces) == 1
+    net[1] = nn.Sigmoid()                                          # no parameters: only its identity differs
+    y, yd = jvp(net[:-1], (x,), (v,))
+    torch.testing.assert_close(yd, torch.func.jvp(net[:-1], (x,), (v,))[1])
+    assert len(traces) == 2
