@@ -132,9 +132,9 @@ class _Lifter:
             self._seen.add(id(mod))
             self.modules.append(mod)
             d = mod.__dict__
-            if d["_forward_hooks"] or d["_forward_pre_hooks"]:
+            if d.get("_forward_hooks") or d.get("_forward_pre_hooks"):
                 raise ValueError(f"owf_kernels.jvp: {type(mod).__name__} {_module_path(m, mod)}has a forward "
-                                 f"{'hook' if d['_forward_hooks'] else 'pre-hook'}, which would run once, at trace "
+                                 f"{'hook' if d.get('_forward_hooks') else 'pre-hook'}, which would run once, at trace "
                                  "time, on fake tensors: remove it (or call the module itself) before jvp")
             tensors, scalars = _module_attrs(mod)
             # its plain attributes (training, Dropout.p, a `self.scale`), read in Python and baked in
