@@ -43,7 +43,11 @@ def test_the_jvp_snippet_runs():
     scope = {}
     exec(compile(snippet, "README.md (jvp)", "exec"), scope)
     assert scope["JV"].shape == (4, 8, 3, 16, 16) and scope["trace"].shape == (8,)
-    assert all(p.grad is not None for p in scope["net"].parameters())
+    net = scope["net"]
+    last_bias = net[3].bias                              # J does not depend on it: no gradient through JV
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters() if p is not last_bias)
+    assert last_bias.grad is None or not last_bias.grad.any()
+    assert scope["dudt"].shape == scope["u"].shape == scope["x"].shape
 
 
 def test_the_kernels_snippet_runs():
