@@ -121,13 +121,9 @@ def jvp(func, primals, tangents, *, has_aux: bool = False, tangent_grad: bool = 
     ctx = Ctx(T, batch_norm, bool(tangent_grad), program.has_conv_layer and _channels_last(primals[0]), lifted,
               trace.cma)
     inputs = lifted + [Dual(p=x, t=v) for x, v in zip(primals, Vs)]
-    if trace.autocast:
-        # the trace holds autocast's casts (jvp_trace._autocast_casts): the rules run without it
-        with contextlib.ExitStack() as stack:
-            for d in trace.autocast:
-                stack.enter_context(torch.autocast(d, enabled=False))
-            flat = run(program, ctx, inputs)
-    else:
+    with contextlib.ExitStack() as stack:
+        for d in trace.autocast:          # the trace holds autocast's casts (jvp_trace._autocast_casts):
+            stack.enter_context(torch.autocast(d, enabled=False))       # the rules run without it
         flat = run(program, ctx, inputs)
     return _outputs(trace, flat, ctx, single, has_aux)
 

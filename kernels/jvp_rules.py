@@ -52,7 +52,7 @@ from .jvp_rules_nonlinear import (ACTIVATION_TANGENTS, _activation, _amax, _batc
                                   _masked_fill, _max_pool2d, _maximum, _native_dropout, _pow_base, _pow_scalar,
                                   _pow_tensor, _reduce, _reduce_all, _rms_norm, _sdpa, _softmax, _unary, _var,
                                   _var_dim, _vector_norm, _where)
-from .jvp_rules_shape import (_cat, _constant_pad, _copy, _detach, _dim_at, _dim_default0, _dims, _expand_rule,
+from .jvp_rules_shape import (_TRANSPOSE, _cat, _constant_pad, _copy, _detach, _dim_at, _dim_default0, _dims, _expand_rule,
                               _flatten, _gather, _getitem, _index, _merged_rule, _movedim, _pad_rule, _permute,
                               _repeat_rule, _roll, _same, _shape_rule, _sizes, _slice, _squeeze_all, _squeeze_dims,
                               _stack, _t_rule, _tile_rule, _to_copy, _to_op, _transpose, _unsqueeze)
@@ -61,20 +61,22 @@ aten = torch.ops.aten
 
 
 # The table: aten op -> rule(ctx, *args) -> Dual (or a list of them; None: use the fallback)
+_RESHAPE = _shape_rule(aten.reshape.default, _sizes)
+
 RULES = {
     # shape ops
     # view as reshape: the stacked layout is the runner's choice (channels_last after a fused layer),
     # where the primal's own view would have been valid
-    aten.view.default: _shape_rule(aten.reshape.default, _sizes),
-    aten.reshape.default: _shape_rule(aten.reshape.default, _sizes),
-    aten._unsafe_view.default: _shape_rule(aten.reshape.default, _sizes),
+    aten.view.default: _RESHAPE,
+    aten.reshape.default: _RESHAPE,
+    aten._unsafe_view.default: _RESHAPE,
     aten.expand.default: _expand_rule,
     aten.permute.default: _shape_rule(aten.permute.default, _permute),
-    aten.transpose.int: _shape_rule(aten.transpose.int, _transpose),
+    aten.transpose.int: _TRANSPOSE,
     aten.t.default: _t_rule,
-    aten.mT.default: lambda ctx, x: _shape_rule(aten.transpose.int, _transpose)(ctx, x, -2, -1),
+    aten.mT.default: lambda ctx, x: _TRANSPOSE(ctx, x, -2, -1),
     aten.expand_as.default: lambda ctx, x, other: _expand_rule(ctx, x, list(primal(other).shape)),
-    aten.reshape_as.default: lambda ctx, x, other: _shape_rule(aten.reshape.default, _sizes)(ctx, x, list(primal(other).shape)),
+    aten.reshape_as.default: lambda ctx, x, other: _RESHAPE(ctx, x, list(primal(other).shape)),
     aten.unsqueeze.default: _shape_rule(aten.unsqueeze.default, _unsqueeze),
     aten.squeeze.dim: _shape_rule(aten.squeeze.dim, lambda s, lead, d: (_nd(d, len(s)),)),
     aten.squeeze.dims: _shape_rule(aten.squeeze.dims, _squeeze_dims),

@@ -155,8 +155,11 @@ def _squeeze_all(ctx, x):
     return _shape_rule(aten.squeeze.dims, _squeeze_dims)(ctx, x, dims)
 
 
+_TRANSPOSE = _shape_rule(aten.transpose.int, _transpose)
+
+
 def _t_rule(ctx, x):
-    return x if x.dim() < 2 else _shape_rule(aten.transpose.int, _transpose)(ctx, x, 0, 1)
+    return x if x.dim() < 2 else _TRANSPOSE(ctx, x, 0, 1)
 
 
 def _detach(ctx, x, *args):

@@ -295,6 +295,9 @@ def build(trace, tangent_grad: bool) -> Program:
     # parameter would promote where the op keeps its input's dtype)
     mixed = len({v.dtype for n in nodes for v in [n.meta.get("val")] if _float(v)}) > 1
 
+    def traced(n, fn):
+        return _as_traced(fn, n.meta["val"].dtype) if mixed and dual[n] and _float(n.meta.get("val")) else fn
+
     steps = []
     for n in nodes:
         if n.op != "call_function" or n in consumed:
@@ -303,8 +306,7 @@ def build(trace, tangent_grad: bool) -> Program:
         ref = lambda a: Ref(index[a])                                        # noqa: E731
         if n in fused:
             fn, _, ins, _ = fused[n]
-            fn = _as_traced(fn, n.meta["val"].dtype) if mixed and dual[n] and _float(n.meta.get("val")) else fn
-            steps.append(Step(fn, _plain(torch.fx.node.map_arg(tuple(ins), ref)), {}, i, str(n.target)))
+            steps.append(Step(traced(n, fn), _plain(torch.fx.node.map_arg(tuple(ins), ref)), {}, i, str(n.target)))
             continue
         args, kwargs = _plain(torch.fx.node.map_arg(n.args, ref)), _plain(torch.fx.node.map_arg(n.kwargs, ref))
         t = n.target
@@ -327,9 +329,7 @@ def build(trace, tangent_grad: bool) -> Program:
                 fn = _fallback_step(functional or t)
             else:
                 fn = _rule(functional or t, rule)
-        if mixed and dual[n] and _float(n.meta.get("val")):
-            fn = _as_traced(fn, n.meta["val"].dtype)
-        steps.append(Step(fn, args, kwargs, i, str(t)))
+        steps.append(Step(traced(n, fn), args, kwargs, i, str(t)))
 
     out_node = next(n for n in nodes if n.op == "output")
     outputs = [Ref(index[a]) for a in out_node.args[0]]
