@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -156,6 +157,9 @@ def save_ais_convergence(path, ladder: dict, baselines: dict, title: str):
     for (label, v), ls in zip(baselines.items(), (":", "-.", (0, (1, 3)), (0, (5, 5)))):
         ax.axhline(v, color="0.4", lw=1, ls=ls, label=f"{label} ({v:.2f})")
     ax.set_xscale("log")
+    ks = sorted({k for row in ladder.values() for k in row["K"]})
+    ax.set_xticks(ks, [str(k) for k in ks])                          # the ladder's K, not 3×10², 4×10², ...
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("AIS steps K")
     ax.set_ylabel("test NLL, bits/dim")
     ax.set_title(title, fontsize=9)
