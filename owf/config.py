@@ -114,6 +114,9 @@ class Config:
     d_quadratic: int = _f(None, "0: D's output is a linear layer; m > 0: D = -½‖f(x)‖² with f's last layer m wide, "
                                 "so a LeakyReLU D is piecewise quadratic (Gaussian-shaped modes) instead of "
                                 "piecewise linear (None: 16 in 2D, 0 for images)", int)
+    mcmc_chains: int = _f(0, "images: M persistent MALA chains on P_D (owf.negatives), moved one step per D step, "
+                          "whose mean D joins Eq. 16's log ζ̂ in D's gradient (0: Eq. 16 alone)")
+    mcmc_weight: float = _f(0.5, "λ: D's gradient of log ζ is (1 - λ) Eq. 16's + λ the chains' (with --mcmc-chains)")
     d_base: str = _f(None, "images: none, or gaussian: P_D(x) ∝ p_0(x) exp(D(x)/w) with p_0 the Gaussian in atanh "
                            "space fitted to the dequantised training split (owf.baselines.AtanhGaussian), a fixed "
                            "base measure that D corrects (None: gaussian for images)", str)
@@ -151,12 +154,18 @@ class Config:
             raise ValueError(f"until={self.until} must be in [0, steps={self.steps}]")
         if not 0 <= self.g_alpha <= 1:
             raise ValueError(f"g_alpha={self.g_alpha} must be in [0, 1]")
+        if self.mcmc_chains < 0:
+            raise ValueError(f"mcmc_chains={self.mcmc_chains} must be >= 0")
+        if not 0 <= self.mcmc_weight <= 1:
+            raise ValueError(f"mcmc_weight={self.mcmc_weight} must be in [0, 1]")
+        if self.mcmc_chains and self.loss != "owf":
+            raise ValueError(f"mcmc_chains={self.mcmc_chains} samples owf's P_D; loss={self.loss!r} takes 0")
         if self.defensive < 0:
             raise ValueError(f"defensive={self.defensive} must be >= 0")
         if self.loss != "owf" and self.d_base != "none":
             raise ValueError(f"d_base={self.d_base!r} is a base measure of owf's density; loss={self.loss!r} takes 'none'")
         if data_kind(self.data) == "2d":
-            for k, off in (("dequantise", False), ("d_base", "none"), ("defensive_proposal", "kernel")):
+            for k, off in (("dequantise", False), ("d_base", "none"), ("defensive_proposal", "kernel"), ("mcmc_chains", 0)):
                 if getattr(self, k) != off:
                     raise ValueError(f"{k}={getattr(self, k)!r} is for images; 2D data takes {off!r}")
         if self.orient is None:

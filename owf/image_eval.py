@@ -148,6 +148,43 @@ def bracket_summary(rows: list, ladder, raise_points: int) -> dict:
                    raise_doubling_move_bpd=move, raise_below_ais=gap < -CONVERGED_BPD)
         converged = converged and move is not None and move < CONVERGED_BPD and abs(gap) < CONVERGED_BPD
     out["converged"] = bool(converged and raise_points)
+    # where the ladder is heading (convergence_trend): the K at which doubling would move AIS (and
+    # RAISE) by less than CONVERGED_BPD, by the trend of the last rungs' moves
+    mine = sorted((r for r in rows if r["base"] == best["base"]), key=lambda r: r["steps"])
+    ks = [r["steps"] for r in mine]
+    out["ais_trend"] = convergence_trend(ks, [r["ais_bits_per_dim"] for r in mine])
+    needed = [out["ais_trend"]["k_needed"]]
+    if raise_points:
+        out["raise_trend"] = convergence_trend(ks, [r["raise_bits_per_dim"] for r in mine])
+        needed.append(out["raise_trend"]["k_needed"])
+    out["k_to_converge"] = None if None in needed else max(needed)
+    return out
+
+
+def convergence_trend(ks, values, tol: float = CONVERGED_BPD, fit: int = 3) -> dict:
+    """Where a ladder of doubling K is heading: the moves m_j = |v_j - v_{j-1}| between rungs, the
+    ratio r of successive moves fitted on the last `fit` of them (log m_j linear in j, least
+    squares), and, when r < 1, the K at which the move falls below `tol` by that trend,
+    K_last · 2^ceil(log(tol / m_last) / log r), and the limit it extrapolates to, v_last + s·m_last·r/(1 - r)
+    (s the sign of the last move). An extrapolation, not a measurement: r is fitted on a few noisy
+    moves. -> {moves, ratio, k_needed (None: the moves do not shrink), limit}."""
+    ks, values = list(ks), list(values)
+    moves = [abs(b - a) for a, b in zip(values, values[1:])]
+    out = {"moves": moves, "ratio": None, "k_needed": None, "limit": None}
+    if not moves:
+        return out
+    if moves[-1] < tol:
+        return dict(out, k_needed=ks[-1], limit=values[-1])
+    last = moves[-fit:]
+    if len(last) < 2 or min(last) <= 0:
+        return out
+    j = np.arange(len(last), dtype=float)
+    ratio = float(np.exp(np.polyfit(j, np.log(last), 1)[0]))
+    out["ratio"] = ratio
+    if ratio < 1:
+        sign = 1.0 if values[-1] >= values[-2] else -1.0
+        out["k_needed"] = int(ks[-1] * 2 ** math.ceil(math.log(tol / moves[-1]) / math.log(ratio)))
+        out["limit"] = values[-1] + sign * moves[-1] * ratio / (1 - ratio)
     return out
 
 

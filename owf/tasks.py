@@ -111,6 +111,7 @@ class ImageTask:
     GRID = 64                                         # samples in samples.png
     PROBE = 4                                         # latents of the probe batch (exact log q: n tangents each)
     SATURATION_SAMPLES = 256
+    chains = None                                     # owf.negatives.PersistentChains with cfg.mcmc_chains
 
     def __init__(self, cfg, progress: bool = True):
         self.cfg, self.progress = cfg, progress
@@ -121,6 +122,7 @@ class ImageTask:
             raise ValueError(f"{cfg.data} images are {self.shape}, expected {SHAPES[cfg.data]}")
         from .distributed import rank_world
         rank, world = rank_world()
+        self.rank = rank
         self.stream = ImageStream(train, cfg.seed, rank, world)
         self.dim = math.prod(self.shape)
         self._fid = None
@@ -137,9 +139,15 @@ class ImageTask:
 
     def networks(self, cfg):
         G, D = networks(cfg, self.shape)
-        if cfg.d_base == "gaussian":
-            from .baselines import AtanhGaussian
-            D.fit_base(AtanhGaussian(self.stream.images))
+        if cfg.d_base == "gaussian" or cfg.mcmc_chains:
+            from .baselines import AtanhGaussian, MixtureBase, UniformBox
+            gaussian = AtanhGaussian(self.stream.images)
+            if cfg.d_base == "gaussian":
+                D.fit_base(gaussian)
+            if cfg.mcmc_chains:            # persistent chains on P_D, started from AIS's defensive base
+                from .negatives import PersistentChains
+                base = MixtureBase([gaussian, UniformBox(self.dim)], [0.5, 0.5])
+                self.chains = PersistentChains(cfg.mcmc_chains, self.shape, base, 40_000 + cfg.seed + 1009 * self.rank)
         return G, D
 
     def batch(self, n, gen, device):
@@ -191,10 +199,12 @@ class ImageTask:
         save_image_grid(run / "samples.png", to_uint8(y), title)
 
     def state_dict(self):
-        return {"stream": self.stream.state_dict()}
+        return {"stream": self.stream.state_dict(), **({"chains": self.chains.state_dict()} if self.chains else {})}
 
     def load_state_dict(self, state):
         self.stream.load_state_dict(state["stream"])
+        if self.chains:
+            self.chains.load_state_dict(state["chains"])
 
 
 def make_task(cfg, progress: bool = True):

@@ -88,16 +88,23 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
             else:
                 y_k, log_k = data_kernel_proposal(x, num, gen)
             y_is, log_q_is = torch.cat([y_is, y_k]), torch.cat([log_q_is, log_k])
-        d_x, d_is = D(torch.cat([x, y_is])).split([cfg.batch, len(y_is)])     # one pass
+        chains = getattr(task, "chains", None) if is_owf else None
+        parts = [x, y_is] + ([chains.step(D, cfg.w)] if chains is not None else [])    # + P_D's persistent chains
+        d_x, d_is, *d_c = D(torch.cat(parts)).split([len(p) for p in parts])          # one pass
         d_y_d = d_is[:cfg.samples]                                            # G's samples' energies
         if is_owf:
             loss_d = discriminator_loss_eq16(d_x, d_is, log_q_is, cfg.w, log_zeta_fn)
+            objective = loss_d
+            if d_c:        # log ζ's gradient: (1 - λ) Eq. 16's + λ the chains' mean ∇D/w (owf.negatives)
+                objective = loss_d + cfg.mcmc_weight * ((d_c[0] / cfg.w).mean() - (loss_d + (d_x / cfg.w).mean()))
+                chains.energy_gap = float((d_c[0].detach() / cfg.w).mean() - (d_x.detach() / cfg.w).mean())
         else:
             loss_d = wgan_discriminator_loss_eq4(d_x, d_y_d)
             if cfg.loss == "wgan-gp":
                 loss_d = loss_d + cfg.gp * gradient_penalty(D, x, y.detach(), gen)
+            objective = loss_d
         opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
+        objective.backward()
         if world > 1:
             average_gradients(D.parameters())
         opt_d.step()
@@ -292,6 +299,8 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
                     if is_owf:
                         last["log_zeta"] = float(loss_d.detach() + (d_x.detach() / cfg.w).mean())
                         last["ess"] = effective_sample_size(d_y_d, log_q, cfg.w)
+                    if getattr(task, "chains", None) is not None:     # mean D/w on the chains minus on the data
+                        last.update(mcmc_accept=task.chains.accept, mcmc_energy_gap=task.chains.energy_gap)
                     with open(rows_path, "a") as f:
                         f.write(json.dumps(last) + "\n")
                     shown = {k: v for k, v in last.items()

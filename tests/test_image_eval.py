@@ -124,6 +124,10 @@ def test_evaluate_writes_eval_json_and_every_figure(tmp_path, fashion_root, caps
     assert res["converged"] == (res["ais_doubling_move_bpd"] < 0.05 and res["raise_doubling_move_bpd"] < 0.05
                                 and abs(res["bracket_gap_bpd"]) < 0.05)
     assert ("has not converged" in res.get("warning", "")) == (not res["converged"])
+    # the trend of the best base's ladder, and the K it says convergence needs
+    assert len(res["ais_trend"]["moves"]) == len(res["raise_trend"]["moves"]) == 3
+    needed = [res["ais_trend"]["k_needed"], res["raise_trend"]["k_needed"]]
+    assert res["k_to_converge"] == (None if None in needed else max(needed))
     # importance sampling's ESS below 1% of S is flagged in eval.json and warned
     assert res["low_ess_is"] == (res["ess_is"] < 0.4)
     err = capsys.readouterr().err
@@ -175,3 +179,20 @@ def test_the_energy_auc_reads_ranks_whatever_the_energies_scale(tmp_path):
     test = torch.randint(0, 100, (50, 1, 4, 4), dtype=torch.uint8)
     res = energy_auc(Stub(), train, test, tmp_path / "e.png")
     assert res["energy_auc_train_vs_test"] == pytest.approx(1.0)
+
+
+def test_the_convergence_trend_extrapolates_a_geometric_ladder():
+    """v_j = L - c r^j on K = 250·2^j: the fitted ratio is r, the limit L, and k_needed the first
+    rung whose move c r^(j-1)(1 - r) is below the tolerance; moves that do not shrink give none."""
+    from owf.image_eval import convergence_trend
+    L, c, r = 6.0, 2.0, 0.6
+    ks = [250 * 2 ** j for j in range(6)]
+    t = convergence_trend(ks, [L - c * r ** j for j in range(6)], tol=0.05)
+    assert t["ratio"] == pytest.approx(r) and t["limit"] == pytest.approx(L)
+    j = next(j for j in range(1, 40) if c * r ** (j - 1) * (1 - r) < 0.05)
+    assert t["k_needed"] == 250 * 2 ** j
+    up = convergence_trend(ks, [1.0 + 0.1 * j * j for j in range(6)])
+    assert up["ratio"] > 1 and up["k_needed"] is None and up["limit"] is None
+    done = convergence_trend(ks, [3.0, 3.2, 3.21, 3.2101, 3.21, 3.2101])
+    assert done["k_needed"] == ks[-1] and done["limit"] == 3.2101
+    assert convergence_trend([8], [1.0])["k_needed"] is None

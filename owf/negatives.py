@@ -1,0 +1,73 @@
+"""Persistent MALA chains on P_D: negative samples that find the energy's mass where neither the
+data nor the generator go (Config.mcmc_chains).
+
+Why. Eq. 16's log ζ̂ sees P_D only through G's samples, weighted by exp(D/w) / q. On images its
+ESS is one sample of 64, and D is never pushed down where G does not go. There exp(D/w) grows:
+on the 12k-step default run, AIS from the defensive base ends in images that hold a frame and a
+noise texture, where D's network part is f/w ≈ 2,200 nats against ≈ 9 on test images, and the
+AIS log ζ̂ climbs past 1,100 nats (docs/likelihood.md). Those are the regions this module visits.
+
+The chains. M persistent chains (Tieleman 2008) in u ∈ R^n, x = tanh(u) on the box [-1, 1]^n, the
+coordinate of owf.ais: the target is log f(u) = D(x(u))/w + log|dx/du| (P_D at β = 1), and each
+training step moves every chain by one MALA transition (owf.ais.Path.hmc, one leapfrog step with the
+base's per-coordinate scale as the mass matrix, a Metropolis test). The step size adapts to an
+acceptance of 0.65 (log ε += acceptance - 0.65); this is training, not estimation, so no fixed
+kernel is needed. Every RESTART_EVERY steps one chain, round robin, restarts from the base
+(owf.baselines: ½ the atanh Gaussian of the training images, ½ the uniform box, AIS's defensive
+base), so a chain lives M·RESTART_EVERY steps (1,024 with 64 chains: AIS from that base needs
+about 1,000 transitions to reach the mass it finds) and new ones keep arriving from everywhere.
+
+Their use (owf.losses.discriminator_loss_eq16_mcmc): log ζ's gradient is E_{P_D}[∇D]/w. Eq. 16
+estimates it by self-normalised importance sampling over G's samples; the chains give a second
+estimate, mean_c ∇D(x_c)/w. D's loss uses their mixture, (1 - λ) Eq. 16's + λ the chains', with
+λ = Config.mcmc_weight.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .ais import TARGET_ACCEPT, Box, Path, box_log_f
+
+RESTART_EVERY = 16
+
+
+class PersistentChains:
+    """M persistent MALA chains on P_D ∝ exp(D/w) on [-1, 1]^n (see the module docstring).
+    base: a normalised density of u (owf.baselines) with sample, log_prob and scale [n]."""
+
+    def __init__(self, num: int, event_shape, base, seed: int = 0, eps: float = 0.05):
+        if num < 1:
+            raise ValueError(f"mcmc chains={num} must be >= 1")
+        self.event_shape, self.base = tuple(event_shape), base
+        self.gen = torch.Generator().manual_seed(seed)      # the chains' own stream: training's is untouched
+        self.u = base.sample(num, self.gen)                               # [M, n], on D's device once stepped
+        self.eps = eps
+        self.accept = math.nan                                            # the last transition's mean acceptance
+        self.next = 0                                                     # the chain restarted next
+        self.steps = 0
+        self.energy_gap = math.nan          # set by owf.train: mean D/w on the chains minus on the data batch
+
+    def step(self, D, w: float) -> torch.Tensor:
+        """One MALA transition of every chain under the current D, and every RESTART_EVERY calls one
+        chain restarted from the base. -> the chains' states as images x [M, *event_shape] (detached)."""
+        device = next(D.parameters()).device
+        path = Path(box_log_f(lambda x: D(x) / w, Box(-1.0, 1.0), self.event_shape), self.base, 1, device)
+        self.u = self.u.to(device)
+        st, acc = path.hmc(path.evaluate(self.u), 1.0, self.eps, self.gen)
+        self.accept = float(acc.double().mean())
+        self.eps = float(min(max(self.eps * math.exp(self.accept - TARGET_ACCEPT), 1e-6), 10.0))
+        self.u, self.steps = st.u, self.steps + 1
+        if self.steps % RESTART_EVERY == 0:
+            self.u = self.u.clone()
+            self.u[self.next] = self.base.sample(1, self.gen)[0].to(device)
+            self.next = (self.next + 1) % len(self.u)
+        return torch.tanh(self.u).view(len(self.u), *self.event_shape).detach()
+
+    def state_dict(self) -> dict:
+        return {"u": self.u.cpu(), "eps": self.eps, "next": self.next, "steps": self.steps, "rng": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict):
+        self.u, self.eps, self.next, self.steps = state["u"], state["eps"], state["next"], state["steps"]
+        self.gen.set_state(state["rng"])

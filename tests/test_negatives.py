@@ -1,0 +1,93 @@
+"""owf.negatives: persistent MALA chains on P_D, and their use in training (--mcmc-chains)."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from owf.baselines import GaussianBase, MixtureBase, UniformBox
+from owf.config import Config
+from owf.negatives import RESTART_EVERY, PersistentChains
+from owf.train import train
+
+from test_images import TINY_IMAGES
+
+
+class Quadratic(nn.Module):
+    """D(x)/w = -k Σ x_i² on the box: P_D factorises, each pixel ∝ exp(-k x²) on [-1, 1]."""
+
+    def __init__(self, k: float, w: float):
+        super().__init__()
+        self.k, self.w = k, w
+        self.dummy = nn.Parameter(torch.zeros(()))         # the chains read D's device from its parameters
+
+    def forward(self, x):
+        return -self.w * self.k * x.flatten(1).square().sum(1) + 0 * self.dummy
+
+
+def _moment(k: float) -> float:
+    """E[x²] under ∝ exp(-k x²) on [-1, 1], by quadrature."""
+    x = torch.linspace(-1, 1, 200_001, dtype=torch.float64)
+    p = torch.exp(-k * x * x)
+    return float((x * x * p).sum() / p.sum())
+
+
+@pytest.mark.parametrize("k", [4.0, -2.0])      # a bump in the middle, and mass pushed to the walls
+def test_the_chains_sample_p_d(k):
+    """After a burn-in from a base that is not P_D, the chains' second moment matches quadrature:
+    the transition leaves P_D invariant (a dropped Metropolis test or a wrong Jacobian breaks it)."""
+    torch.manual_seed(0)
+    n, M, w = 6, 2000, 0.01
+    g = torch.Generator().manual_seed(1)
+    base = MixtureBase([GaussianBase(torch.randn(5000, n, generator=g) * 0.3 + 1.0), UniformBox(n)], [0.5, 0.5])
+    ch = PersistentChains(M, (1, 2, 3), base, seed=2)
+    D = Quadratic(k, w)
+    for _ in range(300):
+        x = ch.step(D, w)
+    assert x.shape == (M, 1, 2, 3) and 0.3 < ch.accept < 0.95
+    # M·300/RESTART_EVERY restarts from the base: 37 of 2000 chains are younger than 300 steps
+    got, want = float(x.square().mean()), _moment(k)
+    se = float(x.square().flatten(1).mean(1).std()) / math.sqrt(M)
+    assert abs(got - want) < 5 * se + 0.01, (got, want, se)
+    assert ch.steps == 300 and ch.next == (300 // RESTART_EVERY) % M
+
+
+def test_a_run_with_chains_resumes_exactly_and_logs_them(tmp_path, fashion_root):
+    kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=20, mcmc_chains=8)
+    train(Config(out=str(tmp_path / "full"), **kw), progress=False)
+    train(Config(out=str(tmp_path / "half"), until=10, **kw), progress=False)
+    train(resume=str(tmp_path / "half"), progress=False)
+    a, b = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=False) for r in ("full", "half"))
+    for k in ("G", "D"):
+        for name in a[k]:
+            assert torch.equal(a[k][name], b[k][name]), f"{k}.{name}"
+    assert torch.equal(a["task"]["chains"]["u"], b["task"]["chains"]["u"]) and a["task"]["chains"]["steps"] == 20
+    import json
+    rows = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
+    assert all(0 <= r["mcmc_accept"] <= 1 and math.isfinite(r["mcmc_energy_gap"]) for r in rows)
+
+
+def test_the_chains_enter_d_s_gradient_through_lambda_alone(tmp_path, fashion_root):
+    """The chains draw from a stream of their own: with λ = 0 a run trains bitwise as one without
+    chains, and with λ = 0.5 D differs."""
+    kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=6, ckpt_every=6)
+    train(Config(out=str(tmp_path / "plain"), **kw), progress=False)
+    train(Config(out=str(tmp_path / "zero"), mcmc_chains=4, mcmc_weight=0.0, **kw), progress=False)
+    train(Config(out=str(tmp_path / "half"), mcmc_chains=4, mcmc_weight=0.5, **kw), progress=False)
+    p, z, h = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=False) for r in ("plain", "zero", "half"))
+    for k in ("G", "D"):
+        for name in p[k]:
+            assert torch.equal(p[k][name], z[k][name]), f"{k}.{name}"
+    assert any(not torch.equal(p["D"][k], h["D"][k]) for k in p["D"])
+    assert z["task"]["chains"]["steps"] == 6 and "chains" not in p["task"]
+
+
+def test_bad_chain_options_are_refused():
+    with pytest.raises(ValueError, match="mcmc_chains=-1"):
+        Config(data="fashion-mnist", mcmc_chains=-1)
+    with pytest.raises(ValueError, match="mcmc_weight=1.5"):
+        Config(data="fashion-mnist", mcmc_weight=1.5)
+    with pytest.raises(ValueError, match="mcmc_chains=4.*wgan-gp"):
+        Config(data="fashion-mnist", loss="wgan-gp", mcmc_chains=4)
+    with pytest.raises(ValueError, match="mcmc_chains=4.*2D"):
+        Config(data="ring", mcmc_chains=4)
