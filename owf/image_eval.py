@@ -304,7 +304,10 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaus
         res["warning"] = ("the bracket has not converged: AIS's NLL is a lower bound in expectation of P_D's, RAISE's "
                           "an upper bound of the annealing model's, which is P_D only once the annealing converges" +
                           ("; RAISE is below AIS: that model is still more the base's than P_D's"
-                           if res.get("raise_below_ais") else ""))
+                           if res.get("raise_below_ais") else "") +
+                          (f"; by the trend of its last moves, K = {res['k_to_converge']} would converge it "
+                           f"(--ais-steps {res['k_to_converge']}; --device cuda where a GPU is lent)"
+                           if res.get("k_to_converge") else "; its moves do not shrink yet: no K to extrapolate to"))
     if figures:
         b = res["baselines"]
         save_ais_convergence(out / "ais_convergence.png", ladders,

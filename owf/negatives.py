@@ -17,10 +17,11 @@ kernel is needed. Every RESTART_EVERY steps one chain, round robin, restarts fro
 base), so a chain lives M·RESTART_EVERY steps (1,024 with 64 chains: AIS from that base needs
 about 1,000 transitions to reach the mass it finds) and new ones keep arriving from everywhere.
 
-Their use (owf.losses.discriminator_loss_eq16_mcmc): log ζ's gradient is E_{P_D}[∇D]/w. Eq. 16
+Their use (owf.train.train_step): log ζ's gradient is E_{P_D}[∇D]/w. Eq. 16
 estimates it by self-normalised importance sampling over G's samples; the chains give a second
 estimate, mean_c ∇D(x_c)/w. D's loss uses their mixture, (1 - λ) Eq. 16's + λ the chains', with
-λ = Config.mcmc_weight.
+λ = Config.mcmc_weight, plus energy_penalty, which keeps the network's part of D/w near 0 on
+the data and the chains, so that D cannot sink without bound under chains that have stopped moving.
 """
 from __future__ import annotations
 
@@ -31,6 +32,22 @@ import torch
 from .ais import TARGET_ACCEPT, Box, Path, box_log_f
 
 RESTART_EVERY = 16
+# α of the energy penalty α·mean((f/w)²) over the data and the chains, f = D - w log p_0 the network's
+# part (Du & Mordatch 2019): without it the first run (λ = 0.5) ran away at step 3,600: the chains'
+# step size fell to 6e-4 as D sharpened, they froze, and D sank under them relative to the data
+# without bound (mean D/w on the chains minus on the data: -400 at step 3,000, -10^6 by 6,000;
+# docs/likelihood.md)
+ENERGY_L2 = 1e-3
+
+
+def energy_penalty(D, w: float, parts) -> torch.Tensor:
+    """ENERGY_L2 · Σ_parts mean((f/w)²), f = D(x) - w log p_0(x) (D(x) itself without a base
+    measure). parts: pairs (D(x) [B], x [B, ...])."""
+    out = 0.0
+    for d, x in parts:
+        f = d - D.base_w * D.log_base(x).to(d.dtype) if getattr(D, "base_w", 0) else d
+        out = out + (f / w).square().mean()
+    return ENERGY_L2 * out
 
 
 class PersistentChains:

@@ -31,6 +31,7 @@ from .config import RESUMABLE, Config, parse_args
 from .losses import (data_kernel_proposal, discriminator_loss_eq16, effective_sample_size, generator_loss_renyi,
                      gradient_penalty, log_zeta_hat, oriented_logdet, uniform_box_proposal, wgan_discriminator_loss_eq4,
                      wgan_generator_loss)
+from .negatives import energy_penalty
 from .plots import save_curves
 from .distributed import averaged_buffers, average_gradients, broadcast_module, gather_objects, global_log_zeta
 from .distributed import RANK_SEED_STRIDE, global_softmax, launched, local_device, process_group, rank_world
@@ -95,8 +96,10 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
         if is_owf:
             loss_d = discriminator_loss_eq16(d_x, d_is, log_q_is, cfg.w, log_zeta_fn)
             objective = loss_d
-            if d_c:        # log ζ's gradient: (1 - λ) Eq. 16's + λ the chains' mean ∇D/w (owf.negatives)
-                objective = loss_d + cfg.mcmc_weight * ((d_c[0] / cfg.w).mean() - (loss_d + (d_x / cfg.w).mean()))
+            if d_c and cfg.mcmc_weight > 0:        # log ζ's gradient: (1 - λ) Eq. 16's + λ the chains' mean ∇D/w (owf.negatives)
+                objective = (loss_d + cfg.mcmc_weight * ((d_c[0] / cfg.w).mean() - (loss_d + (d_x / cfg.w).mean()))
+                             + energy_penalty(D, cfg.w, [(d_x, x), (d_c[0], parts[2])]))
+            if d_c:
                 chains.energy_gap = float((d_c[0].detach() / cfg.w).mean() - (d_x.detach() / cfg.w).mean())
         else:
             loss_d = wgan_discriminator_loss_eq4(d_x, d_y_d)
