@@ -107,7 +107,8 @@ class ImageTask:
                     "probe_log_q", "probe_logdet", "saturated")
     summary_only = ("fid_floor", "classifier_accuracy")
     progress_keys = ("fid",)
-    curve_keys = ("fid", "min_class_share", "ess", "log_zeta", "loss_d", "loss_g", "probe_log_q", "saturated")
+    curve_keys = ("fid", "min_class_share", "ess", "log_zeta", "loss_d", "loss_g", "probe_log_q", "saturated",
+                  "mcmc_energy_gap")
     GRID = 64                                         # samples in samples.png
     PROBE = 4                                         # latents of the probe batch (exact log q: n tangents each)
     SATURATION_SAMPLES = 256
