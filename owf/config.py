@@ -28,8 +28,8 @@ def _f(default, help, kind=None):
 # WGAN-GP's are its published settings (Gulrajani et al., 2017): Adam 1e-4, betas (0, 0.9), 5 critic
 # steps (and the field default gp = 10), on the same networks as owf.
 LOSS_DEFAULTS = {
-    "wgan-gp": dict(lr_d=1e-4, lr_g=1e-4, beta1=0.0, n_critic=5, d_base="none"),
-    "wgan": dict(d_base="none"),         # a critic is no density: no base measure under it
+    "wgan-gp": dict(lr_d=1e-4, lr_g=1e-4, beta1=0.0, n_critic=5, d_base="none", mcmc_chains=0, mcmc_weight=0.0),
+    "wgan": dict(d_base="none", mcmc_chains=0, mcmc_weight=0.0),   # a critic is no density: no base measure, no chains on it
 }
 # The 2D data sets (docs/results-2d.md has the runs). The grid's lr_G 5e-3: at 3e-3 one seed of
 # five lost a corner mode (G lagged behind D). Its --defensive 0.25 --g-alpha 0.75: with Eq. 16/17
@@ -40,7 +40,7 @@ DATA_DEFAULTS = {
     "grid": dict(steps=50000, lr_g=5e-3, defensive=0.25, g_alpha=0.75),
 }
 KIND_DEFAULTS = {
-    "2d": dict(dequantise=False, defensive_proposal="kernel", d_base="none", w=0.1, logdet="exact", batch=256, samples=256, n_critic=1, lr_d=1e-3, beta1=0.5, g_hidden="128,128",
+    "2d": dict(dequantise=False, defensive_proposal="kernel", d_base="none", mcmc_chains=0, mcmc_weight=0.0, w=0.1, logdet="exact", batch=256, samples=256, n_critic=1, lr_d=1e-3, beta1=0.5, g_hidden="128,128",
                g_activation="tanh", d_hidden="128,128", d_quadratic=16, log_every=500, sample_every=10000,
                ckpt_every=5000, fid_every=0),
     # images: DCGAN networks (owf.dcgan), the CPU recipe of docs/results-images.md (a fast generator:
@@ -48,8 +48,11 @@ KIND_DEFAULTS = {
     # and 0.1 did not differ; the quadratic head was worse), trained for likelihood (docs/likelihood.md,
     # 2,000-step pilots): dequantised images, Eq. 9 for J_h with the output tanh's log-det exact
     # (jvp1-tanh: saturated pixels 42% -> 0.05%), and a Gaussian base measure under D (test NLL by AIS
-    # 7.95 -> 4.31 bits/dim; without it 7.63)
-    "image": dict(dequantise=True, defensive_proposal="uniform", d_base="gaussian", steps=12000, w=0.01,
+    # 7.95 -> 4.31 bits/dim; without it 7.63); 64 persistent chains on P_D with λ = 0.2 (at 12k steps,
+    # the bracket closed at 4.28 bits/dim with them; without, AIS 6.44 and RAISE 6.50 at K = 64,000;
+    # λ = 0.5: 4.30 but classifier FID 125 against 98)
+    "image": dict(dequantise=True, defensive_proposal="uniform", d_base="gaussian", mcmc_chains=64, mcmc_weight=0.2,
+                  steps=12000, w=0.01,
                   logdet="jvp1-tanh", batch=64, samples=64, n_critic=1, lr_d=2e-4, lr_g=2e-3,
                   beta1=0.5, defensive=0.0, g_alpha=1.0, g_hidden="64,32", g_activation="leaky_relu",
                   d_hidden="32,64", d_quadratic=0, log_every=100, sample_every=2000, ckpt_every=1000, fid_every=1000),
@@ -91,6 +94,10 @@ class Config:
     g_alpha: float = _f(None, "α of the generator's Rényi divergence D_α(q ‖ P_D) (losses.generator_loss_renyi): 1 is "
                               "Eq. 17's KL; below 1 the samples where G is thin for P_D weigh more (None: per data set)",
                         float)
+    mcmc_chains: int = _f(None, "images: M persistent MALA chains on P_D (owf.negatives), moved one step per D step, "
+                          "whose mean ∇D joins Eq. 16's log ζ̂ in D's gradient (0: Eq. 16 alone)", int)
+    mcmc_weight: float = _f(None, "λ: D's gradient of log ζ is (1 - λ) Eq. 16's + λ the chains' (with --mcmc-chains)",
+                            float)
     gp: float = _f(10.0, "gradient-penalty weight (wgan-gp only)")
     clip: float = _f(0.01, "weight clipping of D (wgan only)")
     # ---- schedule
@@ -114,9 +121,6 @@ class Config:
     d_quadratic: int = _f(None, "0: D's output is a linear layer; m > 0: D = -½‖f(x)‖² with f's last layer m wide, "
                                 "so a LeakyReLU D is piecewise quadratic (Gaussian-shaped modes) instead of "
                                 "piecewise linear (None: 16 in 2D, 0 for images)", int)
-    mcmc_chains: int = _f(0, "images: M persistent MALA chains on P_D (owf.negatives), moved one step per D step, "
-                          "whose mean D joins Eq. 16's log ζ̂ in D's gradient (0: Eq. 16 alone)")
-    mcmc_weight: float = _f(0.5, "λ: D's gradient of log ζ is (1 - λ) Eq. 16's + λ the chains' (with --mcmc-chains)")
     d_base: str = _f(None, "images: none, or gaussian: P_D(x) ∝ p_0(x) exp(D(x)/w) with p_0 the Gaussian in atanh "
                            "space fitted to the dequantised training split (owf.baselines.AtanhGaussian), a fixed "
                            "base measure that D corrects (None: gaussian for images)", str)
@@ -218,7 +222,7 @@ class Config:
 
 
 # Fields whose default changed after runs were saved without them: the value those runs used.
-LEGACY_VALUES = {"d_quadratic": 0, "defensive": 0.0, "g_alpha": 1.0, "dequantise": False, "d_base": "none"}
+LEGACY_VALUES = {"mcmc_chains": 0, "mcmc_weight": 0.0, "d_quadratic": 0, "defensive": 0.0, "g_alpha": 1.0, "dequantise": False, "d_base": "none"}
 
 # Options removed on 2026-12-01, each measured not to help (docs/results-2d.md, "What we tried";
 # docs/results-images.md) or never used, and the value that had them off: a checkpoint that holds
