@@ -49,7 +49,7 @@ KIND_DEFAULTS = {
     # 2,000-step pilots): dequantised images, Eq. 9 for J_h with the output tanh's log-det exact
     # (jvp1-tanh: saturated pixels 42% -> 0.05%), and a Gaussian base measure under D (test NLL by AIS
     # 7.95 -> 4.31 bits/dim; without it 7.63); 64 persistent chains on P_D with λ = 0.2 (at 12k steps,
-    # the bracket closed at 4.28 bits/dim with them; without, AIS 6.44 and RAISE 6.50 at K = 64,000;
+    # the bracket closed at 4.28-4.31 bits/dim with them; without, AIS 6.44 and RAISE 6.50 at K = 64,000;
     # λ = 0.5: 4.30 but classifier FID 125 against 98)
     "image": dict(dequantise=True, defensive_proposal="uniform", d_base="gaussian", mcmc_chains=64, mcmc_weight=0.2,
                   steps=12000, w=0.01,
