@@ -64,7 +64,7 @@ class PersistentChains:
         self.accept = math.nan                                            # the last transition's mean acceptance
         self.next = 0                                                     # the chain restarted next
         self.steps = 0
-        self.energy_gap = math.nan          # set by owf.train: mean D/w on the chains minus on the data batch
+        self.energy_gap = math.nan          # set by owf.train (a 0-d tensor): mean D/w on the chains minus on the data
 
     def step(self, D, w: float) -> torch.Tensor:
         """One MALA transition of every chain under the current D, and every RESTART_EVERY calls one

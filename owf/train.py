@@ -100,7 +100,7 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
                 objective = (loss_d + cfg.mcmc_weight * ((d_c[0] / cfg.w).mean() - (loss_d + (d_x / cfg.w).mean()))
                              + energy_penalty(D, cfg.w, [(d_x, x), (d_c[0], parts[2])]))
             if d_c:
-                chains.energy_gap = float((d_c[0].detach() / cfg.w).mean() - (d_x.detach() / cfg.w).mean())
+                chains.energy_gap = ((d_c[0] - d_x.mean()) / cfg.w).mean().detach()     # read (synced) when logged
         else:
             loss_d = wgan_discriminator_loss_eq4(d_x, d_y_d)
             if cfg.loss == "wgan-gp":
@@ -303,7 +303,7 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
                         last["log_zeta"] = float(loss_d.detach() + (d_x.detach() / cfg.w).mean())
                         last["ess"] = effective_sample_size(d_y_d, log_q, cfg.w)
                     if getattr(task, "chains", None) is not None:     # mean D/w on the chains minus on the data
-                        last.update(mcmc_accept=task.chains.accept, mcmc_energy_gap=task.chains.energy_gap)
+                        last.update(mcmc_accept=task.chains.accept, mcmc_energy_gap=float(task.chains.energy_gap))
                     with open(rows_path, "a") as f:
                         f.write(json.dumps(last) + "\n")
                     shown = {k: v for k, v in last.items()
