@@ -79,6 +79,9 @@ class Config:
     logdet: str = _f(None, "log|det J| estimator: exact (T = n tangents), jvp1 (Eq. 9), or jvp1-tanh (Eq. 9 for "
                            "g_n = tanh ∘ h's h, the tanh's own log-det exact) (None: exact in 2D, jvp1-tanh for "
                            "images)", str)
+    entropy_samples: int = _f(0, "G's entropy term (Eq. 17's w log|det J|) from the exact log|det J| of the "
+                                 "first K of the S samples (all n tangents, OneWayFlowBase.exact_logdet_at_batch) "
+                                 "instead of --logdet's estimate; Eq. 16's log q keeps --logdet's (0: --logdet's)")
     orient: bool = _f(None, "G's entropy term keeps one orientation of g_n (losses.oriented_logdet): "
                             "samples whose det J has the minority sign are pulled back through det J = 0 "
                             "instead of held there, so g_n does not fold (None: on with the exact log-det, "
@@ -164,6 +167,13 @@ class Config:
             raise ValueError(f"mcmc_weight={self.mcmc_weight} must be in [0, 1]")
         if self.mcmc_chains and self.loss != "owf":
             raise ValueError(f"mcmc_chains={self.mcmc_chains} samples owf's P_D; loss={self.loss!r} takes 0")
+        if self.entropy_samples:
+            if not 0 < self.entropy_samples <= self.samples:
+                raise ValueError(f"entropy_samples={self.entropy_samples} must be in [0, samples={self.samples}]")
+            if self.loss != "owf" or self.logdet == "exact" or self.g_alpha != 1 or self.orient:
+                raise ValueError(f"entropy_samples={self.entropy_samples} replaces an estimated log-det in Eq. 17 "
+                                 f"(loss='owf', g_alpha=1, no orient); got loss={self.loss!r}, "
+                                 f"logdet={self.logdet!r}, g_alpha={self.g_alpha}, orient={self.orient}")
         if self.defensive < 0:
             raise ValueError(f"defensive={self.defensive} must be >= 0")
         if self.loss != "owf" and self.d_base != "none":

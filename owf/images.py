@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import shutil
 import socket
@@ -50,6 +51,15 @@ def dequantise_unit(u8: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     (owf.image_eval.dequantise), so that P_D is trained on the density the test NLL measures."""
     U = torch.rand(u8.shape, generator=generator, device=generator.device).to(u8.device)
     return (u8.float() + U) / 128.0 - 1.0
+
+
+def saturated_share(u8: torch.Tensor, seed: int = 0) -> float:
+    """The share of pixels of images u8, dequantised (dequantise_unit, one draw from `seed`), whose
+    atanh exceeds 3 in magnitude: what the training probe calls saturated in a generator's tanh
+    pre-activation. A bin at 0 or 255 is 2/256 wide and 1 - tanh(3) = 0.00495 of it lies past
+    ±tanh(3), so 63% of those pixels count."""
+    x = dequantise_unit(u8, torch.Generator().manual_seed(seed)).double()
+    return float((x.abs() > math.tanh(3.0)).double().mean())
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

@@ -195,6 +195,43 @@ class OneWayFlowBase(nn.Module):
             return y, torch.log(y_dot.squeeze(0).reshape(B, n).norm(dim=-1))
         raise ValueError(f"logdet method {method!r}: choose one of {LOGDET_METHODS}")
 
+    def exact_logdet_at_batch(self, u: torch.Tensor, batch_u: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """The exact log|det J| [k] at u [k, n] (all n tangents, differentiable in the parameters) of
+        the g_n that a training batch batch_u [S, n] defines: its BatchNorms normalise by batch_u's
+        statistics, held constant (the per-sample tangents of every estimator hold them so).
+        A sub-batch of k << S samples thus gets the log-det of the function the S samples were drawn
+        from, not of one normalised by k samples. Running statistics are left as they were."""
+        bns = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not self.training or not bns:
+            return self.logdet(u, "exact", chunk=chunk)[1]
+        stats, saved = {}, [(m.running_mean, m.running_var, m.num_batches_tracked) for m in bns]
+
+        def keep(m, args):              # batch mean and biased variance, as train-mode BatchNorm uses them
+            h = args[0].detach()
+            dims = [0] + list(range(2, h.dim()))
+            stats[m] = (h.mean(dims), h.var(dims, unbiased=False))
+
+        hooks = [m.register_forward_pre_hook(keep) for m in bns]
+        try:
+            with torch.no_grad():
+                for m in bns:
+                    m.running_mean, m.running_var = m.running_mean.clone(), m.running_var.clone()
+                    m.num_batches_tracked = m.num_batches_tracked.clone()
+                self.g_n(batch_u)
+            for h in hooks:
+                h.remove()
+            for m in bns:
+                m.running_mean, m.running_var = stats[m]
+            self.eval()
+            ld = self.logdet(u, "exact", chunk=chunk)[1]
+        finally:
+            for h in hooks:
+                h.remove()              # (removing twice is harmless)
+            for m, (mean, var, count) in zip(bns, saved):
+                m.running_mean, m.running_var, m.num_batches_tracked = mean, var, count
+            self.train()
+        return ld
+
     @torch.no_grad()
     def det_sign_fractions(self, u: torch.Tensor) -> tuple[float, float]:
         """Fractions of the points u [B, n] where det J < 0 and where det J > 0.

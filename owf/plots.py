@@ -77,8 +77,8 @@ def save_density(path, energy_fn, data, device="cpu", res=400, log_zeta=None, ti
     return lz
 
 
-def save_curves(path, rows, keys=("hq", "ess", "log_zeta", "fold")):
-    """Training curves from metrics.jsonl rows."""
+def save_curves(path, rows, keys=("hq", "ess", "log_zeta", "fold"), references=None):
+    """Training curves from metrics.jsonl rows; references {key: (value, label)}: dashed lines."""
     keys = [k for k in keys if any(k in r for r in rows)]
     if not keys:
         return
@@ -87,6 +87,10 @@ def save_curves(path, rows, keys=("hq", "ess", "log_zeta", "fold")):
     for ax, k in zip(axes, keys):
         pts = [(r["step"], r[k]) for r in rows if k in r]
         ax.plot([p[0] for p in pts], [p[1] for p in pts])
+        if references and k in references:
+            value, label = references[k]
+            ax.axhline(value, color="k", lw=1, ls="--", label=label)
+            ax.legend(fontsize=7)
         ax.set_xlabel("step")
         ax.set_title(k)
         ax.grid(alpha=0.3)

@@ -7,6 +7,7 @@ has no `if image:` branches:
     task.pictures(run, G, D, cfg, m)   -> writes samples.png (and density.png in 2D)
     task.state_dict() / load_state_dict(): the data stream's position, for an exact resume
     task.summary_keys, task.progress_keys, task.curve_keys: what metrics.json, the bar and curves.png show
+    task.curve_references()            -> {curve key: (value, label)}: dashed lines on curves.png
 
 MixtureTask draws the 2D mixtures from the training random stream (as before this interface);
 ImageTask reads an image data set's training split as a seeded stream (owf.images.ImageStream) and
@@ -23,7 +24,7 @@ from .config import data_kind
 from .data import get_dataset
 from .dcgan import ConvEnergy, DCGANFlow
 from .classifier import classifier_cached
-from .images import SHAPES, ImageStream, generator_samples, load_images, to_uint8
+from .images import SHAPES, ImageStream, generator_samples, load_images, saturated_share, to_uint8
 from .metrics import EVAL_POINTS, mode_coverage, mode_histogram
 from .model import FOLD_CHECK_MAX_N, Energy, OneWayFlow, log_normal
 from .plots import save_density, save_image_grid, save_samples
@@ -68,6 +69,9 @@ class MixtureTask:
     summary_only = ("max_modes", "per_mode")          # in metrics.json, not in every metrics.jsonl line
     progress_keys = ("modes", "hq")
     curve_keys = ("hq", "ess", "log_zeta", "fold")
+
+    def curve_references(self) -> dict:
+        return {}
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -174,6 +178,14 @@ class ImageTask:
             out["saturated"] = float((a.abs() > 3).float().mean())
         G.train(was)
         return out
+
+    def curve_references(self) -> dict:
+        """What the probe's curves are measured against, from the data: log q against n log 128, the
+        most that any density of dequantised images reaches (each pixel's bin is 2/256 wide); the
+        saturated share against the test split's own, dequantised as in the evaluation (one draw, seed
+        0): a generator that matched the data would saturate as often (Fashion-MNIST: 32%)."""
+        return {"probe_log_q": (self.dim * math.log(128), "n log 128"),
+                "saturated": (saturated_share(self.test), "test split")}
 
     def _scorer(self):
         if self._fid is None:

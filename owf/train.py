@@ -31,6 +31,7 @@ from .config import RESUMABLE, Config, parse_args
 from .losses import (data_kernel_proposal, discriminator_loss_eq16, effective_sample_size, generator_loss_renyi,
                      gradient_penalty, log_zeta_hat, oriented_logdet, uniform_box_proposal, wgan_discriminator_loss_eq4,
                      wgan_generator_loss)
+from .model import log_normal
 from .negatives import energy_penalty
 from .plots import save_curves
 from .distributed import averaged_buffers, average_gradients, broadcast_module, gather_objects, global_log_zeta
@@ -56,6 +57,9 @@ def build(cfg: Config, device: torch.device, progress: bool = False):
     return task, G, D, opt_g, opt_d, gen
 
 
+ENTROPY_CHUNK = 112     # --entropy-samples: tangents per pass of the exact log-det (n = 784: 7 passes)
+
+
 def restore(state: dict, G, D, opt_g, opt_d):
     """Load a checkpoint's networks and optimiser states into build()'s objects (not its step,
     random or data streams: a resume restores those, owf.experiments.continue_run reseeds)."""
@@ -76,8 +80,10 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
     for i in range(cfg.n_critic):
         keep = i == cfg.n_critic - 1
         with torch.set_grad_enabled(keep):
-            if is_owf:
-                y, log_q, logdet, *sign = G.sample_with_log_prob(cfg.samples, cfg.logdet, gen, cfg.orient)
+            if is_owf:              # G.sample_with_log_prob, with u kept for the exact entropy's sub-batch
+                u = G.noise(cfg.samples, gen)
+                y, logdet, *sign = G.logdet(u, cfg.logdet, gen, cfg.orient)
+                log_q = log_normal(u) - logdet
             else:
                 y = G(G.noise(cfg.samples, gen))
         x = task.batch(cfg.batch, gen, device)
@@ -120,7 +126,15 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
     d_y = D(y)
     if is_owf and cfg.orient:
         logdet = oriented_logdet(logdet, sign[0])     # log|det J| on the majority side, reflected on the other
-    loss_g = generator_loss_renyi(d_y, logdet, log_q, cfg.w, cfg.g_alpha, softmax) if is_owf else wgan_generator_loss(d_y)
+    if is_owf and cfg.entropy_samples:
+        # Eq. 17 with its entropy from the exact log|det J| of K of the S samples (every direction of J,
+        # the near-zero singular values too, which Eq. 9's log‖Jv‖ barely sees): -mean D(y) - w mean_K log|det J|
+        logdet_k = G.exact_logdet_at_batch(u[:cfg.entropy_samples], u.detach(), chunk=ENTROPY_CHUNK)
+        loss_g = -d_y.mean() - cfg.w * logdet_k.mean()
+    elif is_owf:
+        loss_g = generator_loss_renyi(d_y, logdet, log_q, cfg.w, cfg.g_alpha, softmax)
+    else:
+        loss_g = wgan_generator_loss(d_y)
     for p, g in zip(g_params, torch.autograd.grad(loss_g, g_params)):
         p.grad = g.contiguous()       # fused Adam reads grads in the parameter's layout
     sums = None
@@ -340,7 +354,8 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
             metrics[k] = last[k]
     task.pictures(run, G, D, cfg, dict(metrics, step=step))     # (G holds the saved, averaged statistics)
     if rows_path.exists():
-        save_curves(run / "curves.png", [json.loads(l) for l in rows_path.read_text().splitlines()], task.curve_keys)
+        save_curves(run / "curves.png", [json.loads(l) for l in rows_path.read_text().splitlines()], task.curve_keys,
+                    task.curve_references())
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 

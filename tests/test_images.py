@@ -3,6 +3,7 @@ Jacobian, the no-bottleneck check, exact resume, a short run that lowers the cla
 bad input."""
 import copy
 import json
+import math
 import pickle
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch.nn as nn
 
 from owf.config import Config
 from owf.dcgan import ConvEnergy, DCGANFlow
-from owf.images import ImageStream, load_images, to_unit
+from owf.images import ImageStream, load_images, saturated_share, to_unit
 from owf.model import log_normal
 from owf.train import main, train
 from support import CLASSES, toy_images
@@ -152,9 +153,9 @@ TINY_IMAGES = dict(g_hidden="16,4", d_hidden="4,8", batch=16, samples=16, log_ev
                    sample_every=10 ** 6, ckpt_every=5, device="cpu", threads=1)
 
 
-@pytest.mark.parametrize("loss", ["owf", "wgan-gp"])
-def test_an_image_run_resumes_exactly(tmp_path, fashion_root, loss):
-    kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=20, loss=loss)
+@pytest.mark.parametrize("loss,extra", [("owf", {}), ("owf", {"entropy_samples": 1}), ("wgan-gp", {})])
+def test_an_image_run_resumes_exactly(tmp_path, fashion_root, loss, extra):
+    kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=20, loss=loss, **extra)
     train(Config(out=str(tmp_path / "full"), **kw), progress=False)
     m = train(Config(out=str(tmp_path / "half"), until=10, **kw), progress=False)
     assert m["steps"] == 10 and not m["finished"]
@@ -225,6 +226,52 @@ def test_jvp1_tanh_is_eq9_for_h_plus_the_exact_tanh_term():
     torch.testing.assert_close(exact, ld_h + torch.log(1 - torch.tanh(a.flatten(1)) ** 2).sum(1))
 
 
+def test_the_saturated_share_of_data_is_the_part_of_the_end_bins_past_tanh_3():
+    """Half the pixels 0, a quarter 255, a quarter 128: 1 - tanh(3) of each end bin's width 2/256
+    lies past ±tanh(3) (|atanh x| > 3), none of the middle bin."""
+    u8 = torch.cat([torch.zeros(200, 1, 16, 16), torch.full((100, 1, 16, 16), 255.0),
+                    torch.full((100, 1, 16, 16), 128.0)]).to(torch.uint8)
+    want = 0.75 * (1 - math.tanh(3.0)) / (2 / 256)
+    assert abs(saturated_share(u8) - want) < 0.005          # 102,400 pixels: sd 0.0015
+
+
+def test_the_exact_entropy_of_a_sub_batch_is_the_batchs_function_and_its_gradient():
+    """exact_logdet_at_batch (--entropy-samples): the log|det J| of k samples of g_n normalised by the
+    whole batch's statistics equals each sample's own in the whole batch's exact log-det; its gradient
+    in the parameters (statistics held constant) is that of torch.autograd.functional.jacobian on an
+    eval-mode copy holding the batch's (biased) statistics; the running statistics stay untouched."""
+    torch.manual_seed(0)
+    G = DCGANFlow((1, 8, 8), widths=(16, 8), latent=10).double().train()
+    u = G.noise(5, torch.Generator().manual_seed(1))
+    before = {k: b.clone() for k, b in G.named_buffers()}
+    _, ld_all = G.logdet(u, "exact")                     # every sample's own, train mode
+    for k, b in G.named_buffers():
+        b.copy_(before[k])
+    ld = G.exact_logdet_at_batch(u[:2], u)
+    torch.testing.assert_close(ld, ld_all[:2])
+    assert G.training and all(torch.equal(b, before[k]) for k, b in G.named_buffers())
+    grads = torch.autograd.grad(ld.sum(), list(G.parameters()))
+    # the oracle: a copy whose BatchNorms hold the batch's statistics (a train-mode pass with momentum 1
+    # stores its mean and unbiased variance: rescaled to the biased one, over N = B·H·W per channel)
+    ref = copy.deepcopy(G)
+    bns = [m for m in ref.modules() if isinstance(m, nn.BatchNorm2d)]
+    sizes = {}
+    hooks = [m.register_forward_hook(lambda m, a, out: sizes.__setitem__(m, a[0].numel() // m.num_features))
+             for m in bns]
+    with torch.no_grad():
+        for m in bns:
+            m.momentum = 1.0
+        ref.g_n(u)
+        for m in bns:
+            m.running_var.mul_((sizes[m] - 1) / sizes[m])
+    for h in hooks:
+        h.remove()
+    ref.eval()
+    want = sum(torch.linalg.slogdet(torch.autograd.functional.jacobian(
+        lambda v: ref.net(v.unsqueeze(0)).flatten(), u[b], create_graph=True)).logabsdet for b in range(2))
+    torch.testing.assert_close(torch.autograd.grad(want, list(ref.parameters())), grads)
+
+
 def test_the_base_measure_is_the_fitted_gaussian_and_survives_a_checkpoint(tmp_path):
     from owf.baselines import AtanhGaussian, dequantised_u
     imgs = torch.randint(0, 256, (300, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
@@ -257,6 +304,10 @@ def test_a_likelihood_run_logs_the_probe_and_refuses_what_does_not_fit(tmp_path,
     assert (tmp_path / "r" / "curves.png").stat().st_size > 0
     with pytest.raises(ValueError, match="d_base"):
         Config(data="fashion-mnist", loss="wgan-gp", d_base="gaussian")
+    for bad in (dict(entropy_samples=65), dict(entropy_samples=-1), dict(entropy_samples=1, logdet="exact"),
+                dict(entropy_samples=1, g_alpha=0.5), dict(entropy_samples=1, loss="wgan-gp")):
+        with pytest.raises(ValueError, match="entropy_samples"):
+            Config(data="fashion-mnist", **bad)
     assert Config(data="fashion-mnist", loss="wgan-gp").d_base == "none"              # a critic is no density
     for k, v in (("dequantise", True), ("d_base", "gaussian"), ("defensive_proposal", "uniform")):
         with pytest.raises(ValueError, match=k):
