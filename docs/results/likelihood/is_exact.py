@@ -1,0 +1,51 @@
+"""Importance sampling of log ζ with the generator's exact log q, and where G's samples sit in P_D.
+
+    python docs/results/likelihood/is_exact.py RUN [NETS.pt] [SAMPLES.png]
+
+For RUN's model (or its networks replaced by NETS.pt's G and D, e.g. finetune_entropy.py's output):
+the mean and spread of D/w on 500 dequantised test images and on 64 generator samples (eval mode),
+and importance sampling with 64 samples of G and their exact log q (all n tangents, Eq. 10):
+log ζ̂ = logsumexp(D/w - log q) - log 64, its ESS, and the log-weights' mean and spread.
+"""
+import math
+import sys
+
+import torch
+
+from owf import load
+from owf.images import dequantise_unit, generator_samples, load_images, to_uint8
+from owf.model import log_normal
+from owf.plots import save_image_grid
+
+
+def main(run, nets=None, picture=None):
+    torch.set_num_threads(1)
+    m = load(run)
+    if nets:
+        sd = torch.load(nets)
+        m.G.load_state_dict(sd["G"])
+        m.D.load_state_dict(sd["D"])
+    G = m.G.eval()
+    m.D.eval()
+    test, _ = load_images(m.config.data, m.config.data_root, train=False)
+    with torch.no_grad():
+        e_test = m.energy(dequantise_unit(test[:500], torch.Generator().manual_seed(0)))
+        y = generator_samples(G, 64, 5)
+        e_gen = m.energy(y)
+        g = torch.Generator().manual_seed(7)
+        lw = []
+        for _ in range(4):
+            u = G.noise(16, g)
+            yy, ld = G.logdet(u, "exact", chunk=112)
+            lw.append(m.energy(yy).double() - (log_normal(u) - ld).double())
+    if picture:
+        save_image_grid(picture, to_uint8(y), f"{run}: samples")
+    lw = torch.cat(lw)
+    ess = float(torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0)))
+    print(f"D/w: test {e_test.mean():.1f} ± {e_test.std():.1f}, generator {e_gen.mean():.1f} ± {e_gen.std():.1f}")
+    print(f"IS with the exact log q, 64 samples: log zeta_hat {float(torch.logsumexp(lw, 0) - math.log(len(lw))):.1f}, "
+          f"ESS {ess:.2f}, log-weights {lw.mean():.1f} ± {lw.std():.1f}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
