@@ -109,7 +109,7 @@ def test_evaluate_writes_eval_json_and_every_figure(tmp_path, fashion_root, caps
         assert math.isfinite(res["baselines"][k]), k
     # the ladder: K = 8 and its halvings, for each default base, each row with its diagnostics
     assert sorted({(r["base"], r["steps"]) for r in res["ais_rows"]}) == sorted(
-        (b, K) for b in ("defensive", "histogram") for K in (1, 2, 4, 8))
+        (b, K) for b in ("defensive", "gaussian") for K in (1, 2, 4, 8))
     assert all((0 <= r["accept"] <= 1 or r["steps"] == 1 and math.isnan(r["accept"])) and r["num_samples"] == 8
                and "raise_bits_per_dim" in r for r in res["ais_rows"])      # K = 1 makes no transition
     assert 0 <= res["energy_auc_train_vs_test"] <= 1
