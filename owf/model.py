@@ -245,11 +245,12 @@ class OneWayFlowBase(nn.Module):
         return float((sign < 0).double().mean()), float((sign > 0).double().mean())
 
     def sample_with_log_prob(self, batch: int, method: str = "exact", generator=None, signed: bool = False,
-                             chunk: int | None = None):
-        """y [B, *event_shape], log q(y) [B] (Eq. 10) and log|det J| [B]; with signed=True also sign(det J) [B]."""
+                             chunk: int | None = None, return_u: bool = False):
+        """y [B, *event_shape], log q(y) [B] (Eq. 10) and log|det J| [B]; with signed=True also sign(det J) [B];
+        with return_u=True also the input noise u [B, d_u] last (training's exact entropy re-uses it)."""
         u = self.noise(batch, generator)
         y, ld, *sign = self.logdet(u, method, generator, signed, chunk)
-        return (y, log_normal(u) - ld, ld, *sign)
+        return (y, log_normal(u) - ld, ld, *sign) + ((u,) if return_u else ())
 
     @torch.no_grad()
     def sample(self, batch: int, generator=None) -> torch.Tensor:

@@ -31,7 +31,6 @@ from .config import RESUMABLE, Config, parse_args
 from .losses import (data_kernel_proposal, discriminator_loss_eq16, effective_sample_size, generator_loss_renyi,
                      gradient_penalty, log_zeta_hat, oriented_logdet, uniform_box_proposal, wgan_discriminator_loss_eq4,
                      wgan_generator_loss)
-from .model import log_normal
 from .negatives import energy_penalty
 from .plots import save_curves
 from .distributed import averaged_buffers, average_gradients, broadcast_module, gather_objects, global_log_zeta
@@ -80,10 +79,9 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
     for i in range(cfg.n_critic):
         keep = i == cfg.n_critic - 1
         with torch.set_grad_enabled(keep):
-            if is_owf:              # G.sample_with_log_prob, with u kept for the exact entropy's sub-batch
-                u = G.noise(cfg.samples, gen)
-                y, logdet, *sign = G.logdet(u, cfg.logdet, gen, cfg.orient)
-                log_q = log_normal(u) - logdet
+            if is_owf:              # u is kept for the exact entropy's sub-batch
+                y, log_q, logdet, *sign, u = G.sample_with_log_prob(cfg.samples, cfg.logdet, gen, cfg.orient,
+                                                                     return_u=True)
             else:
                 y = G(G.noise(cfg.samples, gen))
         x = task.batch(cfg.batch, gen, device)
