@@ -53,12 +53,27 @@ def log_normal(u: torch.Tensor) -> torch.Tensor:
     return -0.5 * (u * u).sum(-1) - 0.5 * u.shape[-1] * math.log(2 * math.pi)
 
 
+def slogdet(m: torch.Tensor):
+    """torch.linalg.slogdet of [..., n, n], with its LU factorisation on one CPU thread: MKL's threaded
+    getrf (oneMKL 2024.2, in torch 2.14's wheels) never returns on some CPUs (it prints "Parameter 6 was
+    incorrect on entry to DLASWP" and spins) for n >= 256 with two threads or more. Its backward
+    (solves with the saved factors) is unaffected. One thread costs little: 8 LUs of 784 x 784 in 0.07 s."""
+    threads = torch.get_num_threads()
+    if m.device.type != "cpu" or threads == 1:
+        return torch.linalg.slogdet(m)
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.slogdet(m)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def slogdet_cols(jac_cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sign of det J, log|det J|) from tangents y_dot [T=n, B, n], where J[b][:, t] = y_dot[t, b] -> [B], [B]."""
     if jac_cols.shape[0] == 2 and jac_cols.shape[2] == 2:
         det = _det2(jac_cols)
         return det.sign().to(jac_cols.dtype), torch.log(torch.abs(det)).to(jac_cols.dtype)
-    out = torch.linalg.slogdet(jac_cols.permute(1, 2, 0))
+    out = slogdet(jac_cols.permute(1, 2, 0))
     return out.sign, out.logabsdet
 
 
@@ -66,7 +81,7 @@ def logabsdet(jac_cols: torch.Tensor) -> torch.Tensor:
     """log|det J| from tangents y_dot [T=n, B, n], where J[b][:, t] = y_dot[t, b] -> [B]."""
     if jac_cols.shape[0] == 2 and jac_cols.shape[2] == 2:
         return torch.log(torch.abs(_det2(jac_cols))).to(jac_cols.dtype)     # no sign: the training step's path
-    return torch.linalg.slogdet(jac_cols.permute(1, 2, 0)).logabsdet
+    return slogdet(jac_cols.permute(1, 2, 0)).logabsdet
 
 
 def _det2(jac_cols):

@@ -177,3 +177,17 @@ def test_signed_logdet_matches_the_full_jacobian():
     torch.testing.assert_close(ld, want.logabsdet)
     with pytest.raises(ValueError, match="jvp1"):
         G.logdet(u, "jvp1", signed=True)
+
+
+def test_slogdet_returns_with_two_threads():
+    """owf.model.slogdet: MKL's threaded LU never returned on these 2-core CPUs for n >= 256 (a probe of
+    a Fashion-MNIST run hung at step 100 with torch's default threads); it factorises on one thread, then
+    gives the threads back. Run in a child process, so that a hang fails the test instead of CI."""
+    import subprocess
+    import sys
+    code = ("import torch; from owf.model import slogdet; torch.set_num_threads(2); torch.manual_seed(0); "
+            "m = torch.randn(3, 300, 300, dtype=torch.float64); s = slogdet(m); assert torch.get_num_threads() == 2; "
+            "torch.set_num_threads(1); r = torch.linalg.slogdet(m); "
+            "assert torch.equal(s.sign, r.sign) and torch.allclose(s.logabsdet, r.logabsdet, rtol=0, atol=1e-9); print('ok')")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]

@@ -33,6 +33,7 @@ from tqdm import tqdm  # noqa: E402
 from owf_kernels import linear_jvp  # noqa: E402
 
 from ..cli import user_errors_exit  # noqa: E402
+from ..model import slogdet  # noqa: E402
 
 SIZES = (8, 16, 32)
 DEPTHS = (1, 4, 16, 32)
@@ -76,7 +77,7 @@ def true_logdet(net, z) -> torch.Tensor:
     """mean_b log|det J(z_b)|: all n columns of J pushed forward exactly, then slogdet."""
     B, n = z.shape
     _, H = push(net, z, torch.eye(n).unsqueeze(1).expand(n, B, n))
-    return torch.linalg.slogdet(H.permute(1, 2, 0)).logabsdet.mean()
+    return slogdet(H.permute(1, 2, 0)).logabsdet.mean()
 
 
 def one_sample_logdet(net, z, g) -> torch.Tensor:
