@@ -95,3 +95,15 @@ def test_the_dry_run_names_the_new_cases(capsys, monkeypatch):
     GC.main()
     out = json.loads(capsys.readouterr().out)
     assert "networks" in out["sections"] and "meanflow DiT 32x32x1" in out["network_cases"]
+    assert {"user", "ais", "check_sdpa_jvp", "time_sdpa_jvp"} <= set(out["sections"])
+
+
+def test_a_child_section_past_its_cap_is_killed_and_keeps_its_records(monkeypatch):
+    """in_child: the records a section made before its cap are kept, and the kill is recorded."""
+    monkeypatch.setattr(GC, "RESULTS", [])
+    t = time.time()
+    GC.in_child("sleepy", "GC.record(section='sleepy', done=1)\ntime.sleep(600)", 45)
+    assert time.time() - t < 90
+    assert GC.RESULTS[0] == {"section": "sleepy", "done": 1}
+    assert GC.RESULTS[1]["section"] == "sleepy" and GC.RESULTS[1]["status"] == "killed after 45 s"
+    assert GC.RESULTS[1]["records_kept"] == 1 and len(GC.RESULTS) == 2

@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .backend import interpreting
-from .linear_jvp_triton import _precision      # one fp32 dot-precision policy for every kernel here
+from .linear_jvp_triton import _autotune, _precision      # one dot-precision and autotune policy for every kernel here
 
 LOG2E = tl.constexpr(1.4426950408889634)      # s₂ = s·log₂e: the kernels use exp2/log2
 LN2 = tl.constexpr(0.6931471805599453)
@@ -45,6 +45,10 @@ LN2 = tl.constexpr(0.6931471805599453)
 # the backward five [BLOCK_M, BLOCK_N] tiles and four [BLOCK_N, E] accumulators, so its blocks are
 # smaller. Configs that do not fit are skipped by the autotuner (OutOfResources).
 INTERP_CONFIG = dict(BLOCK_M=16, BLOCK_N=16)
+# OWF_KERNELS_AUTOTUNE=0 on a GPU: one small tile that fits every head dim here, compiled once per
+# specialisation instead of once per config (the autotuner compiled 15 configs for each of the GPU
+# check's 10 shapes: more than 6 minutes on the H200, 2026-12-04)
+FIXED_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
 
 
 def _fwd_configs():
@@ -471,6 +475,8 @@ def _launch(plain, tuned, grid, args, meta):
     """The plain kernel with the interpreter's tile, or the autotuned one on a GPU."""
     if interpreting():
         plain[grid(INTERP_CONFIG)](*args, **meta, **INTERP_CONFIG)
+    elif not _autotune():
+        plain[grid(FIXED_CONFIG)](*args, **meta, **FIXED_CONFIG)
     else:
         tuned[grid](*args, **meta)
 
