@@ -7,8 +7,9 @@ writes JSON and the table to --out (default: $OUT or benchmarks/results).
     python benchmarks/gpu_check.py --dry-run      # the sections and cases it would run, on any machine
     python benchmarks/gpu_check.py --rehearse     # the user commands and the AIS section, toy sizes, on the CPU
 
-What the GPU machine cannot fetch travels in gpu_carry/ (ignored by git; docs/benchmarks.md says how to
-fill it): Fashion-MNIST's IDX files, a trained run for the AIS section, the project's FID classifier.
+What the GPU machine cannot fetch travels in gpu_carry/ (ignored by git; `--pack RUN` fills it; the
+command is in docs/benchmarks.md): Fashion-MNIST's IDX files, the project's FID classifier, and a
+trained run for the AIS section.
 
 Sections (each guarded, so one failure does not lose the rest; past the deadline the rest are skipped;
 --sections reruns the named ones). By default, in this order:
@@ -649,6 +650,30 @@ DEFAULT_SECTIONS = ("ceilings,check_linear_jvp,check_log_zeta,check_sdpa_jvp,use
 CARRY = HERE.parent / "gpu_carry"     # what the GPU machine cannot fetch (no network): see docs/benchmarks.md
 
 
+def pack(run):
+    """--pack RUN: fill gpu_carry/ for a lending: Fashion-MNIST's IDX files, the cached classifier, and
+    RUN reduced to what owf.density.load reads (config, step, G, D, event_shape, log_zeta: 15 of 35 MB
+    for the default image run; the optimisers and the chains stay behind), as gpu_carry/<RUN's name>."""
+    import shutil
+    from owf.checkpoint import load_checkpoint, save_atomic
+    from owf.classifier import classifier_path
+    from owf.images import FASHION_MNIST_FILES, fashion_mnist_dir
+    src = fashion_mnist_dir()
+    (CARRY / "fashion-mnist").mkdir(parents=True, exist_ok=True)
+    for f in FASHION_MNIST_FILES:
+        shutil.copyfile(src / (f + ".gz"), CARRY / "fashion-mnist" / (f + ".gz"))
+    clf = classifier_path("fashion-mnist")
+    if clf.exists():
+        (CARRY / "cache").mkdir(exist_ok=True)
+        shutil.copyfile(clf, CARRY / "cache" / clf.name)
+    state = load_checkpoint(run)
+    keep = {k: state[k] for k in ("config", "step", "G", "D", "event_shape", "log_zeta") if k in state}
+    (CARRY / Path(run).name).mkdir(exist_ok=True)
+    save_atomic(keep, CARRY / Path(run).name / "checkpoint.pt")
+    sizes = {str(p.relative_to(CARRY)): round(p.stat().st_size / 2 ** 20, 1) for p in CARRY.rglob("*") if p.is_file()}
+    print(json.dumps(sizes, indent=1), f"\n{sum(sizes.values()):.1f} MiB in {CARRY}: with the working tree, under 64")
+
+
 def rehearse(out):
     """--rehearse: the sections that need no GPU kernels, at toy sizes on the CPU: the user commands
     (owf.train / owf.evaluate as subprocesses) and the AIS rungs, so a lent GPU's minutes are not
@@ -674,6 +699,7 @@ def main():
     ap.add_argument("--ais-seconds", type=float, default=150.0, help="the AIS section's cap")
     ap.add_argument("--ais-chains", type=int, default=4096)
     ap.add_argument("--dry-run", action="store_true", help="print the sections and cases it would run, run nothing")
+    ap.add_argument("--pack", metavar="RUN", help="fill gpu_carry/ with the data, the classifier and RUN reduced, then stop")
     ap.add_argument("--rehearse", action="store_true",
                     help="run the user commands and the AIS section at toy sizes on the CPU (a few minutes)")
     args = ap.parse_args()
@@ -687,6 +713,8 @@ def main():
                           "dcgan_cases": list(P.DCGAN_CASES), "network_cases": {k: [v[0], v[2], v[3]] for k, v in J.CASES.items()},
                           "network_providers": J.PROVIDERS + J.COMPILED + ["ideal"]}, indent=1))
         return
+    if args.pack:
+        return pack(args.pack)
     if args.rehearse:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         rehearse(args.out)
