@@ -740,7 +740,8 @@ def main():
     # the check on one fixed tile (OWF_KERNELS_AUTOTUNE=0: one compile per shape, not 15)
     run("check_sdpa_jvp", in_child, "check sdpa_jvp", "ATT.gpu_check(GC.record)", 120, {"OWF_KERNELS_AUTOTUNE": "0"})
     run("user", user_commands, args.out, args.data_root, "cuda", 300, 2000,
-        ("--zeta-samples", "64", "--ais-steps", "2000", "--ais-chains", "256", "--raise-points", "32"))
+        ("--zeta-samples", "32", "--ais-steps", "1000", "--ais-chains", "128", "--raise-points", "16", "--ais-bases",
+         "defensive", "--no-figures"))         # at S = 64, K = 2000, 256 chains, two bases: > 150 s (12-04)
     if "ais" in want and not Path(args.run).exists():
         record(section="ais large K", status=f"skipped: no run at {args.run}")
     elif Path(args.run).exists():
