@@ -228,9 +228,9 @@ def check_jvp_epilogue(device="cuda", acts=None):
 def check_log_zeta():
     """Value: relative to max(1, |ref|), below 1e-6 or, at large S, the a-priori bound of an fp32 sum
     of S positive terms by blocks and a tree, log2(S) u (u = 2^-24; 1.6e-6 at S = 1e8, where the H200
-    measured 7.0e-7 and 1.5e-6 on two unseeded draws) plus 1e-7 for the terms' own rounding. Gradients exp(l - lse): their relative
-    error is the absolute error of l - lse, i.e. fp32 spacing at |l| (2.4e-4 at |l| ~ 3e3), so the
-    tolerance scales with max |l|. Seeded: the same draws on every run."""
+    measured 7.0e-7 and 1.5e-6 on two unseeded draws) plus 1e-7 for the terms' own rounding.
+    Gradients exp(l - lse): their relative error is the absolute error of l - lse, i.e. fp32 spacing at
+    |l| (2.4e-4 at |l| ~ 3e3), so the tolerance scales with max |l|. Seeded: the same draws on every run."""
     worst_val, worst_grad, worst_ratio = 0.0, 0.0, 0.0
     ok = True
     torch.manual_seed(0)
@@ -470,12 +470,14 @@ def time_networks(compile_ok, table=None, device="cuda"):
 
 
 def _run_cli(args, seconds, env=None):
-    """One user command (python -m ...) in a child process, capped at `seconds`: -> (rc, wall_s, last lines)."""
+    """`python -m ARGS` in a child process, capped at `seconds`: -> (rc, wall_s, its last stdout line, or
+    on failure its stderr's tail when it wrote one)."""
     t = time.time()
     try:
         p = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=seconds,
                            cwd=HERE.parent, env=dict(os.environ, **(env or {})))
-        tail = (p.stdout.strip().splitlines() or [""])[-1][-300:] if p.returncode == 0 else p.stderr[-1500:]
+        last = (p.stdout.strip().splitlines() or [""])[-1][-300:]
+        tail = p.stderr[-1500:] if p.returncode != 0 and p.stderr.strip() else last
         return p.returncode, round(time.time() - t, 1), tail
     except subprocess.TimeoutExpired:
         return "timeout", round(time.time() - t, 1), f"killed after {seconds} s"
@@ -535,8 +537,9 @@ def ais_large_k(run, data_root, seconds, device="cuda", chains=4096, k0=1000, k_
         last = time.time() - t
         record(section="ais large K", run=str(run), base=base, chains=chains, K=K, rung_seconds=round(last, 1),
                **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
-                  if k in ("log_zeta", "se", "ess", "log_weight_var", "seconds", "raise_seconds", "ais_bits_per_dim", "ais_bits_per_dim_subset",
-                           "raise_bits_per_dim", "raise_bits_per_dim_se", "accept", "raise_accept")})
+                  if k in ("log_zeta", "se", "ess", "log_weight_var", "seconds", "raise_seconds", "ais_bits_per_dim",
+                           "ais_bits_per_dim_subset", "raise_bits_per_dim", "raise_bits_per_dim_se", "accept",
+                           "raise_accept")})
         K *= 2
 
 
@@ -549,7 +552,8 @@ def in_child(name, expr, seconds, env=None):
     rows = Path(tempfile.mkdtemp()) / "rows.json"
     code = (f"import json, sys, time\nsys.path.insert(0, {str(HERE)!r})\nimport gpu_check as GC\n"
             f"import test_bench_attention_jvp as ATT\nT_END = time.time() + {seconds}\n_record = GC.record\n"
-            f"def record(**row):\n    _record(**row)\n    open({str(rows)!r}, 'w').write(json.dumps(GC.RESULTS, default=str))\n"
+            f"def record(**row):\n    _record(**row)\n"
+            f"    open({str(rows)!r}, 'w').write(json.dumps(GC.RESULTS, default=str))\n"
             f"GC.record = record\n{expr}\n")
     t = time.time()
     try:
@@ -565,18 +569,11 @@ def in_child(name, expr, seconds, env=None):
 
 
 def pytest_on_gpu(seconds):
-    env = dict(os.environ, OWF_KERNELS_AUTOTUNE="0", TRITON_INTERPRET="0")
-    t = time.time()
-    try:
-        p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                            "tests/test_linear_jvp.py", "tests/test_mlp_jvp.py", "tests/test_log_zeta.py",
-                            "tests/test_jvp.py", "tests/test_jvp_epilogue.py", "tests/test_jvp_rules.py",
-                            "tests/test_jvp_engine.py"], capture_output=True, text=True,
-                           timeout=seconds, cwd=HERE.parent, env=env)
-        tail = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr[-300:]
-        record(section="pytest kernels on GPU", rc=p.returncode, wall_s=round(time.time() - t, 1), result=tail)
-    except subprocess.TimeoutExpired:
-        record(section="pytest kernels on GPU", status=f"timed out after {seconds}s")
+    rc, wall, tail = _run_cli(["pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_linear_jvp.py",
+                               "tests/test_mlp_jvp.py", "tests/test_log_zeta.py", "tests/test_jvp.py",
+                               "tests/test_jvp_epilogue.py", "tests/test_jvp_rules.py", "tests/test_jvp_engine.py"],
+                              seconds, {"OWF_KERNELS_AUTOTUNE": "0", "TRITON_INTERPRET": "0"})
+    record(section="pytest kernels on GPU", rc=rc, wall_s=wall, result=tail)
 
 
 def table(rows) -> str:
@@ -640,8 +637,8 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
-ALL_SECTIONS = ("ceilings,check_linear_jvp,check_log_zeta,check_sdpa_jvp,user,ais,generator,dcgan,networks,time_sdpa_jvp,"
-                "time_log_zeta,"
+ALL_SECTIONS = ("ceilings,check_linear_jvp,check_log_zeta,check_sdpa_jvp,user,ais,generator,dcgan,networks,"
+                "time_sdpa_jvp,time_log_zeta,"
                 "time_linear_jvp,sweep_log_zeta,profile,pytest")
 # the default run (issue 31): correctness, the user commands, the AIS bracket at large K, the steps;
 # the layer and log_zeta timings of 2026-11-28 (docs/benchmarks.md) are rerun only when named
@@ -699,7 +696,8 @@ def main():
     ap.add_argument("--ais-seconds", type=float, default=150.0, help="the AIS section's cap")
     ap.add_argument("--ais-chains", type=int, default=4096)
     ap.add_argument("--dry-run", action="store_true", help="print the sections and cases it would run, run nothing")
-    ap.add_argument("--pack", metavar="RUN", help="fill gpu_carry/ with the data, the classifier and RUN reduced, then stop")
+    ap.add_argument("--pack", metavar="RUN",
+                    help="fill gpu_carry/ with the data, the classifier and RUN reduced, then stop")
     ap.add_argument("--rehearse", action="store_true",
                     help="run the user commands and the AIS section at toy sizes on the CPU (a few minutes)")
     args = ap.parse_args()
@@ -724,8 +722,9 @@ def main():
     deadline = T0 + args.budget
     Path(args.out).mkdir(parents=True, exist_ok=True)
     props = torch.cuda.get_device_properties(0)
-    header = dict(section="device", gpu=props.name, sms=props.multi_processor_count, capability=f"{props.major}.{props.minor}", torch=torch.__version__,
-                  triton=triton.__version__, cuda=torch.version.cuda, python=sys.version.split()[0],
+    header = dict(section="device", gpu=props.name, sms=props.multi_processor_count,
+                  capability=f"{props.major}.{props.minor}", torch=torch.__version__, triton=triton.__version__,
+                  cuda=torch.version.cuda, python=sys.version.split()[0],
                   date=datetime.date.today().isoformat(), allow_tf32=torch.backends.cuda.matmul.allow_tf32,
                   cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
     record(**header)
@@ -744,7 +743,7 @@ def main():
          "defensive", "--no-figures"))         # at S = 64, K = 2000, 256 chains, two bases: > 150 s (12-04)
     if "ais" in want and not Path(args.run).exists():
         record(section="ais large K", status=f"skipped: no run at {args.run}")
-    elif Path(args.run).exists():
+    else:
         run("ais", ais_large_k, args.run, args.data_root, min(args.ais_seconds, max(deadline - time.time() - 60, 0)),
             "cuda", args.ais_chains)
     run("generator", time_generator_steps, compile_ok)

@@ -186,7 +186,8 @@ def test_slogdet_returns_with_two_threads():
     import subprocess
     import sys
     code = ("import torch; from owf.model import slogdet; torch.set_num_threads(2); torch.manual_seed(0); "
-            "m = torch.randn(3, 300, 300, dtype=torch.float64); s = slogdet(m); assert torch.get_num_threads() == 2; "
+            "m = torch.randn(3, 300, 300, dtype=torch.float64); s = slogdet(m); "
+            "assert torch.get_num_threads() == 2; "
             "torch.set_num_threads(1); r = torch.linalg.slogdet(m); "
             "assert torch.equal(s.sign, r.sign) and torch.allclose(s.logabsdet, r.logabsdet, rtol=0, atol=1e-9); print('ok')")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
