@@ -297,6 +297,7 @@ def _layer_norm(ctx, x, shape, weight=None, bias=None, eps=1e-5, cudnn=True):
 def _group_norm(ctx, x, groups, weight=None, bias=None, eps=1e-5, cudnn=True):
     """GroupNorm: the same over each sample's group of C/G channels and the spatial dims."""
     p, t = x.P()
+    p = p.contiguous()              # CUDA's kernel refuses a strided x (a stacked slice), the CPU's copies it
     N, C = p.shape[:2]
     HW = p[0, 0].numel()
     y, mean, rstd = aten.native_group_norm(p, weight, bias, N, C, HW, groups, eps)
@@ -304,7 +305,8 @@ def _group_norm(ctx, x, groups, weight=None, bias=None, eps=1e-5, cudnn=True):
     if not ctx.stack:
         with torch.no_grad():
             xs, m, r = _over_tangents(t, p, mean, rstd)
-            yd = aten.native_group_norm_backward(t.reshape(xs.shape), xs, m, r, None, xs.shape[0], C, HW, groups,
+            td, xs = t.reshape(xs.shape).contiguous(), xs.contiguous()
+            yd = aten.native_group_norm_backward(td, xs, m, r, None, xs.shape[0], C, HW, groups,
                                                  [True, False, False])[0].view(t.shape)
             return Dual(p=y, t=(yd if weight is None else yd * weight.view(wshape)).to(y.dtype))
     with ctx.tan:
