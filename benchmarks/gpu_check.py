@@ -12,7 +12,7 @@ command is in docs/benchmarks.md): Fashion-MNIST's IDX files, the project's FID 
 trained run for the AIS section.
 
 Sections (each guarded, so one failure does not lose the rest; past the deadline the rest are skipped;
---sections reruns the named ones). By default, in this order:
+--sections runs the named ones, in its order). By default, in this order:
  ceilings: device-to-device copy bandwidth, fp32 and bf16 GEMM rates (cuBLAS)
  check_linear_jvp, check_log_zeta: linear_jvp (every activation, odd shapes, T = 1, 2, 5, 9, fp32/bf16,
     every gradient), mlp_jvp (the Triton chain), jvp's Triton layer epilogue and log_zeta (S up to 1e8,
@@ -39,6 +39,7 @@ owf against func.jvp, compiled and the GEMMs), sweep_log_zeta (launch shapes), p
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import math
@@ -62,6 +63,7 @@ from owf_kernels import (ACTIVATIONS, linear_jvp, linear_jvp_torch, log_zeta, lo
                          mlp_jvp, mlp_jvp_torch)
 
 RESULTS: list[dict] = []
+SAVE: Path | None = None        # main() sets $OUT/gpu_results.json: rewritten at each record, so a killed run keeps them
 T0 = time.time()
 
 
@@ -72,6 +74,12 @@ def log(*a):
 def record(**row):
     RESULTS.append(row)
     log(json.dumps(row))
+    save()
+
+
+def save():
+    if SAVE is not None:
+        SAVE.write_text(json.dumps(RESULTS, indent=1, default=str))
 
 
 def bench(fn, grad_to_none=None):
@@ -399,10 +407,12 @@ def time_dcgan(compile_ok):
             B = 64
             row = dict(section="dcgan jvp", case=name, dtype=str(dtype)[6:], B=B)
             u, v = P.dcgan_inputs(G, B)
+            # the reference: forward_ad on a float32 copy (bf16 forward_ad on CUDA met a float32 input in a
+            # bf16 ConvTranspose2d on 2026-12-04; the CPU's runs)
             with torch.no_grad():
                 _, a = P.dcgan_jvp_fn("owf-batch", G, u, v)()
-                _, b = P.dcgan_jvp_fn("forward_ad", G, u, v)()
-            row["tangent_rel_err_vs_forward_ad"] = f"{rel_err(a, b):.1e}"
+                _, b = P.dcgan_jvp_fn("forward_ad", copy.deepcopy(G).float(), u.float(), v.float())()
+            row["tangent_rel_err_vs_forward_ad_fp32"] = f"{rel_err(a, b):.1e}"
             for prov in DCGAN_ROWS:
                 if prov == "compile" and not compile_ok():
                     continue
@@ -527,6 +537,7 @@ def ais_large_k(run, data_root, seconds, device="cuda", chains=4096, k0=1000, k_
     from owf.images import load_images
     t_end = time.time() + seconds
     model = load(run, device)
+    model.config.data_root = str(data_root)          # the bases fit to the training split read it
     test_u8, _ = load_images(model.config.data, str(data_root), train=False)
     K, last = k0, 0.0
     while K <= k_max and time.time() + 2.2 * last < t_end:
@@ -564,6 +575,7 @@ def in_child(name, expr, seconds, env=None):
         status = f"killed after {seconds} s"
     done = json.loads(rows.read_text()) if rows.exists() else []
     RESULTS.extend(done)
+    save()
     if status != "ok":
         record(section=name, status=status, records_kept=len(done), wall_s=round(time.time() - t, 1))
 
@@ -574,6 +586,15 @@ def pytest_on_gpu(seconds):
                                "tests/test_jvp_epilogue.py", "tests/test_jvp_rules.py", "tests/test_jvp_engine.py"],
                               seconds, {"OWF_KERNELS_AUTOTUNE": "0", "TRITON_INTERPRET": "0"})
     record(section="pytest kernels on GPU", rc=rc, wall_s=wall, result=tail)
+
+
+def saved_records(path):
+    """The records of a run: its gpu_results.json, or the records its log printed (one JSON per line)."""
+    text = Path(path).read_text()
+    if path.endswith(".json"):
+        return json.loads(text)
+    return [json.loads(line[line.index("] {") + 2:]) for line in text.splitlines()
+            if line.startswith("[") and "] {\"section\"" in line]
 
 
 def table(rows) -> str:
@@ -627,8 +648,22 @@ def table(rows) -> str:
                 ok = all(isinstance(v, float) for v in (ms, ow, ideal))
                 lines.append(f"| {r['case']} | {prov} | " + (f"{ms:.3f} ({r.get(f'{prov}_peak_MiB', '-')}) | "
                              f"{ms / ow:.2f}x | {ms / ideal:.2f} |" if ok else f"{str(ms)[:60]} | - | - |"))
+    at = [r for r in rows if r.get("section") == "sdpa_jvp"]
+    if at:
+        lines += ["", "### sdpa_jvp (T = 1), median ms; func.jvp and compile on the math attention", "",
+                  "| dtype | B, H, L, E | pass | sdpa_jvp | plain SDPA | func.jvp | compile | func.jvp / sdpa_jvp "
+                  "| compile / sdpa_jvp |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in at:
+            for w in ("fwd", "fwd+bwd"):
+                ms = lambda p: (f"{r[f'{p}_{w}_ms']:.3f}" if isinstance(r.get(f"{p}_{w}_ms"), float)  # noqa: E731
+                                else "-")
+                ratio = lambda p: (f"{r[f'{p}_over_sdpa_jvp_{w}']:.2f}x"  # noqa: E731
+                                   if isinstance(r.get(f"{p}_over_sdpa_jvp_{w}"), float) else "-")
+                lines.append(f"| {r['dtype']} | {r['B']}, {r['H']}, {r['L']}, {r['E']} | {w} | {ms('sdpa_jvp')} | "
+                             f"{ms('plain')} | {ms('func.jvp')} | {ms('compile')} | {ratio('func.jvp')} | "
+                             f"{ratio('compile')} |")
     other = [r for r in rows if r.get("section") not in ("linear_jvp fwd+bwd", "log_zeta fwd", "generator step",
-                                                         "dcgan jvp", "jvp networks")]
+                                                         "dcgan jvp", "jvp networks", "sdpa_jvp")]
     lj_err = [f"{r['dtype']} {r['K']} {k}: {v}" for r in lj for k, v in r.items() if str(v).startswith("error")]
     if lj_err:
         lines += ["", "errors: " + "; ".join(lj_err[:4])]
@@ -700,7 +735,12 @@ def main():
                     help="fill gpu_carry/ with the data, the classifier and RUN reduced, then stop")
     ap.add_argument("--rehearse", action="store_true",
                     help="run the user commands and the AIS section at toy sizes on the CPU (a few minutes)")
+    ap.add_argument("--table", nargs="+", metavar="LOG",
+                    help="print the markdown table of saved records (gpu_results.json, or the log of a killed run)")
     args = ap.parse_args()
+    if args.table:
+        print(table([r for f in args.table for r in saved_records(f)]))
+        return
     bad = set(args.sections.split(",")) - set(ALL_SECTIONS.split(","))
     if bad:
         raise SystemExit(f"--sections: unknown {sorted(bad)}; choose from {ALL_SECTIONS}")
@@ -719,8 +759,10 @@ def main():
         print("\n" + table(RESULTS))
         bad = [r for r in RESULTS if r.get("rc", 0) != 0 or "status" in r]
         raise SystemExit(1 if bad or not RESULTS else 0)
+    global SAVE
     deadline = T0 + args.budget
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    SAVE = Path(args.out) / "gpu_results.json"
     props = torch.cuda.get_device_properties(0)
     header = dict(section="device", gpu=props.name, sms=props.multi_processor_count,
                   capability=f"{props.major}.{props.minor}", torch=torch.__version__, triton=triton.__version__,
@@ -730,36 +772,41 @@ def main():
     record(**header)
     compile_ok = lambda: time.time() < deadline - 90  # noqa: E731  (compiles are the slow part)
 
-    want = set(args.sections.split(","))
-    run = lambda name, f, *a: section(name, deadline)(f)(*a) if name in want else None  # noqa: E731
-    ceil = run("ceilings", ceilings) or {}
-    run("check_linear_jvp", check_linear_jvp)
-    run("check_log_zeta", check_log_zeta)
-    # the attention JVP kernel's check and timing (docs/attention_jvp.md), each in a capped child;
-    # the check on one fixed tile (OWF_KERNELS_AUTOTUNE=0: one compile per shape, not 15)
-    run("check_sdpa_jvp", in_child, "check sdpa_jvp", "ATT.gpu_check(GC.record)", 120, {"OWF_KERNELS_AUTOTUNE": "0"})
-    run("user", user_commands, args.out, args.data_root, "cuda", 300, 2000,
-        ("--zeta-samples", "32", "--ais-steps", "1000", "--ais-chains", "128", "--raise-points", "16", "--ais-bases",
-         "defensive", "--no-figures"))         # at S = 64, K = 2000, 256 chains, two bases: > 150 s (12-04)
-    if "ais" in want and not Path(args.run).exists():
-        record(section="ais large K", status=f"skipped: no run at {args.run}")
-    else:
-        run("ais", ais_large_k, args.run, args.data_root, min(args.ais_seconds, max(deadline - time.time() - 60, 0)),
-            "cuda", args.ais_chains)
-    run("generator", time_generator_steps, compile_ok)
-    run("dcgan", time_dcgan, compile_ok)
-    run("networks", time_networks, compile_ok)
-    run("time_sdpa_jvp", in_child, "time sdpa_jvp",
-        "ATT.gpu_time(GC.record, GC.bench, lambda: time.time() < T_END - 60)", max(deadline - time.time() - 60, 1))
-    run("time_log_zeta", time_log_zeta, ceil.get("copy_GBps"))
-    run("time_linear_jvp", time_linear_jvp, [int(s) for s in args.sizes.split(",")], compile_ok)
-    run("sweep_log_zeta", sweep_log_zeta, ceil.get("copy_GBps"))
-    run("profile", profile_owf)
+    # the sections in --sections' order (a lending short of time puts first what it lacks)
+    want = args.sections.split(",")
+    steps = dict(
+        ceilings=lambda: ceil.update(ceilings() or {}),
+        check_linear_jvp=check_linear_jvp,
+        check_log_zeta=check_log_zeta,
+        # the attention JVP kernel's check and timing (docs/attention_jvp.md), each in a capped child;
+        # the check on one fixed tile (OWF_KERNELS_AUTOTUNE=0: one compile per shape, not 15)
+        check_sdpa_jvp=lambda: in_child("check sdpa_jvp", "ATT.gpu_check(GC.record)", 120,
+                                        {"OWF_KERNELS_AUTOTUNE": "0"}),
+        user=lambda: user_commands(
+            args.out, args.data_root, "cuda", 300, 2000,
+            ("--zeta-samples", "32", "--ais-steps", "1000", "--ais-chains", "128", "--raise-points", "16",
+             "--ais-bases", "defensive", "--no-figures")),  # at S = 64, K = 2000, 256 chains, two bases: > 150 s
+        ais=lambda: (ais_large_k(args.run, args.data_root, min(args.ais_seconds, max(deadline - time.time() - 60, 0)),
+                                 "cuda", args.ais_chains) if Path(args.run).exists()
+                     else record(section="ais large K", status=f"skipped: no run at {args.run}")),
+        generator=lambda: time_generator_steps(compile_ok),
+        dcgan=lambda: time_dcgan(compile_ok),
+        networks=lambda: time_networks(compile_ok),
+        time_sdpa_jvp=lambda: in_child("time sdpa_jvp",
+                                       "ATT.gpu_time(GC.record, GC.bench, lambda: time.time() < T_END - 60)",
+                                       max(deadline - time.time() - 60, 1)),
+        time_log_zeta=lambda: time_log_zeta(ceil.get("copy_GBps")),
+        time_linear_jvp=lambda: time_linear_jvp([int(s) for s in args.sizes.split(",")], compile_ok),
+        sweep_log_zeta=lambda: sweep_log_zeta(ceil.get("copy_GBps")),
+        profile=profile_owf)
+    ceil = {}
+    for name in want:
+        if name != "pytest":
+            section(name, deadline)(steps[name])()
     left = deadline - time.time()
     if left > 40 and "pytest" in want:
         section("pytest on gpu", deadline + 60)(pytest_on_gpu)(int(left + 50))
 
-    (Path(args.out) / "gpu_results.json").write_text(json.dumps(RESULTS, indent=1, default=str))
     md = f"## GPU check: {header['gpu']}, {header['date']} (torch {header['torch']}, triton {header['triton']}, " \
          f"CUDA {header['cuda']})\n\n" + table(RESULTS) + "\n"
     (Path(args.out) / "gpu_table.md").write_text(md)
