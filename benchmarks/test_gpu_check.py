@@ -117,3 +117,15 @@ def test_records_are_saved_as_made(tmp_path, monkeypatch):
     GC.record(section="a", x=1)
     GC.record(section="b", x=2.5)
     assert json.loads((tmp_path / "gpu_results.json").read_text()) == [dict(section="a", x=1), dict(section="b", x=2.5)]
+
+
+def test_table_from_a_killed_calls_log(tmp_path):
+    """--table reads the records a log printed (a call killed by its cap wrote no JSON), not its other lines."""
+    rows = [dict(section="jvp networks", case="c", owf_ms=2.0, owf_peak_MiB=1.0, ideal_ms=1.0),
+            dict(section="ceilings", copy_GBps=4250.9)]
+    log = tmp_path / "log.txt"
+    log.write_text("[   0.2s] == networks\nTraceback (most recent call last):\n  {\"section\": \"not a record\"}\n"
+                   + "".join(f"[ {i:5.1f}s] {json.dumps(r)}\n" for i, r in enumerate(rows)))
+    assert GC.saved_records(str(log)) == rows
+    md = GC.table(GC.saved_records(str(log)))
+    assert "| c | owf | 2.000 (1.0) | 1.00x | 2.00 |" in md and '"copy_GBps": 4250.9' in md
