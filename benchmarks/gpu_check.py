@@ -12,7 +12,7 @@ command is in docs/benchmarks.md): Fashion-MNIST's IDX files, the project's FID 
 trained run for the AIS section.
 
 Sections (each guarded, so one failure does not lose the rest; past the deadline the rest are skipped;
---sections runs the named ones, in its order). By default, in this order:
+--sections runs the named ones, in its order, pytest last). By default, in this order:
  ceilings: device-to-device copy bandwidth, fp32 and bf16 GEMM rates (cuBLAS)
  check_linear_jvp, check_log_zeta: linear_jvp (every activation, odd shapes, T = 1, 2, 5, 9, fp32/bf16,
     every gradient), mlp_jvp (the Triton chain), jvp's Triton layer epilogue and log_zeta (S up to 1e8,
@@ -63,7 +63,7 @@ from owf_kernels import (ACTIVATIONS, linear_jvp, linear_jvp_torch, log_zeta, lo
                          mlp_jvp, mlp_jvp_torch)
 
 RESULTS: list[dict] = []
-SAVE: Path | None = None        # main() sets $OUT/gpu_results.json: rewritten at each record, so a killed run keeps them
+SAVE: Path | None = None    # main() sets $OUT/gpu_results.json, rewritten at each record: a killed run keeps them
 T0 = time.time()
 
 
@@ -560,7 +560,8 @@ def in_child(name, expr, seconds, env=None):
     whole run (the attention check's autotuner took the rest of a 7-minute run on 2026-12-04). Its
     log streams through; each record is saved as it is made, so a killed child keeps what it finished."""
     import tempfile
-    rows = Path(tempfile.mkdtemp()) / "rows.json"
+    # beside gpu_results.json when there is one: a parent killed while the child runs leaves both
+    rows = (SAVE.parent if SAVE else Path(tempfile.mkdtemp())) / f"child_{name.replace(' ', '_')}.json"
     code = (f"import json, sys, time\nsys.path.insert(0, {str(HERE)!r})\nimport gpu_check as GC\n"
             f"import test_bench_attention_jvp as ATT\nT_END = time.time() + {seconds}\n_record = GC.record\n"
             f"def record(**row):\n    _record(**row)\n"
