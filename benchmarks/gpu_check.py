@@ -562,11 +562,9 @@ def in_child(name, expr, seconds, env=None):
     import tempfile
     # beside gpu_results.json when there is one: a parent killed while the child runs leaves both
     rows = (SAVE.parent if SAVE else Path(tempfile.mkdtemp())) / f"child_{name.replace(' ', '_')}.json"
-    code = (f"import json, sys, time\nsys.path.insert(0, {str(HERE)!r})\nimport gpu_check as GC\n"
-            f"import test_bench_attention_jvp as ATT\nT_END = time.time() + {seconds}\n_record = GC.record\n"
-            f"def record(**row):\n    _record(**row)\n"
-            f"    open({str(rows)!r}, 'w').write(json.dumps(GC.RESULTS, default=str))\n"
-            f"GC.record = record\n{expr}\n")
+    code = (f"import sys, time\nfrom pathlib import Path\nsys.path.insert(0, {str(HERE)!r})\nimport gpu_check as GC\n"
+            f"import test_bench_attention_jvp as ATT\nT_END = time.time() + {seconds}\n"
+            f"GC.SAVE = Path({str(rows)!r})\n{expr}\n")          # the child's record() saves its rows there
     t = time.time()
     try:
         p = subprocess.run([sys.executable, "-c", code], timeout=seconds, cwd=HERE.parent,
