@@ -50,7 +50,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from .backend import use_triton
+from .backend import check_dot_dtype, use_triton_dot
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,9 +398,7 @@ def sdpa_jvp_triton(q, k, v, q_dot, k_dot, v_dot, attn_mask=None, is_causal=Fals
                     dropout_p=0.0, enable_gqa=False):
     """The Triton path; same contract as `sdpa_jvp`."""
     _, c = check_inputs(q, k, v, q_dot, k_dot, v_dot, attn_mask, is_causal, scale, dropout_p, enable_gqa)
-    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"dtype {q.dtype} is not supported by the Triton kernel (float32, bfloat16, "
-                         f"float16); use OWF_KERNELS_BACKEND=torch for it")
+    check_dot_dtype(q)
     return _SDPAJVPTriton.apply(q, k, v, q_dot, k_dot, v_dot, attn_mask, bool(is_causal), c)
 
 
@@ -419,6 +417,6 @@ def sdpa_jvp(q, k, v, q_dot, k_dot, v_dot, attn_mask=None, is_causal=False, scal
     Returns o: [*, L, Ev] and o_dot: [T, *, L, Ev]. Triton on CUDA, the torch reference on CPU
     (see backend.py for OWF_KERNELS_BACKEND).
     """
-    if use_triton(q):
+    if use_triton_dot(q):
         return sdpa_jvp_triton(q, k, v, q_dot, k_dot, v_dot, attn_mask, is_causal, scale, dropout_p, enable_gqa)
     return sdpa_jvp_torch(q, k, v, q_dot, k_dot, v_dot, attn_mask, is_causal, scale, dropout_p, enable_gqa)

@@ -8,6 +8,11 @@
           without it this is an error that says so.
 - torch:  always the torch reference.
 
+The kernels built on `tl.dot` (linear_jvp, mlp_jvp, sdpa_jvp) take float32, bfloat16 and float16:
+Triton's dot has no float64 on NVIDIA GPUs (sm_90: the float64 tile cannot join the fp32 accumulator,
+a compile error). Under auto a float64 tensor runs their torch reference (cuBLAS in float64); under
+triton their Triton path refuses it and names the dtype.
+
 Nothing here imports triton at module import time: `import owf_kernels` compiles nothing.
 """
 from __future__ import annotations
@@ -38,6 +43,23 @@ def triton_available() -> bool:
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+DOT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def use_triton_dot(t: torch.Tensor) -> bool:
+    """use_triton for the kernels built on tl.dot: under auto, a float64 tensor takes the reference."""
+    if backend_name() == "auto" and isinstance(t, torch.Tensor) and t.dtype not in DOT_DTYPES:
+        return False
+    return use_triton(t)
+
+
+def check_dot_dtype(t: torch.Tensor) -> None:
+    """The Triton paths of the tl.dot kernels: refuse a dtype they do not take, naming it."""
+    if isinstance(t, torch.Tensor) and t.dtype not in DOT_DTYPES:
+        raise ValueError(f"dtype {t.dtype} is not supported by the Triton kernel (float32, bfloat16, "
+                         f"float16); use OWF_KERNELS_BACKEND=torch (or auto) for it")
 
 
 def use_triton(t: torch.Tensor) -> bool:

@@ -133,14 +133,24 @@ def _per_tc(ptr, t, C, c, row_ok, cdt: tl.constexpr):
 
 
 @triton.jit
-def _epilogue_fwd_kernel(A_ptr, s_ptr, h_ptr, k0_ptr, k1_ptr, H_ptr, R, C, S, RS, T, p1, p2,
+def _scalar(p, cdt: tl.constexpr):
+    """An activation parameter in the compute dtype. The kernels take p1, p2 as float64 arguments: a
+    Python float launches as an fp32 one, and LeakyReLU(0.3)'s slope in fp32 is 1e-8 off, which a
+    float64 network cannot afford (the H200's pytest, 2026-12-04). The interpreter passes the Python
+    float itself, which takes the dtype of the tensor it meets (tl.cast would round it to fp32 first)."""
+    return (p + tl.zeros((), cdt)).to(cdt)
+
+
+@triton.jit
+def _epilogue_fwd_kernel(A_ptr, s_ptr, h_ptr, k0_ptr, k1_ptr, H_ptr, R, C, S, RS, T,
+                         p1: tl.float64, p2: tl.float64,
                          ACT: tl.constexpr, HAS_K: tl.constexpr, cdt: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
     rows, c, row_ok, s_c, h_c = _rows(s_ptr, h_ptr, R, C, cdt, BLOCK_R)
     for s0 in range(0, S, BLOCK_S):
         mask, offs = _columns(rows, row_ok, s0, S, BLOCK_S)
         a = tl.load(A_ptr + offs, mask=mask, other=0.0).to(cdt)
-        y, d1, d2 = _act(a * s_c + h_c, ACT, p1, p2)
+        y, d1, d2 = _act(a * s_c + h_c, ACT, _scalar(p1, cdt), _scalar(p2, cdt))
         tl.store(H_ptr + offs, y.to(H_ptr.dtype.element_ty), mask=mask)
         o = offs                                     # int64; RS = R·S elements per slot of [1+T, B, C, S]
         for t in range(T):
@@ -152,8 +162,8 @@ def _epilogue_fwd_kernel(A_ptr, s_ptr, h_ptr, k0_ptr, k1_ptr, H_ptr, R, C, S, RS
 
 
 @triton.jit
-def _epilogue_bwd_kernel(A_ptr, G_ptr, s_ptr, h_ptr, k0_ptr, k1_ptr, GA_ptr, P_ptr, R, C, S, RS, T, p1, p2,
-                         ACT: tl.constexpr, HAS_K: tl.constexpr, cdt: tl.constexpr,
+def _epilogue_bwd_kernel(A_ptr, G_ptr, s_ptr, h_ptr, k0_ptr, k1_ptr, GA_ptr, P_ptr, R, C, S, RS, T,
+                         p1: tl.float64, p2: tl.float64, ACT: tl.constexpr, HAS_K: tl.constexpr, cdt: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
     # P [2 + 2T, R]: per row, g_h, g_s, then g_k0_t (T rows), g_k1_t (T rows)
     rows, c, row_ok, s_c, h_c = _rows(s_ptr, h_ptr, R, C, cdt, BLOCK_R)
@@ -162,7 +172,7 @@ def _epilogue_bwd_kernel(A_ptr, G_ptr, s_ptr, h_ptr, k0_ptr, k1_ptr, GA_ptr, P_p
     for s0 in range(0, S, BLOCK_S):
         mask, offs = _columns(rows, row_ok, s0, S, BLOCK_S)
         a = tl.load(A_ptr + offs, mask=mask, other=0.0).to(cdt)
-        y, d1, d2 = _act(a * s_c + h_c, ACT, p1, p2)
+        y, d1, d2 = _act(a * s_c + h_c, ACT, _scalar(p1, cdt), _scalar(p2, cdt))
         curv = tl.zeros(a.shape, cdt)                # Σ_t gẏ_t ż_t
         g_a = tl.zeros(a.shape, cdt)                 # Σ_t g_ż_t k1_t
         o = offs

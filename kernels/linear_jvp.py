@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .backend import use_triton
+from .backend import use_triton_dot
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus", "silu")
 
@@ -413,7 +413,7 @@ def linear_jvp(x, x_dot, weight, bias=None, activation="identity", negative_slop
     Returns y: [..., N] and y_dot: [T, ..., N]. Triton on CUDA, the torch reference on CPU
     (see backend.py for OWF_KERNELS_BACKEND).
     """
-    if use_triton(x):
+    if use_triton_dot(x):
         from .linear_jvp_triton import linear_jvp_triton
         return linear_jvp_triton(x, x_dot, weight, bias, activation, negative_slope)
     return linear_jvp_torch(x, x_dot, weight, bias, activation, negative_slope)

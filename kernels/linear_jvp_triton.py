@@ -23,7 +23,7 @@ from torch.autograd.function import once_differentiable
 import triton
 import triton.language as tl
 
-from .backend import interpreting
+from .backend import check_dot_dtype, interpreting
 from .linear_jvp import ACTIVATIONS, apply_layer, stack_primal_tangents
 
 ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}   # identity 0, relu 1, leaky_relu 2, tanh 3, sigmoid 4, softplus 5, silu 6
@@ -334,4 +334,5 @@ class _LinearJVPTriton(torch.autograd.Function):
 
 def linear_jvp_triton(x, x_dot, weight, bias=None, activation="identity", negative_slope=0.2):
     """The Triton path; same contract as `owf_kernels.linear_jvp`."""
+    check_dot_dtype(x)
     return apply_layer(_LinearJVPTriton, x, x_dot, weight, bias, activation, negative_slope)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from .backend import use_triton
+from .backend import use_triton_dot
 from .linear_jvp import ACTIVATIONS, backward_layer, check_inputs, forward_layer, linear_jvp
 
 
@@ -115,7 +115,7 @@ def mlp_jvp(x, x_dot, weights, biases=None, activation="tanh", last_activation="
     [N_i, N_{i-1}] as in nn.Linear; biases: a list of [N_i] or None entries, or None.
     Returns y [..., N_L] and y_dot [T, ..., N_L], differentiable in x, x_dot, weights and biases.
     Triton on CUDA (chained linear_jvp launches), one autograd node on the torch path."""
-    if use_triton(x):
+    if use_triton_dot(x):
         *_, biases = check_mlp(x, x_dot, weights, biases, activation, last_activation, negative_slope)
         h, h_dot = x, x_dot
         for W, b, act in zip(weights, biases, _activations(len(weights), activation, last_activation)):

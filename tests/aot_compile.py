@@ -19,12 +19,12 @@ import owf_kernels.jvp_epilogue_triton as E  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 INTS = ("R", "C", "S", "T")
-SCALARS = {"RS": "i64", "p1": "fp32", "p2": "fp32"}
+SCALARS = {"RS": "i64", "p1": "fp64", "p2": "fp64"}      # p1, p2: float64 by annotation
 
 
 def signature(kernel, dtype: str, cdt):
     """Triton's signature of an epilogue kernel: the tensors' pointers (A, H, G, GA in `dtype`;
-    coefficients and partials in the compute dtype), i32 sizes, an i64 slot size, fp32 scalars."""
+    coefficients and partials in the compute dtype), i32 sizes, an i64 slot size, fp64 scalars (as the kernels annotate them)."""
     cptr = "*fp64" if cdt == tl.float64 else "*fp32"
     sig = {}
     for name in kernel.arg_names:
@@ -42,6 +42,11 @@ def signature(kernel, dtype: str, cdt):
 
 
 def main():
+    for kernel in (E._epilogue_fwd_kernel, E._epilogue_bwd_kernel):     # what a launch passes p1, p2 as
+        kinds = {p.name: p.annotation_type for p in kernel.params if p.name in ("p1", "p2")}
+        if kinds != {"p1": "fp64", "p2": "fp64"}:
+            raise TypeError(f"{kernel.fn.__name__}: p1, p2 launch as {kinds}, not fp64: a float64 network "
+                            f"would get fp32 activation parameters")
     cases = [("*fp32", tl.float32, act) for act in range(len(E.ACT_CODES))]
     cases += [("*bf16", tl.float32, 6), ("*fp64", tl.float64, 2)]
     n = 0

@@ -185,9 +185,9 @@ def test_double_backward_raises_instead_of_missing_terms(backend, op):
     backward (a gradient penalty through G, say) would silently miss terms: it raises instead. The
     first-order gradient it returns is still the right one."""
     from owf_kernels import mlp_jvp
-    x = torch.randn(5, 16, dtype=torch.float64, device=DEVICE, requires_grad=True)
-    xd = torch.randn(2, 5, 16, dtype=torch.float64, device=DEVICE)
-    W = torch.randn(16, 16, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    x = torch.randn(5, 16, device=DEVICE, requires_grad=True)
+    xd = torch.randn(2, 5, 16, device=DEVICE)
+    W = torch.randn(16, 16, device=DEVICE, requires_grad=True)
     if op == "linear_jvp":
         y, yd = linear_jvp(x, xd, W, None, "tanh")
     else:
@@ -198,3 +198,25 @@ def test_double_backward_raises_instead_of_missing_terms(backend, op):
     torch.testing.assert_close(gx, want)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         gx.square().sum().backward()
+
+
+def test_float64_takes_the_reference_under_auto_and_is_refused_by_triton(monkeypatch):
+    """Triton's dot has no float64 on NVIDIA GPUs (a compile error on sm_90, found on an H200): under
+    auto a float64 CUDA tensor runs the torch reference, and an explicit triton backend names the dtype."""
+    import owf_kernels.backend as B
+    from owf_kernels import mlp_jvp
+    from owf_kernels.linear_jvp import linear_jvp_torch
+    monkeypatch.setattr(B, "use_triton", lambda t: True)         # as for a CUDA tensor under auto
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "auto")
+    assert B.use_triton_dot(torch.zeros(1)) and B.use_triton_dot(torch.zeros(1, dtype=torch.bfloat16))
+    assert not B.use_triton_dot(torch.zeros(1, dtype=torch.float64))
+    x, xd, W, b = make(5, 16, 8, 2, dtype=torch.float64)
+    y, yd = linear_jvp(x, xd, W, b, "tanh")                        # the reference, in float64
+    ry, ryd = linear_jvp_torch(x, xd, W, b, "tanh")
+    assert y.dtype == torch.float64 and torch.equal(y, ry) and torch.equal(yd, ryd)
+    monkeypatch.undo()
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "triton")
+    with pytest.raises(ValueError, match="dtype torch.float64 is not supported by the Triton kernel"):
+        linear_jvp(x, xd, W, b, "tanh")
+    with pytest.raises(ValueError, match="dtype torch.float64 is not supported by the Triton kernel"):
+        mlp_jvp(x, xd, [W], [b], "tanh")
