@@ -24,7 +24,8 @@ SCALARS = {"RS": "i64", "p1": "fp64", "p2": "fp64"}      # p1, p2: float64 by an
 
 def signature(kernel, dtype: str, cdt):
     """Triton's signature of an epilogue kernel: the tensors' pointers (A, H, G, GA in `dtype`;
-    coefficients and partials in the compute dtype), i32 sizes, an i64 slot size, fp64 scalars (as the kernels annotate them)."""
+    coefficients and partials in the compute dtype), i32 sizes, an i64 slot size, fp64 scalars (as
+    the kernels annotate them)."""
     cptr = "*fp64" if cdt == tl.float64 else "*fp32"
     sig = {}
     for name in kernel.arg_names:
