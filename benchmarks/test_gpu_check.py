@@ -129,3 +129,22 @@ def test_table_from_a_killed_calls_log(tmp_path):
     assert GC.saved_records(str(log)) == rows
     md = GC.table(GC.saved_records(str(log)))
     assert "| c | owf | 2.000 (1.0) | 1.00x | 2.00 |" in md and '"copy_GBps": 4250.9' in md
+
+
+def test_pytest_runs_file_by_file_and_keeps_each_output(monkeypatch, tmp_path):
+    """One pytest process per file: a failing file's record names its failed test and its whole
+    output (the traceback) is kept beside gpu_results.json; a file past the time is recorded skipped."""
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    (tests / "test_good.py").write_text("def test_ok():\n    assert 1 + 1 == 2\n")
+    (tests / "test_bad.py").write_text("def test_off():\n    assert 0.3 == 0.30000001192092896, 'fp32 slope'\n")
+    monkeypatch.setattr(GC, "HERE", tmp_path / "benchmarks")          # pytest runs in HERE.parent
+    monkeypatch.setattr(GC, "RESULTS", [])
+    monkeypatch.setattr(GC, "SAVE", tmp_path / "gpu_results.json")
+    GC.pytest_on_gpu(60, files=("tests/test_good.py", "tests/test_bad.py"))
+    good, bad = GC.RESULTS
+    assert good["rc"] == 0 and "1 passed" in good["result"] and good["failed"] == []
+    assert bad["rc"] == 1 and bad["failed"] == ["tests/test_bad.py::test_off"]
+    assert "fp32 slope" in (tmp_path / "pytest_test_bad.txt").read_text()
+    GC.pytest_on_gpu(5, files=("tests/test_good.py",))
+    assert GC.RESULTS[-1]["rc"] == "skipped"
