@@ -543,7 +543,7 @@ def ais_large_k(run, data_root, seconds, device="cuda", chains=4096, k0=1000, k_
     while K <= k_max and time.time() + 2.2 * last < t_end:
         t = time.time()
         res = likelihood_bracket(model, test_u8, ladder=(K,), bases=(base,), chains=chains, raise_points=raise_points,
-                                 progress=False)
+                                 progress=False, replicates=1)
         r = res["ais_rows"][0]
         last = time.time() - t
         record(section="ais large K", run=str(run), base=base, chains=chains, K=K, rung_seconds=round(last, 1),

@@ -14,7 +14,10 @@ bits/dim = that / (n log 2). P_D is a density on the pixel box [-1, 1]^n.
   images, an upper bound in expectation of the annealing model's, which tends to P_D's as K grows;
   `converged` when doubling K moves AIS by less than 0.05 bits/dim and the two agree within it.
   ais_convergence.png draws both against K. The AIS log ζ̂ is cached for log_prob, and test_nll_*
-  is the whole split's NLL with it.
+  is the whole split's NLL with it. Its error bar is the spread of independent replicates of the
+  top rung (`replicates`), not the weights' own standard error: at an ESS of 1-2 the weights cannot
+  measure their spread (two 64-chain replicates differed by 10.7 nats where each reported 0.7-1.0,
+  docs/likelihood.md).
 - importance sampling (Eq. 2, 16), the paper's estimator: S generator samples with log q by Eq. 10
   and the exact log|det J| (all n tangents through owf_kernels.jvp, `chunk` at a time; slogdet in
   float64), the same samples with Eq. 9's log‖Jv‖ in its place (its bias measured, not assumed),
@@ -26,6 +29,7 @@ bits/dim = that / (n log 2). P_D is a density on the pixel box [-1, 1]^n.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 import warnings
 from pathlib import Path
@@ -50,6 +54,7 @@ RAISE_POINTS = 64             # test images given a RAISE chain each
 # two bases that anneal (on the default model: AIS 4.276 / 4.314 bits/dim, K = 8000); the per-pixel histogram
 # never did (log ζ̂ -2,000 and below, docs/likelihood.md) and is kept as an option
 DEFAULT_AIS_BASES = ("defensive", "gaussian")
+AIS_REPLICATES = 2            # runs of the best base's top rung: their spread is log ζ̂'s error bar
 CONVERGED_BPD = 0.05          # the bracket's width, and the move of a doubled K, that count as converged
 
 
@@ -65,9 +70,11 @@ def dequantise(u8: torch.Tensor, generator) -> torch.Tensor:
     return (u8.double() + torch.rand(u8.shape, generator=generator, dtype=torch.float64)) / 128.0 - 1.0
 
 
-def heldout_nll(model: OWFModel, test_u8: torch.Tensor, seed: int = 0, batch: int = 1000) -> dict:
-    """-log P(x) of the test images, dequantised, in nats and bits/dim, with its standard error
-    (the images' spread and log ζ̂'s own)."""
+def heldout_nll(model: OWFModel, test_u8: torch.Tensor, seed: int = 0, batch: int = 1000,
+                zeta_sd: float | None = None) -> dict:
+    """-log P(x) of the test images, dequantised, in nats and bits/dim, with its standard error: the
+    images' spread and log ζ̂'s, `zeta_sd` (the bracket's replicate spread) or, if None, the
+    estimate's own se."""
     g = torch.Generator().manual_seed(seed)
     n = math.prod(test_u8.shape[1:])
     lp = torch.cat([model.energy_on_domain(dequantise(test_u8[i:i + batch], g).float()).double().cpu()
@@ -75,14 +82,14 @@ def heldout_nll(model: OWFModel, test_u8: torch.Tensor, seed: int = 0, batch: in
     if not torch.isfinite(lp).all():
         raise ValueError(f"{int((~torch.isfinite(lp)).sum())} test images have a non-finite log P_D")
     nll = -lp - n * math.log(2 / 256)                   # the bin of an 8-bit pixel is 2/256 wide in [-1, 1]
-    se = math.hypot(float(nll.std()) / math.sqrt(len(nll)), model.zeta.se)
+    se = math.hypot(float(nll.std()) / math.sqrt(len(nll)), model.zeta.se if zeta_sd is None else zeta_sd)
     return {"test_nll_nats": float(nll.mean()), "test_nll_se": se, "test_bits_per_dim": float(nll.mean()) / (n * math.log(2)),
             "test_bits_per_dim_se": se / (n * math.log(2)), "test_images": len(nll)}
 
 
 def likelihood_bracket(model: OWFModel, test_u8: torch.Tensor, ladder=ais_ladder(), bases=DEFAULT_AIS_BASES,
                        chains: int = AIS_CHAINS, raise_points: int = RAISE_POINTS, leapfrog: int = 1, seed: int = 0,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, replicates: int = AIS_REPLICATES) -> dict:
     """The test NLL bracketed by AIS and RAISE (owf.ais), at each K of `ladder`, for each base.
 
     AIS: log ζ̂ from `chains` chains; its NLL on the whole test split, -mean(D(x)/w) + log ζ̂ (a lower
@@ -93,7 +100,10 @@ def likelihood_bracket(model: OWFModel, test_u8: torch.Tensor, ladder=ais_ladder
     chains, so successive K are independent estimates. -> the rows, and the summary: the largest
     AIS log ζ̂ at the largest K (each is a lower bound in expectation) and its base, that base's
     RAISE NLL, the gap between them on the same images, the spread of AIS over the bases, and whether doubling K moved AIS by less than
-    CONVERGED_BPD and the gap is below it."""
+    CONVERGED_BPD and the gap is below it. Then `replicates` - 1 more runs of that base's top rung
+    (fresh chains, the same step sizes): ais_replicate_log_zetas (the rung's own first) and their
+    standard deviation, ais_log_zeta_replicate_sd, log ζ̂'s error bar (None with one replicate). The
+    reported log ζ̂ stays the first run's, so the estimator is the ladder's at every K."""
     for base in bases:
         model.ais_base(base)                              # a bad name fails here, before any chain runs
     n = math.prod(test_u8.shape[1:])
@@ -103,9 +113,10 @@ def likelihood_bracket(model: OWFModel, test_u8: torch.Tensor, ladder=ais_ladder
     x = torch.cat([dequantise(b, g) for b in test_u8.split(1000)])       # float64, as heldout_nll draws them
     e = torch.cat([model.energy(b.float()).double().cpu() for b in x.split(1000)])
     sub = slice(0, min(raise_points, len(x)))
-    rows, ladders = [], {}
+    rows, ladders, step_sizes = [], {}, {}
     for base in bases:
-        ss = model.tune_ais(base, leapfrog, generator=torch.Generator().manual_seed(seed + 1), progress=progress)
+        ss = step_sizes[base] = model.tune_ais(base, leapfrog, generator=torch.Generator().manual_seed(seed + 1),
+                                               progress=progress)
         ladders[base] = {"K": [], "ais": [], "raise": []}
         for i, K in enumerate(ladder):
             est = model.estimate_log_zeta(chains, "ais", steps=K, base=base, leapfrog=leapfrog, step_sizes=ss,
@@ -124,8 +135,16 @@ def likelihood_bracket(model: OWFModel, test_u8: torch.Tensor, ladder=ais_ladder
             rows.append(row)
             ladders[base]["K"].append(K)
             ladders[base]["ais"].append(row["ais_bits_per_dim_subset" if raise_points else "ais_bits_per_dim"])
-    return dict(bracket_summary(rows, ladder, raise_points), ais_rows=rows, ais_chains=chains,
-                raise_points=raise_points, _ladders=ladders)
+    summary = bracket_summary(rows, ladder, raise_points)
+    lz = [summary["ais_log_zeta"]]
+    for j in range(1, replicates):
+        lz.append(model.estimate_log_zeta(chains, "ais", steps=ladder[-1], base=summary["ais_base"], leapfrog=leapfrog,
+                                          step_sizes=step_sizes[summary["ais_base"]], progress=progress,
+                                          generator=torch.Generator().manual_seed(seed + 400 + j)).log_zeta)
+    sd = statistics.stdev(lz) if len(lz) > 1 else None
+    return dict(summary, ais_rows=rows, ais_chains=chains, raise_points=raise_points, _ladders=ladders,
+                ais_replicate_log_zetas=lz, ais_log_zeta_replicate_sd=sd,
+                test_bits_per_dim_replicate_sd=None if sd is None else sd / per_bpd)
 
 
 def bracket_summary(rows: list, ladder, raise_points: int) -> dict:
@@ -264,7 +283,7 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaus
                        chunk: int = 112, batch_size: int = 16, seed: int = 0, figures: bool = True,
                        progress: bool = True, fid_weights: str | None = None, ais_steps: int = AIS_STEPS,
                        ais_bases=DEFAULT_AIS_BASES, ais_chains: int = AIS_CHAINS, raise_points: int = RAISE_POINTS,
-                       leapfrog: int = 1) -> dict:
+                       leapfrog: int = 1, ais_replicates: int = AIS_REPLICATES) -> dict:
     """Everything in the module docstring into eval.json's dict (and the figures into `out`)."""
     from .baselines import baseline_table
     cfg = model.config
@@ -295,13 +314,14 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaus
     # ---- the bracket: AIS (log ζ̂, a lower bound of the NLL) and RAISE (an upper bound), against K
     t = time.perf_counter()
     bracket = likelihood_bracket(model, test_u8, ais_ladder(ais_steps), ais_bases, ais_chains, raise_points, leapfrog,
-                                 seed, progress)
+                                 seed, progress, ais_replicates)
     ladders = bracket.pop("_ladders")
     res.update(bracket, log_zeta=bracket["ais_log_zeta"], bracket_seconds=time.perf_counter() - t)
     best = next(r for r in bracket["ais_rows"] if r["base"] == bracket["ais_base"] and r["steps"] == bracket["ais_steps"])
     from .density import AISEstimate
     model.cache_log_zeta(AISEstimate(**{k: v for k, v in best.items() if k in AISEstimate.__dataclass_fields__}))
-    res.update(heldout_nll(model, test_u8, seed))        # log_prob's NLL with the cached (AIS) log ζ̂
+    # log_prob's NLL with the cached (AIS) log ζ̂, its error bar from the replicates where there are two
+    res.update(heldout_nll(model, test_u8, seed, zeta_sd=bracket["ais_log_zeta_replicate_sd"]))
     if not res["converged"]:
         res["warning"] = ("the bracket has not converged: AIS's NLL is a lower bound in expectation of P_D's, RAISE's "
                           "an upper bound of the annealing model's, which is P_D only once the annealing converges" +

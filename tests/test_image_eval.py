@@ -49,6 +49,9 @@ def test_dequantised_nll_of_the_uniform_density_is_8_bits_per_dim():
     assert res["test_nll_nats"] == pytest.approx(16 * math.log(256), abs=1e-4)
     x = dequantise(u8, torch.Generator().manual_seed(0))
     assert (x >= -1).all() and (x < 1).all() and torch.equal(((x + 1) * 128).floor().to(torch.uint8), u8)
+    # every image scores the same, so the error bar is log ζ̂'s alone: the replicates' spread if given
+    assert res["test_nll_se"] == 0.0
+    assert heldout_nll(Uniform(), u8, zeta_sd=3.5)["test_nll_se"] == pytest.approx(3.5)
 
 
 def test_both_estimators_on_the_same_samples(tmp_path, fashion_root):
@@ -120,6 +123,11 @@ def test_evaluate_writes_eval_json_and_every_figure(tmp_path, fashion_root, caps
     model = owf.load(run)
     assert model.zeta.proposal == "ais" and model.zeta.log_zeta == res["ais_log_zeta"] == res["log_zeta"]
     assert res["test_bits_per_dim"] == pytest.approx(res["test_bits_per_dim_ais"], abs=1e-9)
+    # the best base's top rung run twice, fresh chains: their spread is the error bar, the first the estimate
+    lz = res["ais_replicate_log_zetas"]
+    assert len(lz) == 2 and lz[0] == res["ais_log_zeta"] and lz[1] != lz[0]
+    assert res["ais_log_zeta_replicate_sd"] == pytest.approx(abs(lz[1] - lz[0]) / math.sqrt(2))
+    assert res["test_nll_se"] >= res["ais_log_zeta_replicate_sd"] * (1 - 1e-12)
     # converged as the summary's numbers say, and a warning when not
     assert res["converged"] == (res["ais_doubling_move_bpd"] < 0.05 and res["raise_doubling_move_bpd"] < 0.05
                                 and abs(res["bracket_gap_bpd"]) < 0.05)
