@@ -585,30 +585,32 @@ PYTEST_FILES = ("tests/test_linear_jvp.py", "tests/test_mlp_jvp.py", "tests/test
 
 
 def pytest_on_gpu(seconds, files=PYTEST_FILES):
-    """The kernel test files under pytest on the GPU, one process per file within `seconds` in all, so a
-    cap costs one file, not the tracebacks of all: one record per file (its summary line and failed
-    tests), and each file's whole output beside gpu_results.json (pytest_<name>.txt)."""
+    """The kernel test files under pytest on the GPU, one process per file within `seconds` in all (each
+    file capped so that 15 s are left for each after it), so a cap costs one file, not the tracebacks
+    of all: one record per file (its summary line, failed and erroring tests), and each file's whole
+    output beside gpu_results.json (pytest_<name>.txt)."""
     end = time.time() + seconds
-    for f in files:
-        left = int(end - time.time())
+    for i, f in enumerate(files):
+        left = int(end - time.time()) - 15 * (len(files) - 1 - i)      # 15 s kept for each file after it
         if left < 10:
             record(section="pytest kernels on GPU", file=f, rc="skipped", result="no time left")
             continue
         t = time.time()
         try:
-            p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rf", "--tb=short", "-p", "no:cacheprovider",
+            p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfE", "--tb=short", "-p", "no:cacheprovider",
                                 f], capture_output=True, text=True, timeout=left, cwd=HERE.parent,
                                env=dict(os.environ, OWF_KERNELS_AUTOTUNE="0", TRITON_INTERPRET="0"))
             rc, out = p.returncode, p.stdout + p.stderr
         except subprocess.TimeoutExpired as e:
-            out = e.stdout or ""                 # bytes, even with text=True, on some Pythons
-            rc, out = "timeout", out.decode(errors="replace") if isinstance(out, bytes) else out
+            out = [o.decode(errors="replace") if isinstance(o, bytes) else (o or "")    # bytes on some Pythons
+                   for o in (e.stdout, e.stderr)]
+            rc, out = "timeout", out[0] + out[1]
         if SAVE is not None:
             (SAVE.parent / f"pytest_{Path(f).stem}.txt").write_text(out)
         lines = out.strip().splitlines()
         record(section="pytest kernels on GPU", file=f, rc=rc, wall_s=round(time.time() - t, 1),
                result=(lines or [""])[-1][-200:],
-               failed=[ln[7:].split(" - ")[0] for ln in lines if ln.startswith("FAILED ")])
+               failed=[ln.split(" ", 1)[1].split(" - ")[0] for ln in lines if ln.startswith(("FAILED ", "ERROR "))])
 
 
 def saved_records(path):

@@ -103,7 +103,9 @@ def likelihood_bracket(model: OWFModel, test_u8: torch.Tensor, ladder=ais_ladder
     CONVERGED_BPD and the gap is below it. Then `replicates` - 1 more runs of that base's top rung
     (fresh chains, the same step sizes): ais_replicate_log_zetas (the rung's own first) and their
     standard deviation, ais_log_zeta_replicate_sd, log ζ̂'s error bar (None with one replicate). The
-    reported log ζ̂ stays the first run's, so the estimator is the ladder's at every K."""
+    reported log ζ̂ stays the first run's, so the estimator is the ladder's at every K; the replicates'
+    chains are not pooled into it. With several bases the first run is the largest of the bases' top
+    rungs, a selected draw, so the spread also carries that selection."""
     for base in bases:
         model.ais_base(base)                              # a bad name fails here, before any chain runs
     n = math.prod(test_u8.shape[1:])
@@ -141,7 +143,11 @@ def likelihood_bracket(model: OWFModel, test_u8: torch.Tensor, ladder=ais_ladder
         lz.append(model.estimate_log_zeta(chains, "ais", steps=ladder[-1], base=summary["ais_base"], leapfrog=leapfrog,
                                           step_sizes=step_sizes[summary["ais_base"]], progress=progress,
                                           generator=torch.Generator().manual_seed(seed + 400 + j)).log_zeta)
-    sd = statistics.stdev(lz) if len(lz) > 1 else None
+    finite = [v for v in lz if math.isfinite(v)]          # a run whose every chain failed has log ζ̂ = -inf
+    if len(finite) < len(lz):
+        warnings.warn(f"AIS replicates: {len(lz) - len(finite)} of {len(lz)} runs gave a non-finite log ζ̂ {lz}; "
+                      "the error bar is the others' spread", RuntimeWarning, stacklevel=2)
+    sd = statistics.stdev(finite) if len(finite) > 1 else None
     return dict(summary, ais_rows=rows, ais_chains=chains, raise_points=raise_points, _ladders=ladders,
                 ais_replicate_log_zetas=lz, ais_log_zeta_replicate_sd=sd,
                 test_bits_per_dim_replicate_sd=None if sd is None else sd / per_bpd)

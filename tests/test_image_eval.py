@@ -15,6 +15,7 @@ from owf.dcgan import DCGANFlow
 from owf.evaluate import main as evaluate_main
 from owf.fid import inception_fid
 from owf.image_eval import dequantise, heldout_nll
+from owf.images import load_images
 from owf.train import train
 
 TINY = dict(data="fashion-mnist", g_hidden="16,4", d_hidden="4,8", batch=16, samples=16, log_every=10,
@@ -39,7 +40,7 @@ def test_the_exact_log_det_in_chunks_is_the_whole_one():
 def test_dequantised_nll_of_the_uniform_density_is_8_bits_per_dim():
     """A model whose P_D is uniform on [-1, 1]^n: -log P(x) = n log 2 - n log(2/256) = n log 256 nats."""
     class Uniform:
-        zeta = type("Z", (), {"se": 0.0, "log_zeta": 0.0})()
+        zeta = type("Z", (), {"se": 0.5, "log_zeta": 0.0})()
 
         def energy_on_domain(self, x):
             return torch.full((len(x),), -x[0].numel() * math.log(2.0))
@@ -49,8 +50,9 @@ def test_dequantised_nll_of_the_uniform_density_is_8_bits_per_dim():
     assert res["test_nll_nats"] == pytest.approx(16 * math.log(256), abs=1e-4)
     x = dequantise(u8, torch.Generator().manual_seed(0))
     assert (x >= -1).all() and (x < 1).all() and torch.equal(((x + 1) * 128).floor().to(torch.uint8), u8)
-    # every image scores the same, so the error bar is log ζ̂'s alone: the replicates' spread if given
-    assert res["test_nll_se"] == 0.0
+    # every image scores the same, so the error bar is log ζ̂'s alone: the replicates' spread if given,
+    # else the estimate's own se
+    assert res["test_nll_se"] == pytest.approx(0.5)
     assert heldout_nll(Uniform(), u8, zeta_sd=3.5)["test_nll_se"] == pytest.approx(3.5)
 
 
@@ -127,7 +129,11 @@ def test_evaluate_writes_eval_json_and_every_figure(tmp_path, fashion_root, caps
     lz = res["ais_replicate_log_zetas"]
     assert len(lz) == 2 and lz[0] == res["ais_log_zeta"] and lz[1] != lz[0]
     assert res["ais_log_zeta_replicate_sd"] == pytest.approx(abs(lz[1] - lz[0]) / math.sqrt(2))
-    assert res["test_nll_se"] >= res["ais_log_zeta_replicate_sd"] * (1 - 1e-12)
+    # and the error bar is the images' spread with the replicates' sd, not with the weights' se
+    test_u8, _ = load_images("fashion-mnist", str(fashion_root), train=False)
+    by_weights = heldout_nll(model, test_u8)["test_nll_se"]           # hypot(images, the weights' se)
+    images_var = by_weights ** 2 - model.zeta.se ** 2
+    assert res["test_nll_se"] ** 2 == pytest.approx(images_var + res["ais_log_zeta_replicate_sd"] ** 2, rel=1e-6)
     # converged as the summary's numbers say, and a warning when not
     assert res["converged"] == (res["ais_doubling_move_bpd"] < 0.05 and res["raise_doubling_move_bpd"] < 0.05
                                 and abs(res["bracket_gap_bpd"]) < 0.05)

@@ -200,23 +200,36 @@ def test_double_backward_raises_instead_of_missing_terms(backend, op):
         gx.square().sum().backward()
 
 
-def test_float64_takes_the_reference_under_auto_and_is_refused_by_triton(monkeypatch):
+def _float64_case(op):
+    """(public op, its torch reference, float64 arguments) of each kernel built on tl.dot."""
+    from owf_kernels import mlp_jvp, sdpa_jvp
+    from owf_kernels.attention_jvp import sdpa_jvp_torch
+    from owf_kernels.linear_jvp import linear_jvp_torch
+    from owf_kernels.mlp_jvp import mlp_jvp_torch
+    x, xd, W, b = make(5, 16, 8, 2, dtype=torch.float64)
+    if op == "linear_jvp":
+        return linear_jvp, linear_jvp_torch, (x, xd, W, b, "tanh")
+    if op == "mlp_jvp":
+        return mlp_jvp, mlp_jvp_torch, (x, xd, [W], [b], "tanh")
+    q, k, v = (torch.randn(2, 6, 4, dtype=torch.float64, device=DEVICE) for _ in range(3))
+    return sdpa_jvp, sdpa_jvp_torch, (q, k, v, torch.randn(1, 2, 6, 4, dtype=torch.float64, device=DEVICE), None, None)
+
+
+@pytest.mark.parametrize("op", ["linear_jvp", "mlp_jvp", "sdpa_jvp"])
+def test_float64_takes_the_reference_under_auto_and_is_refused_by_triton(monkeypatch, op):
     """Triton's dot has no float64 on NVIDIA GPUs (a compile error on sm_90, found on an H200): under
     auto a float64 CUDA tensor runs the torch reference, and an explicit triton backend names the dtype."""
     import owf_kernels.backend as B
-    from owf_kernels import mlp_jvp
-    from owf_kernels.linear_jvp import linear_jvp_torch
+    fn, ref, args = _float64_case(op)
     monkeypatch.setattr(B, "use_triton", lambda t: True)         # as for a CUDA tensor under auto
     monkeypatch.setenv("OWF_KERNELS_BACKEND", "auto")
     assert B.use_triton_dot(torch.zeros(1)) and B.use_triton_dot(torch.zeros(1, dtype=torch.bfloat16))
     assert not B.use_triton_dot(torch.zeros(1, dtype=torch.float64))
-    x, xd, W, b = make(5, 16, 8, 2, dtype=torch.float64)
-    y, yd = linear_jvp(x, xd, W, b, "tanh")                        # the reference, in float64
-    ry, ryd = linear_jvp_torch(x, xd, W, b, "tanh")
+    y, yd = fn(*args)                                             # the reference, in float64
+    ry, ryd = ref(*args)
     assert y.dtype == torch.float64 and torch.equal(y, ry) and torch.equal(yd, ryd)
     monkeypatch.undo()
+    pytest.importorskip("triton")
     monkeypatch.setenv("OWF_KERNELS_BACKEND", "triton")
     with pytest.raises(ValueError, match="dtype torch.float64 is not supported by the Triton kernel"):
-        linear_jvp(x, xd, W, b, "tanh")
-    with pytest.raises(ValueError, match="dtype torch.float64 is not supported by the Triton kernel"):
-        mlp_jvp(x, xd, [W], [b], "tanh")
+        fn(*args)
