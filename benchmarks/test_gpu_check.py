@@ -148,3 +148,8 @@ def test_pytest_runs_file_by_file_and_keeps_each_output(monkeypatch, tmp_path):
     assert "fp32 slope" in (tmp_path / "pytest_test_bad.txt").read_text()
     GC.pytest_on_gpu(5, files=("tests/test_good.py",))
     assert GC.RESULTS[-1]["rc"] == "skipped"
+
+
+def test_sections_run_in_the_order_given_but_ceilings_first_and_pytest_last():
+    assert GC.section_order("dcgan,pytest,ais,ceilings,user") == ["ceilings", "dcgan", "ais", "user", "pytest"]
+    assert GC.section_order("ais") == ["ais"]
