@@ -116,13 +116,17 @@ def likelihood_bracket(model: OWFModel, test_u8: torch.Tensor, ladder=ais_ladder
     e = torch.cat([model.energy(b.float()).double().cpu() for b in x.split(1000)])
     sub = slice(0, min(raise_points, len(x)))
     rows, ladders, step_sizes = [], {}, {}
+
+    def ais(base, K, seed_offset):         # one AIS run of `chains` chains, the base's frozen step sizes
+        return model.estimate_log_zeta(chains, "ais", steps=K, base=base, leapfrog=leapfrog,
+                                       step_sizes=step_sizes[base], progress=progress,
+                                       generator=torch.Generator().manual_seed(seed + seed_offset))
     for base in bases:
         ss = step_sizes[base] = model.tune_ais(base, leapfrog, generator=torch.Generator().manual_seed(seed + 1),
                                                progress=progress)
         ladders[base] = {"K": [], "ais": [], "raise": []}
         for i, K in enumerate(ladder):
-            est = model.estimate_log_zeta(chains, "ais", steps=K, base=base, leapfrog=leapfrog, step_sizes=ss,
-                                          generator=torch.Generator().manual_seed(seed + 100 + i), progress=progress)
+            est = ais(base, K, 100 + i)
             row = dict({k: v for k, v in est.to_dict().items() if k not in ("preimages", "multi_cover", "logdet")},
                        ais_bits_per_dim=to_bpd(float(-(e - est.log_zeta).mean())),
                        ais_bits_per_dim_subset=to_bpd(float(-(e[sub] - est.log_zeta).mean())))
@@ -138,11 +142,8 @@ def likelihood_bracket(model: OWFModel, test_u8: torch.Tensor, ladder=ais_ladder
             ladders[base]["K"].append(K)
             ladders[base]["ais"].append(row["ais_bits_per_dim_subset" if raise_points else "ais_bits_per_dim"])
     summary = bracket_summary(rows, ladder, raise_points)
-    lz = [summary["ais_log_zeta"]]
-    for j in range(1, replicates):
-        lz.append(model.estimate_log_zeta(chains, "ais", steps=ladder[-1], base=summary["ais_base"], leapfrog=leapfrog,
-                                          step_sizes=step_sizes[summary["ais_base"]], progress=progress,
-                                          generator=torch.Generator().manual_seed(seed + 400 + j)).log_zeta)
+    lz = [summary["ais_log_zeta"]] + [ais(summary["ais_base"], ladder[-1], 400 + j).log_zeta
+                                      for j in range(1, replicates)]
     finite = [v for v in lz if math.isfinite(v)]          # a run whose every chain failed has log ζ̂ = -inf
     if len(finite) < len(lz):
         warnings.warn(f"AIS replicates: {len(lz) - len(finite)} of {len(lz)} runs gave a non-finite log ζ̂ {lz}; "
