@@ -2,6 +2,9 @@
 across providers, on a small DiT's attention (B = 8, H = 4 heads of E = 32, T = 1 tangent):
 
 - "sdpa_jvp": owf_kernels' sdpa_jvp (Triton on CUDA, the stacked torch reference on CPU);
+- "detached": owf_kernels.attention_jvp.sdpa_with_detached_tangent, what the graph engine's SDPA
+  rule runs without tangent_grad (SDPA's o with autograd, the tangent without; on the CPU from
+  flash attention's log-sum-exp). Forward only: its tangent has no backward;
 - "func.jvp": torch.func.jvp of the math attention softmax(q kᵀ/√E) v (torch has no forward-mode
   rule for F.scaled_dot_product_attention on the CPU, pytorch#128971);
 - "forward_ad": the same through dual tensors. Forward only: in torch 2.14.1 a backward through the
@@ -39,9 +42,9 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_support import DEVICE, smoke  # noqa: E402
 from owf_kernels import keep_freed_memory  # noqa: E402
-from owf_kernels.attention_jvp import sdpa_jvp  # noqa: E402
+from owf_kernels.attention_jvp import sdpa_jvp, sdpa_with_detached_tangent  # noqa: E402
 
-PROVIDERS = ["sdpa_jvp", "func.jvp", "forward_ad", "compile", "plain"]
+PROVIDERS = ["sdpa_jvp", "detached", "func.jvp", "forward_ad", "compile", "plain"]
 B, H, E, T = 8, 4, 32, 1
 LENGTHS = [64, 128, 256, 512]
 
@@ -73,6 +76,10 @@ def provider_fn(provider, t, backward):
     q, k, v, qd, kd, vd = t
     if provider == "sdpa_jvp":
         f = lambda: sdpa_jvp(q, k, v, qd, kd, vd)      # noqa: E731
+    elif provider == "detached":
+        if backward:
+            pytest.skip("detached: its tangent has no backward (the fwd rows time a detached tangent's forward)")
+        f = lambda: sdpa_with_detached_tangent(q, k, v, qd, kd, vd)      # noqa: E731
     elif provider == "plain":
         f = lambda: (F.scaled_dot_product_attention(q, k, v), None)      # noqa: E731
     elif provider in ("func.jvp", "compile"):
@@ -221,7 +228,7 @@ def round_robin(L, backward, rounds, seed=0):
     """Median seconds per provider over `rounds`; each round calls every provider once, shuffled."""
     fns = {}
     for p in PROVIDERS:
-        if p == "forward_ad" and backward:
+        if p in ("forward_ad", "detached") and backward:
             continue
         fns[p] = provider_fn(p, inputs(L, backward), backward)
     for fn in fns.values():                      # warm-up: compiles, caches, allocator

@@ -38,7 +38,9 @@ Two implementations share this contract:
   math attention). The primal and tangent rows are stacked so each product is one batched GEMM
   (see `_scores`, `_jvp_math`). Up to WHOLE_BYTES per [*, L, S] block autograd differentiates it
   (to any order), keeping about (1 + 2T) [*, L, S] fp32 blocks; above, it runs in chunks of query
-  rows and keeps the inputs, outputs and μ only (see `_SDPAJVPTorch`).
+  rows and keeps the inputs, outputs and μ only (see `_SDPAJVPTorch`). Where CPU flash attention
+  takes the call, o and its row log-sum-exp come from flash and the tangents from them
+  (`tangent_from_lse`), as in `sdpa_with_detached_tangent`, the rule without tangent_grad.
 - the Triton kernels in `attention_jvp_triton.py`: one flash pass for o and all T tangents, saving
   the log-sum-exp and μ ([L] each), not p; a flash backward for every input (no [L, S] tensor).
 `sdpa_jvp` picks one with a single `if` (see backend.py).
@@ -241,6 +243,104 @@ def _jvp_math(q, k, v, q_dot, k_dot, v_dot, bias, dead, c):
     return o, o_dot.movedim(-3, 0), mu
 
 
+# ---------------------------------------------------------------------------------------------
+# CPU flash attention's log-sum-exp: the tangents without a softmax
+# ---------------------------------------------------------------------------------------------
+# Where CPU flash attention takes the call (`flash_cpu_takes`: what F.scaled_dot_product_attention
+# runs there), it returns o and each row's log-sum-exp ℓ_i = log Σ_j exp(s_ij). With ℓ the tangents
+# need no softmax pass:
+#
+#     p   = exp(c q kᵀ − ℓ)                          one GEMM (baddbmm), one exp in place     [n, L, S]
+#     w_t = p ⊙ ṡ_t,  ṡ_t = c [q̇_t | q] [k | k̇_t]ᵀ   one GEMM with inner dim 2E, one multiply [T, n, L, S]
+#     μ_t = rowsum(w_t)                                                                        [T, n, L, 1]
+#     ȯ_t = w_t v + p v̇_t − μ_t ⊙ o                  two GEMMs, one addcmul                   [T, n, L, Ev]
+#
+# (n = the flattened batch dims.) It runs in chunks of n whose p and w blocks together take about
+# TANGENT_CHUNK_BYTES, so they stay in cache: at the DiT's [32, 4, 256, 32], T = 1, one thread, the
+# tangent took 35-38 ms in chunks of 1-4 MiB and 73 ms unchunked, against 112 ms for the math of
+# `_jvp_math` (which computes o again); flash itself took 13.5 ms (docs/attention_jvp.md).
+# Two users: `sdpa_with_detached_tangent` (the graph engine's SDPA rule without tangent_grad:
+# MeanFlow, sCM and FFF detach the tangent), and `_SDPAJVPTorch`'s forward, whose backward then
+# recomputes p as exp(s − ℓ) instead of a softmax.
+TANGENT_CHUNK_BYTES = 2 << 20
+
+
+def flash_cpu_takes(q, k, v, attn_mask, dropout_p, enable_gqa):
+    """Whether CPU flash attention computes this call (then its log-sum-exp serves the tangent):
+    float32/float64 [B, H, L, E] on the CPU with one head dim E for q, k and v, last dims
+    contiguous, no mask (is_causal is fine), no dropout, no GQA, L and S > 0."""
+    return (q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64) and attn_mask is None
+            and dropout_p == 0.0 and not enable_gqa and q.dim() == 4 and q.shape[:-2] == k.shape[:-2] == v.shape[:-2]
+            and q.shape[-1] == k.shape[-1] == v.shape[-1] and q.shape[-2] > 0 and k.shape[-2] > 0
+            and all(x.stride(-1) == 1 for x in (q, k, v)))
+
+
+def tangent_from_lse(q, k, v, q_dot, k_dot, v_dot, o, lse, is_causal, c, with_mu=False):
+    """ȯ [T, *, L, Ev] from flash's o [*, L, Ev] and ℓ [*, L] (the formulas above; no autograd graph
+    is meant: call under torch.no_grad()). Tangents [T, *, ...] or None (at least one given). With
+    `with_mu`, also μ [*, T, L, 1] (None without q_dot and k_dot), as forward_torch returns it."""
+    T = next(t.shape[0] for t in (q_dot, k_dot, v_dot) if t is not None)
+    L, S, Ev, shape = q.shape[-2], k.shape[-2], v.shape[-1], o.shape
+    flat = lambda x, lead=0: None if x is None else x.reshape(*x.shape[:lead], -1, *x.shape[-2:])  # noqa: E731
+    q, k, v, o, q_dot, k_dot, v_dot = flat(q), flat(k), flat(v), flat(o), flat(q_dot, 1), flat(k_dot, 1), flat(v_dot, 1)
+    lse = lse.reshape(-1, L, 1)
+    causal = torch.ones(L, S, dtype=torch.bool, device=q.device).tril_().logical_not_() if is_causal else None
+    n = q.shape[0]
+    step = max(1, TANGENT_CHUNK_BYTES // (q.element_size() * L * S * (1 + T)))
+    o_dot = q.new_empty((T, n, L, Ev))
+    mu = q.new_empty((T, n, L, 1)) if with_mu and (q_dot is not None or k_dot is not None) else None
+    for i in range(0, n, step):
+        j = min(n, i + step)
+        qc, kc, vc = q[i:j], k[i:j], v[i:j]
+        p = torch.baddbmm(lse[i:j].neg(), qc, kc.transpose(-1, -2), alpha=c).exp_()             # [m, L, S]
+        if causal is not None:
+            p.masked_fill_(causal, 0.0)
+        if q_dot is not None and k_dot is not None:                                   # c [q̇ | q] [k | k̇]ᵀ
+            qq = torch.cat([q_dot[:, i:j], qc.expand(T, -1, -1, -1)], -1).mul_(c)
+            kk = torch.cat([kc.expand(T, -1, -1, -1), k_dot[:, i:j]], -1)
+            w = torch.matmul(qq.flatten(0, 1), kk.flatten(0, 1).transpose(-1, -2)).unflatten(0, (T, -1))
+        elif q_dot is not None:
+            w = torch.matmul(q_dot[:, i:j] * c, kc.transpose(-1, -2))
+        elif k_dot is not None:
+            w = torch.matmul(qc * c, k_dot[:, i:j].transpose(-1, -2))
+        else:
+            w = None
+        if w is not None:
+            w.mul_(p)                                                                          # w_t = p ⊙ ṡ_t
+            od = torch.matmul(w, vc)                                                           # w_t v
+            muc = w.sum(-1, keepdim=True)                                                      # μ_t
+            od.addcmul_(muc, o[i:j], value=-1)                                                 # − μ_t ⊙ o
+            if mu is not None:
+                mu[:, i:j] = muc
+            if v_dot is not None:
+                od.add_(torch.matmul(p, v_dot[:, i:j]))                                        # + p v̇_t
+        else:
+            od = torch.matmul(p, v_dot[:, i:j])
+        o_dot[:, i:j] = od
+    o_dot = o_dot.view(T, *shape)
+    if not with_mu:
+        return o_dot
+    return o_dot, None if mu is None else mu.view(T, *shape[:-1], 1).movedim(0, -3)
+
+
+def sdpa_with_detached_tangent(q, k, v, q_dot, k_dot, v_dot, attn_mask=None, is_causal=False, scale=None,
+                               dropout_p=0.0, enable_gqa=False):
+    """(o, o_dot): o = F.scaled_dot_product_attention(q, k, v, ...), differentiable as SDPA's own
+    output, and its tangents o_dot [T, *, L, Ev] without an autograd graph. Where CPU flash attention
+    takes the call (`flash_cpu_takes`), o and its log-sum-exp come from that one kernel and the
+    tangents from `tangent_from_lse`; elsewhere o is SDPA's and o_dot `sdpa_jvp`'s, under no_grad."""
+    if flash_cpu_takes(q, k, v, attn_mask, dropout_p, enable_gqa):
+        _, c = check_inputs(q, k, v, q_dot, k_dot, v_dot, attn_mask, is_causal, scale, dropout_p, enable_gqa)
+        o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, bool(is_causal),
+                                                                             scale=scale)[:2]
+        with torch.no_grad():
+            return o, tangent_from_lse(q, k, v, q_dot, k_dot, v_dot, o, lse, is_causal, c)
+    gqa = {"enable_gqa": True} if enable_gqa else {}      # an argument since torch 2.5: passed only when set
+    o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale=scale, **gqa)
+    with torch.no_grad():
+        return o, sdpa_jvp(q, k, v, q_dot, k_dot, v_dot, attn_mask, is_causal, scale, dropout_p, enable_gqa)[1]
+
+
 def forward_torch(q, k, v, q_dot, k_dot, v_dot, bias, dead, c):
     """(o [*, L, Ev], o_dot [T, *, L, Ev], μ [*, T, L, 1] or None), chunk by chunk of query rows."""
     chunks = _chunks(q, k.shape[-2])
@@ -259,9 +359,10 @@ def forward_torch(q, k, v, q_dot, k_dot, v_dot, bias, dead, c):
     return o, o_dot, mu
 
 
-def backward_torch(q, k, v, q_dot, k_dot, v_dot, bias, dead, c, o, o_dot, mu, g_o, g_od, needs):
+def backward_torch(q, k, v, q_dot, k_dot, v_dot, bias, dead, c, o, o_dot, mu, g_o, g_od, needs, lse=None):
     """The six gradients (None where not needed), chunk by chunk of query rows, by the backward
-    formulas of the module docstring. p and ṡ are recomputed per chunk ([*, 1+T, rows, S] blocks); the products are stacked GEMMs:
+    formulas of the module docstring. p and ṡ are recomputed per chunk ([*, 1+T, rows, S] blocks;
+    p = exp(s − ℓ) given flash's log-sum-exp ℓ [*, L], a softmax otherwise); the products are stacked GEMMs:
     [g_s; g_ṡ] [k] gives g_q's first term and every g_q̇_t at once, [g_s; g_ṡ]ᵀ c[q; q̇] is g_k,
     [p; ṗ]ᵀ [g_o; g_ȯ] is g_v."""
     T = g_od.shape[0]
@@ -280,7 +381,7 @@ def backward_torch(q, k, v, q_dot, k_dot, v_dot, bias, dead, c, o, o_dot, mu, g_
         oc, odc, goc, godc = o[..., i:j, :], o_dot[..., i:j, :], g_o[..., i:j, :], g_od[..., i:j, :]
         r = j - i
         s, s_dot, qs = _scores(qc, k, qdc, k_dot, _rows(bias, i, j), c)
-        p = _safe_softmax(s, dead)                                              # [*, r, S]
+        p = _safe_softmax(s, dead) if lse is None else (s - lse[..., i:j, None]).exp_()   # [*, r, S]
         god = godc.movedim(0, -3)                                               # [*, T, r, Ev]
         # δ' = rowsum(g_o ⊙ o) + Σ_t rowsum(g_ȯ_t ⊙ ȯ_t)                          [*, r, 1]
         dp = (goc * oc).sum(-1, keepdim=True) + (god * odc.movedim(0, -3)).sum(-1, keepdim=True).sum(-3)
@@ -330,15 +431,21 @@ def backward_torch(q, k, v, q_dot, k_dot, v_dot, bias, dead, c, o, o_dot, mu, g_
 class _SDPAJVPTorch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, q_dot, k_dot, v_dot, bias, dead, c):
-        o, o_dot, mu = forward_torch(q, k, v, q_dot, k_dot, v_dot, bias, dead, c)
-        # Saved: the inputs, both outputs and μ [*, T, L, 1]; p and ṡ are recomputed per chunk.
-        ctx.save_for_backward(q, k, v, q_dot, k_dot, v_dot, bias, o, o_dot, mu)
+        lse = None
+        if flash_cpu_takes(q, k, v, bias, 0.0, False):     # o and ℓ by flash, the tangents and μ from ℓ
+            o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=c)[:2]
+            o_dot, mu = tangent_from_lse(q, k, v, q_dot, k_dot, v_dot, o, lse, False, c, with_mu=True)
+        else:
+            o, o_dot, mu = forward_torch(q, k, v, q_dot, k_dot, v_dot, bias, dead, c)
+        # Saved: the inputs, both outputs, μ [*, T, L, 1] and ℓ [*, L] where flash ran; p and ṡ are
+        # recomputed per chunk (p = exp(s − ℓ) where ℓ is known, a softmax otherwise).
+        ctx.save_for_backward(q, k, v, q_dot, k_dot, v_dot, bias, o, o_dot, mu, lse)
         ctx.dead, ctx.c = dead, c
         return o, o_dot
 
     @staticmethod
     def backward(ctx, g_o, g_od):
-        q, k, v, q_dot, k_dot, v_dot, bias, o, o_dot, mu = ctx.saved_tensors
+        q, k, v, q_dot, k_dot, v_dot, bias, o, o_dot, mu, lse = ctx.saved_tensors
         needs = ctx.needs_input_grad[:6]
         if torch.is_grad_enabled():
             # create_graph=True (a penalty on a gradient, double backward): autograd through the
@@ -350,7 +457,7 @@ class _SDPAJVPTorch(torch.autograd.Function):
             grads = iter(torch.autograd.grad(outs, wanted, (g_o, g_od), create_graph=True, allow_unused=True))
             return (*(next(grads) if n else None for n in needs), None, None, None)
         grads = backward_torch(q, k, v, q_dot, k_dot, v_dot, bias, ctx.dead, ctx.c, o, o_dot, mu,
-                               g_o, g_od, needs)
+                               g_o, g_od, needs, lse)
         return (*grads, None, None, None)
 
 

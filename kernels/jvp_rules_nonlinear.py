@@ -364,19 +364,15 @@ def batch_norm_const(x, weight, bias, running_mean, running_var, training, momen
 
 
 def _sdpa(ctx, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    """attention_jvp.sdpa_jvp: o and every tangent in one pass (Triton flash kernel on CUDA)."""
-    from .attention_jvp import sdpa_jvp
+    """attention_jvp.sdpa_jvp: o and every tangent in one pass (Triton flash kernel on CUDA); without
+    tangent_grad, SDPA's own o and the tangents without a graph (on the CPU from flash attention's
+    log-sum-exp: attention_jvp.sdpa_with_detached_tangent)."""
+    from .attention_jvp import sdpa_jvp, sdpa_with_detached_tangent
     if is_dual(attn_mask):
         return None                                                # a mask with a tangent: the fallback
     qs, ks, vs = (x.P() if is_dual(x) else (x, None) for x in (q, k, v))
-    if ctx.stack:
-        o, od = sdpa_jvp(qs[0], ks[0], vs[0], qs[1], ks[1], vs[1], attn_mask, is_causal, scale, dropout_p, enable_gqa)
-        return Dual(p=o, t=od)
-    # enable_gqa is an argument since torch 2.5 (and sdpa_jvp refuses True): passed only when set
-    gqa = {"enable_gqa": True} if enable_gqa else {}
-    o = F.scaled_dot_product_attention(qs[0], ks[0], vs[0], attn_mask, dropout_p, is_causal, scale=scale, **gqa)
-    with ctx.tan:
-        od = sdpa_jvp(qs[0], ks[0], vs[0], qs[1], ks[1], vs[1], attn_mask, is_causal, scale, dropout_p, enable_gqa)[1]
+    args = (qs[0], ks[0], vs[0], qs[1], ks[1], vs[1], attn_mask, is_causal, scale, dropout_p, enable_gqa)
+    o, od = (sdpa_jvp if ctx.stack else sdpa_with_detached_tangent)(*args)
     return Dual(p=o, t=od)
 
 

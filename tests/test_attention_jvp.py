@@ -322,3 +322,90 @@ def test_triton_refuses_float64(monkeypatch):
     monkeypatch.setenv("OWF_KERNELS_BACKEND", "triton")
     with pytest.raises(ValueError, match="dtype torch.float64 is not supported by the Triton kernel"):
         sdpa_jvp(*make((1,), 4, 4, 4, 4, 1, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Without a tangent graph: SDPA's own o and the tangents from CPU flash attention's log-sum-exp
+# ---------------------------------------------------------------------------------------------
+#         batch    L   S  E  T  tangents causal
+DETACHED = [((2, 3), 19, 23, 8, 1, "qkv", False),
+            ((1, 2), 20, 17, 6, 3, "qkv", False),
+            ((2, 1), 21, 13, 5, 2, "q", True),
+            ((1, 3), 13, 21, 9, 3, "k", True),
+            ((2, 2), 18, 19, 7, 2, "v", False),
+            ((3, 1), 17, 17, 4, 1, "kv", True)]
+
+
+@pytest.mark.parametrize("case", DETACHED, ids=["T1", "T3", "q-causal", "k-causal-L<S", "v", "kv-causal"])
+@pytest.mark.parametrize("chunk_bytes", [2 << 20, 1], ids=["whole", "chunks"])
+def test_detached_tangent_from_flash_lse(monkeypatch, case, chunk_bytes):
+    """sdpa_with_detached_tangent in float64 on the CPU: it takes the flash path; o is
+    F.scaled_dot_product_attention's own (bitwise, and the same gradients), o_dot the oracle's,
+    with no graph; in one chunk and in chunks of one (batch, head)."""
+    from owf_kernels import attention_jvp as A
+    monkeypatch.setattr(A, "TANGENT_CHUNK_BYTES", chunk_bytes)
+    batch, L, S, E, T, tangents, causal = case
+    q, k, v, *dots = make(batch, L, S, E, E, T, tangents, dtype=torch.float64)
+    q, k, v = (x.cpu().requires_grad_(True) for x in (q, k, v))
+    dots = [None if d is None else d.cpu() for d in dots]
+    assert A.flash_cpu_takes(q, k, v, None, 0.0, False)
+    o, o_dot = A.sdpa_with_detached_tangent(q, k, v, *dots, is_causal=causal, scale=0.7)
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=0.7)
+    assert torch.equal(o, want) and not o_dot.requires_grad
+    with torch.no_grad():
+        _, rod = oracle(q, k, v, *dots, is_causal=causal, scale=0.7)
+    torch.testing.assert_close(o_dot, rod, atol=1e-12, rtol=1e-10)
+    g = torch.randn_like(o)
+    torch.testing.assert_close(torch.autograd.grad((o * g).sum(), (q, k, v)),
+                               torch.autograd.grad((want * g).sum(), (q, k, v)), atol=1e-13, rtol=1e-12)
+
+
+@pytest.mark.parametrize("why", ["mask", "strided", "Ev", "3-d"])
+def test_detached_tangent_elsewhere_takes_sdpa_and_sdpa_jvp(why):
+    """Where CPU flash attention does not take the call, o is SDPA's and o_dot sdpa_jvp's: the
+    same values as the oracle either way."""
+    from owf_kernels import attention_jvp as A
+    E = 5 if why == "Ev" else 6
+    q, k, v, *dots = make((2, 2), 7, 9, 6, E, 2, "qkv", dtype=torch.float64)
+    q, k, v, dots = q.cpu(), k.cpu(), v.cpu(), [d.cpu() for d in dots]
+    kw = {"attn_mask": bool_mask((7, 9)).cpu()} if why == "mask" else {}
+    if why == "strided":
+        q = q.transpose(-1, -2).contiguous().transpose(-1, -2)
+    if why == "3-d":
+        q, k, v, dots = q[0], k[0], v[0], [d[:, 0] for d in dots]
+    assert not A.flash_cpu_takes(q, k, v, kw.get("attn_mask"), 0.0, False)
+    o, o_dot = A.sdpa_with_detached_tangent(q, k, v, *dots, **kw)
+    ro, rod = oracle(q, k, v, *dots, **kw)
+    torch.testing.assert_close(o, ro, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(o_dot, rod, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("tangents,T", [("qkv", 1), ("qkv", 3), ("q", 2), ("k", 1), ("v", 2), ("qv", 1)])
+def test_chunked_torch_path_from_flash_lse(monkeypatch, tangents, T):
+    """Above WHOLE_BYTES, where CPU flash attention takes the call (4-D, one head dim, no mask), the
+    torch path's forward is flash's o with the tangents and μ from its log-sum-exp, and backward
+    recomputes p = exp(s − ℓ): values and all six gradients against the oracle in float64, in
+    chunks, and a second derivative by finite differences."""
+    import owf_kernels.attention_jvp as A
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "torch")
+    for name, value in (("WHOLE_BYTES", 0), ("CHUNK_BYTES", 1), ("TANGENT_CHUNK_BYTES", 1)):
+        monkeypatch.setattr(A, name, value)
+    monkeypatch.setattr(A, "forward_torch", None)                 # the flash branch, or a TypeError
+    inputs = [t.cpu() if t is not None else None for t in make((2, 3), 19, 23, 6, 6, T, tangents, dtype=torch.float64)]
+    present = [i for i, t in enumerate(inputs) if t is not None]
+    leaves = [t.clone().requires_grad_(True) if t is not None else None for t in inputs]
+    o, o_dot = sdpa_jvp(*leaves, scale=0.6)
+    assert o.grad_fn.saved_tensors[-1].shape == (2, 3, 19)         # ℓ is kept: p is not softmaxed again
+    ro, rod = oracle(*[t.clone().requires_grad_(True) if t is not None else None for t in inputs], scale=0.6)
+    torch.testing.assert_close(o, ro.detach(), atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(o_dot, rod.detach(), atol=1e-12, rtol=1e-10)
+    g_o, g_od = torch.randn_like(o), torch.randn_like(o_dot)
+    grads = torch.autograd.grad(loss_of(o, o_dot, g_o, g_od), [leaves[i] for i in present])
+    refl = [t.clone().requires_grad_(True) if t is not None else None for t in inputs]
+    rgrads = torch.autograd.grad(loss_of(*oracle(*refl, scale=0.6), g_o, g_od), [refl[i] for i in present])
+    for g, r in zip(grads, rgrads):
+        torch.testing.assert_close(g, r, atol=1e-11, rtol=1e-9)
+    small = [t[:1, :1, :3, :2].clone().requires_grad_(True) if t is not None and t.dim() == 4 else
+             t[:, :1, :1, :3, :2].clone().requires_grad_(True) if t is not None else None for t in inputs]
+    f = lambda *a: sdpa_jvp(*a)      # noqa: E731
+    assert torch.autograd.gradcheck(f, small) and torch.autograd.gradgradcheck(f, small)
