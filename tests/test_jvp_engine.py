@@ -275,6 +275,46 @@ def test_without_tangent_grad_backward_keeps_what_the_plain_forward_keeps():
     assert yd.grad_fn is None
 
 
+def test_under_torch_compile_without_tangent_grad_inductor_compiles_the_program():
+    """A MeanFlow step (tangent detached) under torch.compile, from a cold trace cache: Dynamo
+    traces through jvp (the graph it hands the backend holds the network's ops and the rules'
+    attention tangent), the trace itself is a graph break; Inductor's loss and gradients are eager
+    owf's. With tangent_grad=True jvp stays a graph break (no network op reaches the backend)."""
+    import owf_kernels.jvp_trace as JT
+    torch.manual_seed(0)
+    net = N.DiT(image=(1, 8, 8), patch=2, width=16, depth=1, heads=2, zero_init=False)
+    primals, tangents = meanflow_inputs(4, (1, 8, 8), 1)
+    primals, tangents = tuple(p.float() for p in primals), tuple(t[0].float() for t in tangents)
+
+    def step(tangent_grad):
+        y, yd = jvp(net, primals, tangents, tangent_grad=tangent_grad)
+        dt = (primals[1] - primals[2]).view(-1, 1, 1, 1)
+        return (y - (tangents[0] - dt * yd.detach())).square().mean()
+
+    def ops_seen(tangent_grad):
+        graphs = []
+
+        def backend(gm, example_inputs):
+            graphs.append(gm)
+            return gm.forward
+        JT.clear_cache()
+        torch._dynamo.reset()
+        torch.compile(step, backend=backend)(tangent_grad)
+        return {str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"}
+    ops = ops_seen(False)
+    assert any("flash_attention_for_cpu" in o for o in ops) and any("baddbmm" in o for o in ops), ops
+    assert not any("flash_attention_for_cpu" in o for o in ops_seen(True))
+    JT.clear_cache()
+    torch._dynamo.reset()
+    got = torch.compile(step)(False)
+    g_got = torch.autograd.grad(got, list(net.parameters()))
+    want = step(False)
+    g_want = torch.autograd.grad(want, list(net.parameters()))
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
 def test_bad_calls_are_named():
     x = torch.randn(3, 2)
     with pytest.raises(ValueError, match="2 primals but 1 tangents"):
