@@ -256,9 +256,10 @@ def _jvp_math(q, k, v, q_dot, k_dot, v_dot, bias, dead, c):
 #     ȯ_t = w_t v + p v̇_t − μ_t ⊙ o                  two GEMMs, one addcmul                   [T, n, L, Ev]
 #
 # (n = the flattened batch dims.) It runs in chunks of n whose p and w blocks together take about
-# TANGENT_CHUNK_BYTES, so they stay in cache: at the DiT's [32, 4, 256, 32], T = 1, one thread, the
-# tangent took 35-38 ms in chunks of 1-4 MiB and 73 ms unchunked, against 112 ms for the math of
-# `_jvp_math` (which computes o again); flash itself took 13.5 ms (docs/attention_jvp.md).
+# TANGENT_CHUNK_BYTES (one head in blocks of query rows where a head alone is larger), so they stay
+# in cache: at the DiT's [32, 4, 256, 32], T = 1, one thread (a scratch timing), the tangent took
+# 35-38 ms in chunks of 1-4 MiB and 73 ms unchunked, against 112 ms for `_jvp_math` (which computes
+# o again); flash itself took 13.5 ms. docs/attention_jvp.md has the committed round robin.
 # Two users: `sdpa_with_detached_tangent` (the graph engine's SDPA rule without tangent_grad:
 # MeanFlow, sCM and FFF detach the tangent), and `_SDPAJVPTorch`'s forward, whose backward then
 # recomputes p as exp(s − ℓ) instead of a softmax.
@@ -268,55 +269,71 @@ TANGENT_CHUNK_BYTES = 2 << 20
 def flash_cpu_takes(q, k, v, attn_mask, dropout_p, enable_gqa):
     """Whether CPU flash attention computes this call (then its log-sum-exp serves the tangent):
     float32/float64 [B, H, L, E] on the CPU with one head dim E for q, k and v, last dims
-    contiguous, no mask (is_causal is fine), no dropout, no GQA, L and S > 0."""
+    contiguous, no mask (is_causal is fine), no dropout, no GQA, no empty dim, and the flash
+    backend enabled (torch.backends.cuda.enable_flash_sdp, which SDPA on the CPU obeys too)."""
     return (q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64) and attn_mask is None
             and dropout_p == 0.0 and not enable_gqa and q.dim() == 4 and q.shape[:-2] == k.shape[:-2] == v.shape[:-2]
-            and q.shape[-1] == k.shape[-1] == v.shape[-1] and q.shape[-2] > 0 and k.shape[-2] > 0
-            and all(x.stride(-1) == 1 for x in (q, k, v)))
+            and q.shape[-1] == k.shape[-1] == v.shape[-1] and all(x.numel() > 0 for x in (q, k, v))
+            and all(x.stride(-1) == 1 for x in (q, k, v)) and torch.backends.cuda.flash_sdp_enabled())
+
+
+def flash_cpu(q, k, v, is_causal, scale):
+    """(o, ℓ [B, H, L]) by CPU flash attention; o differentiable as SDPA's own output."""
+    o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, bool(is_causal), scale=scale)[:2]
+    if lse.shape != q.shape[:-1]:       # e.g. core ATen decompositions return p there: refuse, not guess
+        raise RuntimeError(f"_scaled_dot_product_flash_attention_for_cpu returned a second output of shape "
+                           f"{tuple(lse.shape)}, not the log-sum-exp [B, H, L] = {tuple(q.shape[:-1])}")
+    return o, lse
 
 
 def tangent_from_lse(q, k, v, q_dot, k_dot, v_dot, o, lse, is_causal, c, with_mu=False):
     """ȯ [T, *, L, Ev] from flash's o [*, L, Ev] and ℓ [*, L] (the formulas above; no autograd graph
     is meant: call under torch.no_grad()). Tangents [T, *, ...] or None (at least one given). With
-    `with_mu`, also μ [*, T, L, 1] (None without q_dot and k_dot), as forward_torch returns it."""
+    `with_mu`, also μ [*, T, L, 1] (None without q_dot and k_dot), as forward_torch returns it.
+    Chunks: whole heads while a head's p and w fit TANGENT_CHUNK_BYTES, else one head in blocks of
+    query rows (rows are independent once ℓ is known)."""
     T = next(t.shape[0] for t in (q_dot, k_dot, v_dot) if t is not None)
     L, S, Ev, shape = q.shape[-2], k.shape[-2], v.shape[-1], o.shape
     flat = lambda x, lead=0: None if x is None else x.reshape(*x.shape[:lead], -1, *x.shape[-2:])  # noqa: E731
     q, k, v, o, q_dot, k_dot, v_dot = flat(q), flat(k), flat(v), flat(o), flat(q_dot, 1), flat(k_dot, 1), flat(v_dot, 1)
     lse = lse.reshape(-1, L, 1)
     causal = torch.ones(L, S, dtype=torch.bool, device=q.device).tril_().logical_not_() if is_causal else None
-    n = q.shape[0]
-    step = max(1, TANGENT_CHUNK_BYTES // (q.element_size() * L * S * (1 + T)))
+    n, row_bytes = q.shape[0], q.element_size() * S * (1 + T)
+    step = max(1, TANGENT_CHUNK_BYTES // (row_bytes * L))
+    rows = L if step > 1 else max(MIN_CHUNK_ROWS, TANGENT_CHUNK_BYTES // row_bytes)
     o_dot = q.new_empty((T, n, L, Ev))
     mu = q.new_empty((T, n, L, 1)) if with_mu and (q_dot is not None or k_dot is not None) else None
     for i in range(0, n, step):
         j = min(n, i + step)
-        qc, kc, vc = q[i:j], k[i:j], v[i:j]
-        p = torch.baddbmm(lse[i:j].neg(), qc, kc.transpose(-1, -2), alpha=c).exp_()             # [m, L, S]
-        if causal is not None:
-            p.masked_fill_(causal, 0.0)
-        if q_dot is not None and k_dot is not None:                                   # c [q̇ | q] [k | k̇]ᵀ
-            qq = torch.cat([q_dot[:, i:j], qc.expand(T, -1, -1, -1)], -1).mul_(c)
-            kk = torch.cat([kc.expand(T, -1, -1, -1), k_dot[:, i:j]], -1)
-            w = torch.matmul(qq.flatten(0, 1), kk.flatten(0, 1).transpose(-1, -2)).unflatten(0, (T, -1))
-        elif q_dot is not None:
-            w = torch.matmul(q_dot[:, i:j] * c, kc.transpose(-1, -2))
-        elif k_dot is not None:
-            w = torch.matmul(qc * c, k_dot[:, i:j].transpose(-1, -2))
-        else:
-            w = None
-        if w is not None:
-            w.mul_(p)                                                                          # w_t = p ⊙ ṡ_t
-            od = torch.matmul(w, vc)                                                           # w_t v
-            muc = w.sum(-1, keepdim=True)                                                      # μ_t
-            od.addcmul_(muc, o[i:j], value=-1)                                                 # − μ_t ⊙ o
-            if mu is not None:
-                mu[:, i:j] = muc
-            if v_dot is not None:
-                od.add_(torch.matmul(p, v_dot[:, i:j]))                                        # + p v̇_t
-        else:
-            od = torch.matmul(p, v_dot[:, i:j])
-        o_dot[:, i:j] = od
+        kc, vc = k[i:j], v[i:j]
+        for a in range(0, L, rows):
+            b = min(L, a + rows)
+            qc = q[i:j, a:b]
+            p = torch.baddbmm(lse[i:j, a:b].neg(), qc, kc.transpose(-1, -2), alpha=c).exp_()      # [m, r, S]
+            if causal is not None:
+                p.masked_fill_(causal[a:b], 0.0)
+            if q_dot is not None and k_dot is not None:                               # c [q̇ | q] [k | k̇]ᵀ
+                qq = torch.cat([q_dot[:, i:j, a:b], qc.expand(T, -1, -1, -1)], -1).mul_(c)
+                kk = torch.cat([kc.expand(T, -1, -1, -1), k_dot[:, i:j]], -1)
+                w = torch.matmul(qq.flatten(0, 1), kk.flatten(0, 1).transpose(-1, -2)).unflatten(0, (T, -1))
+            elif q_dot is not None:
+                w = torch.matmul(q_dot[:, i:j, a:b] * c, kc.transpose(-1, -2))
+            elif k_dot is not None:
+                w = torch.matmul(qc * c, k_dot[:, i:j].transpose(-1, -2))
+            else:
+                w = None
+            if w is not None:
+                w.mul_(p)                                                                      # w_t = p ⊙ ṡ_t
+                od = torch.matmul(w, vc)                                                       # w_t v
+                muc = w.sum(-1, keepdim=True)                                                  # μ_t
+                od.addcmul_(muc, o[i:j, a:b], value=-1)                                        # − μ_t ⊙ o
+                if mu is not None:
+                    mu[:, i:j, a:b] = muc
+                if v_dot is not None:
+                    od.add_(torch.matmul(p, v_dot[:, i:j]))                                    # + p v̇_t
+            else:
+                od = torch.matmul(p, v_dot[:, i:j])
+            o_dot[:, i:j, a:b] = od
     o_dot = o_dot.view(T, *shape)
     if not with_mu:
         return o_dot
@@ -331,8 +348,7 @@ def sdpa_with_detached_tangent(q, k, v, q_dot, k_dot, v_dot, attn_mask=None, is_
     tangents from `tangent_from_lse`; elsewhere o is SDPA's and o_dot `sdpa_jvp`'s, under no_grad."""
     if flash_cpu_takes(q, k, v, attn_mask, dropout_p, enable_gqa):
         _, c = check_inputs(q, k, v, q_dot, k_dot, v_dot, attn_mask, is_causal, scale, dropout_p, enable_gqa)
-        o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, bool(is_causal),
-                                                                             scale=scale)[:2]
+        o, lse = flash_cpu(q, k, v, is_causal, scale)
         with torch.no_grad():
             return o, tangent_from_lse(q, k, v, q_dot, k_dot, v_dot, o, lse, is_causal, c)
     gqa = {"enable_gqa": True} if enable_gqa else {}      # an argument since torch 2.5: passed only when set
@@ -433,7 +449,7 @@ class _SDPAJVPTorch(torch.autograd.Function):
     def forward(ctx, q, k, v, q_dot, k_dot, v_dot, bias, dead, c):
         lse = None
         if flash_cpu_takes(q, k, v, bias, 0.0, False):     # o and ℓ by flash, the tangents and μ from ℓ
-            o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=c)[:2]
+            o, lse = flash_cpu(q, k, v, False, c)
             o_dot, mu = tangent_from_lse(q, k, v, q_dot, k_dot, v_dot, o, lse, False, c, with_mu=True)
         else:
             o, o_dot, mu = forward_torch(q, k, v, q_dot, k_dot, v_dot, bias, dead, c)
@@ -522,7 +538,8 @@ def sdpa_jvp(q, k, v, q_dot, k_dot, v_dot, attn_mask=None, is_causal=False, scal
     (True = attend) or additive float, broadcastable to [*, L, S], a constant; is_causal: top-left
     causal mask, as SDPA's; scale: None = 1/√E. dropout_p != 0 and enable_gqa=True are refused.
     Returns o: [*, L, Ev] and o_dot: [T, *, L, Ev]. Triton on CUDA, the torch reference on CPU
-    (see backend.py for OWF_KERNELS_BACKEND).
+    (see backend.py for OWF_KERNELS_BACKEND), which takes o and the tangents from CPU flash
+    attention's log-sum-exp where flash runs (`flash_cpu_takes`) above WHOLE_BYTES.
     """
     if use_triton_dot(q):
         return sdpa_jvp_triton(q, k, v, q_dot, k_dot, v_dot, attn_mask, is_causal, scale, dropout_p, enable_gqa)

@@ -25,7 +25,7 @@ tools/autograd/derivatives.yaml, written for T tangents at once; x broadcasts ov
               y = γ x̂ + β,   ẏ = γ r (ẋ - mean_G ẋ - x̂ mean_G(x̂ ẋ))
     RMSNorm:  y = γ x r, r = (mean_G x² + eps)^-½,   ẏ = γ r (ẋ - x r² mean_G(x ẋ))
     BatchNorm: jvp_layers.epilogue_torch ("batch": through the batch statistics; "per_sample": held)
-    SDPA:     attention_jvp.sdpa_jvp (sCM's Appendix F)
+    SDPA:     attention_jvp.sdpa_jvp (sCM's Appendix F); without tangent_grad sdpa_with_detached_tangent
     dropout:  one mask m for the primal and every tangent: y = x m/(1-p), ẏ = ẋ m/(1-p)
     edges, as torch.func.jvp: clamp/hardtanh/relu6 ẏ = ẋ strictly inside (lo, hi), 0 at a bound;
               max(a, b) ẏ = ḃ + w (ȧ - ḃ), w = 1 / 0 / ½ at a tie; ‖0‖₂ has ẏ = 0

@@ -1,6 +1,7 @@
 """sdpa_jvp against torch.func.jvp of softmax(q kᵀ·scale + mask) v in float64: outputs, tangents and
 every gradient of a loss of both, for the torch reference and for the Triton kernel (interpreter);
 and the kernels compiled for an sm_90 GPU (no launch), which the interpreter cannot check."""
+import contextlib
 import math
 import os
 import subprocess
@@ -360,21 +361,23 @@ def test_detached_tangent_from_flash_lse(monkeypatch, case, chunk_bytes):
                                torch.autograd.grad((want * g).sum(), (q, k, v)), atol=1e-13, rtol=1e-12)
 
 
-@pytest.mark.parametrize("why", ["mask", "strided", "Ev", "3-d"])
+@pytest.mark.parametrize("why", ["mask", "strided", "Ev", "3-d", "no heads", "flash off"])
 def test_detached_tangent_elsewhere_takes_sdpa_and_sdpa_jvp(why):
-    """Where CPU flash attention does not take the call, o is SDPA's and o_dot sdpa_jvp's: the
-    same values as the oracle either way."""
+    """Where CPU flash attention does not take the call (or is switched off), o is SDPA's and o_dot
+    sdpa_jvp's: the same values as the oracle either way."""
     from owf_kernels import attention_jvp as A
     E = 5 if why == "Ev" else 6
-    q, k, v, *dots = make((2, 2), 7, 9, 6, E, 2, "qkv", dtype=torch.float64)
+    q, k, v, *dots = make((2, 0 if why == "no heads" else 2), 7, 9, 6, E, 2, "qkv", dtype=torch.float64)
     q, k, v, dots = q.cpu(), k.cpu(), v.cpu(), [d.cpu() for d in dots]
     kw = {"attn_mask": bool_mask((7, 9)).cpu()} if why == "mask" else {}
     if why == "strided":
         q = q.transpose(-1, -2).contiguous().transpose(-1, -2)
     if why == "3-d":
         q, k, v, dots = q[0], k[0], v[0], [d[:, 0] for d in dots]
-    assert not A.flash_cpu_takes(q, k, v, kw.get("attn_mask"), 0.0, False)
-    o, o_dot = A.sdpa_with_detached_tangent(q, k, v, *dots, **kw)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel(SDPBackend.MATH) if why == "flash off" else contextlib.nullcontext():
+        assert not A.flash_cpu_takes(q, k, v, kw.get("attn_mask"), 0.0, False)
+        o, o_dot = A.sdpa_with_detached_tangent(q, k, v, *dots, **kw)
     ro, rod = oracle(q, k, v, *dots, **kw)
     torch.testing.assert_close(o, ro, atol=1e-12, rtol=1e-10)
     torch.testing.assert_close(o_dot, rod, atol=1e-12, rtol=1e-10)
