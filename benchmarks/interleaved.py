@@ -175,8 +175,6 @@ def run_network_case(name, rounds, compile_=True, table=None):
         best = min(others, key=med.get)
         print(f"\nowf vs the best other provider ({best}): {med[best] / med['owf']:.2f}x; owf / ideal: "
               f"{med['owf'] / ideal:.2f}")
-        if "compile-owf" in med:        # owf compiled into the step (without tangent_grad) vs every other
-            print(f"compile-owf vs the best other provider ({best}): {med[best] / med['compile-owf']:.2f}x")
     return med
 
 

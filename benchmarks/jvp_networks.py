@@ -10,8 +10,8 @@ and gpu_check.py. Every provider computes the same step:
 
 Providers: "owf" (owf_kernels.jvp, SDPA through attention_jvp.sdpa_jvp); "func.jvp" (torch.func.jvp,
 a Python loop over the probes); "func.jvp+vmap" (vmapped over them); "forward_ad" (dual tensors, a
-loop); "compile-<p>" (torch.compile of the whole step of provider p; owf's jvp is compiled into it
-without tangent_grad, MeanFlow's case, and is a graph break with it, the probes' case). The PyTorch providers run a copy of the network whose attention
+loop); "compile-<p>" (torch.compile of the whole step of provider p: owf's jvp is a graph break,
+the loss and backward are compiled). The PyTorch providers run a copy of the network whose attention
 is written out, softmax(q kᵀ/√d) v: torch 2.14.1 has no forward-mode rule for SDPA on the CPU.
 
 "ideal" (not a provider, the scale the ratios are read against): the primal forward, the tangents'

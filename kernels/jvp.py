@@ -92,6 +92,14 @@ def _channels_last(x: torch.Tensor) -> bool:
             and torch._C._functorch.peek_interpreter_stack() is None)
 
 
+# torch.compile runs jvp eagerly (a graph break): Inductor (torch 2.14.1, CPU) computed a wrong
+# convolution-weight gradient for this stacked layout (a conv over [1+T, B, ...] viewed as one batch,
+# an activation on its [0] and [1:] slices, then a Linear: 8.5 off where the gradient is 23, while
+# aot_eager and eager agree; docs/jvp.md has the pure-PyTorch repro). Letting Dynamo trace jvp for
+# tangent_grad=False alone was tried (2026-12-04): 1.11x faster on the DiT MeanFlow step, but a graph
+# break inside the runner made Dynamo drop a convolution's weight gradient (no gradient at all, even
+# with backend="eager"), so it stays a graph break in both modes (docs/jvp.md).
+@torch.compiler.disable
 def jvp(func, primals, tangents, *, has_aux: bool = False, tangent_grad: bool = True, batch_norm: str = "batch"):
     """(func(*primals), J·tangents) like torch.func.jvp(func, primals, tangents, has_aux=...); a
     tangent [T, *x.shape] for each primal gives outputs' tangents [T, *y.shape] from one primal pass.
@@ -104,20 +112,12 @@ def jvp(func, primals, tangents, *, has_aux: bool = False, tangent_grad: bool = 
     plain objects) are baked in; call clear_cache() after changing one (jvp_trace's docstring lists
     the key: shapes, dtypes, requires_grad, every module's scalar attributes and training flag,
     scalar globals and closure values, grad and autocast modes).
-    Forward hooks and custom torch.autograd.Functions are refused (ValueError naming them).
-
-    Under torch.compile: with tangent_grad=False Dynamo traces through jvp, so Inductor compiles
-    owf's stacked program with the rest of the step (the backward is the plain forward's); with
-    tangent_grad=True jvp is a graph break and runs eagerly (`_jvp_eager`)."""
-    return (_jvp_eager if tangent_grad else _jvp)(func, primals, tangents, has_aux, tangent_grad, batch_norm)
-
-
-def _jvp(func, primals, tangents, has_aux, tangent_grad, batch_norm):
+    Forward hooks and custom torch.autograd.Functions are refused (ValueError naming them)."""
     primals, Vs, single, T = _check_call(primals, tangents, batch_norm)
     trace, tensors = get_trace(func, primals, has_aux)
     program = trace.programs.get(bool(tangent_grad))
     if program is None:
-        program = trace.programs[bool(tangent_grad)] = _build(trace, bool(tangent_grad))
+        program = trace.programs[bool(tangent_grad)] = build(trace, bool(tangent_grad))
     lifted = [None] * (max(trace.unique) + 1 if trace.unique else 0)
     for t, u in zip(tensors, trace.unique):
         lifted[u] = t
@@ -129,16 +129,6 @@ def _jvp(func, primals, tangents, has_aux, tangent_grad, batch_norm):
             stack.enter_context(torch.autocast(d, enabled=False))       # the rules run without it
         flat = run(program, ctx, inputs)
     return _outputs(trace, flat, ctx, single, has_aux)
-
-
-# With tangent_grad, torch.compile runs jvp eagerly (a graph break): Inductor (torch 2.14.1, CPU)
-# computes a wrong convolution-weight gradient for the stacked layout (a conv over [1+T, B, ...]
-# viewed as one batch, an activation on its [0] and [1:] slices, then a Linear: 0.035 off where the
-# gradient is 23, while aot_eager and eager agree to 8e-6 of float64; docs/jvp.md has the
-# pure-PyTorch repro). Without tangent_grad no gradient flows through a stacked tensor. Building a
-# program from a trace is Python over the graph: eager (a graph break) under Dynamo too.
-_jvp_eager = torch.compiler.disable(_jvp)
-_build = torch.compiler.disable(build)
 
 
 def _outputs(trace, flat, ctx, single, has_aux):

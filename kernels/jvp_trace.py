@@ -305,7 +305,7 @@ def get_trace(func, primals, has_aux):
     if entry is not None and len(entry[0]) == len(modules) and all(r() is m for r, m in zip(entry[0], modules)):
         _CACHE.move_to_end(key)
         return entry[1], tensors
-    trace = _trace_eager(func, primals, has_aux, slots, modules, tensors)
+    trace = _trace(func, primals, has_aux, slots, modules, tensors)
     _CACHE[key] = ([weakref.ref(m) for m in modules], trace)
     if len(_CACHE) > CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -467,9 +467,3 @@ def _momentum_none_batch_norms(modules, slots, unique):
 
 def _name(func):
     return type(func).__name__ if isinstance(func, nn.Module) else getattr(func, "__qualname__", repr(func))
-
-
-@torch.compiler.disable
-def _trace_eager(*args):
-    """_trace, eagerly: under torch.compile (owf_kernels.jvp traced by Dynamo) make_fx is a graph break."""
-    return _trace(*args)

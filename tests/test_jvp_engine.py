@@ -275,11 +275,10 @@ def test_without_tangent_grad_backward_keeps_what_the_plain_forward_keeps():
     assert yd.grad_fn is None
 
 
-def test_under_torch_compile_without_tangent_grad_inductor_compiles_the_program():
-    """A MeanFlow step (tangent detached) under torch.compile, from a cold trace cache: Dynamo
-    traces through jvp (the graph it hands the backend holds the network's ops and the rules'
-    attention tangent), the trace itself is a graph break; Inductor's loss and gradients are eager
-    owf's. With tangent_grad=True jvp stays a graph break (no network op reaches the backend)."""
+def test_under_torch_compile_jvp_is_a_graph_break_in_both_modes():
+    """torch.compile of a MeanFlow step (tangent detached, and not): no network op reaches the
+    compiled graph (jvp runs eagerly: with Dynamo tracing it, a graph break inside the runner dropped
+    a convolution's weight gradient, docs/jvp.md), and every parameter gets eager owf's gradient."""
     import owf_kernels.jvp_trace as JT
     torch.manual_seed(0)
     net = N.DiT(image=(1, 8, 8), patch=2, width=16, depth=1, heads=2, zero_init=False)
@@ -291,28 +290,24 @@ def test_under_torch_compile_without_tangent_grad_inductor_compiles_the_program(
         dt = (primals[1] - primals[2]).view(-1, 1, 1, 1)
         return (y - (tangents[0] - dt * yd.detach())).square().mean()
 
-    def ops_seen(tangent_grad):
-        graphs = []
+    for tangent_grad in (False, True):
+        for warm in (False, True):
+            JT.clear_cache()
+            if warm:
+                step(tangent_grad)
+            graphs = []
 
-        def backend(gm, example_inputs):
-            graphs.append(gm)
-            return gm.forward
-        JT.clear_cache()
-        torch._dynamo.reset()
-        torch.compile(step, backend=backend)(tangent_grad)
-        return {str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"}
-    ops = ops_seen(False)
-    assert any("flash_attention_for_cpu" in o for o in ops) and any("baddbmm" in o for o in ops), ops
-    assert not any("flash_attention_for_cpu" in o for o in ops_seen(True))
-    JT.clear_cache()
-    torch._dynamo.reset()
-    got = torch.compile(step)(False)
-    g_got = torch.autograd.grad(got, list(net.parameters()))
-    want = step(False)
-    g_want = torch.autograd.grad(want, list(net.parameters()))
-    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
-    for a, b in zip(g_got, g_want):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+            def backend(gm, example_inputs):
+                graphs.append(gm)
+                return gm.forward
+            torch._dynamo.reset()
+            got = torch.compile(step, backend=backend)(tangent_grad)
+            ops = {str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"}
+            assert not any("conv" in o or "linear" in o or "flash" in o for o in ops), ops
+            g_got = torch.autograd.grad(got, list(net.parameters()))
+            g_want = torch.autograd.grad(step(tangent_grad), list(net.parameters()))
+            for a, b in zip(g_got, g_want):
+                torch.testing.assert_close(a, b)
 
 
 def test_bad_calls_are_named():
