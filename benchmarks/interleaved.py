@@ -156,9 +156,11 @@ def run_network_case(name, rounds, compile_=True, table=None):
     providers = J.PROVIDERS + (J.COMPILED if compile_ else [])
     fns = {p: (lambda p=p: J.step_fn(p, name, table)) for p in providers}
     pieces = J.ideal_fns(name, table)
-    fns.update({k: (lambda f=f: f) for k, f in pieces.items()})
+    pieces_c = J.ideal_fns(name, table, compiled=True) if compile_ else {}
+    fns.update({k: (lambda f=f: f) for k, f in {**pieces, **pieces_c}.items()})
     med = timed(fns, rounds)
     ideal = sum(med[k] for k in pieces)
+    ideal_c = sum(med[k] for k in pieces_c) if pieces_c and all(k in med for k in pieces_c) else None
     kind, B, T = table[name][0], table[name][2], table[name][3]
     nan = float("nan")
     print(f"\n{name}, B={B}, T={T} ({kind}; {rounds} rounds, {torch.get_num_threads()} threads)\n")
@@ -170,11 +172,18 @@ def run_network_case(name, rounds, compile_=True, table=None):
             saved = nan
         print(f"| {p} | {med[p]:.1f} | {med[p] / med['owf']:.2f}x | {med[p] / ideal:.2f} | {saved:.1f} |")
     print(f"| ideal ({' + '.join(pieces)}) | {ideal:.1f} | {ideal / med['owf']:.2f}x | 1.00 | |")
+    if ideal_c is not None:
+        print(f"| ideal, each piece compiled | {ideal_c:.1f} | {ideal_c / med['owf']:.2f}x | {ideal_c / ideal:.2f} | |")
     others = [p for p in med if p in providers and p not in ("owf", "compile-owf")]
     if others:
         best = min(others, key=med.get)
         print(f"\nowf vs the best other provider ({best}): {med[best] / med['owf']:.2f}x; owf / ideal: "
               f"{med['owf'] / ideal:.2f}")
+    compiled = [p for p in others if p.startswith("compile-")]
+    if "compile-owf" in med and compiled:
+        best = min(compiled, key=med.get)
+        print(f"compile-owf vs the best compiled PyTorch provider ({best}): {med[best] / med['compile-owf']:.2f}x"
+              + (f"; compile-owf / compiled ideal: {med['compile-owf'] / ideal_c:.2f}" if ideal_c else ""))
     return med
 
 

@@ -10,8 +10,9 @@ and gpu_check.py. Every provider computes the same step:
 
 Providers: "owf" (owf_kernels.jvp, SDPA through attention_jvp.sdpa_jvp); "func.jvp" (torch.func.jvp,
 a Python loop over the probes); "func.jvp+vmap" (vmapped over them); "forward_ad" (dual tensors, a
-loop); "compile-<p>" (torch.compile of the whole step of provider p: owf's jvp is a graph break,
-the loss and backward are compiled). The PyTorch providers run a copy of the network whose attention
+loop); "compile-<p>" (torch.compile of the whole step of provider p; owf's jvp is a graph break there
+that runs owf's own program compiled by Inductor as one graph, jvp_compiled, when the tangent is
+detached, and eager owf otherwise). The PyTorch providers run a copy of the network whose attention
 is written out, softmax(q kᵀ/√d) v: torch 2.14.1 has no forward-mode rule for SDPA on the CPU.
 
 "ideal" (not a provider, the scale the ratios are read against): the primal forward, the tangents'
@@ -142,8 +143,11 @@ def step_fn(provider, case, table=CASES, device="cpu"):
     return wrapped
 
 
-def ideal_fns(case, table=CASES, device="cpu"):
-    """{name: zero-argument function}: the pieces of the ideal (module docstring)."""
+def ideal_fns(case, table=CASES, device="cpu", compiled=False):
+    """{name: zero-argument function}: the pieces of the ideal (module docstring); `compiled`: each
+    piece under torch.compile (the floor the compiled providers are read against)."""
+    if compiled:
+        return {f"compiled {k}": torch.compile(f) for k, f in ideal_fns(case, table, device).items()}
     kind, net, _, B, T = build(case, table, device)
     d = inputs(kind, net, B, T)
     if kind == "meanflow":

@@ -1,10 +1,10 @@
 """owf_kernels: fused forward + Jacobian-vector-product kernels, a JVP engine for whole networks, and
 the log-ζ reduction.
 
-- `jvp(func, primals, tangents, *, has_aux=False, tangent_grad=True, batch_norm="batch")`: a drop-in
-  for torch.func.jvp on any module or callable, T tangents in one primal pass: traced to ATen once
-  per signature (jvp_trace), one stacked rule per op (jvp_rules*), run by jvp_runner with today's
-  layer patterns as fusion rules.
+- `jvp(func, primals, tangents, *, has_aux=False, tangent_grad=True, batch_norm="batch", compile=None)`:
+  a drop-in for torch.func.jvp on any module or callable, T tangents in one primal pass: traced to
+  ATen once per signature (jvp_trace), one stacked rule per op (jvp_rules*), run by jvp_runner with
+  today's layer patterns as fusion rules, or compiled by Inductor as one graph (jvp_compiled).
 - `linear_jvp(x, x_dot, weight, bias=None, activation="identity", negative_slope=0.2) -> (y, y_dot)`
 - `mlp_jvp(x, x_dot, weights, biases, activation, last_activation)`: a stack of linear_jvp layers as
   one autograd node.

@@ -274,7 +274,14 @@ def flash_cpu_takes(q, k, v, attn_mask, dropout_p, enable_gqa):
     return (q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64) and attn_mask is None
             and dropout_p == 0.0 and not enable_gqa and q.dim() == 4 and q.shape[:-2] == k.shape[:-2] == v.shape[:-2]
             and q.shape[-1] == k.shape[-1] == v.shape[-1] and all(x.numel() > 0 for x in (q, k, v))
-            and all(x.stride(-1) == 1 for x in (q, k, v)) and torch.backends.cuda.flash_sdp_enabled())
+            and all(x.stride(-1) == 1 for x in (q, k, v)) and _flash_enabled())
+
+
+@torch.compiler.assume_constant_result
+def _flash_enabled() -> bool:
+    """torch.backends.cuda.flash_sdp_enabled(), a constant of the graph under torch.compile (Dynamo
+    cannot trace the C call; jvp_compiled keys its compiled programs on the flag)."""
+    return torch.backends.cuda.flash_sdp_enabled()
 
 
 def flash_cpu(q, k, v, is_causal, scale):

@@ -16,7 +16,8 @@ are closed over). It runs in three stages:
    through elementwise chains;
 3. the stacked runner (jvp_runner): fusion rules for today's layers (an MLP run through mlp_jvp; a
    linear op with its bias, BatchNorm and activation as one epilogue, Triton on CUDA), the per-op
-   torch.func.jvp fallback, each value freed after its last use.
+   torch.func.jvp fallback, each value freed after its last use; with compile (tangent_grad=False),
+   that program compiled by Inductor as one graph (jvp_compiled), the default under torch.compile.
 
 BatchNorm in train mode (batch_norm=):
   "batch"       the tangents flow through the batch mean and variance, as forward-mode AD (and
@@ -42,6 +43,7 @@ from torch.utils import _pytree as pytree
 from .backend import use_triton
 from .jvp_layers import BATCH_NORM_MODES
 from .jvp_dual import Ctx, Dual
+from .jvp_compiled import run_compiled
 from .jvp_runner import build, run
 from .jvp_trace import clear_cache, get_trace
 
@@ -92,19 +94,17 @@ def _channels_last(x: torch.Tensor) -> bool:
             and torch._C._functorch.peek_interpreter_stack() is None)
 
 
-# torch.compile runs jvp eagerly (a graph break): Inductor (torch 2.14.1, CPU) computed a wrong
-# convolution-weight gradient for this stacked layout (a conv over [1+T, B, ...] viewed as one batch,
-# an activation on its [0] and [1:] slices, then a Linear: 8.5 off where the gradient is 23, while
-# aot_eager and eager agree; docs/jvp.md has the pure-PyTorch repro). Letting Dynamo trace jvp for
-# tangent_grad=False alone was tried (2026-12-04): 1.11x faster on the DiT MeanFlow step, but a graph
-# break inside the runner made Dynamo drop a convolution's weight gradient (no gradient at all, even
-# with backend="eager"), so it stays a graph break in both modes (docs/jvp.md).
-@torch.compiler.disable
-def jvp(func, primals, tangents, *, has_aux: bool = False, tangent_grad: bool = True, batch_norm: str = "batch"):
+def jvp(func, primals, tangents, *, has_aux: bool = False, tangent_grad: bool = True, batch_norm: str = "batch",
+        compile: bool | None = None):
     """(func(*primals), J·tangents) like torch.func.jvp(func, primals, tangents, has_aux=...); a
     tangent [T, *x.shape] for each primal gives outputs' tangents [T, *y.shape] from one primal pass.
     With has_aux, func returns (output, aux) and jvp returns (output, tangents, aux). See the module
     docstring for batch_norm and tangent_grad.
+
+    compile: run owf's stacked program compiled by Inductor (jvp_compiled; only with
+    tangent_grad=False; the first call of a signature compiles it). None, the default: compiled when
+    jvp is called under torch.compile with tangent_grad=False, eager otherwise. Under torch.compile jvp
+    is a graph break either way: the caller's Dynamo never traces owf's runner.
 
     func is traced once per signature and the trace replayed: Python side effects (prints, counters,
     appends) happen once, at trace time, on fake tensors, and Python values func reads that are not
@@ -113,6 +113,24 @@ def jvp(func, primals, tangents, *, has_aux: bool = False, tangent_grad: bool = 
     the key: shapes, dtypes, requires_grad, every module's scalar attributes and training flag,
     scalar globals and closure values, grad and autocast modes).
     Forward hooks and custom torch.autograd.Functions are refused (ValueError naming them)."""
+    if compile is None:
+        compile = torch.compiler.is_compiling() and not tangent_grad
+    return _jvp(func, primals, tangents, has_aux, tangent_grad, batch_norm, compile)
+
+
+# torch.compile runs _jvp eagerly (a graph break): Inductor (torch 2.14.1, CPU) computed a wrong
+# convolution-weight gradient for the stacked layout (a conv over [1+T, B, ...] viewed as one batch,
+# an activation on its [0] and [1:] slices, then a Linear: 8.5 off where the gradient is 23, while
+# aot_eager and eager agree; docs/jvp.md has the pure-PyTorch repro). Letting Dynamo trace jvp for
+# tangent_grad=False was tried (2026-12-04): a graph break inside the runner made Dynamo drop a
+# convolution's weight gradient (no gradient at all, even with backend="eager"). So the caller's
+# Dynamo stops here, and compile=True hands owf's own program to torch.compile(fullgraph=True).
+@torch.compiler.disable
+def _jvp(func, primals, tangents, has_aux, tangent_grad, batch_norm, compile):
+    if compile and tangent_grad:
+        raise ValueError("owf_kernels.jvp(compile=True) needs tangent_grad=False: with gradients through the "
+                         "stacked [1+T, B, ...] tensors Inductor (torch 2.14.1) computes a wrong convolution-weight "
+                         "gradient (docs/jvp.md); call it with compile=False")
     primals, Vs, single, T = _check_call(primals, tangents, batch_norm)
     trace, tensors = get_trace(func, primals, has_aux)
     program = trace.programs.get(bool(tangent_grad))
@@ -123,11 +141,13 @@ def jvp(func, primals, tangents, *, has_aux: bool = False, tangent_grad: bool = 
         lifted[u] = t
     ctx = Ctx(T, batch_norm, bool(tangent_grad), program.has_conv_layer and _channels_last(primals[0]), lifted,
               trace.cma)
-    inputs = lifted + [Dual(p=x, t=v) for x, v in zip(primals, Vs)]
-    with contextlib.ExitStack() as stack:
-        for d in trace.autocast:          # the trace holds autocast's casts (jvp_trace._autocast_casts):
-            stack.enter_context(torch.autocast(d, enabled=False))       # the rules run without it
-        flat = run(program, ctx, inputs)
+    flat = run_compiled(trace, program, ctx, lifted, primals, Vs) if compile else None
+    if flat is None:
+        inputs = lifted + [Dual(p=x, t=v) for x, v in zip(primals, Vs)]
+        with contextlib.ExitStack() as stack:
+            for d in trace.autocast:          # the trace holds autocast's casts (jvp_trace._autocast_casts):
+                stack.enter_context(torch.autocast(d, enabled=False))       # the rules run without it
+            flat = run(program, ctx, inputs)
     return _outputs(trace, flat, ctx, single, has_aux)
 
 

@@ -272,6 +272,7 @@ class Trace:
         self.gm, self.unique, self.n_primals = gm, unique, n_primals
         self.spec, self.tensor_leaf, self.consts, self.n_out, self.cma = spec, tensor_leaf, consts, n_out, cma
         self.programs = {}
+        self.compiled = {}                                            # jvp_compiled's functions
         self.autocast = ()                                            # the autocast device types it was traced under
 
 

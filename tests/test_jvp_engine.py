@@ -277,16 +277,18 @@ def test_without_tangent_grad_backward_keeps_what_the_plain_forward_keeps():
 
 def test_under_torch_compile_jvp_is_a_graph_break_in_both_modes():
     """torch.compile of a MeanFlow step (tangent detached, and not): no network op reaches the
-    compiled graph (jvp runs eagerly: with Dynamo tracing it, a graph break inside the runner dropped
-    a convolution's weight gradient, docs/jvp.md), and every parameter gets eager owf's gradient."""
+    caller's compiled graph (the caller's Dynamo never traces owf's runner: with it tracing, a graph
+    break inside the runner dropped a convolution's weight gradient, docs/jvp.md), and every parameter
+    gets eager owf's gradient, from a cold and a warm trace cache. Without tangent_grad jvp runs its
+    own program compiled (jvp_compiled, fullgraph); with it, eagerly."""
     import owf_kernels.jvp_trace as JT
     torch.manual_seed(0)
     net = N.DiT(image=(1, 8, 8), patch=2, width=16, depth=1, heads=2, zero_init=False)
     primals, tangents = meanflow_inputs(4, (1, 8, 8), 1)
     primals, tangents = tuple(p.float() for p in primals), tuple(t[0].float() for t in tangents)
 
-    def step(tangent_grad):
-        y, yd = jvp(net, primals, tangents, tangent_grad=tangent_grad)
+    def step(tangent_grad, compile=None):
+        y, yd = jvp(net, primals, tangents, tangent_grad=tangent_grad, compile=compile)
         dt = (primals[1] - primals[2]).view(-1, 1, 1, 1)
         return (y - (tangents[0] - dt * yd.detach())).square().mean()
 
@@ -304,10 +306,65 @@ def test_under_torch_compile_jvp_is_a_graph_break_in_both_modes():
             got = torch.compile(step, backend=backend)(tangent_grad)
             ops = {str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"}
             assert not any("conv" in o or "linear" in o or "flash" in o for o in ops), ops
+            (trace,) = [entry[1] for entry in JT._CACHE.values()]
+            assert [callable(f) for f in trace.compiled.values()] == ([] if tangent_grad else [True])
             g_got = torch.autograd.grad(got, list(net.parameters()))
-            g_want = torch.autograd.grad(step(tangent_grad), list(net.parameters()))
+            g_want = torch.autograd.grad(step(tangent_grad, compile=False), list(net.parameters()))
             for a, b in zip(g_got, g_want):
                 torch.testing.assert_close(a, b)
+
+
+def test_compile_true_is_eager_owf_compiled():
+    """jvp(..., tangent_grad=False, compile=True) outside torch.compile: outputs, tangents and every
+    gradient as eager owf's (float32 rounding: Inductor fuses and reorders); the second call reuses the
+    compiled program; a BatchNorm's running statistics update once, as eagerly; compile=True with
+    tangent_grad is refused, naming why."""
+    import owf_kernels.jvp_trace as JT
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.SiLU(), nn.Flatten(), nn.Linear(4 * 36, 5))
+    twin = copy.deepcopy(net)
+    x, v = torch.randn(3, 1, 6, 6), torch.randn(3, 1, 6, 6)
+    JT.clear_cache()
+    torch._dynamo.reset()
+    for call in range(2):
+        y, yd = jvp(net, (x,), (v,), tangent_grad=False, compile=True)
+        y0, yd0 = jvp(twin, (x,), (v,), tangent_grad=False, compile=False)
+        torch.testing.assert_close(y, y0)
+        torch.testing.assert_close(yd, yd0)
+        assert yd.grad_fn is None
+        g = torch.autograd.grad((y * yd).sum(), list(net.parameters()))
+        g0 = torch.autograd.grad((y0 * yd0).sum(), list(twin.parameters()))
+        for a, b in zip(g, g0):
+            torch.testing.assert_close(a, b)
+        for a, b in zip(net.buffers(), twin.buffers()):
+            torch.testing.assert_close(a, b)
+    compiled = [f for e in JT._CACHE.values() for f in e[1].compiled.values()]
+    assert len(compiled) == 1 and callable(compiled[0])
+    with pytest.raises(ValueError, match="compile=True. needs tangent_grad=False.*wrong convolution-weight"):
+        jvp(net, (x,), (v,), compile=True)
+
+
+def test_compile_true_runs_eagerly_where_dynamo_cannot_take_the_program():
+    """A per-op fallback (aten.alpha_dropout has no stacked rule; without tangent_grad it saves the
+    generator's state, which Dynamo cannot trace): one warning naming the error, then eager owf's
+    numbers for the same seed, and no second attempt."""
+    import warnings
+    import owf_kernels.jvp_trace as JT
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 8), nn.AlphaDropout(0.3), nn.Linear(8, 3))
+    x, v = torch.randn(4, 5), torch.randn(4, 5)
+    JT.clear_cache()
+    torch._dynamo.reset()
+    torch.manual_seed(1)
+    with pytest.warns(UserWarning, match=r"compile=True.*could not take the whole program \(\w+"):
+        y, yd = jvp(net, (x,), (v,), tangent_grad=False, compile=True)
+    torch.manual_seed(1)
+    y0, yd0 = jvp(net, (x,), (v,), tangent_grad=False, compile=False)
+    torch.testing.assert_close(y, y0)
+    torch.testing.assert_close(yd, yd0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jvp(net, (x,), (v,), tangent_grad=False, compile=True)
 
 
 def test_bad_calls_are_named():

@@ -1,0 +1,88 @@
+"""owf's stacked program handed to Inductor: `jvp(..., tangent_grad=False, compile=True)`, and what jvp
+does by default when its caller runs under torch.compile.
+
+jvp_runner.run is Python over the program's steps (a list of rules, an environment of Duals).
+torch.compile(fullgraph=True) traces that loop once per program and call layout into one graph with no
+Python left in it, and Inductor compiles it with the backward the primal needs (AOTAutograd):
+
+    compiled(lifted, primals, tangents [T, ...]) -> [(y, ẏ) or (y, None) per flat output]
+
+so the elementwise passes between the GEMMs (the attention tangent's over the [B, H, L, S] scores,
+adaLN's modulate, the norms, GELU) fuse, which eager owf cannot do and which is what compiled PyTorch
+wins by (docs/jvp.md). fullgraph is the point: a graph break inside the runner is an error here,
+not a split. (Letting the caller's Dynamo trace the runner was tried: a graph break inside owf's
+no_grad region then dropped a convolution's weight gradient, docs/jvp.md.) If Dynamo cannot take the
+whole program (a rule it cannot trace, e.g. a per-op torch.func.jvp fallback that warns), the call
+warns once, naming the error, and that program runs eagerly from then on.
+
+Only without tangent_grad: the tangents are computed under no_grad, so no gradient flows through a
+stacked [1+T, B, ...] tensor, where Inductor (torch 2.14.1, CPU) computes a wrong convolution-weight
+gradient (docs/jvp.md). Random ops (dropout) draw from Inductor's generator, as under torch.compile
+generally: the same mask for the primal and the tangents, not eager owf's numbers.
+
+One compiled function per (trace, T, BatchNorm mode, layout, flash backend on): each gets a code object
+of its own, so Dynamo's per-code recompile limit is never shared between networks. The first call
+compiles (about 10 s for a small network, 100 s for the 4-block DiT of the benchmarks on 2 cores).
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+
+from .jvp_dual import Ctx, Dual
+from .jvp_runner import run
+
+_SERIAL = [0]
+
+
+def _program_fn(program, T, batch_norm, channels_last, cma):
+    """The runner over `program` as a function of tensors only (what Dynamo traces), with a code
+    object of its own."""
+    def owf_jvp_program(lifted, primals, tangents):
+        ctx = Ctx(T, batch_norm, False, channels_last, lifted, cma)
+        flat = run(program, ctx, list(lifted) + [Dual(p=x, t=v) for x, v in zip(primals, tangents)])
+        out = []
+        for v in flat:
+            if type(v) is Dual:
+                y, yd = v.P()
+                out.append((y.contiguous(), yd.contiguous()))
+            else:
+                out.append((v, None))
+        return out
+    _SERIAL[0] += 1
+    owf_jvp_program.__code__ = owf_jvp_program.__code__.replace(co_name=f"owf_jvp_program_{_SERIAL[0]}")
+    return owf_jvp_program
+
+
+def run_compiled(trace, program, ctx, lifted, primals, tangents):
+    """The flat outputs of `program` (Duals or tensors, as jvp_runner.run returns them), by its
+    compiled function, compiling it on the first call of this layout; None where the program runs
+    eagerly (Dynamo could not take it, warned once): the caller then runs it itself."""
+    key = (len(primals), ctx.T, ctx.batch_norm, ctx.channels_last, torch.backends.cuda.flash_sdp_enabled())
+    fn = trace.compiled.get(key)
+    if fn is None:
+        fn = torch.compile(_program_fn(program, ctx.T, ctx.batch_norm, ctx.channels_last, trace.cma),
+                           fullgraph=True, dynamic=False)
+        try:
+            out = _call(trace, fn, lifted, primals, tangents)
+        except Exception as e:                                       # noqa: BLE001 (named in the warning)
+            trace.compiled[key] = False
+            warnings.warn(f"owf_kernels.jvp(compile=True): torch.compile could not take the whole program "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); it runs eagerly",
+                          stacklevel=3)
+            return None
+        trace.compiled[key] = fn
+        return out
+    if fn is False:
+        return None
+    return _call(trace, fn, lifted, primals, tangents)
+
+
+def _call(trace, fn, lifted, primals, tangents):
+    with contextlib.ExitStack() as stack:
+        for d in trace.autocast:          # traced with autocast's casts explicit: compiled and run without it
+            stack.enter_context(torch.autocast(d, enabled=False))
+        pairs = fn(lifted, list(primals), list(tangents))
+    return [v if t is None else Dual(p=v, t=t) for v, t in pairs]
