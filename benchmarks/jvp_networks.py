@@ -158,7 +158,7 @@ def ideal_fns(case, table=CASES, device="cpu", compiled=False):
 
         def fwd():
             with torch.no_grad():
-                net(*args)
+                return net(*args)                  # returned: compiled, an unused forward would be dead code
         return {"plain fwd+bwd": fwd_bwd, f"plain fwd x{T} (no grad)": (lambda: [fwd() for _ in range(T)])}
     x = torch.cat([d["x"], d["V"].flatten(0, 1)])
 
