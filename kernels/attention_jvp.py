@@ -266,22 +266,17 @@ def _jvp_math(q, k, v, q_dot, k_dot, v_dot, bias, dead, c):
 TANGENT_CHUNK_BYTES = 2 << 20
 
 
-def flash_cpu_takes(q, k, v, attn_mask, dropout_p, enable_gqa):
+def flash_cpu_takes(q, k, v, attn_mask, dropout_p, enable_gqa, flash=None):
     """Whether CPU flash attention computes this call (then its log-sum-exp serves the tangent):
     float32/float64 [B, H, L, E] on the CPU with one head dim E for q, k and v, last dims
     contiguous, no mask (is_causal is fine), no dropout, no GQA, no empty dim, and the flash
-    backend enabled (torch.backends.cuda.enable_flash_sdp, which SDPA on the CPU obeys too)."""
+    backend enabled (torch.backends.cuda.enable_flash_sdp, which SDPA on the CPU obeys too; `flash`
+    gives that flag where the caller read it: under torch.compile, jvp_compiled)."""
     return (q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64) and attn_mask is None
             and dropout_p == 0.0 and not enable_gqa and q.dim() == 4 and q.shape[:-2] == k.shape[:-2] == v.shape[:-2]
             and q.shape[-1] == k.shape[-1] == v.shape[-1] and all(x.numel() > 0 for x in (q, k, v))
-            and all(x.stride(-1) == 1 for x in (q, k, v)) and _flash_enabled())
-
-
-@torch.compiler.assume_constant_result
-def _flash_enabled() -> bool:
-    """torch.backends.cuda.flash_sdp_enabled(), a constant of the graph under torch.compile (Dynamo
-    cannot trace the C call; jvp_compiled keys its compiled programs on the flag)."""
-    return torch.backends.cuda.flash_sdp_enabled()
+            and all(x.stride(-1) == 1 for x in (q, k, v))
+            and (torch.backends.cuda.flash_sdp_enabled() if flash is None else flash))
 
 
 def flash_cpu(q, k, v, is_causal, scale):
@@ -348,12 +343,13 @@ def tangent_from_lse(q, k, v, q_dot, k_dot, v_dot, o, lse, is_causal, c, with_mu
 
 
 def sdpa_with_detached_tangent(q, k, v, q_dot, k_dot, v_dot, attn_mask=None, is_causal=False, scale=None,
-                               dropout_p=0.0, enable_gqa=False):
+                               dropout_p=0.0, enable_gqa=False, flash=None):
     """(o, o_dot): o = F.scaled_dot_product_attention(q, k, v, ...), differentiable as SDPA's own
     output, and its tangents o_dot [T, *, L, Ev] without an autograd graph. Where CPU flash attention
     takes the call (`flash_cpu_takes`), o and its log-sum-exp come from that one kernel and the
-    tangents from `tangent_from_lse`; elsewhere o is SDPA's and o_dot `sdpa_jvp`'s, under no_grad."""
-    if flash_cpu_takes(q, k, v, attn_mask, dropout_p, enable_gqa):
+    tangents from `tangent_from_lse`; elsewhere o is SDPA's and o_dot `sdpa_jvp`'s, under no_grad.
+    `flash`: the flash backend's flag as the caller read it (None: read it here)."""
+    if flash_cpu_takes(q, k, v, attn_mask, dropout_p, enable_gqa, flash):
         _, c = check_inputs(q, k, v, q_dot, k_dot, v_dot, attn_mask, is_causal, scale, dropout_p, enable_gqa)
         o, lse = flash_cpu(q, k, v, is_causal, scale)
         with torch.no_grad():

@@ -55,13 +55,14 @@ class Dual:
 
 class Ctx:
     """What the rules need to know of a call: T, the BatchNorm mode, whether to stack (tangent_grad),
-    the context the tangent runs in (no_grad without tangent_grad), the layout choice and the
-    lifted inputs (momentum=None BatchNorms read num_batches_tracked there)."""
+    the context the tangent runs in (no_grad without tangent_grad), the layout choice, the
+    lifted inputs (momentum=None BatchNorms read num_batches_tracked there) and the flash flag."""
 
-    def __init__(self, T, batch_norm, tangent_grad, channels_last=False, lifted=(), cma=()):
+    def __init__(self, T, batch_norm, tangent_grad, channels_last=False, lifted=(), cma=(), flash=None):
         self.T, self.batch_norm, self.stack = T, batch_norm, tangent_grad
         self.tan = nullcontext() if tangent_grad else torch.no_grad()
         self.channels_last, self.lifted, self.cma = channels_last, lifted, cma
+        self.flash = flash                  # the flash SDPA backend on/off; None: read it (jvp_compiled fixes it)
 
 
 def is_dual(a) -> bool:

@@ -372,7 +372,7 @@ def _sdpa(ctx, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=No
         return None                                                # a mask with a tangent: the fallback
     qs, ks, vs = (x.P() if is_dual(x) else (x, None) for x in (q, k, v))
     args = (qs[0], ks[0], vs[0], qs[1], ks[1], vs[1], attn_mask, is_causal, scale, dropout_p, enable_gqa)
-    o, od = (sdpa_jvp if ctx.stack else sdpa_with_detached_tangent)(*args)
+    o, od = sdpa_jvp(*args) if ctx.stack else sdpa_with_detached_tangent(*args, flash=ctx.flash)
     return Dual(p=o, t=od)
 
 

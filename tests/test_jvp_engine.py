@@ -356,8 +356,9 @@ def test_compile_true_runs_eagerly_where_dynamo_cannot_take_the_program():
     JT.clear_cache()
     torch._dynamo.reset()
     torch.manual_seed(1)
-    with pytest.warns(UserWarning, match=r"compile=True.*could not take the whole program \(\w+"):
+    with pytest.warns(UserWarning, match=r"compile=True.*could not take the whole program \(\w+") as record:
         y, yd = jvp(net, (x,), (v,), tangent_grad=False, compile=True)
+    assert [w.filename for w in record if "compile=True" in str(w.message)] == [__file__]   # the caller's line
     torch.manual_seed(1)
     y0, yd0 = jvp(net, (x,), (v,), tangent_grad=False, compile=False)
     torch.testing.assert_close(y, y0)
@@ -365,6 +366,51 @@ def test_compile_true_runs_eagerly_where_dynamo_cannot_take_the_program():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         jvp(net, (x,), (v,), tangent_grad=False, compile=True)
+
+
+def test_compile_true_past_dynamos_recompile_limit_runs_eagerly(monkeypatch):
+    """A recompile past Dynamo's limit (here a module constant a rule reads changes, with the limit at
+    one compile) warns and runs eagerly with eager owf's numbers, rather than raising."""
+    import owf_kernels.attention_jvp as AJ
+    import owf_kernels.jvp_trace as JT
+    torch.manual_seed(0)
+    net = N.DiT(image=(1, 8, 8), patch=2, width=16, depth=1, heads=2, zero_init=False)
+    primals, tangents = meanflow_inputs(4, (1, 8, 8), 1)
+    primals, tangents = tuple(p.float() for p in primals), tuple(t[0].float() for t in tangents)
+    JT.clear_cache()
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    jvp(net, primals, tangents, tangent_grad=False, compile=True)
+    monkeypatch.setattr(AJ, "TANGENT_CHUNK_BYTES", AJ.TANGENT_CHUNK_BYTES // 2)
+    with pytest.warns(UserWarning, match=r"could not take the whole program \(FailOnRecompileLimitHit"):
+        y, yd = jvp(net, primals, tangents, tangent_grad=False, compile=True)
+    y0, yd0 = jvp(net, primals, tangents, tangent_grad=False, compile=False)
+    torch.testing.assert_close(y, y0)
+    torch.testing.assert_close(yd, yd0)
+    torch._dynamo.reset()
+
+
+def test_compile_true_raises_a_runtime_error_and_compiles_again_after_it():
+    """An index out of range in a closed-over tensor: the error is raised (not a fallback warning), and
+    once the index is fixed the program runs compiled."""
+    import warnings
+    import owf_kernels.jvp_trace as JT
+    torch.manual_seed(0)
+    emb, lin = nn.Embedding(10, 4), nn.Linear(4, 3)
+    idx = torch.tensor([1, 2, 3, 12])
+    x, v = torch.randn(4, 4), torch.randn(4, 4)
+    f = lambda x: lin(x + emb(idx))                   # noqa: E731
+    JT.clear_cache()
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises((RuntimeError, IndexError), match="out of (bounds|range)"):
+            jvp(f, (x,), (v,), tangent_grad=False, compile=True)
+        idx.copy_(torch.tensor([1, 2, 3, 4]))
+        y, yd = jvp(f, (x,), (v,), tangent_grad=False, compile=True)
+    torch.testing.assert_close(y, lin(x + emb(idx)))
+    torch.testing.assert_close(yd, v @ lin.weight.T)
+    assert [callable(f) for e in JT._CACHE.values() for f in e[1].compiled.values()] == [True]
 
 
 def test_bad_calls_are_named():
