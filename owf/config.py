@@ -102,6 +102,9 @@ class Config:
                           "whose mean ∇D joins Eq. 16's log ζ̂ in D's gradient (0: Eq. 16 alone)", int)
     mcmc_weight: float = _f(None, "λ: D's gradient of log ζ is (1 - λ) Eq. 16's + λ the chains' (with --mcmc-chains)",
                             float)
+    energy_l2: float = _f(3e-3, "α of the energy penalty α·mean((f/w)²) over the data and the chains, f = D - w log p_0 "
+                                "(with --mcmc-chains and λ > 0; docs/likelihood.md: 3e-3 against 1e-3, AIS NLL 4.243, "
+                                "4.257, 4.261 against 4.261, 4.293, 4.301 bits/dim, FID within the seeds' spread)")
     gp: float = _f(10.0, "gradient-penalty weight (wgan-gp only)")
     clip: float = _f(0.01, "weight clipping of D (wgan only)")
     # ---- schedule
@@ -233,7 +236,8 @@ class Config:
 
 
 # Fields whose default changed after runs were saved without them: the value those runs used.
-LEGACY_VALUES = {"mcmc_chains": 0, "mcmc_weight": 0.0, "d_quadratic": 0, "defensive": 0.0, "g_alpha": 1.0, "dequantise": False, "d_base": "none"}
+LEGACY_VALUES = {"mcmc_chains": 0, "mcmc_weight": 0.0, "d_quadratic": 0, "defensive": 0.0, "g_alpha": 1.0, "dequantise": False, "d_base": "none",
+                 "energy_l2": 1e-3}     # runs saved before the field had the constant at 1e-3
 
 # Options removed on 2026-12-01, each measured not to help (docs/results-2d.md, "What we tried";
 # docs/results-images.md) or never used, and the value that had them off: a checkpoint that holds

@@ -32,22 +32,17 @@ import torch
 from .ais import TARGET_ACCEPT, Box, Path, box_log_f
 
 RESTART_EVERY = 16
-# α of the energy penalty α·mean((f/w)²) over the data and the chains, f = D - w log p_0 the network's
-# part (Du & Mordatch 2019): without it the first run (λ = 0.5) ran away at step 3,600: the chains'
-# step size fell to 6e-4 as D sharpened, they froze, and D sank under them relative to the data
-# without bound (mean D/w on the chains minus on the data: -400 at step 3,000, -10^6 by 6,000;
-# docs/likelihood.md)
-ENERGY_L2 = 1e-3
-
-
-def energy_penalty(D, w: float, parts) -> torch.Tensor:
-    """ENERGY_L2 · Σ_parts mean((f/w)²), f = D(x) - w log p_0(x) (D(x) itself without a base
-    measure). parts: pairs (D(x) [B], x [B, ...])."""
+def energy_penalty(D, w: float, parts, alpha: float) -> torch.Tensor:
+    """alpha · Σ_parts mean((f/w)²), f = D(x) - w log p_0(x) (D(x) itself without a base measure), the
+    network's part (Du & Mordatch 2019; Config.energy_l2): without it the first run (λ = 0.5) ran away
+    at step 3,600: the chains' step size fell to 6e-4 as D sharpened, they froze, and D sank under them
+    relative to the data without bound (mean D/w on the chains minus on the data: -400 at step 3,000,
+    -10^6 by 6,000; docs/likelihood.md). parts: pairs (D(x) [B], x [B, ...])."""
     out = 0.0
     for d, x in parts:
         f = d - D.base_w * D.log_base(x).to(d.dtype) if getattr(D, "base_w", 0) else d
         out = out + (f / w).square().mean()
-    return ENERGY_L2 * out
+    return alpha * out
 
 
 class PersistentChains:

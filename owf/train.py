@@ -102,7 +102,7 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
             objective = loss_d
             if d_c and cfg.mcmc_weight > 0:        # log ζ's gradient: (1 - λ) Eq. 16's + λ the chains' mean ∇D/w (owf.negatives)
                 objective = (loss_d + cfg.mcmc_weight * ((d_c[0] / cfg.w).mean() - (loss_d + (d_x / cfg.w).mean()))
-                             + energy_penalty(D, cfg.w, [(d_x, x), (d_c[0], parts[2])]))
+                             + energy_penalty(D, cfg.w, [(d_x, x), (d_c[0], parts[2])], cfg.energy_l2))
             if d_c:
                 chains.energy_gap = ((d_c[0] - d_x.mean()) / cfg.w).mean().detach()     # read (synced) when logged
         else:
