@@ -152,7 +152,7 @@ def main(argv=None):
     types = {"int": int, "float": float, "str": str}
     for f in dataclasses.fields(Config):
         if f.type == "bool":
-            p.add_argument("--" + f.name, action=argparse.BooleanOptionalAction, default=f.default)
+            p.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=f.default)
             continue
         p.add_argument("--" + f.name.replace("_", "-"), type=types[f.type], default=f.default,
                        choices=("owf", "torch") if f.name == "jvp" else None)

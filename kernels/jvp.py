@@ -35,8 +35,6 @@ the primal runs once, its backward keeps none of the tangents' activations).
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch.utils import _pytree as pytree
 
@@ -45,7 +43,7 @@ from .jvp_layers import BATCH_NORM_MODES
 from .jvp_dual import Ctx, Dual
 from .jvp_compiled import run_compiled
 from .jvp_runner import build, run
-from .jvp_trace import clear_cache, get_trace
+from .jvp_trace import autocast_off, clear_cache, get_trace
 
 __all__ = ["jvp", "clear_cache"]
 
@@ -143,11 +141,8 @@ def _jvp(func, primals, tangents, has_aux, tangent_grad, batch_norm, compile):
               trace.cma)
     flat = run_compiled(trace, program, ctx, lifted, primals, Vs) if compile else None
     if flat is None:
-        inputs = lifted + [Dual(p=x, t=v) for x, v in zip(primals, Vs)]
-        with contextlib.ExitStack() as stack:
-            for d in trace.autocast:          # the trace holds autocast's casts (jvp_trace._autocast_casts):
-                stack.enter_context(torch.autocast(d, enabled=False))       # the rules run without it
-            flat = run(program, ctx, inputs)
+        with autocast_off(trace):
+            flat = run(program, ctx, lifted + [Dual(p=x, t=v) for x, v in zip(primals, Vs)])
     return _outputs(trace, flat, ctx, single, has_aux)
 
 

@@ -29,13 +29,13 @@ compiles (about 10 s for a small network, 100 s for the 4-block DiT of the bench
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import torch
 
 from .jvp_dual import Ctx, Dual
 from .jvp_runner import run
+from .jvp_trace import autocast_off
 
 _SERIAL = [0]
 
@@ -66,7 +66,7 @@ def run_compiled(trace, program, ctx, lifted, primals, tangents):
     eagerly (Dynamo could not take it, or hit its recompile limit: warned once): the caller then runs
     it itself. Any other error (a bad index, out of memory) is raised, and the next call tries again."""
     flash = torch.backends.cuda.flash_sdp_enabled()
-    key = (len(primals), ctx.T, ctx.batch_norm, ctx.channels_last, flash)
+    key = (ctx.T, ctx.batch_norm, ctx.channels_last, flash)
     fn = trace.compiled.get(key)
     if fn is False:
         return None
@@ -92,8 +92,6 @@ _COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.Fai
 
 
 def _call(trace, fn, lifted, primals, tangents):
-    with contextlib.ExitStack() as stack:
-        for d in trace.autocast:          # traced with autocast's casts explicit: compiled and run without it
-            stack.enter_context(torch.autocast(d, enabled=False))
+    with autocast_off(trace):
         pairs = fn(lifted, list(primals), list(tangents))
     return [v if t is None else Dual(p=v, t=t) for v, t in pairs]

@@ -42,6 +42,7 @@ num_batches_tracked when it runs (`Trace.cma`).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import types
 import weakref
@@ -257,6 +258,17 @@ def lift(func):
                              "(nn.modules.module.register_module_forward_hook): it would run once, at trace time, "
                              "on fake tensors; remove it before jvp")
     return lifter.slots, lifter.modules, lifter.key
+
+
+
+@contextlib.contextmanager
+def autocast_off(trace):
+    """Autocast switched off for the device types `trace` was traced under: the trace holds autocast's
+    casts explicitly (_autocast_casts), so the rules, eager or compiled, run without it."""
+    with contextlib.ExitStack() as stack:
+        for d in trace.autocast:
+            stack.enter_context(torch.autocast(d, enabled=False))
+        yield
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ import torch
 from .ais import TARGET_ACCEPT, Box, Path, box_log_f
 
 RESTART_EVERY = 16
+
+
 def energy_penalty(D, w: float, parts, alpha: float) -> torch.Tensor:
     """alpha · Σ_parts mean((f/w)²), f = D(x) - w log p_0(x) (D(x) itself without a base measure), the
     network's part (Du & Mordatch 2019; Config.energy_l2): without it the first run (λ = 0.5) ran away
