@@ -18,10 +18,11 @@ Energy: D(x) of x [B, C, H, W] alone, so no batch-coupled normalisation:
     -> Flatten -> Linear(c_k (H / 2^k)², 1)            (or, quadratic=m, m outputs f and D = -½‖f‖²)
 
 With a base measure (base_w = w > 0): D(x) = f(x) + w log p_0(x), so P_D(x) = exp(D/w)/ζ =
-p_0(x) exp(f(x)/w)/ζ: the network corrects a fixed, normalised density p_0, the Gaussian in
-u = atanh(x) fitted to the dequantised training split (owf.baselines.AtanhGaussian; its μ and
-Cholesky factor L are buffers, saved with the network):
-    log p_0(x) = log N(u; μ, L Lᵀ) - Σ_i log(1 - x_i²),   u = atanh(x), x clamped to ±(1 - 2^-20)
+p_0(x) exp(f(x)/w)/ζ: the network corrects a fixed, normalised density p_0 of u = atanh(x) fitted to
+the dequantised training split: the Gaussian (--d-base gaussian, owf.baselines.AtanhGaussian) or a
+mixture of K of them (--d-base mixture, owf.baselines.AtanhMixture). Its log π [K], μ and Cholesky
+factors L are buffers, saved with the network (one Gaussian: μ [n], L [n, n]; a mixture: [K, n], [K, n, n]):
+    log p_0(x) = log Σ_k π_k N(u; μ_k, L_k L_kᵀ) - Σ_i log(1 - x_i²),   u = atanh(x), x clamped to ±(1 - 2^-20)
 (a generator pixel at tanh's ±1 in float32 would be u = ±∞: there the clamp gives log p_0 a finite,
 very low value and a gradient that pulls the pixel back inside).
 """
@@ -88,14 +89,19 @@ def _check_no_bottleneck(net: nn.Sequential, n: int):
 class ConvEnergy(nn.Module):
     """D(x) for images: a DCGAN discriminator to a scalar (P_D(x) = exp(D(x)/w) / ζ, Eq. 15)."""
 
-    def __init__(self, shape, widths=(32, 64), negative_slope: float = 0.2, quadratic: int = 0, base_w: float = 0.0):
+    def __init__(self, shape, widths=(32, 64), negative_slope: float = 0.2, quadratic: int = 0, base_w: float = 0.0,
+                 base_components: int = 1):
         super().__init__()
         C, H, W = shape
         self.base_w = base_w
-        if base_w:                       # the base measure's μ [n] and L [n, n], filled by fit_base or a checkpoint
-            n = C * H * W
-            self.register_buffer("base_mu", torch.zeros(n, dtype=torch.float64))
-            self.register_buffer("base_L", torch.eye(n, dtype=torch.float64))
+        self.base_components = base_components
+        if base_w:                       # the base measure's log π, μ and L, filled by fit_base or a checkpoint
+            n, k = C * H * W, base_components
+            lead = (k,) if k > 1 else ()
+            self.register_buffer("base_mu", torch.zeros(*lead, n, dtype=torch.float64))
+            self.register_buffer("base_L", torch.eye(n, dtype=torch.float64).expand(*lead, n, n).clone())
+            if k > 1:
+                self.register_buffer("base_log_pi", torch.full((k,), -math.log(k), dtype=torch.float64))
         s = _stages(H, len(widths))
         mods, c = [], C
         for cout in widths:
@@ -108,21 +114,51 @@ class ConvEnergy(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, shape) -> "ConvEnergy":
+        from .baselines import AtanhMixture
+        from .config import MIXTURE_BASES
+        mixture = cfg.d_base in MIXTURE_BASES
         return cls(shape, cfg.widths("d_hidden"), quadratic=cfg.d_quadratic,
-                   base_w=cfg.w if cfg.d_base == "gaussian" else 0.0)
+                   base_w=cfg.w if cfg.d_base != "none" else 0.0,
+                   base_components=AtanhMixture.n_components(cfg.d_base == "defensive-mixture") if mixture else 1)
 
     def fit_base(self, base):
-        """Take the base measure's μ and L from a fitted owf.baselines.GaussianBase (of u = atanh x)."""
+        """Take the base measure from a fitted owf.baselines.GaussianBase or, with base_components > 1,
+        a GaussianMixtureBase of as many components (of u = atanh x)."""
+        k = len(base.log_pi) if hasattr(base, "log_pi") else 1
+        if k != self.base_components:
+            raise ValueError(f"a base of {k} components for an energy built for {self.base_components}")
         with torch.no_grad():
-            self.base_mu.copy_(base.mu)
-            self.base_L.copy_(base.L)
+            self.base_mu.copy_(base.mu.reshape_as(self.base_mu))
+            self.base_L.copy_(base.L.reshape_as(self.base_L))
+            if k > 1:
+                self.base_log_pi.copy_(base.log_pi)
 
     def log_base(self, x: torch.Tensor) -> torch.Tensor:
         """log p_0(x) [B] (float64) for x [B, C, H, W] (see the module docstring)."""
         u = torch.atanh(x.flatten(1).double().clamp(-BASE_CLAMP, BASE_CLAMP))
-        eps = torch.linalg.solve_triangular(self.base_L, (u - self.base_mu).T, upper=False)
-        log_n = -0.5 * (eps * eps).sum(0) - self.base_L.diagonal().log().sum() - 0.5 * len(self.base_mu) * math.log(2 * math.pi)
+        if self.base_components > 1:     # eps_k = L_k⁻¹ (u - μ_k) [K, n, B], one batched triangular solve
+            n = u.shape[1]
+            eps = torch.linalg.solve_triangular(self.base_L, (u[None] - self.base_mu[:, None]).transpose(1, 2),
+                                                upper=False)
+            log_n = (-0.5 * (eps * eps).sum(1) - self.base_L.diagonal(dim1=1, dim2=2).log().sum(1)[:, None]
+                     - 0.5 * n * math.log(2 * math.pi))
+            log_n = torch.logsumexp(log_n + self.base_log_pi[:, None], 0)
+        else:
+            eps = torch.linalg.solve_triangular(self.base_L, (u - self.base_mu).T, upper=False)
+            log_n = (-0.5 * (eps * eps).sum(0) - self.base_L.diagonal().log().sum()
+                     - 0.5 * len(self.base_mu) * math.log(2 * math.pi))
         return log_n - log1m_tanh2(u).sum(1)
+
+    def base_density(self):
+        """p_0 as a normalised density of u (owf.baselines.GaussianBase or GaussianMixtureBase's
+        interface: sample, log_prob, scale, n), read from the buffers; None without a base."""
+        if not self.base_w:
+            return None
+        from .baselines import GaussianMixtureBase
+        k = self.base_components
+        return GaussianMixtureBase(self.base_log_pi.cpu().clone() if k > 1 else torch.zeros(1, dtype=torch.float64),
+                                   self.base_mu.view(k, -1).cpu().clone(),
+                                   self.base_L.view(k, *self.base_L.shape[-2:]).cpu().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = energy_head(self.net(x), self.quadratic)

@@ -50,13 +50,14 @@ from tqdm import tqdm
 from owf_kernels import combine_partials, log_zeta_partials, partials_to_estimate
 
 from .checkpoint import checkpoint_path, load_checkpoint, save_atomic
-from .config import Config, data_kind
+from .config import MIXTURE_BASES, Config, data_kind
 from .data import get_dataset
 from .model import Energy, OneWayFlow, log_normal
 from .preimages import all_preimages
 
 PROPOSALS = ("generator", "normal", "gaussian", "ais")   # gaussian: fitted to the training data; ais: owf.ais
-AIS_BASES = {"2d": ("defensive", "gaussian", "uniform"), "image": ("defensive", "gaussian", "histogram", "uniform")}
+AIS_BASES = {"2d": ("defensive", "gaussian", "uniform"),
+             "image": ("defensive", "gaussian", "histogram", "uniform", "base")}
 AIS_LOW_ESS_FRACTION = 0.1   # AIS runs ~100 chains: flag an estimate carried by fewer than a tenth of them
 LOGDETS = ("exact", "jvp1", "both")
 PREIMAGES_MAX_N = 2          # search every preimage of the generator's samples by default up to this n
@@ -307,8 +308,10 @@ class OWFModel:
         "gaussian": fitted to the data (images: the AtanhGaussian of fit_gaussian; 2D: a Gaussian in
         u of 10^5 draws of the mixture); "histogram" (images): owf.baselines.PixelHistogram, the
         per-pixel histograms of the training split; "uniform": the uniform density on the box;
+        "base" (images): the energy's own base measure p_0 (--d-base), which D corrects;
         "defensive": ½ gaussian + ½ uniform (owf.baselines.MixtureBase), chains that start both
-        where the data are and everywhere else, for an energy whose mass may lie in either."""
+        where the data are and everywhere else, for an energy whose mass may lie in either; with
+        --d-base mixture or defensive-mixture, ½ base + ½ uniform."""
         allowed = AIS_BASES[self.kind]
         if base not in allowed:
             raise ValueError(f"AIS base {base!r}: choose one of {allowed} for {self.kind} data")
@@ -316,8 +319,14 @@ class OWFModel:
             from . import baselines
             if base == "uniform":
                 self._ais_bases[base] = baselines.UniformBox(self.G.n)
+            elif base == "base":
+                p0 = self.base_density()
+                if p0 is None:
+                    raise ValueError(f"AIS base 'base': this energy has no base measure (d_base={self.config.d_base!r})")
+                self._ais_bases[base] = p0
             elif base == "defensive":
-                self._ais_bases[base] = baselines.MixtureBase([self.ais_base("gaussian"), self.ais_base("uniform")],
+                data = "base" if self.config.d_base in MIXTURE_BASES else "gaussian"
+                self._ais_bases[base] = baselines.MixtureBase([self.ais_base(data), self.ais_base("uniform")],
                                                               [0.5, 0.5])
             elif self.kind == "2d":
                 from .ais import Box
@@ -332,6 +341,11 @@ class OWFModel:
                 self._ais_bases[base] = baselines.PixelHistogram(
                     load_images(self.config.data, self.config.data_root, train=True)[0])
         return self._ais_bases[base]
+
+    def base_density(self):
+        """The energy's base measure p_0 as a normalised density of u = atanh(x) (None without one)."""
+        density = getattr(self.D, "base_density", None)
+        return density() if density is not None else None
 
     def ais_path(self, base: str = "defensive", leapfrog: int = 1):
         """owf.ais.Path from the base to f(u) = exp(D(x(u))/w) |dx/du| on the domain box (its

@@ -36,11 +36,13 @@ import torch  # noqa: E402
 from owf_kernels import log_zeta as log_zeta_of  # noqa: E402
 
 from .density import AIS_BASES, OWFModel, load, quadrature_log_zeta, signed_estimate, signed_partials, slice_estimates  # noqa: E402,E501
-from .image_eval import AIS_CHAINS, AIS_REPLICATES, AIS_STEPS, DEFAULT_AIS_BASES, RAISE_POINTS  # noqa: E402
+from .image_eval import (AIS_CHAINS, AIS_REPLICATES, AIS_STEPS, DEFAULT_AIS_BASES, MIXTURE_AIS_BASES,  # noqa: E402
+                         RAISE_POINTS)
 from .metrics import EVAL_POINTS, mode_coverage  # noqa: E402
 from .model import FOLD_CHECK_MAX_N  # noqa: E402
 from .plots import save_density, save_energy_hist, save_zeta_convergence  # noqa: E402
 from .cli import user_errors_exit  # noqa: E402
+from .config import MIXTURE_BASES  # noqa: E402
 from .distributed import RANK_SEED_STRIDE, process_group, rank_world  # noqa: E402
 
 S_GRID = [1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000]
@@ -158,9 +160,12 @@ def evaluate_run(run: str, zeta_samples: int | None = None, batch_size: int | No
         bad = [b for b in (ais_bases or ()) if b not in AIS_BASES["image"]]
         if bad:
             raise ValueError(f"AIS bases {bad}: choose from {list(AIS_BASES['image'])}")
+        if "base" in (ais_bases or ()) and model.base_density() is None:
+            raise ValueError(f"AIS base 'base': this energy has no base measure (d_base={model.config.d_base!r})")
+        defaults = MIXTURE_AIS_BASES if model.config.d_base in MIXTURE_BASES else DEFAULT_AIS_BASES
         res = evaluate_image_run(model, out, zeta_samples or 200, chunk=chunk, batch_size=batch_size or 16,
                                  seed=seed, figures=figures, progress=progress, fid_weights=fid_weights,
-                                 ais_steps=ais_steps, ais_bases=tuple(ais_bases or DEFAULT_AIS_BASES),
+                                 ais_steps=ais_steps, ais_bases=tuple(ais_bases or defaults),
                                  ais_chains=ais_chains, raise_points=raise_points, leapfrog=leapfrog,
                                  ais_replicates=ais_replicates)
         (out / "eval.json").write_text(json.dumps(res, indent=2) + "\n")
@@ -242,8 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ais-chains", type=int, default=AIS_CHAINS, help="AIS chains M (2D: 64 times as many)")
     p.add_argument("--raise-points", type=int, default=RAISE_POINTS, help="images: test images given a RAISE chain "
                    "each (0: none)")
-    p.add_argument("--ais-bases", default=None, help="images: comma-separated AIS bases, of defensive, gaussian, "
-                   f"histogram, uniform (default: {','.join(DEFAULT_AIS_BASES)})")
+    p.add_argument("--ais-bases", default=None, help="images: comma-separated AIS bases, of defensive, gaussian, base, "
+                   f"histogram, uniform (default: {','.join(DEFAULT_AIS_BASES)}; with a mixture --d-base "
+                   f"{','.join(MIXTURE_AIS_BASES)})")
     p.add_argument("--ais-replicates", type=int, default=AIS_REPLICATES, help="images: independent runs of the "
                    "best base's top rung; their spread is log ζ̂'s error bar (1: the weights' own se, which at an "
                    "ESS of 1-2 is too small)")

@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from .config import data_kind
+from .config import MIXTURE_BASES, data_kind
 from .data import get_dataset
 from .dcgan import ConvEnergy, DCGANFlow
 from .classifier import classifier_cached
@@ -144,14 +144,20 @@ class ImageTask:
 
     def networks(self, cfg):
         G, D = networks(cfg, self.shape)
-        if cfg.d_base == "gaussian" or cfg.mcmc_chains:
-            from .baselines import AtanhGaussian, MixtureBase, UniformBox
-            gaussian = AtanhGaussian(self.stream.images)
-            if cfg.d_base == "gaussian":
-                D.fit_base(gaussian)
+        if cfg.d_base != "none" or cfg.mcmc_chains:
+            from .baselines import AtanhGaussian, AtanhMixture, MixtureBase, UniformBox
+            if cfg.d_base in MIXTURE_BASES:
+                if self.rank == 0:
+                    print(f"fitting the base measure: {AtanhMixture.COMPONENTS} Gaussians by EM on the training split",
+                          file=sys.stderr)
+                fitted = AtanhMixture(self.stream.images, defensive=cfg.d_base == "defensive-mixture")
+            else:
+                fitted = AtanhGaussian(self.stream.images)
+            if cfg.d_base != "none":
+                D.fit_base(fitted)
             if cfg.mcmc_chains:            # persistent chains on P_D, started from AIS's defensive base
                 from .negatives import PersistentChains
-                base = MixtureBase([gaussian, UniformBox(self.dim)], [0.5, 0.5])
+                base = MixtureBase([fitted, UniformBox(self.dim)], [0.5, 0.5])
                 self.chains = PersistentChains(cfg.mcmc_chains, self.shape, base, 40_000 + cfg.seed + 1009 * self.rank)
         return G, D
 

@@ -7,7 +7,7 @@ import torch
 
 import owf
 from owf.ais import Box, Path, StepSizes, ais, adaptive_schedule, box_log_f, estimate, log_mean_exp, raise_chains, tune
-from owf.baselines import (AtanhGaussian, GaussianBase, MixtureBase, PixelHistogram, UniformBox, baseline_table,
+from owf.baselines import (AtanhGaussian, GaussianBase, GaussianMixtureBase, MixtureBase, PixelHistogram, UniformBox, baseline_table,
                            code_lengths, dequantised_u, log1m_tanh2)
 from owf.density import quadrature_log_zeta
 
@@ -258,13 +258,60 @@ def test_the_bases_are_normalised_densities_of_u():
     imgs = torch.randint(0, 256, (400, 1, 1, 1), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     imgs[:200] = 0                                     # half the images black: a histogram with a spike at a wall
     bases = {"uniform": UniformBox(1), "histogram": PixelHistogram(imgs), "gaussian": AtanhGaussian(imgs),
-             "mixture": MixtureBase([AtanhGaussian(imgs), UniformBox(1)], [0.3, 0.7])}
+             "mixture": MixtureBase([AtanhGaussian(imgs), UniformBox(1)], [0.3, 0.7]),
+             "gaussian mixture": GaussianMixtureBase.fit(dequantised_u(imgs, torch.Generator().manual_seed(2))[0], 2, 3)}
     for name, b in bases.items():
         p = b.log_prob(u).exp()
         assert abs(float(p.sum() * du) - 1) < 1e-3, name
         s = b.sample(200_000, torch.Generator().manual_seed(1)).double()[:, 0]
         mean = float((p * u[:, 0]).sum() * du)
         assert abs(float(s.mean()) - mean) < 0.03, (name, float(s.mean()), mean)
+
+
+def test_the_gaussian_mixture_is_em_on_a_known_mixture():
+    """Two well-separated Gaussians in 3D: the EM fit finds their weights, means and covariances; its
+    log_prob is Σ_k π_k N(u; μ_k, Σ_k) as torch.distributions writes it; each EM round raises the
+    training log-likelihood; one component is the single Gaussian."""
+    g = torch.Generator().manual_seed(0)
+    A = torch.tensor([[1.0, 0, 0], [0.5, 0.7, 0], [0.1, -0.3, 0.4]], dtype=torch.float64)
+    u = torch.cat([torch.randn(3000, 3, generator=g, dtype=torch.float64) @ A.T + 6,
+                   torch.randn(1000, 3, generator=g, dtype=torch.float64) * 0.5 - 6])
+    m = GaussianMixtureBase.fit(u, 2, 5, shrink=0.0)
+    big = int(m.log_pi.argmax())
+    torch.testing.assert_close(m.log_pi.exp()[big], torch.tensor(0.75, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(m.mu[big], torch.full((3,), 6.0, dtype=torch.float64), atol=0.1, rtol=0)
+    torch.testing.assert_close(m.L[big] @ m.L[big].T, A @ A.T, atol=0.1, rtol=0)
+    from torch.distributions import MultivariateNormal
+    x = torch.randn(50, 3, generator=g, dtype=torch.float64) * 5
+    want = torch.logsumexp(torch.stack([lp + MultivariateNormal(mu, scale_tril=L).log_prob(x)
+                                        for lp, mu, L in zip(m.log_pi, m.mu, m.L)]), 0)
+    torch.testing.assert_close(m.log_prob(x), want)
+    ll = [float(GaussianMixtureBase.fit(u, 2, it).log_prob(u).mean()) for it in range(3)]
+    assert ll[0] <= ll[1] + 1e-9 <= ll[2] + 2e-9, ll
+    one = GaussianMixtureBase.fit(u, 1, 2)                 # the maximum-likelihood Gaussian, shrunk as GaussianBase's
+    cov = torch.cov(u.T, correction=0)
+    cov = 0.999 * cov + 1e-3 * cov.diagonal().mean() * torch.eye(3, dtype=cov.dtype)
+    torch.testing.assert_close(one.log_prob(x), MultivariateNormal(u.mean(0), cov).log_prob(x))
+    torch.testing.assert_close(one.scale, cov.diagonal().sqrt().float())
+    with pytest.raises(ValueError, match="components=5000"):
+        GaussianMixtureBase.fit(u, 5000, 1)
+    # k-means that starts all its centres in one of two modes: no component is left empty, for any seed
+    imgs = torch.randint(0, 256, (300, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    imgs[:150, :, :4] = 0
+    for seed in range(8):
+        fitted = GaussianMixtureBase.fit(dequantised_u(imgs, torch.Generator().manual_seed(seed))[0], 3, 1, seed=seed)
+        assert torch.isfinite(fitted.log_pi).all() and len(fitted.log_pi) == 3
+
+
+def test_the_defensive_mixture_is_half_the_gaussian_and_half_the_mixture():
+    from owf.baselines import AtanhMixture
+    imgs = torch.randint(0, 256, (400, 1, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    imgs[:200] //= 8                                                        # a dark kind of image and a bright one
+    m, d, g = AtanhMixture(imgs), AtanhMixture(imgs, defensive=True), AtanhGaussian(imgs)
+    assert len(m.log_pi) == AtanhMixture.n_components(False) == 10 and len(d.log_pi) == AtanhMixture.n_components(True)
+    u = dequantised_u(imgs[:20], torch.Generator().manual_seed(1))[0]
+    torch.testing.assert_close(d.log_prob(u), torch.logaddexp(g.log_prob(u), m.log_prob(u)) - math.log(2))
+    assert (d.log_prob(u) >= m.log_prob(u) - math.log(2) - 1e-9).all()    # at most log 2 below the mixture alone
 
 
 def test_histogram_log_prob_in_u_is_its_density_in_x_with_the_jacobian():
@@ -300,6 +347,11 @@ def test_baseline_table_on_toy_images():
     t = baseline_table(imgs, imgs[:50])
     assert 7.0 < t["histogram_bits_per_dim"] < 8.1          # uniform noise: about 8 bits a pixel
     assert t["lzma_bits_per_dim"] > 7.5 and t["png_bits_per_dim"] > 7.5
+    m = GaussianMixtureBase.fit(dequantised_u(imgs)[0], 1, 0)
+    with_m = baseline_table(imgs, imgs[:50], mixture=m)
+    # one component: the Gaussian again, up to its covariance's 1/N against 1/(N - 1)
+    assert with_m["base_measure_bits_per_dim"] == pytest.approx(with_m["atanh_gaussian_bits_per_dim"], abs=0.02)
+    assert with_m["histogram_bits_per_dim"] == t["histogram_bits_per_dim"]
     flat = torch.zeros(100, 1, 6, 6, dtype=torch.uint8)
     c = code_lengths(flat)
     assert c["lzma_bits_per_dim"] < 0.5                     # a constant image compresses

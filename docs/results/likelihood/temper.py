@@ -1,11 +1,11 @@
 """How much likelihood the trained energy carries over its own base, tempered: P_α(x) ∝ p_0(x) exp(α f(x)/w),
 f/w = D/w - log p_0 (the network's part, owf.dcgan.ConvEnergy), α = 1 the model, α = 0 its base (the atanh
-Gaussian, an exact density). The test NLL against the base's is
+Gaussian or, with --d-base mixture, the Gaussian mixture: an exact density). The test NLL against the base's is
 
     ΔNLL(α) = -α E_test[f/w] + log ζ(α),   ζ(α) = E_{p_0}[exp(α f/w)],
 
 log ζ(α) by importance sampling from p_0 itself (N draws, reliable while its ESS is large), and at the
-given αs by AIS (64 chains, K steps, the gaussian base) on the same tempered energy, a lower bound in
+given αs by AIS (64 chains, K steps, from p_0: the gaussian base, or the mixture) on the same tempered energy, a lower bound in
 expectation: D' = f + (w/α) log p_0 with w' = w/α gives D'/w' = α f/w + log p_0. α is fitted on the
 training split; the test split reads the result.
 
@@ -44,8 +44,11 @@ def f_over_w(x):
 g = torch.Generator().manual_seed(0)
 f_train = f_over_w(dequantise(train_u8[:N], g))
 f_test = f_over_w(dequantise(test_u8, g))                 # the whole test split
-eps = torch.randn(N, D.base_mu.numel(), generator=g, dtype=torch.float64)
-x_base = torch.tanh(D.base_mu + eps @ D.base_L.T).view(N, *test_u8.shape[1:])
+if D.base_components == 1:      # the Gaussian base, drawn as the recorded runs drew it
+    eps = torch.randn(N, D.base_mu.numel(), generator=g, dtype=torch.float64)
+    x_base = torch.tanh(D.base_mu + eps @ D.base_L.T).view(N, *test_u8.shape[1:])
+else:                           # --d-base mixture
+    x_base = torch.tanh(m.base_density().sample(N, g).double()).view(N, *test_u8.shape[1:])
 f_base = f_over_w(x_base)
 n = test_u8[0].numel()
 per_bpd = n * math.log(2)
@@ -66,7 +69,8 @@ out["alpha_fitted_on_train"] = best["alpha"]          # among the αs where IS k
 ais_rows = []
 for a in ais_alphas:
     m.w, D.base_w = w / a, w / a
-    est = m.estimate_log_zeta(64, "ais", steps=K, base="gaussian", generator=torch.Generator().manual_seed(1))
+    est = m.estimate_log_zeta(64, "ais", steps=K, base="gaussian" if D.base_components == 1 else "base",
+                              generator=torch.Generator().manual_seed(1))
     m.w, D.base_w = w, w
     ais_rows.append(dict(alpha=a, K=K, log_zeta_ais=round(est.log_zeta, 3), ess_ais=round(est.ess, 1),
                          d_nll_test_bpd=round((-a * float(f_test.mean()) + est.log_zeta) / per_bpd, 5)))
