@@ -225,8 +225,9 @@ def _m_step(u: torch.Tensor, r: torch.Tensor, shrink: float):
         raise ValueError(f"mixture component {int(mass.argmin())} of K = {len(mass)} holds {float(mass.min()):.3g} of "
                          f"the N = {len(u)} samples' responsibility (< 1): fewer components, or more samples")
     mu = (r.T @ u) / mass[:, None]
-    ridge = shrink * u.var(0, correction=0).mean() * torch.eye(u.shape[1], dtype=u.dtype)   # the samples' mean variance: a
-    L = []                                                                   # component on one point stays full rank
+    # shrunk towards the samples' mean variance: a component on one point stays full rank
+    ridge = shrink * u.var(0, correction=0).mean() * torch.eye(u.shape[1], dtype=u.dtype)
+    L = []
     for k in range(len(mass)):
         d = u - mu[k]
         cov = (d * r[:, k:k + 1]).T @ d / mass[k]
@@ -243,29 +244,16 @@ def _log_normal_chol(u: torch.Tensor, mu: torch.Tensor, L: torch.Tensor) -> torc
 class AtanhMixture(OnPixels, GaussianMixtureBase):
     """The Gaussian mixture in u = atanh(x) of dequantised training images u8 [N, C, H, W] (one noise
     draw each, from `seed`, as AtanhGaussian): COMPONENTS Gaussians after ITERATIONS EM rounds, with
-    no labels (docs/likelihood.md: 3.948 bits/dim on Fashion-MNIST's test split, the Gaussian's 4.233).
-    `defensive`: ½ AtanhGaussian + ½ that mixture, COMPONENTS + 1 Gaussians (Hesterberg 1995's
-    defensive mixture): it costs at most log 2 nats an image against the mixture alone, and between
-    the mixture's modes it keeps the broad Gaussian's density instead of a barrier."""
+    no labels (docs/likelihood.md: 3.95 bits/dim on Fashion-MNIST's test split, the Gaussian's 4.233)."""
 
     COMPONENTS = 10
     ITERATIONS = 6
 
-    def __init__(self, train_u8: torch.Tensor, shrink: float = 1e-3, seed: int = 0, defensive: bool = False):
+    def __init__(self, train_u8: torch.Tensor, shrink: float = 1e-3, seed: int = 0):
         self.shape = tuple(train_u8.shape[1:])
         fitted = GaussianMixtureBase.fit(dequantised_u(train_u8, torch.Generator().manual_seed(seed))[0],
                                          self.COMPONENTS, self.ITERATIONS, shrink, seed)
-        log_pi, mu, L = fitted.log_pi, fitted.mu, fitted.L
-        if defensive:
-            g = AtanhGaussian(train_u8, shrink, seed)
-            half = math.log(0.5)
-            log_pi = torch.cat([torch.tensor([half], dtype=log_pi.dtype), log_pi + half])
-            mu, L = torch.cat([g.mu[None], mu]), torch.cat([g.L[None], L])
-        super().__init__(log_pi, mu, L)
-
-    @classmethod
-    def n_components(cls, defensive: bool) -> int:
-        return cls.COMPONENTS + defensive
+        super().__init__(fitted.log_pi, fitted.mu, fitted.L)
 
 
 class UniformBox:
@@ -330,7 +318,7 @@ def baseline_table(train_u8: torch.Tensor, test_u8: torch.Tensor, seed: int = 0,
                    histogram: PixelHistogram | None = None, mixture: GaussianMixtureBase | None = None) -> dict:
     """Every baseline's test bits/dim (the Gaussian's with one dequantisation draw from `seed`, and
     its standard error over images); a run's own base measure p_0's where one is given (--d-base
-    mixture or defensive-mixture: its EM fit takes minutes), as `base_measure`, with the same draws."""
+    mixture: its EM fit takes minutes), as `base_measure`, with the same draws."""
     n = math.prod(test_u8.shape[1:])
     histogram = histogram or PixelHistogram(train_u8)
     gaussian = gaussian or AtanhGaussian(train_u8)

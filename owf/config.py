@@ -13,8 +13,7 @@ from .model import D_ACTIVATIONS, G_ACTIVATIONS, LOGDET_METHODS
 
 LOSSES = ("owf", "wgan", "wgan-gp")
 DEFENSIVE_PROPOSALS = ("kernel", "uniform")
-D_BASES = ("none", "gaussian", "mixture", "defensive-mixture")
-MIXTURE_BASES = ("mixture", "defensive-mixture")
+D_BASES = ("none", "gaussian", "mixture")
 ALL_DATA = tuple(DATASETS) + IMAGE_DATASETS
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -129,10 +128,11 @@ class Config:
     d_quadratic: int = _f(None, "0: D's output is a linear layer; m > 0: D = -½‖f(x)‖² with f's last layer m wide, "
                                 "so a LeakyReLU D is piecewise quadratic (Gaussian-shaped modes) instead of "
                                 "piecewise linear (None: 16 in 2D, 0 for images)", int)
-    d_base: str = _f(None, "images: none, gaussian, mixture or defensive-mixture: P_D(x) ∝ p_0(x) exp(D(x)/w) with "
-                           "p_0 a fixed base measure that D corrects, fitted to the dequantised training split in "
-                           "atanh space: the Gaussian (owf.baselines.AtanhGaussian), a mixture of 10 by EM "
-                           "(AtanhMixture), or ½ each (None: gaussian for images)", str)
+    d_base: str = _f(None, "images: none, gaussian or mixture: P_D(x) ∝ p_0(x) exp(D(x)/w) with p_0 a fixed base "
+                           "measure that D corrects, fitted to the dequantised training split in atanh space: the "
+                           "Gaussian (owf.baselines.AtanhGaussian) or a mixture of Gaussians by EM (AtanhMixture; "
+                           "docs/likelihood.md: the generator collapses into a few classes) (None: gaussian for "
+                           "images)", str)
     # ---- run
     seed: int = _f(0, "seed of every random stream")
     device: str = _f("auto", "auto: cuda if available, else cpu")

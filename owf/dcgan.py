@@ -115,11 +115,9 @@ class ConvEnergy(nn.Module):
     @classmethod
     def from_config(cls, cfg, shape) -> "ConvEnergy":
         from .baselines import AtanhMixture
-        from .config import MIXTURE_BASES
-        mixture = cfg.d_base in MIXTURE_BASES
         return cls(shape, cfg.widths("d_hidden"), quadratic=cfg.d_quadratic,
                    base_w=cfg.w if cfg.d_base != "none" else 0.0,
-                   base_components=AtanhMixture.n_components(cfg.d_base == "defensive-mixture") if mixture else 1)
+                   base_components=AtanhMixture.COMPONENTS if cfg.d_base == "mixture" else 1)
 
     def fit_base(self, base):
         """Take the base measure from a fitted owf.baselines.GaussianBase or, with base_components > 1,

@@ -42,7 +42,6 @@ from .metrics import EVAL_POINTS, mode_coverage  # noqa: E402
 from .model import FOLD_CHECK_MAX_N  # noqa: E402
 from .plots import save_density, save_energy_hist, save_zeta_convergence  # noqa: E402
 from .cli import user_errors_exit  # noqa: E402
-from .config import MIXTURE_BASES  # noqa: E402
 from .distributed import RANK_SEED_STRIDE, process_group, rank_world  # noqa: E402
 
 S_GRID = [1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000]
@@ -162,7 +161,7 @@ def evaluate_run(run: str, zeta_samples: int | None = None, batch_size: int | No
             raise ValueError(f"AIS bases {bad}: choose from {list(AIS_BASES['image'])}")
         if "base" in (ais_bases or ()) and model.base_density() is None:
             raise ValueError(f"AIS base 'base': this energy has no base measure (d_base={model.config.d_base!r})")
-        defaults = MIXTURE_AIS_BASES if model.config.d_base in MIXTURE_BASES else DEFAULT_AIS_BASES
+        defaults = MIXTURE_AIS_BASES if model.config.d_base == "mixture" else DEFAULT_AIS_BASES
         res = evaluate_image_run(model, out, zeta_samples or 200, chunk=chunk, batch_size=batch_size or 16,
                                  seed=seed, figures=figures, progress=progress, fid_weights=fid_weights,
                                  ais_steps=ais_steps, ais_bases=tuple(ais_bases or defaults),
@@ -248,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raise-points", type=int, default=RAISE_POINTS, help="images: test images given a RAISE chain "
                    "each (0: none)")
     p.add_argument("--ais-bases", default=None, help="images: comma-separated AIS bases, of defensive, gaussian, base, "
-                   f"histogram, uniform (default: {','.join(DEFAULT_AIS_BASES)}; with a mixture --d-base "
+                   f"histogram, uniform (default: {','.join(DEFAULT_AIS_BASES)}; with --d-base mixture "
                    f"{','.join(MIXTURE_AIS_BASES)})")
     p.add_argument("--ais-replicates", type=int, default=AIS_REPLICATES, help="images: independent runs of the "
                    "best base's top rung; their spread is log ζ̂'s error bar (1: the weights' own se, which at an "

@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from .config import MIXTURE_BASES, data_kind
+from .config import data_kind
 from .data import get_dataset
 from .dcgan import ConvEnergy, DCGANFlow
 from .classifier import classifier_cached
@@ -146,11 +146,11 @@ class ImageTask:
         G, D = networks(cfg, self.shape)
         if cfg.d_base != "none" or cfg.mcmc_chains:
             from .baselines import AtanhGaussian, AtanhMixture, MixtureBase, UniformBox
-            if cfg.d_base in MIXTURE_BASES:
+            if cfg.d_base == "mixture":
                 if self.rank == 0:
                     print(f"fitting the base measure: {AtanhMixture.COMPONENTS} Gaussians by EM on the training split",
                           file=sys.stderr)
-                fitted = AtanhMixture(self.stream.images, defensive=cfg.d_base == "defensive-mixture")
+                fitted = AtanhMixture(self.stream.images)
             else:
                 fitted = AtanhGaussian(self.stream.images)
             if cfg.d_base != "none":

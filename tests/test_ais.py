@@ -303,17 +303,6 @@ def test_the_gaussian_mixture_is_em_on_a_known_mixture():
         assert torch.isfinite(fitted.log_pi).all() and len(fitted.log_pi) == 3
 
 
-def test_the_defensive_mixture_is_half_the_gaussian_and_half_the_mixture():
-    from owf.baselines import AtanhMixture
-    imgs = torch.randint(0, 256, (400, 1, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    imgs[:200] //= 8                                                        # a dark kind of image and a bright one
-    m, d, g = AtanhMixture(imgs), AtanhMixture(imgs, defensive=True), AtanhGaussian(imgs)
-    assert len(m.log_pi) == AtanhMixture.n_components(False) == 10 and len(d.log_pi) == AtanhMixture.n_components(True)
-    u = dequantised_u(imgs[:20], torch.Generator().manual_seed(1))[0]
-    torch.testing.assert_close(d.log_prob(u), torch.logaddexp(g.log_prob(u), m.log_prob(u)) - math.log(2))
-    assert (d.log_prob(u) >= m.log_prob(u) - math.log(2) - 1e-9).all()    # at most log 2 below the mixture alone
-
-
 def test_histogram_log_prob_in_u_is_its_density_in_x_with_the_jacobian():
     imgs = torch.randint(0, 256, (300, 1, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     h = PixelHistogram(imgs)

@@ -153,7 +153,7 @@ TINY_IMAGES = dict(g_hidden="16,4", d_hidden="4,8", batch=16, samples=16, log_ev
                    sample_every=10 ** 6, ckpt_every=5, device="cpu", threads=1)
 
 
-@pytest.mark.parametrize("loss,extra", [("owf", {}), ("owf", {"entropy_samples": 1}), ("owf", {"d_base": "defensive-mixture"}),
+@pytest.mark.parametrize("loss,extra", [("owf", {}), ("owf", {"entropy_samples": 1}), ("owf", {"d_base": "mixture"}),
                                         ("wgan-gp", {})])
 def test_an_image_run_resumes_exactly(tmp_path, fashion_root, loss, extra):
     kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=20, loss=loss, **extra)
