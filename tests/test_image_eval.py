@@ -155,8 +155,7 @@ def test_a_mixture_base_run_is_evaluated_against_its_own_base(tmp_path, fashion_
     run = tmp_path / "r"
     train(Config(out=str(run), data_root=str(fashion_root), d_base="mixture", **TINY), progress=False)
     assert evaluate_main([str(run), "--zeta-samples", "8", "--batch-size", "8", "--chunk", "400", "--ais-steps", "4",
-                          "--ais-chains", "8", "--raise-points", "4", "--ais-bases", "base,defensive",
-                          "--no-figures"]) == 0
+                          "--ais-chains", "8", "--raise-points", "4", "--no-figures"]) == 0   # default bases
     res = json.loads((run / "eval.json").read_text())
     model = owf.load(run)
     p0 = model.base_density()
