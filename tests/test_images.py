@@ -273,51 +273,39 @@ def test_the_exact_entropy_of_a_sub_batch_is_the_batchs_function_and_its_gradien
     torch.testing.assert_close(torch.autograd.grad(want, list(ref.parameters())), grads)
 
 
-def test_the_base_measure_is_the_fitted_gaussian_and_survives_a_checkpoint(tmp_path):
-    from owf.baselines import AtanhGaussian, dequantised_u
-    imgs = torch.randint(0, 256, (300, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    base = AtanhGaussian(imgs)
-    D = ConvEnergy((1, 8, 8), widths=(4, 8), base_w=0.01)
-    D.fit_base(base)
-    plain = ConvEnergy((1, 8, 8), widths=(4, 8))
-    plain.load_state_dict({k: v for k, v in D.state_dict().items() if not k.startswith("base_")})
-    u, log_jac = dequantised_u(imgs[:5], torch.Generator().manual_seed(1))
-    x = torch.tanh(u).view(5, 1, 8, 8).float()
-    # D(x) = f(x) + w log p_0(x), with log p_0(x) = log N(u; μ, Σ) - Σ log(1 - x²)
-    torch.testing.assert_close(D(x), plain(x) + 0.01 * (base.log_prob(u) - log_jac).float(), rtol=1e-5, atol=1e-3)
-    edge = torch.full((1, 1, 8, 8), -1.0, requires_grad=True)                  # a saturated generator's output
-    D(edge).sum().backward()
-    assert torch.isfinite(D(edge)).all() and torch.isfinite(edge.grad).all()
-    again = ConvEnergy((1, 8, 8), widths=(4, 8), base_w=0.01)
-    again.load_state_dict(D.state_dict())
-    torch.testing.assert_close(again(x), D(x))
-
-
-def test_a_mixture_base_measure_is_the_fitted_mixture_and_survives_a_checkpoint():
+@pytest.mark.parametrize("k", [1, 3])
+def test_the_base_measure_is_the_fitted_density_and_survives_a_checkpoint(k):
+    """k = 1: the atanh Gaussian (--d-base gaussian); k = 3: a Gaussian mixture (--d-base mixture)."""
     from owf.baselines import AtanhGaussian, GaussianMixtureBase, dequantised_u
+    from owf.model import log1m_tanh2
     imgs = torch.randint(0, 256, (300, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    imgs[:150, :, :4] = 0                                               # two kinds of image: two modes
-    base = GaussianMixtureBase.fit(dequantised_u(imgs, torch.Generator().manual_seed(0))[0], 3, 2)
-    D = ConvEnergy((1, 8, 8), widths=(4, 8), base_w=0.01, base_components=3)
+    if k > 1:
+        imgs[:150, :, :4] = 0                                           # two kinds of image: two modes
+
+    def mixture(c):
+        return GaussianMixtureBase.fit(dequantised_u(imgs, torch.Generator().manual_seed(0))[0], c, 2)
+
+    base = AtanhGaussian(imgs) if k == 1 else mixture(k)
+    D = ConvEnergy((1, 8, 8), widths=(4, 8), base_w=0.01, base_components=k)
     D.fit_base(base)
     plain = ConvEnergy((1, 8, 8), widths=(4, 8))
-    plain.load_state_dict({k: v for k, v in D.state_dict().items() if not k.startswith("base_")})
+    plain.load_state_dict({name: v for name, v in D.state_dict().items() if not name.startswith("base_")})
     u, log_jac = dequantised_u(imgs[:5], torch.Generator().manual_seed(1))
     x = torch.tanh(u).view(5, 1, 8, 8).float()
     # D(x) = f(x) + w log p_0(x), log p_0(x) = log Σ_k π_k N(u; μ_k, Σ_k) - Σ log(1 - x²)
     torch.testing.assert_close(D(x), plain(x) + 0.01 * (base.log_prob(u) - log_jac).float(), rtol=1e-5, atol=1e-3)
-    from owf.model import log1m_tanh2
     u32 = torch.atanh(x.flatten(1).double())                     # log_base in float64, to rounding
     torch.testing.assert_close(D.log_base(x), base.log_prob(u32) - log1m_tanh2(u32).sum(1))
     torch.testing.assert_close(D.base_density().log_prob(u32), base.log_prob(u32))
-    edge = torch.full((1, 1, 8, 8), -1.0, requires_grad=True)
+    edge = torch.full((1, 1, 8, 8), -1.0, requires_grad=True)                  # a saturated generator's output
     D(edge).sum().backward()
     assert torch.isfinite(D(edge)).all() and torch.isfinite(edge.grad).all()
-    again = ConvEnergy((1, 8, 8), widths=(4, 8), base_w=0.01, base_components=3)
+    again = ConvEnergy((1, 8, 8), widths=(4, 8), base_w=0.01, base_components=k)
     again.load_state_dict(D.state_dict())
     torch.testing.assert_close(again(x), D(x))
-    with pytest.raises(ValueError, match="a base of 1 components for an energy built for 3"):
-        D.fit_base(AtanhGaussian(imgs))
+    other, k_other = (mixture(3), 3) if k == 1 else (AtanhGaussian(imgs), 1)
+    with pytest.raises(ValueError, match=f"a base of {k_other} components for an energy built for {k}"):
+        D.fit_base(other)
 
 
 def test_a_likelihood_run_logs_the_probe_and_refuses_what_does_not_fit(tmp_path, fashion_root):
