@@ -50,7 +50,7 @@ class DCGANFlow(OneWayFlowBase):
     """A one-way flow for images of `shape` (C, H, W), with widths c_1 > ... (one per resolution)."""
 
     def __init__(self, shape, widths=(64, 32), latent: int = 100, activation: str = "leaky_relu",
-                 negative_slope: float = 0.2):
+                 negative_slope: float = 0.2, components: int = 1):
         C, H, W = shape
         if H != W:
             raise ValueError(f"images must be square, got {H} x {W}")
@@ -66,12 +66,14 @@ class DCGANFlow(OneWayFlowBase):
             mods += [nn.Tanh()] if last else [nn.BatchNorm2d(cout), generator_activation(activation, negative_slope)]
         net = nn.Sequential(*mods)
         _check_no_bottleneck(net, n)
-        super().__init__(net, n, latent, event_shape=shape)
+        super().__init__(net, n, latent, event_shape=shape, components=components)
         self.widths = tuple(widths)
 
     @classmethod
     def from_config(cls, cfg, shape) -> "DCGANFlow":
-        return cls(shape, cfg.widths("g_hidden"), cfg.latent or 100, cfg.g_activation)
+        from .baselines import AtanhMixture
+        return cls(shape, cfg.widths("g_hidden"), cfg.latent or 100, cfg.g_activation,
+                   components=AtanhMixture.COMPONENTS if cfg.g_mixture else 1)
 
 
 def _check_no_bottleneck(net: nn.Sequential, n: int):
@@ -133,19 +135,37 @@ class ConvEnergy(nn.Module):
 
     def log_base(self, x: torch.Tensor) -> torch.Tensor:
         """log p_0(x) [B] (float64) for x [B, C, H, W] (see the module docstring)."""
-        u = torch.atanh(x.flatten(1).double().clamp(-BASE_CLAMP, BASE_CLAMP))
-        if self.base_components > 1:     # eps_k = L_k⁻¹ (u - μ_k) [K, n, B], one batched triangular solve
-            n = u.shape[1]
-            eps = torch.linalg.solve_triangular(self.base_L, (u[None] - self.base_mu[:, None]).transpose(1, 2),
-                                                upper=False)
-            log_n = (-0.5 * (eps * eps).sum(1) - self.base_L.diagonal(dim1=1, dim2=2).log().sum(1)[:, None]
-                     - 0.5 * n * math.log(2 * math.pi))
-            log_n = torch.logsumexp(log_n + self.base_log_pi[:, None], 0)
+        u = self._u(x)
+        if self.base_components > 1:
+            log_n = torch.logsumexp(self._log_components(u), 0)
         else:
             eps = torch.linalg.solve_triangular(self.base_L, (u - self.base_mu).T, upper=False)
             log_n = (-0.5 * (eps * eps).sum(0) - self.base_L.diagonal().log().sum()
                      - 0.5 * len(self.base_mu) * math.log(2 * math.pi))
         return log_n - log1m_tanh2(u).sum(1)
+
+    @staticmethod
+    def _u(x: torch.Tensor) -> torch.Tensor:
+        return torch.atanh(x.flatten(1).double().clamp(-BASE_CLAMP, BASE_CLAMP))
+
+    def _log_components(self, u: torch.Tensor) -> torch.Tensor:
+        """log π_k N(u; μ_k, L_k L_kᵀ) [K, B] of u [B, n] (float64): eps_k = L_k⁻¹ (u - μ_k) [K, n, B],
+        one batched triangular solve."""
+        eps = torch.linalg.solve_triangular(self.base_L, (u[None] - self.base_mu[:, None]).transpose(1, 2),
+                                            upper=False)
+        return (-0.5 * (eps * eps).sum(1) - self.base_L.diagonal(dim1=1, dim2=2).log().sum(1)[:, None]
+                - 0.5 * u.shape[1] * math.log(2 * math.pi) + self.base_log_pi[:, None])
+
+    def log_responsibility(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """log r_k(x) [B] (float64) of x [B, C, H, W] and components k [B]: the base mixture's posterior
+        of component k, r_k(x) = π_k N_k(u) / Σ_j π_j N_j(u) (the atanh Jacobian cancels).
+        P_D's share of component k, P_D,k(x) = r_k(x) P_D(x) ∝ π_k p_0,k(x) exp(f/w), sums to P_D
+        over k; a generator with a matching mixture latent (OneWayFlowBase.draw) targets it per
+        component: D(x) + w log r_k(x) is its energy (owf.train)."""
+        if self.base_components == 1:
+            raise ValueError("log_responsibility needs a base mixture (base_components > 1), this energy has one Gaussian")
+        log_c = self._log_components(self._u(x))
+        return log_c.gather(0, k.view(1, -1)).squeeze(0) - torch.logsumexp(log_c, 0)
 
     def base_density(self):
         """p_0 as a normalised density of u (owf.baselines.GaussianBase or GaussianMixtureBase's

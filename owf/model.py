@@ -94,6 +94,7 @@ def _det2(jac_cols):
 
 
 FOLD_CHECK_MAX_N = 16    # det J of every sample costs n tangents: the fold check is for small n only
+LATENT_SHIFT = 3.0       # a mixture latent's component means m_k = 3 e_k: N(3, 1) against N(0, 1) on z_k
 
 
 def generator_activation(name: str, negative_slope: float = 0.2) -> nn.Module:
@@ -110,23 +111,49 @@ class OneWayFlowBase(nn.Module):
     tangents come from owf_kernels.jvp with per-sample BatchNorm: each sample's own Jacobian, which
     is what Eq. 10's log|det J| means. Subclasses build `net`."""
 
-    def __init__(self, net: nn.Module, n: int, d: int | None = None, event_shape=None):
+    def __init__(self, net: nn.Module, n: int, d: int | None = None, event_shape=None, components: int = 1):
         super().__init__()
         d = n if d is None else d
         if not 1 <= d <= n:
             raise ValueError(f"latent size d={d} must be in [1, n={n}]")
+        if not 1 <= components <= d:
+            raise ValueError(f"latent components={components} must be in [1, d={d}] (component k shifts z_k)")
         self.net, self.n, self.d = net, n, d
         self.event_shape = tuple(event_shape) if event_shape is not None else (n,)
+        self.components = components
+        if components > 1:               # log π_k of the latent mixture, set to the base measure's (owf.tasks)
+            self.register_buffer("latent_log_pi", torch.full((components,), -math.log(components)))
 
-    def noise(self, batch: int, generator=None, device=None) -> torch.Tensor:
-        """u = g_u(z, r) = [z; r] ~ N(0, I_n) [batch, n], z = u[:, :d] and r = u[:, d:] (Eq. 7: z and r
-        are independent standard normals, so one draw of n coordinates is both)."""
+    def draw(self, batch: int, generator=None, device=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(u [batch, n], k [batch] or None): u = g_u(z, r) = [z; r] (Eq. 7).
+        One component: z ~ N(0, I_d) and r ~ N(0, I_{n-d}) independent, so one draw of n standard
+        normals is both, and k is None.
+        K components (a mixture latent): k ~ Cat(π), z ~ N(m_k, I_d) with m_k = LATENT_SHIFT·e_k: the
+        joint density of (k, u) is π_k N(u - m_k; 0, I_n) (log_latent), and Eq. 10 gives the exact
+        log q(k, y) = log π_k + log q_k(y) of the sample and its component."""
         w = next(self.parameters())
         device = device or w.device
         # drawn on the generator's own device (a CPU stream can seed a CUDA model), then moved
-        draw = torch.randn(batch, self.n, generator=generator, device=generator.device if generator else device,
-                           dtype=w.dtype)
-        return draw.to(device)
+        on = generator.device if generator else device
+        u = torch.randn(batch, self.n, generator=generator, device=on, dtype=w.dtype)
+        if self.components == 1:
+            return u.to(device), None
+        k = torch.multinomial(self.latent_log_pi.exp().to(on), batch, replacement=True, generator=generator)
+        return (u + self.latent_shift(k.to(device)).to(on)).to(device), k.to(device)
+
+    def latent_shift(self, k: torch.Tensor) -> torch.Tensor:
+        """m_k [B, n]: LATENT_SHIFT at coordinate k of z, 0 elsewhere (k [B])."""
+        return LATENT_SHIFT * F.one_hot(k, self.n).to(self.latent_log_pi.dtype)
+
+    def log_latent(self, u: torch.Tensor, k: torch.Tensor | None) -> torch.Tensor:
+        """log p(k, u) [B]: log N(u; 0, I) with one component (k None); log π_k + log N(u - m_k) with K."""
+        if k is None:
+            return log_normal(u)
+        return self.latent_log_pi[k].to(u.dtype) + log_normal(u - self.latent_shift(k).to(u.dtype))
+
+    def noise(self, batch: int, generator=None, device=None) -> torch.Tensor:
+        """u [batch, n] of draw(), without the components: for samples, not for their log q."""
+        return self.draw(batch, generator, device)[0]
 
     def g_u(self, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """[z; r]: z [B, d], r [B, n - d] -> u [B, n] (Eq. 7), e.g. to hold z and redraw r."""
@@ -262,10 +289,16 @@ class OneWayFlowBase(nn.Module):
     def sample_with_log_prob(self, batch: int, method: str = "exact", generator=None, signed: bool = False,
                              chunk: int | None = None, return_u: bool = False):
         """y [B, *event_shape], log q(y) [B] (Eq. 10) and log|det J| [B]; with signed=True also sign(det J) [B];
-        with return_u=True also the input noise u [B, d_u] last (training's exact entropy re-uses it)."""
-        u = self.noise(batch, generator)
+        with return_u=True also the input noise u [B, n] and the components k [B] (None with one) last
+        (training's exact entropy re-uses u). With K latent components, log q is the joint log q(k, y)
+        of the sample and its component (draw): a density of y only after summing over k, which
+        needs the base's responsibilities (owf.dcgan.ConvEnergy.log_responsibility; owf.train)."""
+        u, k = self.draw(batch, generator)
+        if self.components > 1 and not return_u:
+            raise ValueError(f"a generator of {self.components} latent components: log q(k, y) needs k, "
+                             "so ask for it with return_u=True")
         y, ld, *sign = self.logdet(u, method, generator, signed, chunk)
-        return (y, log_normal(u) - ld, ld, *sign) + ((u,) if return_u else ())
+        return (y, self.log_latent(u, k) - ld, ld, *sign) + ((u, k) if return_u else ())
 
     @torch.no_grad()
     def sample(self, batch: int, generator=None) -> torch.Tensor:

@@ -26,7 +26,7 @@ from .dcgan import ConvEnergy, DCGANFlow
 from .classifier import classifier_cached
 from .images import SHAPES, ImageStream, generator_samples, load_images, saturated_share, to_uint8
 from .metrics import EVAL_POINTS, mode_coverage, mode_histogram
-from .model import FOLD_CHECK_MAX_N, Energy, OneWayFlow, log_normal
+from .model import FOLD_CHECK_MAX_N, Energy, OneWayFlow
 from .plots import save_density, save_image_grid, save_samples
 
 
@@ -155,6 +155,9 @@ class ImageTask:
                 fitted = AtanhGaussian(self.stream.images)
             if cfg.d_base != "none":
                 D.fit_base(fitted)
+            if cfg.g_mixture:              # G's latent components take the base's weights π
+                with torch.no_grad():
+                    G.latent_log_pi.copy_(fitted.log_pi)
             if cfg.mcmc_chains:            # persistent chains on P_D, started from AIS's defensive base
                 from .negatives import PersistentChains
                 base = MixtureBase([fitted, UniformBox(self.dim)], [0.5, 0.5])
@@ -176,9 +179,9 @@ class ImageTask:
         was = G.training
         G.eval()
         g = torch.Generator(device=device).manual_seed(30_000 + self.cfg.seed)
-        u = G.noise(self.PROBE, g)
+        u, k = G.draw(self.PROBE, g)     # with latent components, the joint log q(k, y) (at most log q(y))
         _, ld = G.logdet(u, "exact", chunk=112)
-        out = {"probe_logdet": float(ld.mean()), "probe_log_q": float((log_normal(u) - ld).mean())}
+        out = {"probe_logdet": float(ld.mean()), "probe_log_q": float((G.log_latent(u, k) - ld).mean())}
         if isinstance(G.net[-1], torch.nn.Tanh):
             a = G.net[:-1](G.noise(self.SATURATION_SAMPLES, g))
             out["saturated"] = float((a.abs() > 3).float().mean())

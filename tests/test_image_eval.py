@@ -151,9 +151,10 @@ def test_evaluate_writes_eval_json_and_every_figure(tmp_path, fashion_root, caps
 def test_a_mixture_base_run_is_evaluated_against_its_own_base(tmp_path, fashion_root):
     """--d-base mixture: eval.json's baselines carry the mixture p_0's own test bits/dim (the energy
     read against the density it corrects); AIS can start from p_0 ("base"), and the defensive base
-    is ½ p_0 + ½ uniform."""
+    is ½ p_0 + ½ uniform. G has latent components matched to it (--g-mixture): importance sampling
+    divides by log q(k, y) - log r_k(y)."""
     run = tmp_path / "r"
-    train(Config(out=str(run), data_root=str(fashion_root), d_base="mixture", **TINY), progress=False)
+    train(Config(out=str(run), data_root=str(fashion_root), d_base="mixture", g_mixture=True, **TINY), progress=False)
     assert evaluate_main([str(run), "--zeta-samples", "8", "--batch-size", "8", "--chunk", "400", "--ais-steps", "4",
                           "--ais-chains", "8", "--raise-points", "4", "--no-figures"]) == 0   # default bases
     res = json.loads((run / "eval.json").read_text())
@@ -166,7 +167,8 @@ def test_a_mixture_base_run_is_evaluated_against_its_own_base(tmp_path, fashion_
                      (dequantised_u(b, torch.Generator().manual_seed(i)) for i, b in enumerate(test_u8.split(2000)))])
     assert res["baselines"]["base_measure_bits_per_dim"] == pytest.approx(bits_per_dim(nll, 784), abs=1e-9)
     assert {r["base"] for r in res["ais_rows"]} == {"base", "defensive"}
-    assert math.isfinite(res["test_bits_per_dim"])
+    assert math.isfinite(res["test_bits_per_dim"]) and model.G.components == 10
+    torch.testing.assert_close(model.G.latent_log_pi, p0.log_pi.float())
 
 
 def test_evaluate_bad_input(tmp_path, fashion_root, capsys):

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from owf.config import Config
-from owf.dcgan import ConvEnergy, DCGANFlow
+from owf.dcgan import BASE_CLAMP, ConvEnergy, DCGANFlow
 from owf.images import ImageStream, load_images, saturated_share, to_unit
 from owf.model import log_normal
 from owf.train import main, train
@@ -154,7 +154,7 @@ TINY_IMAGES = dict(g_hidden="16,4", d_hidden="4,8", batch=16, samples=16, log_ev
 
 
 @pytest.mark.parametrize("loss,extra", [("owf", {}), ("owf", {"entropy_samples": 1}), ("owf", {"d_base": "mixture"}),
-                                        ("wgan-gp", {})])
+                                        ("owf", {"d_base": "mixture", "g_mixture": True}), ("wgan-gp", {})])
 def test_an_image_run_resumes_exactly(tmp_path, fashion_root, loss, extra):
     kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=20, loss=loss, **extra)
     train(Config(out=str(tmp_path / "full"), **kw), progress=False)
@@ -334,3 +334,77 @@ def test_a_likelihood_run_logs_the_probe_and_refuses_what_does_not_fit(tmp_path,
         old.pop(k)
     legacy = Config.from_saved(old)
     assert legacy.dequantise is False and legacy.d_base == "none"
+
+
+# ---- a mixture latent matched to the base mixture (--g-mixture)
+
+def _matched_pair(log_pi_g, log_pi_d, w=0.01):
+    """G: y = tanh(A u + b) with 2 latent components; D: f ≡ 0 on a 2-component base whose component
+    k is exactly G's, N(A m_k + b, A Aᵀ) in atanh space (π from log_pi_d). Float64."""
+    from owf.model import OneWayFlowBase
+    gen = torch.Generator().manual_seed(3)
+    A = 0.3 * torch.randn(16, 16, generator=gen, dtype=torch.float64) + 0.4 * torch.eye(16, dtype=torch.float64)
+    b = 0.1 * torch.randn(16, generator=gen, dtype=torch.float64)
+    lin = nn.Linear(16, 16).double()
+    with torch.no_grad():
+        lin.weight.copy_(A)
+        lin.bias.copy_(b)
+    G = OneWayFlowBase(nn.Sequential(lin, nn.Unflatten(1, (1, 4, 4)), nn.Tanh()), 16, 4, (1, 4, 4), components=2).double()
+    D = ConvEnergy((1, 4, 4), widths=(4,), base_w=w, base_components=2).double()
+    with torch.no_grad():
+        G.latent_log_pi.copy_(torch.tensor(log_pi_g, dtype=torch.float64))
+        m = G.latent_shift(torch.arange(2))                                 # [2, 16]
+        D.base_mu.copy_(m @ A.T + b)
+        D.base_L.copy_(torch.linalg.cholesky(A @ A.T).expand(2, 16, 16))
+        D.base_log_pi.copy_(torch.tensor(log_pi_d, dtype=torch.float64))
+        D.net[-1].weight.zero_()                                            # f ≡ 0: P_D = p_0, ζ = 1
+    return G, D
+
+
+def test_a_mixture_latent_draws_its_components_and_their_exact_joint_density():
+    from owf.model import LATENT_SHIFT
+    G, D = _matched_pair([math.log(0.3), math.log(0.7)], [math.log(0.5)] * 2)
+    u, k = G.draw(20_000, torch.Generator().manual_seed(0))
+    assert abs(float(k.double().mean()) - 0.7) < 0.01                       # k ~ Cat(π)
+    for c in (0, 1):                        # z ~ N(LATENT_SHIFT e_k, I): the shift on coordinate k only
+        shifted = u[k == c] - LATENT_SHIFT * torch.nn.functional.one_hot(torch.tensor(c), 16)
+        assert shifted.mean(0).abs().max() < 0.05 and (shifted.std(0) - 1).abs().max() < 0.05
+    mvn = torch.distributions.MultivariateNormal(torch.zeros(16, dtype=torch.float64), torch.eye(16, dtype=torch.float64))
+    want = G.latent_log_pi[k[:5]] + mvn.log_prob(u[:5] - G.latent_shift(k[:5]))
+    torch.testing.assert_close(G.log_latent(u[:5], k[:5]), want)
+    with pytest.raises(ValueError, match="log q\\(k, y\\) needs k"):
+        G.sample_with_log_prob(4, "exact")
+    with pytest.raises(ValueError, match="latent components=5 must be in \\[1, d=4\\]"):
+        DCGANFlow((1, 8, 8), widths=(16, 4), latent=4, components=5)
+    with pytest.raises(ValueError, match="one Gaussian"):
+        ConvEnergy((1, 4, 4), widths=(4,), base_w=0.01).log_responsibility(torch.zeros(1, 1, 4, 4), torch.zeros(1, dtype=torch.long))
+    for bad in (dict(g_mixture=True), dict(g_mixture=True, d_base="gaussian")):
+        with pytest.raises(ValueError, match="g_mixture=True .* d_base='mixture'"):
+            Config(data="fashion-mnist", **bad)
+
+
+def test_a_mixture_latent_on_its_matched_base_weighs_every_sample_one():
+    """Each G component is exactly its base component and f ≡ 0, so P_D = p_0, ζ = 1, and the weight
+    exp(D/w) r_k(y) / q(k, y) = π_k p_0,k(y) / (π_k q_k(y)) is 1 for every sample, wherever the two
+    components overlap (r_k far from 0 and 1). Without r_k (log q(k, y) alone) it is not. With G's π
+    differing from the base's the weights are π_k / π'_k: still unbiased, mean 1."""
+    from owf.density import OWFModel
+    G, D = _matched_pair([math.log(0.5)] * 2, [math.log(0.5)] * 2)
+    y, log_q, _, _, k = G.sample_with_log_prob(512, "exact", torch.Generator().manual_seed(1), return_u=True)
+    log_r = D.log_responsibility(y, k)
+    assert log_r.exp().min() < 0.9 and log_r.exp().max() > 0.1            # the components overlap
+    torch.testing.assert_close(torch.logsumexp(torch.stack([D.log_responsibility(y, torch.full_like(k, c))
+                                                            for c in (0, 1)]), 0), torch.zeros(512, dtype=torch.float64))
+    log_w = D(y) / 0.01 - (log_q - log_r)
+    torch.testing.assert_close(log_w, torch.zeros_like(log_w), atol=1e-7, rtol=0)
+    assert (D(y) / 0.01 - log_q).abs().max() > 0.1                          # log q(k, y) alone is not q's density
+    model = OWFModel.__new__(OWFModel)                                      # OWFModel's proposal density
+    model.D = D
+    torch.testing.assert_close(model._proposal_log_q(y, log_q, k), log_q - log_r)
+    G, D = _matched_pair([math.log(0.2), math.log(0.8)], [math.log(0.5)] * 2)
+    y, log_q, _, _, k = G.sample_with_log_prob(20_000, "exact", torch.Generator().manual_seed(2), return_u=True)
+    w = (D(y) / 0.01 - (log_q - D.log_responsibility(y, k))).exp().detach()
+    inside = y.flatten(1).abs().amax(1) < BASE_CLAMP        # 4 of 20,000 reach D's clamp of atanh, |a| > 7.6
+    assert inside.float().mean() > 0.999
+    torch.testing.assert_close(w[inside], torch.where(k == 0, 2.5, 0.625).double()[inside])
+    assert abs(float(w[inside].mean()) - 1) < 0.02                         # sd 0.75 / √20,000 = 0.005
