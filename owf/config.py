@@ -134,8 +134,8 @@ class Config:
                            "docs/likelihood.md: the generator collapses into a few classes) (None: gaussian for "
                            "images)", str)
     g_mixture: bool = _f(False, "images with --d-base mixture: G's latent is a mixture matched to the base's "
-                                "components (z ~ N(3 e_k, I), k ~ the base's π), and component k targets P_D's share "
-                                "of it, π_k p_0,k exp(f/w): Eq. 17 per component, Eq. 16 unbiased over (k, y) "
+                                "components (z ~ N(8 e_k, I), k ~ the base's π), and component k targets P_D's share "
+                                "of it, π_k p_0,k exp(f/w): Eq. 17 per component; Eq. 10's log q stays exact "
                                 "(owf.train; docs/likelihood.md)")
     # ---- run
     seed: int = _f(0, "seed of every random stream")
@@ -186,9 +186,10 @@ class Config:
                                  f"logdet={self.logdet!r}, g_alpha={self.g_alpha}, orient={self.orient}")
         if self.defensive < 0:
             raise ValueError(f"defensive={self.defensive} must be >= 0")
-        if self.g_mixture and (self.d_base != "mixture" or self.loss != "owf"):
-            raise ValueError(f"g_mixture=True matches G's latent to a base mixture: it needs loss='owf' and "
-                             f"d_base='mixture', got loss={self.loss!r}, d_base={self.d_base!r}")
+        if self.g_mixture and (self.d_base != "mixture" or self.loss != "owf" or self.g_alpha != 1):
+            raise ValueError(f"g_mixture=True matches G's latent to a base mixture: it needs loss='owf', "
+                             f"d_base='mixture' and g_alpha=1, got loss={self.loss!r}, d_base={self.d_base!r}, "
+                             f"g_alpha={self.g_alpha}")
         if self.loss != "owf" and self.d_base != "none":
             raise ValueError(f"d_base={self.d_base!r} is a base measure of owf's density; loss={self.loss!r} takes 'none'")
         if data_kind(self.data) == "2d":

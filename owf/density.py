@@ -215,8 +215,8 @@ class OWFModel:
         """y [n, *event_shape] (float32), log q(y), sign(det J) (all +1 with preimages) and the
         preimage counts (None without the search)."""
         if not preimages:
-            y, log_q, _, sign, _, k = self.G.sample_with_log_prob(n, "exact", generator, signed=True, return_u=True)
-            return y, self._proposal_log_q(y, log_q, k), sign, None
+            y, log_q, _, sign = self.G.sample_with_log_prob(n, "exact", generator, signed=True)
+            return y, log_q, sign, None
         pre = self.sample_with_all_preimages(n, generator)
         return pre.y.float(), pre.log_q, torch.ones(n, device=pre.y.device), pre.roots
 
@@ -230,6 +230,9 @@ class OWFModel:
         """n generator samples with log q(y) over every preimage (owf.preimages.all_preimages, in
         float64; `search` goes to it): a Preimages with y, log_q, log_q_eq10 and roots [n]. The
         reference latents are drawn from `generator` too, so a seeded stream repeats exactly."""
+        if self.G.components > 1:
+            raise ValueError(f"the preimage search sums N(0, I) over preimages: a generator of "
+                             f"{self.G.components} latent components (--g-mixture) is not supported")
         if self._G64 is None:
             self._G64 = copy.deepcopy(self.G).double()
         u = self.G.noise(n, generator).double()
@@ -558,23 +561,15 @@ class OWFModel:
         if preimages:
             y, log_q, sign, roots = self._generator_batch(n, generator, True)
             return y, {"exact": (log_q, sign), "roots": int((roots > 1).sum())}
-        u, k = self.G.draw(n, generator)
+        u = self.G.noise(n, generator)
         dens = {}
         if "exact" in names:
             y, ld, sign = self.G.logdet(u, "exact", signed=True, chunk=chunk)
-            dens["exact"] = (self._proposal_log_q(y, self.G.log_latent(u, k) - ld, k), sign)
+            dens["exact"] = (self.G.log_latent(u) - ld, sign)
         if "jvp1" in names:
             y, ld = self.G.logdet(u, "jvp1", generator)
-            dens["jvp1"] = (self._proposal_log_q(y, self.G.log_latent(u, k) - ld, k), torch.ones(n, device=u.device))
+            dens["jvp1"] = (self.G.log_latent(u) - ld, torch.ones(n, device=u.device))
         return y, dens
-
-    def _proposal_log_q(self, y, log_q, k):
-        """The log-density that importance sampling divides by: log q(y) (Eq. 10), or, for a generator
-        with latent components matched to D's base (Config.g_mixture), log q(k, y) - log r_k(y): the
-        weights exp(D/w) r_k(y) / q(k, y) over (k, y) ~ q are unbiased for ζ (owf.train.train_step)."""
-        if k is None:
-            return log_q
-        return log_q - self.D.log_responsibility(y, k).to(log_q.dtype)
 
     def cache_log_zeta(self, est: ZetaEstimate, save: bool = True):
         """Keep `est` for log_prob, and (save=True) write it into the checkpoint atomically."""

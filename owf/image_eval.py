@@ -266,11 +266,18 @@ def samples_by_energy(model: OWFModel, out: Path, n: int = 40, seed: int = 1):
     plt.close(fig)
 
 
+def _latents(G, rows: int, g) -> torch.Tensor:
+    """z [rows, d] from G's latent: N(0, I_d), or with latent components (--g-mixture) z of G.draw."""
+    if G.components == 1:
+        return torch.randn(rows, G.d, generator=g)
+    return G.draw(rows, g, "cpu")[0][:, :G.d]
+
+
 @torch.no_grad()
 def interpolation(model: OWFModel, out: Path, rows: int = 8, steps: int = 10, seed: int = 2):
     """Fig. 7: each row a linear path between two latents z (the noise r held), u = [z; r] (Eq. 7)."""
     G, g = model.G, torch.Generator().manual_seed(seed)
-    z0, z1 = (torch.randn(rows, G.d, generator=g) for _ in range(2))
+    z0, z1 = (_latents(G, rows, g) for _ in range(2))
     r = torch.randn(rows, G.n - G.d, generator=g)
     t = torch.linspace(0, 1, steps)
     u = torch.stack([G.g_u((1 - a) * z0 + a * z1, r) for a in t], 1).flatten(0, 1)
@@ -282,7 +289,7 @@ def interpolation(model: OWFModel, out: Path, rows: int = 8, steps: int = 10, se
 def same_z(model: OWFModel, out: Path, rows: int = 8, draws: int = 10, seed: int = 3):
     """Fig. 8: each row one latent z with `draws` draws of the noise r."""
     G, g = model.G, torch.Generator().manual_seed(seed)
-    z = torch.randn(rows, 1, G.d, generator=g).expand(rows, draws, G.d).flatten(0, 1)
+    z = _latents(G, rows, g)[:, None].expand(rows, draws, G.d).flatten(0, 1)
     r = torch.randn(rows * draws, G.n - G.d, generator=g)
     save_image_grid(out, to_uint8(G.g_n(G.g_u(z, r).to(model.device)).cpu()),
                     f"{model.config.data}: one z per row, {draws} draws of r", nrow=draws)

@@ -94,7 +94,8 @@ def _det2(jac_cols):
 
 
 FOLD_CHECK_MAX_N = 16    # det J of every sample costs n tangents: the fold check is for small n only
-LATENT_SHIFT = 3.0       # a mixture latent's component means m_k = 3 e_k: N(3, 1) against N(0, 1) on z_k
+LATENT_SHIFT = 8.0       # a mixture latent's component means m_k = c e_k: z_k ~ N(c, 1) against N(0, 1), so the
+                         # log-odds of k against j given u, c (u_k - u_j), are 64 ± 11 (at c = 3: 27% of p(k|u) < 0.9)
 
 
 def generator_activation(name: str, negative_slope: float = 0.2) -> nn.Module:
@@ -121,16 +122,17 @@ class OneWayFlowBase(nn.Module):
         self.net, self.n, self.d = net, n, d
         self.event_shape = tuple(event_shape) if event_shape is not None else (n,)
         self.components = components
-        if components > 1:               # log π_k of the latent mixture, set to the base measure's (owf.tasks)
+        if components > 1:        # the latent mixture: log π_k (set to the base measure's, owf.tasks) and c
             self.register_buffer("latent_log_pi", torch.full((components,), -math.log(components)))
+            self.register_buffer("latent_shift", torch.tensor(LATENT_SHIFT))
 
     def draw(self, batch: int, generator=None, device=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(u [batch, n], k [batch] or None): u = g_u(z, r) = [z; r] (Eq. 7).
         One component: z ~ N(0, I_d) and r ~ N(0, I_{n-d}) independent, so one draw of n standard
         normals is both, and k is None.
-        K components (a mixture latent): k ~ Cat(π), z ~ N(m_k, I_d) with m_k = LATENT_SHIFT·e_k: the
-        joint density of (k, u) is π_k N(u - m_k; 0, I_n) (log_latent), and Eq. 10 gives the exact
-        log q(k, y) = log π_k + log q_k(y) of the sample and its component."""
+        K components (a mixture latent): k ~ Cat(π), z ~ N(m_k, I_d), m_k = c e_k (c = latent_shift),
+        so u has the density p(u) = Σ_k π_k N(u - m_k) (log_latent), and Eq. 10 with it is still the
+        exact log q(y) = log p(u) - log|det J|."""
         w = next(self.parameters())
         device = device or w.device
         # drawn on the generator's own device (a CPU stream can seed a CUDA model), then moved
@@ -139,20 +141,22 @@ class OneWayFlowBase(nn.Module):
         if self.components == 1:
             return u.to(device), None
         k = torch.multinomial(self.latent_log_pi.exp().to(on), batch, replacement=True, generator=generator)
-        return (u + self.latent_shift(k.to(device)).to(on)).to(device), k.to(device)
+        u[torch.arange(batch, device=on), k] += self.latent_shift.to(on, w.dtype)
+        return u.to(device), k.to(device)
 
-    def latent_shift(self, k: torch.Tensor) -> torch.Tensor:
-        """m_k [B, n]: LATENT_SHIFT at coordinate k of z, 0 elsewhere (k [B])."""
-        return LATENT_SHIFT * F.one_hot(k, self.n).to(self.latent_log_pi.dtype)
-
-    def log_latent(self, u: torch.Tensor, k: torch.Tensor | None) -> torch.Tensor:
-        """log p(k, u) [B]: log N(u; 0, I) with one component (k None); log π_k + log N(u - m_k) with K."""
-        if k is None:
+    def log_latent(self, u: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
+        """The latent's log-density [B] at u [B, n]: log N(u; 0, I) with one component; with K, the
+        mixture's log p(u) = log Σ_j π_j N(u - c e_j), or with k [B] the joint log p(k, u) = log π_k +
+        log N(u - c e_k). ‖u - c e_j‖² = ‖u‖² - 2c u_j + c², so log N(u - c e_j) = log N(u) + c u_j - c²/2."""
+        if self.components == 1:
             return log_normal(u)
-        return self.latent_log_pi[k].to(u.dtype) + log_normal(u - self.latent_shift(k).to(u.dtype))
+        c = self.latent_shift.to(u.dtype)
+        log_j = self.latent_log_pi.to(u.dtype) + c * u[:, :self.components] - c * c / 2      # [B, K]
+        pick = torch.logsumexp(log_j, 1) if k is None else log_j.gather(1, k.view(-1, 1)).squeeze(1)
+        return log_normal(u) + pick
 
     def noise(self, batch: int, generator=None, device=None) -> torch.Tensor:
-        """u [batch, n] of draw(), without the components: for samples, not for their log q."""
+        """u [batch, n] of draw(), without the components."""
         return self.draw(batch, generator, device)[0]
 
     def g_u(self, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
@@ -288,17 +292,12 @@ class OneWayFlowBase(nn.Module):
 
     def sample_with_log_prob(self, batch: int, method: str = "exact", generator=None, signed: bool = False,
                              chunk: int | None = None, return_u: bool = False):
-        """y [B, *event_shape], log q(y) [B] (Eq. 10) and log|det J| [B]; with signed=True also sign(det J) [B];
-        with return_u=True also the input noise u [B, n] and the components k [B] (None with one) last
-        (training's exact entropy re-uses u). With K latent components, log q is the joint log q(k, y)
-        of the sample and its component (draw): a density of y only after summing over k, which
-        needs the base's responsibilities (owf.dcgan.ConvEnergy.log_responsibility; owf.train)."""
+        """y [B, *event_shape], log q(y) [B] (Eq. 10, with the latent's own density: log_latent) and
+        log|det J| [B]; with signed=True also sign(det J) [B]; with return_u=True also the input noise
+        u [B, n] and the latent components k [B] (None with one) last (training re-uses both)."""
         u, k = self.draw(batch, generator)
-        if self.components > 1 and not return_u:
-            raise ValueError(f"a generator of {self.components} latent components: log q(k, y) needs k, "
-                             "so ask for it with return_u=True")
         y, ld, *sign = self.logdet(u, method, generator, signed, chunk)
-        return (y, self.log_latent(u, k) - ld, ld, *sign) + ((u, k) if return_u else ())
+        return (y, self.log_latent(u) - ld, ld, *sign) + ((u, k) if return_u else ())
 
     @torch.no_grad()
     def sample(self, batch: int, generator=None) -> torch.Tensor:

@@ -68,10 +68,10 @@ def restore(state: dict, G, D, opt_g, opt_d):
 
 def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, flags=None):
     """One optimisation step: n_critic discriminator updates, then one generator update.
-    Returns (loss_d, loss_g, D(x), D(y), log q(y) as log ζ̂ used it) of the last discriminator update, and on many
+    Returns (loss_d, loss_g, D(x), D(y), log q(y)) of the last discriminator update, and on many
     processes (owf.distributed) the sums over ranks of (loss_d, loss_g, *flags), else None."""
     is_owf = cfg.loss == "owf"
-    log_q = logdet = log_r = None
+    log_q = logdet = k = None
     world = rank_world()[1]
     # on many processes, one log ζ̂ and one Rényi softmax over every rank's samples
     log_zeta_fn, softmax = (global_log_zeta, global_softmax) if world > 1 else (log_zeta_hat, None)
@@ -82,18 +82,10 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
             if is_owf:              # u is kept for the exact entropy's sub-batch
                 y, log_q, logdet, *sign, u, k = G.sample_with_log_prob(cfg.samples, cfg.logdet, gen, cfg.orient,
                                                                         return_u=True)
-                # G's latent components matched to D's base mixture (Config.g_mixture): component k targets
-                # P_D's share r_k(y) P_D(y), so its energy is D_k = D + w log r_k (the G step), and Eq. 16's
-                # weights exp(D/w) r_k(y) / q(k, y), summed over (k, y) ~ q, are unbiased for ζ = Σ_k ζ_k:
-                # log q̃ = log q(k, y) - log r_k(y) stands for log q in log ζ̂ and its ESS
-                log_r = D.log_responsibility(y, k).to(log_q.dtype) if k is not None else None
             else:
                 y = G(G.noise(cfg.samples, gen))
         x = task.batch(cfg.batch, gen, device)
-        log_q_is = None
-        if is_owf:
-            log_q_is = (log_q - log_r if log_r is not None else log_q).detach()
-        y_is = y.detach()                                                     # log ζ̂'s importance samples
+        y_is, log_q_is = y.detach(), (log_q.detach() if is_owf else None)     # log ζ̂'s importance samples
         if is_owf and cfg.defensive > 0:       # the defensive proposal's samples join G's: one pooled estimate
             num = math.ceil(cfg.defensive * cfg.samples)
             if cfg.defensive_proposal == "uniform":
@@ -130,8 +122,12 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
 
     # ---- generator: Eq. 17 (or the WGAN loss); gradients for G's parameters only
     d_y = D(y)
-    if is_owf and log_r is not None:
-        d_y = d_y + cfg.w * log_r       # D_k: each component's own target (through y, r_k keeps G_k in its component)
+    if is_owf and k is not None:
+        # G's latent components matched to D's base mixture (Config.g_mixture): component k targets P_D's
+        # share r_k P_D ∝ π_k p_0,k exp(f/w), r_k the base's posterior of k, whose energy is D + w log r_k.
+        # Eq. 17 with it is w Σ_k π_k KL(q_k ‖ P_D,k) + const, the joint KL of (k, y), ≥ KL(q ‖ P_D),
+        # and no component can leave its mode for another's; Eq. 16 above keeps q's exact marginal
+        d_y = d_y + cfg.w * D.log_responsibility(y, k).to(d_y.dtype)
     if is_owf and cfg.orient:
         logdet = oriented_logdet(logdet, sign[0])     # log|det J| on the majority side, reflected on the other
     if is_owf and cfg.entropy_samples:
@@ -151,7 +147,7 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
                            (flags if flags is not None else torch.zeros(0)).float().to(loss_d.device)])
         sums = average_gradients(g_params, extra)
     opt_g.step()
-    return loss_d, loss_g, d_x, d_y_d, (log_q_is[:cfg.samples] if is_owf else None), sums
+    return loss_d, loss_g, d_x, d_y_d, log_q, sums
 
 
 def prepare_run_dir(cfg: Config, overwrite: bool) -> Path:

@@ -164,9 +164,13 @@ class _CubicFold(torch.nn.Module):
     """y = (u1, u2³ - 3u2): proper, degree 1, folded: |y2| < 2 has three preimages (+, -, +)."""
     n = 2
     event_shape = (2,)
+    components = 1
 
     def noise(self, n, generator=None):
         return torch.randn(n, 2, generator=generator)
+
+    def log_latent(self, u):
+        return -0.5 * (u * u).sum(1) - math.log(2 * math.pi)
 
     def logdet(self, u, method="exact", generator=None, signed=False, chunk=None):
         y = torch.stack([u[:, 0], u[:, 1] ** 3 - 3 * u[:, 1]], 1)
@@ -176,7 +180,7 @@ class _CubicFold(torch.nn.Module):
     def sample_with_log_prob(self, n, method="exact", generator=None, signed=False, chunk=None):
         u = self.noise(n, generator)
         y, ld, sign = self.logdet(u)
-        return y, -0.5 * (u * u).sum(1) - math.log(2 * math.pi) - ld, ld, sign
+        return y, self.log_latent(u) - ld, ld, sign
 
     def jacobian_columns(self, u):                # for the preimage search
         return cubic_fold(u)

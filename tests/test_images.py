@@ -353,58 +353,80 @@ def _matched_pair(log_pi_g, log_pi_d, w=0.01):
     D = ConvEnergy((1, 4, 4), widths=(4,), base_w=w, base_components=2).double()
     with torch.no_grad():
         G.latent_log_pi.copy_(torch.tensor(log_pi_g, dtype=torch.float64))
-        m = G.latent_shift(torch.arange(2))                                 # [2, 16]
+        G.latent_shift.fill_(1.5)                 # (8 by default) components that overlap, r_k far from 0 and 1
+        m = G.latent_shift * torch.eye(2, 16, dtype=torch.float64)          # m_k = c e_k [2, 16]
         D.base_mu.copy_(m @ A.T + b)
         D.base_L.copy_(torch.linalg.cholesky(A @ A.T).expand(2, 16, 16))
         D.base_log_pi.copy_(torch.tensor(log_pi_d, dtype=torch.float64))
         D.net[-1].weight.zero_()                                            # f ≡ 0: P_D = p_0, ζ = 1
-    return G, D
+    return G, D, m
 
 
-def test_a_mixture_latent_draws_its_components_and_their_exact_joint_density():
-    from owf.model import LATENT_SHIFT
-    G, D = _matched_pair([math.log(0.3), math.log(0.7)], [math.log(0.5)] * 2)
+def test_a_mixture_latent_draws_its_components_with_their_exact_density():
+    G, D, m = _matched_pair([math.log(0.3), math.log(0.7)], [math.log(0.5)] * 2)
     u, k = G.draw(20_000, torch.Generator().manual_seed(0))
     assert abs(float(k.double().mean()) - 0.7) < 0.01                       # k ~ Cat(π)
-    for c in (0, 1):                        # z ~ N(LATENT_SHIFT e_k, I): the shift on coordinate k only
-        shifted = u[k == c] - LATENT_SHIFT * torch.nn.functional.one_hot(torch.tensor(c), 16)
+    for c in (0, 1):                                  # z ~ N(c e_k, I): the shift on coordinate k only
+        shifted = u[k == c] - m[c]
         assert shifted.mean(0).abs().max() < 0.05 and (shifted.std(0) - 1).abs().max() < 0.05
     mvn = torch.distributions.MultivariateNormal(torch.zeros(16, dtype=torch.float64), torch.eye(16, dtype=torch.float64))
-    want = G.latent_log_pi[k[:5]] + mvn.log_prob(u[:5] - G.latent_shift(k[:5]))
-    torch.testing.assert_close(G.log_latent(u[:5], k[:5]), want)
-    with pytest.raises(ValueError, match="log q\\(k, y\\) needs k"):
-        G.sample_with_log_prob(4, "exact")
+    joint = torch.stack([G.latent_log_pi[c] + mvn.log_prob(u[:5] - m[c]) for c in (0, 1)])      # [K, 5]
+    torch.testing.assert_close(G.log_latent(u[:5], k[:5]), joint.gather(0, k[:5].view(1, -1)).squeeze(0))
+    torch.testing.assert_close(G.log_latent(u[:5]), torch.logsumexp(joint, 0))     # the mixture's log p(u)
+    state = DCGANFlow((1, 8, 8), widths=(16, 4), latent=4, components=3).state_dict()
+    assert state["latent_shift"] == 8 and state["latent_log_pi"].shape == (3,)
+    assert not any(k.startswith("latent_") for k in DCGANFlow((1, 8, 8), widths=(16, 4), latent=4).state_dict())
     with pytest.raises(ValueError, match="latent components=5 must be in \\[1, d=4\\]"):
         DCGANFlow((1, 8, 8), widths=(16, 4), latent=4, components=5)
     with pytest.raises(ValueError, match="one Gaussian"):
         ConvEnergy((1, 4, 4), widths=(4,), base_w=0.01).log_responsibility(torch.zeros(1, 1, 4, 4), torch.zeros(1, dtype=torch.long))
-    for bad in (dict(g_mixture=True), dict(g_mixture=True, d_base="gaussian")):
-        with pytest.raises(ValueError, match="g_mixture=True .* d_base='mixture'"):
+    for bad in (dict(g_mixture=True), dict(g_mixture=True, d_base="gaussian"), dict(g_mixture=True, d_base="mixture", g_alpha=0.5)):
+        with pytest.raises(ValueError, match="g_mixture=True .* d_base='mixture' and g_alpha=1"):
             Config(data="fashion-mnist", **bad)
 
 
-def test_a_mixture_latent_on_its_matched_base_weighs_every_sample_one():
-    """Each G component is exactly its base component and f ≡ 0, so P_D = p_0, ζ = 1, and the weight
-    exp(D/w) r_k(y) / q(k, y) = π_k p_0,k(y) / (π_k q_k(y)) is 1 for every sample, wherever the two
-    components overlap (r_k far from 0 and 1). Without r_k (log q(k, y) alone) it is not. With G's π
-    differing from the base's the weights are π_k / π'_k: still unbiased, mean 1."""
-    from owf.density import OWFModel
-    G, D = _matched_pair([math.log(0.5)] * 2, [math.log(0.5)] * 2)
+def test_a_mixture_latent_on_its_matched_base_is_the_base():
+    """Each G component is exactly its base component and f ≡ 0, so P_D = p_0 = q: Eq. 10's log q
+    with the mixture latent is log p_0, every importance weight exp(D/w) / q is 1, and r_k is the
+    base's posterior. With G's π away from the base's, the weights p_0 / q keep mean ζ = 1."""
+    G, D, _ = _matched_pair([math.log(0.5)] * 2, [math.log(0.5)] * 2)
     y, log_q, _, _, k = G.sample_with_log_prob(512, "exact", torch.Generator().manual_seed(1), return_u=True)
-    log_r = D.log_responsibility(y, k)
-    assert log_r.exp().min() < 0.9 and log_r.exp().max() > 0.1            # the components overlap
-    torch.testing.assert_close(torch.logsumexp(torch.stack([D.log_responsibility(y, torch.full_like(k, c))
-                                                            for c in (0, 1)]), 0), torch.zeros(512, dtype=torch.float64))
-    log_w = D(y) / 0.01 - (log_q - log_r)
+    log_w = (D(y) / 0.01 - log_q).detach()
     torch.testing.assert_close(log_w, torch.zeros_like(log_w), atol=1e-7, rtol=0)
-    assert (D(y) / 0.01 - log_q).abs().max() > 0.1                          # log q(k, y) alone is not q's density
-    model = OWFModel.__new__(OWFModel)                                      # OWFModel's proposal density
-    model.D = D
-    torch.testing.assert_close(model._proposal_log_q(y, log_q, k), log_q - log_r)
-    G, D = _matched_pair([math.log(0.2), math.log(0.8)], [math.log(0.5)] * 2)
-    y, log_q, _, _, k = G.sample_with_log_prob(20_000, "exact", torch.Generator().manual_seed(2), return_u=True)
-    w = (D(y) / 0.01 - (log_q - D.log_responsibility(y, k))).exp().detach()
-    inside = y.flatten(1).abs().amax(1) < BASE_CLAMP        # 4 of 20,000 reach D's clamp of atanh, |a| > 7.6
+    log_r = torch.stack([D.log_responsibility(y, torch.full_like(k, c)) for c in (0, 1)])   # [K, B]
+    assert log_r.exp()[0].min() < 0.1 and log_r.exp()[0].max() > 0.9 and (log_r.exp()[0] - 0.5).abs().min() < 0.2
+    u = torch.atanh(y.flatten(1).double())
+    log_c = torch.stack([D.base_log_pi[c] + torch.distributions.MultivariateNormal(
+        D.base_mu[c], scale_tril=D.base_L[c]).log_prob(u) for c in (0, 1)])
+    torch.testing.assert_close(log_r, log_c - torch.logsumexp(log_c, 0))
+    G, D, _ = _matched_pair([math.log(0.2), math.log(0.8)], [math.log(0.5)] * 2)
+    with torch.no_grad():
+        y, log_q, *_ = G.sample_with_log_prob(20_000, "exact", torch.Generator().manual_seed(2))
+        w = (D(y) / 0.01 - log_q).exp()
+    inside = y.flatten(1).abs().amax(1) < BASE_CLAMP             # a few reach D's clamp of atanh, |a| > 7.6
     assert inside.float().mean() > 0.999
-    torch.testing.assert_close(w[inside], torch.where(k == 0, 2.5, 0.625).double()[inside])
-    assert abs(float(w[inside].mean()) - 1) < 0.02                         # sd 0.75 / √20,000 = 0.005
+    assert abs(float(w[inside].mean()) - 1) < 0.03, float(w[inside].std())
+
+
+def test_a_training_step_with_a_mixture_latent_targets_each_component():
+    """owf.train.train_step on the matched pair (equal π, f ≡ 0, lr_D ≈ 0): log ζ̂ = 0, so Eq. 16's
+    loss is -mean D(x)/w; G's loss Eq. 17 with D + w log r_k is w·mean(log|det J| - log π_k p_0,k(y)) =
+    -w·mean(log π_k + log N(u - m_k)) exactly. Without r_k it would be -w·mean(log p(u)) instead."""
+    from owf.train import train_step
+    G, D, m = _matched_pair([math.log(0.5)] * 2, [math.log(0.5)] * 2)
+    cfg = Config(data="fashion-mnist", d_base="mixture", g_mixture=True, logdet="exact", orient=False, samples=32,
+                 batch=8, mcmc_chains=0, lr_d=1e-12, w=0.01)
+
+    class Task:
+        def batch(self, n, gen, device):
+            return G.sample(n, gen)
+
+    gen = torch.Generator().manual_seed(4)
+    opt_g, opt_d = torch.optim.Adam(G.parameters(), 1e-12), torch.optim.Adam(D.parameters(), 1e-12)
+    draws = torch.Generator().manual_seed(4)
+    u, k = G.draw(32, draws)                                               # train_step's own first draw
+    loss_d, loss_g, d_x, _, log_q, _ = train_step(cfg, Task(), G, D, opt_g, opt_d, gen, list(G.parameters()), "cpu")
+    torch.testing.assert_close(loss_d, -(d_x / 0.01).mean())
+    want = -0.01 * (G.latent_log_pi[k] - 0.5 * ((u - m[k]) ** 2).sum(1) - 8 * math.log(2 * math.pi)).mean()
+    torch.testing.assert_close(loss_g.detach(), want)
+    assert abs(float(want + 0.01 * G.log_latent(u).mean())) > 1e-3          # r_k is what makes it so

@@ -14,7 +14,6 @@ import torch
 
 from owf import load
 from owf.images import dequantise_unit, generator_samples, load_images, to_uint8
-from owf.model import log_normal
 from owf.plots import save_image_grid
 
 
@@ -37,7 +36,7 @@ def main(run, nets=None, picture=None):
         for _ in range(4):
             u = G.noise(16, g)
             yy, ld = G.logdet(u, "exact", chunk=112)
-            lw.append(m.energy(yy).double() - (log_normal(u) - ld).double())
+            lw.append(m.energy(yy).double() - (G.log_latent(u) - ld).double())
     if picture:
         save_image_grid(picture, to_uint8(y), f"{run}: samples")
     lw = torch.cat(lw)
