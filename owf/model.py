@@ -95,7 +95,7 @@ def _det2(jac_cols):
 
 FOLD_CHECK_MAX_N = 16    # det J of every sample costs n tangents: the fold check is for small n only
 LATENT_SHIFT = 8.0       # a mixture latent's component means m_k = c e_k: z_k ~ N(c, 1) against N(0, 1), so the
-                         # log-odds of k against j given u, c (u_k - u_j), are 64 ± 11 (at c = 3: 27% of p(k|u) < 0.9)
+                         # log-odds of k against j given u, c (u_k - u_j), are 64 ± 11 (at c = 3: 26% of p(k|u) < 0.9)
 
 
 def generator_activation(name: str, negative_slope: float = 0.2) -> nn.Module:
