@@ -155,9 +155,10 @@ def save_ais_convergence(path, ladder: dict, baselines: dict, title: str):
     fig, ax = plt.subplots(figsize=(6.8, 4.4))
     colors = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
     for (base, row), color in zip(ladder.items(), colors):
-        ax.plot(row["K"], row["ais"], color=color, marker="o", ms=3, label=f"AIS, {base} base")
+        name = "from p_0" if base == "base" else f"{base} base"            # "base": D's own base measure
+        ax.plot(row["K"], row["ais"], color=color, marker="o", ms=3, label=f"AIS, {name}")
         if row.get("raise"):
-            ax.plot(row["K"], row["raise"], color=color, marker="s", ms=3, ls="--", label=f"RAISE, {base} base")
+            ax.plot(row["K"], row["raise"], color=color, marker="s", ms=3, ls="--", label=f"RAISE, {name}")
     for (label, v), ls in zip(baselines.items(), (":", "-.", (0, (1, 3)), (0, (5, 5)))):
         ax.axhline(v, color="0.4", lw=1, ls=ls, label=f"{label} ({v:.2f})")
     ax.set_xscale("log")
