@@ -156,16 +156,19 @@ class ConvEnergy(nn.Module):
         return (-0.5 * (eps * eps).sum(1) - self.base_L.diagonal(dim1=1, dim2=2).log().sum(1)[:, None]
                 - 0.5 * u.shape[1] * math.log(2 * math.pi) + self.base_log_pi[:, None])
 
-    def log_responsibility(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """log r_k(x) [B] (float64) of x [B, C, H, W] and components k [B]: the base mixture's posterior
-        of component k, r_k(x) = π_k N_k(u) / Σ_j π_j N_j(u) (the atanh Jacobian cancels).
-        P_D's share of component k, P_D,k(x) = r_k(x) P_D(x) ∝ π_k p_0,k(x) exp(f/w), sums to P_D
-        over k; a generator with a matching mixture latent (OneWayFlowBase.draw) targets it per
-        component: D(x) + w log r_k(x) is its energy (owf.train)."""
+    def component_energy(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """D(x) + w log r_k(x) [B] of x [B, C, H, W] and base components k [B], r_k(x) = π_k N_k(u) /
+        Σ_j π_j N_j(u) the base mixture's posterior of k (the atanh Jacobian cancels in it): the energy
+        of P_D's share of component k, P_D,k = r_k P_D ∝ π_k p_0,k exp(f/w), which sums to P_D over k.
+        A generator with a matching mixture latent (OneWayFlowBase.draw) targets it per component
+        (owf.train). The logsumexp of log_base cancels, so it is f + w (log π_k N_k(u) - Σ log(1 - x²)),
+        one batched solve as D's own."""
         if self.base_components == 1:
-            raise ValueError("log_responsibility needs a base mixture (base_components > 1), this energy has one Gaussian")
-        log_c = self._log_components(self._u(x))
-        return log_c.gather(0, k.view(1, -1)).squeeze(0) - torch.logsumexp(log_c, 0)
+            raise ValueError("component_energy needs a base mixture (base_components > 1), this energy has one Gaussian")
+        f = energy_head(self.net(x), self.quadratic)
+        u = self._u(x)
+        log_k = self._log_components(u).gather(0, k.view(1, -1)).squeeze(0) - log1m_tanh2(u).sum(1)
+        return f + (self.base_w * log_k).to(f.dtype)
 
     def base_density(self):
         """p_0 as a normalised density of u (owf.baselines.GaussianBase or GaussianMixtureBase's

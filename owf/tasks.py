@@ -179,9 +179,9 @@ class ImageTask:
         was = G.training
         G.eval()
         g = torch.Generator(device=device).manual_seed(30_000 + self.cfg.seed)
-        u, k = G.draw(self.PROBE, g)     # with latent components, the joint log q(k, y) (at most log q(y))
+        u = G.noise(self.PROBE, g)
         _, ld = G.logdet(u, "exact", chunk=112)
-        out = {"probe_logdet": float(ld.mean()), "probe_log_q": float((G.log_latent(u, k) - ld).mean())}
+        out = {"probe_logdet": float(ld.mean()), "probe_log_q": float((G.log_latent(u) - ld).mean())}
         if isinstance(G.net[-1], torch.nn.Tanh):
             a = G.net[:-1](G.noise(self.SATURATION_SAMPLES, g))
             out["saturated"] = float((a.abs() > 3).float().mean())

@@ -121,13 +121,11 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
                     p.clamp_(-cfg.clip, cfg.clip)
 
     # ---- generator: Eq. 17 (or the WGAN loss); gradients for G's parameters only
-    d_y = D(y)
-    if is_owf and k is not None:
-        # G's latent components matched to D's base mixture (Config.g_mixture): component k targets P_D's
-        # share r_k P_D ∝ π_k p_0,k exp(f/w), r_k the base's posterior of k, whose energy is D + w log r_k.
-        # Eq. 17 with it is w Σ_k π_k KL(q_k ‖ P_D,k) + const, the joint KL of (k, y), ≥ KL(q ‖ P_D),
-        # and no component can leave its mode for another's; Eq. 16 above keeps q's exact marginal
-        d_y = d_y + cfg.w * D.log_responsibility(y, k).to(d_y.dtype)
+    # G's latent components matched to D's base mixture (Config.g_mixture): component k targets P_D's
+    # share r_k P_D ∝ π_k p_0,k exp(f/w), r_k the base's posterior of k, whose energy is D + w log r_k.
+    # Eq. 17 with it is w Σ_k π_k KL(q_k ‖ P_D,k) + const, the joint KL of (k, y), ≥ KL(q ‖ P_D),
+    # and no component can leave its mode for another's; Eq. 16 above keeps q's exact marginal
+    d_y = D.component_energy(y, k) if is_owf and k is not None else D(y)
     if is_owf and cfg.orient:
         logdet = oriented_logdet(logdet, sign[0])     # log|det J| on the majority side, reflected on the other
     if is_owf and cfg.entropy_samples:

@@ -151,8 +151,7 @@ def test_evaluate_writes_eval_json_and_every_figure(tmp_path, fashion_root, caps
 def test_a_mixture_base_run_is_evaluated_against_its_own_base(tmp_path, fashion_root):
     """--d-base mixture: eval.json's baselines carry the mixture p_0's own test bits/dim (the energy
     read against the density it corrects); AIS can start from p_0 ("base"), and the defensive base
-    is ½ p_0 + ½ uniform. G has latent components matched to it (--g-mixture): importance sampling
-    divides by log q(k, y) - log r_k(y)."""
+    is ½ p_0 + ½ uniform. G has latent components matched to it (--g-mixture), with their weights π."""
     run = tmp_path / "r"
     train(Config(out=str(run), data_root=str(fashion_root), d_base="mixture", g_mixture=True, **TINY), progress=False)
     assert evaluate_main([str(run), "--zeta-samples", "8", "--batch-size", "8", "--chunk", "400", "--ais-steps", "4",

@@ -379,7 +379,7 @@ def test_a_mixture_latent_draws_its_components_with_their_exact_density():
     with pytest.raises(ValueError, match="latent components=5 must be in \\[1, d=4\\]"):
         DCGANFlow((1, 8, 8), widths=(16, 4), latent=4, components=5)
     with pytest.raises(ValueError, match="one Gaussian"):
-        ConvEnergy((1, 4, 4), widths=(4,), base_w=0.01).log_responsibility(torch.zeros(1, 1, 4, 4), torch.zeros(1, dtype=torch.long))
+        ConvEnergy((1, 4, 4), widths=(4,), base_w=0.01).component_energy(torch.zeros(1, 1, 4, 4), torch.zeros(1, dtype=torch.long))
     for bad in (dict(g_mixture=True), dict(g_mixture=True, d_base="gaussian"), dict(g_mixture=True, d_base="mixture", g_alpha=0.5)):
         with pytest.raises(ValueError, match="g_mixture=True .* d_base='mixture' and g_alpha=1"):
             Config(data="fashion-mnist", **bad)
@@ -393,12 +393,13 @@ def test_a_mixture_latent_on_its_matched_base_is_the_base():
     y, log_q, _, _, k = G.sample_with_log_prob(512, "exact", torch.Generator().manual_seed(1), return_u=True)
     log_w = (D(y) / 0.01 - log_q).detach()
     torch.testing.assert_close(log_w, torch.zeros_like(log_w), atol=1e-7, rtol=0)
-    log_r = torch.stack([D.log_responsibility(y, torch.full_like(k, c)) for c in (0, 1)])   # [K, B]
+    # component_energy = D + w log r_k, r_k the base's posterior of k, from torch.distributions
+    log_r = torch.stack([(D.component_energy(y, torch.full_like(k, c)) - D(y)) / 0.01 for c in (0, 1)])   # [K, B]
     assert log_r.exp()[0].min() < 0.1 and log_r.exp()[0].max() > 0.9 and (log_r.exp()[0] - 0.5).abs().min() < 0.2
     u = torch.atanh(y.flatten(1).double())
     log_c = torch.stack([D.base_log_pi[c] + torch.distributions.MultivariateNormal(
         D.base_mu[c], scale_tril=D.base_L[c]).log_prob(u) for c in (0, 1)])
-    torch.testing.assert_close(log_r, log_c - torch.logsumexp(log_c, 0))
+    torch.testing.assert_close(log_r.detach(), log_c - torch.logsumexp(log_c, 0))
     G, D, _ = _matched_pair([math.log(0.2), math.log(0.8)], [math.log(0.5)] * 2)
     with torch.no_grad():
         y, log_q, *_ = G.sample_with_log_prob(20_000, "exact", torch.Generator().manual_seed(2))
