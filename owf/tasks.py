@@ -1,7 +1,7 @@
 """What the training loop needs from a kind of data, behind one small interface, so that the loop
 has no `if image:` branches:
 
-    task.networks(cfg)                 -> (G, D): the one-way flow and the energy
+    task.networks(cfg, saved_d)        -> (G, D): the one-way flow and the energy (saved_d: D's saved state on a resume)
     task.batch(n, gen, device)         -> a training batch x
     task.evaluate(G, step, final)      -> the metrics of a log line (a dict; {} when none is due)
     task.pictures(run, G, D, cfg, m)   -> writes samples.png (and density.png in 2D)
@@ -78,8 +78,8 @@ class MixtureTask:
         self.data = get_dataset(cfg.data)
         self.dim = self.data.dim
 
-    def networks(self, cfg):
-        return networks(cfg, (self.dim,))
+    def networks(self, cfg, saved_d: dict | None = None):
+        return networks(cfg, (self.dim,))                 # nothing fitted in 2D: saved_d is not needed
 
     def batch(self, n, gen, device):
         return self.data.sample(n, gen, device)
@@ -142,11 +142,15 @@ class ImageTask:
             raise ValueError(f"on many processes the classifier FID needs a trained classifier: run "
                              f"python -m owf.classifier --data {cfg.data} first (or pass --fid-every 0)")
 
-    def networks(self, cfg):
+    def networks(self, cfg, saved_d: dict | None = None):
+        """saved_d: a checkpoint's D state (a resume): a mixture base is read from its buffers, not
+        fitted again by EM (the same tensors, so the chains' base and the run continue exactly)."""
         G, D = networks(cfg, self.shape)
         if cfg.d_base != "none" or cfg.mcmc_chains:
-            from .baselines import AtanhGaussian, AtanhMixture, MixtureBase, UniformBox
-            if cfg.d_base == "mixture":
+            from .baselines import AtanhGaussian, AtanhMixture, GaussianMixtureBase, MixtureBase, UniformBox
+            if cfg.d_base == "mixture" and saved_d is not None:
+                fitted = GaussianMixtureBase(saved_d["base_log_pi"], saved_d["base_mu"], saved_d["base_L"])
+            elif cfg.d_base == "mixture":
                 if self.rank == 0:
                     print(f"fitting the base measure: {AtanhMixture.COMPONENTS} Gaussians by EM on the training split",
                           file=sys.stderr)

@@ -42,12 +42,13 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def build(cfg: Config, device: torch.device, progress: bool = False):
+def build(cfg: Config, device: torch.device, progress: bool = False, saved_d: dict | None = None):
     """The task (data, metrics, pictures), networks, optimisers and the one random stream every
-    sample is drawn from."""
+    sample is drawn from. saved_d: a checkpoint's D state on a resume, whose fitted base measure
+    the image task takes instead of fitting it again (the mixture's EM takes minutes)."""
     task = make_task(cfg, progress)
     torch.manual_seed(cfg.seed)                        # parameter initialisation
-    G, D = task.networks(cfg)
+    G, D = task.networks(cfg, saved_d)
     G, D = G.to(device), D.to(device)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), fused=True)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), fused=True)
@@ -226,7 +227,7 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
         (run / "config.json").write_text(json.dumps(dict(cfg.to_dict(), world_size=world), indent=2) + "\n")
 
     # ---- task, models, optimisers, random streams (one per rank)
-    task, G, D, opt_g, opt_d, gen = build(cfg, device, progress and lead)
+    task, G, D, opt_g, opt_d, gen = build(cfg, device, progress and lead, state["D"] if state is not None else None)
     if world > 1:
         for m in (G, D):
             broadcast_module(m)

@@ -155,11 +155,16 @@ TINY_IMAGES = dict(g_hidden="16,4", d_hidden="4,8", batch=16, samples=16, log_ev
 
 @pytest.mark.parametrize("loss,extra", [("owf", {}), ("owf", {"entropy_samples": 1}), ("owf", {"d_base": "mixture"}),
                                         ("owf", {"d_base": "mixture", "g_mixture": True}), ("wgan-gp", {})])
-def test_an_image_run_resumes_exactly(tmp_path, fashion_root, loss, extra):
+def test_an_image_run_resumes_exactly(tmp_path, fashion_root, monkeypatch, loss, extra):
     kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=20, loss=loss, **extra)
     train(Config(out=str(tmp_path / "full"), **kw), progress=False)
     m = train(Config(out=str(tmp_path / "half"), until=10, **kw), progress=False)
     assert m["steps"] == 10 and not m["finished"]
+    import owf.baselines
+
+    def no_refit(*a, **k):
+        raise AssertionError("a resume fitted the base measure again; it is in the checkpoint")
+    monkeypatch.setattr(owf.baselines.GaussianMixtureBase, "fit", no_refit)
     train(resume=str(tmp_path / "half"), progress=False)
     a, b = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=False) for r in ("full", "half"))
     for k in ("G", "D"):
