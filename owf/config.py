@@ -127,7 +127,8 @@ class Config:
     d_activation: str = _f("leaky_relu", "discriminator activation (2D; the DCGAN energy is LeakyReLU)")
     d_quadratic: int = _f(None, "0: D's output is a linear layer; m > 0: D = -½‖f(x)‖² with f's last layer m wide, "
                                 "so a LeakyReLU D is piecewise quadratic (Gaussian-shaped modes) instead of "
-                                "piecewise linear (None: 16 in 2D, 0 for images)", int)
+                                "piecewise linear; over an image base (--d-base) the network's part f ≤ 0, so ζ ≤ 1 and importance "
+                                "sampling from p_0 has weights ≤ 1 (docs/likelihood.md) (None: 16 in 2D, 0 for images)", int)
     d_base: str = _f(None, "images: none, gaussian or mixture: P_D(x) ∝ p_0(x) exp(D(x)/w) with p_0 a fixed base "
                            "measure that D corrects, fitted to the dequantised training split in atanh space: the "
                            "Gaussian (owf.baselines.AtanhGaussian) or a mixture of Gaussians by EM (AtanhMixture; "
