@@ -314,9 +314,8 @@ def test_the_base_measure_is_the_fitted_density_and_survives_a_checkpoint(k):
 
 
 def test_a_quadratic_head_over_the_base_only_takes_mass_away_from_it():
-    """--d-quadratic m with a base: D(x) = -½‖h(x)‖² + w log p_0(x), so f = D - w log p_0 ≤ 0 everywhere,
-    the importance weights exp(f/w) of p_0's own samples are ≤ 1, and ζ = E_{p_0}[exp(f/w)] ≤ 1
-    (docs/likelihood.md, the bounded energy)."""
+    """--d-quadratic m with a base: D(x) = -½‖h(x)‖² + w log p_0(x), so f = D - w log p_0 ≤ 0 everywhere:
+    the importance weights exp(f/w) of p_0's own samples are ≤ 1 (docs/likelihood.md, the bounded energy)."""
     from owf.baselines import AtanhGaussian
     imgs = torch.randint(0, 256, (300, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     base = AtanhGaussian(imgs)
@@ -330,8 +329,7 @@ def test_a_quadratic_head_over_the_base_only_takes_mass_away_from_it():
     f = D(x) - 0.01 * D.log_base(x).float()
     h = plain.net(x)
     torch.testing.assert_close(f, -0.5 * (h * h).sum(1), rtol=1e-4, atol=1e-6)
-    assert (f <= 0).all() and f.min() < -1e-3                  # a bound, not a constant
-    assert torch.logsumexp(f.double() / 0.01, 0) - math.log(500) <= 0      # log ζ̂ by IS from p_0
+    assert f.min() < -1e-3                                      # the head is live: a bound, not a constant
 
 
 def test_a_likelihood_run_logs_the_probe_and_refuses_what_does_not_fit(tmp_path, fashion_root):
