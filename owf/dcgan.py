@@ -133,10 +133,13 @@ class ConvEnergy(nn.Module):
             if k > 1:
                 self.base_log_pi.copy_(base.log_pi)
 
-    def log_base(self, x: torch.Tensor) -> torch.Tensor:
-        """log p_0(x) [B] (float64) for x [B, C, H, W] (see the module docstring)."""
+    def log_base(self, x: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
+        """log p_0(x) [B] (float64) for x [B, C, H, W] (see the module docstring); with base components
+        k [B] (a mixture base), the joint log π_k p_0,k(x) instead."""
         u = self._u(x)
-        if self.base_components > 1:
+        if k is not None:
+            log_n = self._log_components(u).gather(0, k.view(1, -1)).squeeze(0)
+        elif self.base_components > 1:
             log_n = torch.logsumexp(self._log_components(u), 0)
         else:
             eps = torch.linalg.solve_triangular(self.base_L, (u - self.base_mu).T, upper=False)
@@ -165,10 +168,7 @@ class ConvEnergy(nn.Module):
         one batched solve as D's own."""
         if self.base_components == 1:
             raise ValueError("component_energy needs a base mixture (base_components > 1), this energy has one Gaussian")
-        f = energy_head(self.net(x), self.quadratic)
-        u = self._u(x)
-        log_k = self._log_components(u).gather(0, k.view(1, -1)).squeeze(0) - log1m_tanh2(u).sum(1)
-        return f + (self.base_w * log_k).to(f.dtype)
+        return self._energy(x, k)
 
     def base_density(self):
         """p_0 as a normalised density of u (owf.baselines.GaussianBase or GaussianMixtureBase's
@@ -182,5 +182,9 @@ class ConvEnergy(nn.Module):
                                    self.base_L.view(k, *self.base_L.shape[-2:]).cpu().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._energy(x)
+
+    def _energy(self, x: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
+        """f(x) + w log p_0(x), or with base components k, f(x) + w log π_k p_0,k(x) (component_energy)."""
         f = energy_head(self.net(x), self.quadratic)
-        return f + (self.base_w * self.log_base(x)).to(f.dtype) if self.base_w else f
+        return f + (self.base_w * self.log_base(x, k)).to(f.dtype) if self.base_w else f

@@ -147,9 +147,10 @@ class ImageTask:
         fitted again by EM (the same tensors, so the chains' base and the run continue exactly)."""
         G, D = networks(cfg, self.shape)
         if cfg.d_base != "none" or cfg.mcmc_chains:
-            from .baselines import AtanhGaussian, AtanhMixture, GaussianMixtureBase, MixtureBase, UniformBox
+            from .baselines import AtanhGaussian, AtanhMixture, MixtureBase, UniformBox
             if cfg.d_base == "mixture" and saved_d is not None:
-                fitted = GaussianMixtureBase(saved_d["base_log_pi"], saved_d["base_mu"], saved_d["base_L"])
+                D.load_state_dict(saved_d)                 # restore() loads it again, with the optimisers
+                fitted = D.base_density()
             elif cfg.d_base == "mixture":
                 if self.rank == 0:
                     print(f"fitting the base measure: {AtanhMixture.COMPONENTS} Gaussians by EM on the training split",
