@@ -55,7 +55,8 @@ from .data import get_dataset
 from .model import Energy, OneWayFlow, log_normal
 from .preimages import all_preimages
 
-PROPOSALS = ("generator", "normal", "gaussian", "ais")   # gaussian: fitted to the training data; ais: owf.ais
+# gaussian: fitted to the training data; base (images): the energy's own base measure p_0 (--d-base); ais: owf.ais
+PROPOSALS = ("generator", "normal", "gaussian", "base", "ais")
 AIS_BASES = {"2d": ("defensive", "gaussian", "uniform"),
              "image": ("defensive", "gaussian", "histogram", "uniform", "base")}
 AIS_LOW_ESS_FRACTION = 0.1   # AIS runs ~100 chains: flag an estimate carried by fewer than a tenth of them
@@ -291,12 +292,13 @@ class OWFModel:
                                                shrink)
         return self._gaussian
 
-    def _gaussian_batch(self, n: int, generator):
-        """n samples of the fitted Gaussian and their log-density; for images y = tanh(u), with
-        log p(y) = log N(u; μ, Σ) - Σ_i log(1 - tanh² u_i) (the change of variables)."""
+    def _gaussian_batch(self, n: int, generator, density=None):
+        """n samples of the fitted Gaussian (images: or of `density`, a normalised density of u such as
+        p_0) and their log-density; for images y = tanh(u), with
+        log p(y) = log p(u) - Σ_i log(1 - tanh² u_i) (the change of variables)."""
         if self.kind == "image":
             from .baselines import log1m_tanh2
-            base = self.fit_gaussian()
+            base = density or self.fit_gaussian()
             u = base.sample(n, generator).double()
             y = torch.tanh(u)
             return y.float().view(n, *self.event_shape).to(self.device), base.log_prob(u) - log1m_tanh2(u).sum(1)
@@ -472,6 +474,9 @@ class OWFModel:
         (Eq. 9's log‖Jv‖ in place of log|det J|: the paper's ζ̂, biased, since its log q is not a
         density), or "both": {"exact": ..., "jvp1": ...}, the two estimators on the same samples.
 
+        proposal="base" (images with --d-base): p_0 itself, so log w = f/w, the network's part of D; with
+        the bounded head (--d-quadratic, f <= 0) every weight is in (0, 1].
+
         proposal="ais": annealed importance sampling (owf.ais) with num_samples chains (M) of `steps`
         (K) HMC transitions of `leapfrog` steps each, from `base` (ais_base) along the `schedule`
         ("sigmoid" or "adaptive"), with step sizes per β from a pilot of `pilot_steps` (or the
@@ -489,6 +494,11 @@ class OWFModel:
             raise ValueError(f"proposal={proposal!r}: choose one of {PROPOSALS}")
         if logdet not in LOGDETS:
             raise ValueError(f"logdet={logdet!r}: choose one of {LOGDETS}")
+        p0 = None
+        if proposal == "base":    # weights exp(f/w): with a bounded head (f <= 0) all in (0, 1]
+            p0 = self.base_density()
+            if p0 is None:
+                raise ValueError(f"proposal 'base': this energy has no base measure (d_base={self.config.d_base!r})")
         if preimages is None:
             preimages = self.searches_preimages
         preimages = preimages and proposal == "generator"
@@ -512,7 +522,7 @@ class OWFModel:
                         log_p = log_normal(y)
                         y = y.view(n, *self.event_shape)
                     else:
-                        y, log_p = self._gaussian_batch(n, generator)
+                        y, log_p = self._gaussian_batch(n, generator, p0)
                     dens = {names[0]: (log_p, torch.ones(n, device=self.device))}
                 e = self.energy(y)
                 finite = torch.isfinite(e)

@@ -22,7 +22,8 @@ bits/dim = that / (n log 2). P_D is a density on the pixel box [-1, 1]^n.
 - importance sampling (Eq. 2, 16), the paper's estimator: S generator samples with log q by Eq. 10
   and the exact log|det J| (all n tangents through owf_kernels.jvp, `chunk` at a time; slogdet in
   float64), the same samples with Eq. 9's log‖Jv‖ in its place (its bias measured, not assumed),
-  and a Gaussian fitted to the training images as the proposal; each with its ESS.
+  a Gaussian fitted to the training images as the proposal, and with --d-base the energy's base
+  measure p_0 (log w = f/w; in (-inf, 0] under --d-quadratic); each with its ESS.
 - energy_hist.png (Fig. 3) and the AUC of telling training from test images by D (0.5: no overfit).
 - zeta_convergence.png (Fig. 2b-c): importance sampling's log ζ̂ against S, 10 repeats.
 - samples_by_energy.png (Figs. 4-5), interpolation.png (Fig. 7), same_z.png (Fig. 8).
@@ -321,7 +322,13 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaus
     exact_s = (time.perf_counter() - t) / zeta_samples
     gauss = model.estimate_log_zeta(gaussian_samples, "gaussian", 1000, torch.Generator().manual_seed(seed), progress,
                                     keep_log_weights=True)
+    # with a base measure, p_0 itself: weights exp(f/w), each in (0, 1] under the bounded head (--d-quadratic), so
+    # an estimate beside AIS that does not anneal (with --d-base gaussian the same fit as "gaussian", drawn anew)
+    p0 = (model.estimate_log_zeta(gaussian_samples, "base", 1000, torch.Generator().manual_seed(seed + 1), progress,
+                                  keep_log_weights=True) if cfg.d_base != "none" else None)
     est = both["exact"]
+    if p0 is not None:
+        res.update(log_zeta_base=p0.log_zeta, log_zeta_base_se=p0.se, ess_base=p0.ess, base_samples=p0.num_samples)
     res.update({"log_zeta_is": est.log_zeta, "log_zeta_is_se": est.se, "ess_is": est.ess,
                 "num_samples_is": est.num_samples, "low_ess_is": est.low_ess,
                 "log_zeta_jvp1": both["jvp1"].log_zeta, "log_zeta_jvp1_se": both["jvp1"].se, "ess_jvp1": both["jvp1"].ess,
@@ -360,7 +367,8 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaus
         res.update(energy_auc(model, train_u8, test_u8, out / "energy_hist.png"))
         res["zeta_convergence"] = {k: {str(S): v for S, v in d.items()} for k, d in zeta_convergence(
             {"generator (Eq. 10, exact)": est, "generator (Eq. 9, jvp1)": both["jvp1"],
-             "Gaussian fitted to the data": gauss}, out / "zeta_convergence.png").items()}
+             "Gaussian fitted to the data": gauss, **({"the base measure p_0": p0} if p0 is not None else {})},
+            out / "zeta_convergence.png").items()}
         samples_by_energy(model, out / "samples_by_energy.png")
         interpolation(model, out / "interpolation.png")
         same_z(model, out / "same_z.png")
