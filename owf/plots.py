@@ -164,8 +164,10 @@ def save_ais_convergence(path, ladder: dict, baselines: dict, title: str):
             ax.plot(row["K"], row["raise"], color=color, marker="s", ms=3, ls="--", label=f"RAISE, {name}")
         if row.get("ais_all"):
             ax.plot(row["K"], row["ais_all"], color=color, marker="^", ms=3, ls=":", label=f"AIS, {name} (all test images)")
-    for (label, v), ls in zip(baselines.items(), (":", "-.", (0, (1, 3)), (0, (5, 5)))):
-        ax.axhline(v, color="0.4", lw=1, ls=ls, label=f"{label} ({v:.2f}, all test images)")
+    # thin grey horizontal lines, one pattern each, none of them the dotted ":" of "ais_all"
+    styles = ("-.", (0, (6, 3)), "-", (0, (1, 1)))
+    for (label, v), ls, grey in zip(baselines.items(), styles, ("0.2", "0.45", "0.3", "0.55")):
+        ax.axhline(v, color=grey, lw=1, ls=ls, label=f"{label} ({v:.2f}, all test images)")
     ax.set_xscale("log")
     ks = sorted({k for row in ladder.values() for k in row["K"]})
     ax.set_xticks(ks, [str(k) for k in ks])                          # the ladder's K, not 3×10², 4×10², ...
