@@ -298,7 +298,7 @@ class OWFModel:
         log p(y) = log p(u) - Σ_i log(1 - tanh² u_i) (the change of variables)."""
         if self.kind == "image":
             from .baselines import log1m_tanh2
-            base = density or self.fit_gaussian()
+            base = density if density is not None else self.fit_gaussian()
             u = base.sample(n, generator).double()
             y = torch.tanh(u)
             return y.float().view(n, *self.event_shape).to(self.device), base.log_prob(u) - log1m_tanh2(u).sum(1)
@@ -475,7 +475,8 @@ class OWFModel:
         density), or "both": {"exact": ..., "jvp1": ...}, the two estimators on the same samples.
 
         proposal="base" (images with --d-base): p_0 itself, so log w = f/w, the network's part of D; with
-        the bounded head (--d-quadratic, f <= 0) every weight is in (0, 1].
+        the bounded head (--d-quadratic, f <= 0) every weight is in (0, 1] (up to float32 rounding, and
+        beyond D's clamp of |x| at BASE_CLAMP, where D reads p_0 at the clamped point).
 
         proposal="ais": annealed importance sampling (owf.ais) with num_samples chains (M) of `steps`
         (K) HMC transitions of `leapfrog` steps each, from `base` (ais_base) along the `schedule`

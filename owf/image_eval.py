@@ -241,7 +241,7 @@ def zeta_convergence(pools: dict, out: Path, repeats: int = 10) -> dict:
     """Fig. 2b-c from pools of importance weights (estimates made with keep_log_weights=True): the
     repeats at S are disjoint slices of S weights. -> {proposal: {S: (mean, std)}}."""
     res, curves = {}, {}
-    for (name, est), color in zip(pools.items(), ("tab:blue", "tab:orange", "tab:gray")):
+    for (name, est), color in zip(pools.items(), ("tab:blue", "tab:orange", "tab:gray", "tab:green")):
         Ss = [S for S in CONVERGENCE_S if S * repeats <= len(est.log_weights)]
         vals = {S: np.array(slice_estimates(est, S, repeats)) for S in Ss}
         res[name] = {S: (float(v[np.isfinite(v)].mean()), float(v[np.isfinite(v)].std())) for S, v in vals.items()}
@@ -313,8 +313,8 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaus
                                        histogram=model.ais_base("histogram"),
                                        mixture=model.ais_base("base") if cfg.d_base == "mixture" else None)}
     # ---- importance sampling (the paper's estimator, Eq. 2): the generator with the exact Eq. 10
-    # log q and with Eq. 9's jvp1 on the same samples, and the fitted Gaussian; their ESS says how
-    # far each is from a usable estimate
+    # log q and with Eq. 9's jvp1 on the same samples, the fitted Gaussian, and p_0 where D has a base;
+    # their ESS says how far each is from a usable estimate
     g = torch.Generator(device=model.device).manual_seed(seed)
     t = time.perf_counter()
     both = model.estimate_log_zeta(zeta_samples, "generator", batch_size, g, progress, logdet="both", chunk=chunk,

@@ -165,7 +165,7 @@ def save_ais_convergence(path, ladder: dict, baselines: dict, title: str):
         if row.get("ais_all"):
             ax.plot(row["K"], row["ais_all"], color=color, marker="^", ms=3, ls=":", label=f"AIS, {name} (all test images)")
     # thin grey horizontal lines, one pattern each, none of them the dotted ":" of "ais_all"
-    styles = ("-.", (0, (6, 3)), "-", (0, (1, 1)))
+    styles = ("-.", (0, (6, 3)), "-", (0, (3, 1, 1, 1, 1, 1)))
     for (label, v), ls, grey in zip(baselines.items(), styles, ("0.2", "0.45", "0.3", "0.55")):
         ax.axhline(v, color=grey, lw=1, ls=ls, label=f"{label} ({v:.2f}, all test images)")
     ax.set_xscale("log")

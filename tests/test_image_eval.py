@@ -87,6 +87,7 @@ def test_importance_sampling_from_the_base_measure_weighs_by_the_network_part_al
     with torch.no_grad():
         head.weight.zero_()
         head.bias.zero_()
+        model.D.base_mu += 0.3         # p_0 no longer the data's Gaussian fit: the proposal must be D's own base
     flat = model.estimate_log_zeta(500, "base", 250, torch.Generator().manual_seed(0), keep_log_weights=True)
     assert flat.log_weights.abs().max() < 0.05 and abs(flat.log_zeta) < 1e-3 and flat.ess == pytest.approx(500, rel=1e-3)
     none = tmp_path / "n"
@@ -141,6 +142,8 @@ def test_evaluate_writes_eval_json_and_every_figure(tmp_path, fashion_root, caps
     assert all((0 <= r["accept"] <= 1 or r["steps"] == 1 and math.isnan(r["accept"])) and r["num_samples"] == 8
                and "raise_bits_per_dim" in r for r in res["ais_rows"])      # K = 1 makes no transition
     assert 0 <= res["energy_auc_train_vs_test"] <= 1
+    assert set(res["zeta_convergence"]) == {"generator (Eq. 10, exact)", "generator (Eq. 9, jvp1)",
+                                            "Gaussian fitted to the data", "the base measure p_0"}
     for f in ("ais_convergence.png", "zeta_convergence.png", "energy_hist.png", "samples_by_energy.png",
               "interpolation.png", "same_z.png"):
         assert (run / f).stat().st_size > 0, f
