@@ -13,6 +13,7 @@ from .model import D_ACTIVATIONS, G_ACTIVATIONS, LOGDET_METHODS
 
 LOSSES = ("owf", "wgan", "wgan-gp")
 DEFENSIVE_PROPOSALS = ("kernel", "uniform")
+ZETA_PROPOSALS = ("generator", "base")
 D_BASES = ("none", "gaussian", "mixture")
 ALL_DATA = tuple(DATASETS) + IMAGE_DATASETS
 DEVICES = ("auto", "cpu", "cuda")
@@ -95,6 +96,11 @@ class Config:
                                        "sees every mode of the data, also one G has lost; uniform: the uniform density "
                                        "on the pixel box, sees stray mass anywhere (None: kernel in 2D, uniform for "
                                        "images)", str)
+    zeta_proposal: str = _f("generator", "where log ζ̂'s importance samples in D's loss come from: generator, G's S "
+                                         "samples weighted by exp(D/w)/q (Eq. 16, the paper); base, S draws of D's "
+                                         "base measure p_0 (--d-base), weighted by exp(D/w)/p_0 = exp(f/w): maximum "
+                                         "likelihood of the energy by importance sampling from its base, which sees "
+                                         "the stray mass of p_0 that G never visits (docs/likelihood.md)")
     g_alpha: float = _f(None, "α of the generator's Rényi divergence D_α(q ‖ P_D) (losses.generator_loss_renyi): 1 is "
                               "Eq. 17's KL; below 1 the samples where G is thin for P_D weigh more (None: per data set)",
                         float)
@@ -103,7 +109,7 @@ class Config:
     mcmc_weight: float = _f(None, "λ: D's gradient of log ζ is (1 - λ) Eq. 16's + λ the chains' (with --mcmc-chains)",
                             float)
     energy_l2: float = _f(3e-3, "α of the energy penalty α·mean((f/w)²) over the data and the chains, f = D - w log p_0 "
-                                "(with --mcmc-chains and λ > 0; docs/likelihood.md: 3e-3 against 1e-3, AIS NLL 4.243, "
+                                "(with --mcmc-chains and λ > 0; with --zeta-proposal base over the data alone; docs/likelihood.md: 3e-3 against 1e-3, AIS NLL 4.243, "
                                 "4.257, 4.261 against 4.261, 4.293, 4.301 bits/dim, FID within the seeds' spread)")
     gp: float = _f(10.0, "gradient-penalty weight (wgan-gp only)")
     clip: float = _f(0.01, "weight clipping of D (wgan only)")
@@ -159,6 +165,7 @@ class Config:
                 if getattr(self, k) is None:
                     setattr(self, k, v)
         choices = {"loss": LOSSES, "logdet": LOGDET_METHODS, "defensive_proposal": DEFENSIVE_PROPOSALS, "d_base": D_BASES,
+                   "zeta_proposal": ZETA_PROPOSALS,
                    "g_activation": G_ACTIVATIONS, "d_activation": tuple(D_ACTIVATIONS), "device": DEVICES}
         for k, allowed in choices.items():
             if getattr(self, k) not in allowed:
@@ -191,6 +198,9 @@ class Config:
             raise ValueError(f"g_mixture=True matches G's latent to a base mixture: it needs loss='owf', "
                              f"d_base='mixture' and g_alpha=1, got loss={self.loss!r}, d_base={self.d_base!r}, "
                              f"g_alpha={self.g_alpha}")
+        if self.zeta_proposal == "base" and (self.loss != "owf" or self.d_base == "none"):
+            raise ValueError(f"zeta_proposal='base' draws log ζ̂'s samples from D's base measure: it needs loss='owf' "
+                             f"and a d_base, got loss={self.loss!r}, d_base={self.d_base!r}")
         if self.loss != "owf" and self.d_base != "none":
             raise ValueError(f"d_base={self.d_base!r} is a base measure of owf's density; loss={self.loss!r} takes 'none'")
         if data_kind(self.data) == "2d":
@@ -286,7 +296,7 @@ HELP_GROUPS = (("data", "data"), ("objective", "loss"), ("schedule", "steps"), (
 def build_parser(prog="python -m owf.train") -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description="Train a One-way Flow (or a WGAN baseline) on 2D data or images.")
     choices = {"data": ALL_DATA, "loss": LOSSES, "logdet": LOGDET_METHODS, "defensive_proposal": DEFENSIVE_PROPOSALS,
-               "d_base": D_BASES,
+               "d_base": D_BASES, "zeta_proposal": ZETA_PROPOSALS,
                "g_activation": G_ACTIVATIONS, "d_activation": tuple(D_ACTIVATIONS), "device": DEVICES}
     starts = dict((first, name) for name, first in HELP_GROUPS)
     group = p

@@ -117,6 +117,7 @@ class ImageTask:
     PROBE = 4                                         # latents of the probe batch (exact log q: n tangents each)
     SATURATION_SAMPLES = 256
     chains = None                                     # owf.negatives.PersistentChains with cfg.mcmc_chains
+    base = None                                       # D's base measure p_0, a normalised density of u (--d-base)
 
     def __init__(self, cfg, progress: bool = True):
         self.cfg, self.progress = cfg, progress
@@ -160,6 +161,7 @@ class ImageTask:
                 fitted = AtanhGaussian(self.stream.images)
             if cfg.d_base != "none":
                 D.fit_base(fitted)
+                self.base = fitted
             if cfg.g_mixture:              # G's latent components take the base's weights π
                 with torch.no_grad():
                     G.latent_log_pi.copy_(fitted.log_pi)
@@ -171,6 +173,13 @@ class ImageTask:
 
     def batch(self, n, gen, device):
         return self.stream.next(n, device, gen if self.cfg.dequantise else None)
+
+    def base_samples(self, n, gen, like):
+        """n images x = tanh(u), u ~ p_0 (D's base measure, --zeta-proposal base), drawn on the CPU in
+        float64 from a generator seeded by one draw of gen (training's stream) -> [n, *shape], with the
+        dtype and device of `like` (a data batch)."""
+        g = torch.Generator().manual_seed(int(torch.randint(2 ** 62, (1,), generator=gen, device=gen.device)))
+        return torch.tanh(self.base.sample(n, g).double()).view(n, *self.shape).to(like.device, like.dtype)
 
     @torch.no_grad()
     def probe(self, G) -> dict:

@@ -69,7 +69,8 @@ def restore(state: dict, G, D, opt_g, opt_d):
 
 def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, flags=None):
     """One optimisation step: n_critic discriminator updates, then one generator update.
-    Returns (loss_d, loss_g, D(x), D(y), log q(y)) of the last discriminator update, and on many
+    Returns (loss_d, loss_g, D(x), D(y), log q(y)) of the last discriminator update (y: log ζ̂'s first S
+    importance samples, G's or p_0's), and on many
     processes (owf.distributed) the sums over ranks of (loss_d, loss_g, *flags), else None."""
     is_owf = cfg.loss == "owf"
     log_q = logdet = k = None
@@ -87,6 +88,11 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
                 y = G(G.noise(cfg.samples, gen))
         x = task.batch(cfg.batch, gen, device)
         y_is, log_q_is = y.detach(), (log_q.detach() if is_owf else None)     # log ζ̂'s importance samples
+        if is_owf and cfg.zeta_proposal == "base":
+            # S draws of D's base measure p_0 instead of G's: q = p_0, so log w = D/w - log p_0 = f/w, the
+            # network part alone (≤ 0 under the bounded head), with D's own log p_0 so that it cancels exactly
+            y_is = task.base_samples(cfg.samples, gen, x)
+            log_q_is = ((D.base_w / cfg.w) * D.log_base(y_is)).to(y_is.dtype)
         if is_owf and cfg.defensive > 0:       # the defensive proposal's samples join G's: one pooled estimate
             num = math.ceil(cfg.defensive * cfg.samples)
             if cfg.defensive_proposal == "uniform":
@@ -97,13 +103,18 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
         chains = getattr(task, "chains", None) if is_owf else None
         parts = [x, y_is] + ([chains.step(D, cfg.w)] if chains is not None else [])    # + P_D's persistent chains
         d_x, d_is, *d_c = D(torch.cat(parts)).split([len(p) for p in parts])          # one pass
-        d_y_d = d_is[:cfg.samples]                                            # G's samples' energies
+        d_y_d = d_is[:cfg.samples]         # the first S importance samples' energies (G's, or p_0's draws)
         if is_owf:
             loss_d = discriminator_loss_eq16(d_x, d_is, log_q_is, cfg.w, log_zeta_fn)
             objective = loss_d
-            if d_c and cfg.mcmc_weight > 0:        # log ζ's gradient: (1 - λ) Eq. 16's + λ the chains' mean ∇D/w (owf.negatives)
-                objective = (loss_d + cfg.mcmc_weight * ((d_c[0] / cfg.w).mean() - (loss_d + (d_x / cfg.w).mean()))
-                             + energy_penalty(D, cfg.w, [(d_x, x), (d_c[0], parts[2])], cfg.energy_l2))
+            chained = d_c and cfg.mcmc_weight > 0
+            if chained:        # log ζ's gradient: (1 - λ) Eq. 16's + λ the chains' mean ∇D/w (owf.negatives)
+                objective = loss_d + cfg.mcmc_weight * ((d_c[0] / cfg.w).mean() - (loss_d + (d_x / cfg.w).mean()))
+            if chained or cfg.zeta_proposal == "base":
+                # the network part f/w held near 0 on the data (and the chains): without it, under p_0's draws
+                # alone, f sank everywhere at once (log ζ̂ -9 to -24,700 by step 1,100, docs/likelihood.md)
+                objective = objective + energy_penalty(D, cfg.w, [(d_x, x)] + ([(d_c[0], parts[2])] if chained else []),
+                                                       cfg.energy_l2)
             if d_c:
                 chains.energy_gap = ((d_c[0] - d_x.mean()) / cfg.w).mean().detach()     # read (synced) when logged
         else:
@@ -146,7 +157,7 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
                            (flags if flags is not None else torch.zeros(0)).float().to(loss_d.device)])
         sums = average_gradients(g_params, extra)
     opt_g.step()
-    return loss_d, loss_g, d_x, d_y_d, log_q, sums
+    return loss_d, loss_g, d_x, d_y_d, (log_q_is[:cfg.samples] if is_owf else None), sums
 
 
 def prepare_run_dir(cfg: Config, overwrite: bool) -> Path:

@@ -5,6 +5,7 @@ import copy
 import json
 import math
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -455,3 +456,61 @@ def test_a_training_step_with_a_mixture_latent_targets_each_component():
     want = -0.01 * (G.latent_log_pi[k] - 0.5 * ((u - m[k]) ** 2).sum(1) - 8 * math.log(2 * math.pi)).mean()
     torch.testing.assert_close(loss_g.detach(), want)
     assert abs(float(want + 0.01 * G.log_latent(u).mean())) > 1e-3          # r_k is what makes it so
+
+
+def test_log_zeta_from_the_base_measure_weighs_its_draws_by_the_network_part_alone():
+    """--zeta-proposal base: D's loss takes log ζ̂ over S draws y of p_0 (ImageTask.base_samples), whose
+    weights are exp(D/w) / p_0 = exp(f/w): with f ≡ 0 every weight is 1 and log ζ̂ = 0, though G's π is
+    not the base's (G's own samples would weigh p_0 / q ≠ 1); with f ≠ 0, log ζ̂ = log mean exp(f(y)/w),
+    f from D's network alone. The log q it returns (the logged ESS's) is log p_0 of the draws."""
+    from owf.model import energy_head
+    from owf.tasks import ImageTask
+    from owf.train import train_step
+    G, D, _ = _matched_pair([math.log(0.2), math.log(0.8)], [math.log(0.5)] * 2)
+    cfg = Config(data="fashion-mnist", d_base="mixture", zeta_proposal="base", logdet="exact", orient=False,
+                 samples=32, batch=8, mcmc_chains=0, lr_d=1e-12, w=0.01)
+    drawn, batches = [], []
+
+    class Task:
+        shape, base = (1, 4, 4), D.base_density()
+
+        def batch(self, n, gen, device):
+            batches.append(G.sample(n, gen))
+            return batches[-1]
+
+        def base_samples(self, n, gen, like):
+            drawn.append(ImageTask.base_samples(self, n, gen, like))
+            return drawn[-1]
+
+    def step(cfg, seed):
+        opt_g, opt_d = torch.optim.Adam(G.parameters(), 1e-12), torch.optim.Adam(D.parameters(), 1e-12)
+        gen = torch.Generator().manual_seed(seed)
+        return train_step(cfg, Task(), G, D, opt_g, opt_d, gen, list(G.parameters()), "cpu")
+
+    loss_d, _, d_x, d_y, log_q, _ = step(cfg, 4)
+    torch.testing.assert_close(loss_d, -(d_x / 0.01).mean())                     # log ζ̂ = 0: every weight is 1
+    y = drawn[-1]
+    assert y.shape == (32, 1, 4, 4) and y.dtype == torch.float64
+    u = torch.atanh(y.flatten(1))
+    mix = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits=D.base_log_pi),
+                                                torch.distributions.MultivariateNormal(D.base_mu, scale_tril=D.base_L))
+    torch.testing.assert_close(log_q, mix.log_prob(u) - torch.log1p(-y.flatten(1) ** 2).sum(1))
+    torch.testing.assert_close(d_y / 0.01 - log_q, torch.zeros(32, dtype=torch.float64), atol=1e-6, rtol=0)
+    loss_g_proposal = step(replace(cfg, zeta_proposal="generator"), 4)[0]       # G's samples: q ≠ p_0
+    assert abs(float(loss_g_proposal.detach() - loss_d.detach())) > 1e-3
+    with torch.no_grad():
+        D.net[-1].weight.normal_(0, 0.01, generator=torch.Generator().manual_seed(5))
+    loss_d, _, d_x, _, _, _ = step(cfg, 6)
+    x, y = batches[-1], drawn[-1]
+    f = energy_head(D.net(y), D.quadratic)
+    want = -(D(x) / 0.01).mean() + torch.logsumexp(f / 0.01, 0) - math.log(32)
+    assert float(f.std() / 0.01) > 0.1
+    torch.testing.assert_close(loss_d, want.detach())
+    # D's gradient is that of Eq. 16 plus the energy penalty on the data (f/w held near 0: no drift)
+    want = want + cfg.energy_l2 * (energy_head(D.net(x), D.quadratic) / 0.01).square().mean()
+    got = [p.grad.clone() for p in D.parameters()]
+    for g, p in zip(got, torch.autograd.grad(want, list(D.parameters()))):
+        torch.testing.assert_close(g, p)
+    with pytest.raises(ValueError, match="zeta_proposal='base' .* needs loss='owf' and a d_base, got loss='owf', "
+                                         "d_base='none'"):
+        Config(data="fashion-mnist", d_base="none", zeta_proposal="base")
