@@ -49,6 +49,7 @@ from .baselines import bits_per_dim  # noqa: E402
 from .plots import save_ais_convergence, save_energy_hist, save_image_grid, save_zeta_convergence  # noqa: E402
 
 CONVERGENCE_S = [1, 3, 10, 30, 100, 300, 1000, 3000, 10_000]
+GAUSSIAN_SAMPLES = 100_000     # importance samples of the fitted Gaussian, and of p_0 where D has a base
 AIS_STEPS = 8000              # the bracket's largest K; its rungs are K and its halvings (ais_ladder)
 AIS_RUNGS = 6
 AIS_CHAINS = 64
@@ -298,7 +299,7 @@ def same_z(model: OWFModel, out: Path, rows: int = 8, draws: int = 10, seed: int
                     f"{model.config.data}: one z per row, {draws} draws of r", nrow=draws)
 
 
-def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaussian_samples: int = 100_000,
+def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaussian_samples: int | None = None,
                        chunk: int = 112, batch_size: int = 16, seed: int = 0, figures: bool = True,
                        progress: bool = True, fid_weights: str | None = None, ais_steps: int = AIS_STEPS,
                        ais_bases=DEFAULT_AIS_BASES, ais_chains: int = AIS_CHAINS, raise_points: int = RAISE_POINTS,
@@ -306,6 +307,7 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaus
     """Everything in the module docstring into eval.json's dict (and the figures into `out`)."""
     from .baselines import baseline_table
     cfg = model.config
+    gaussian_samples = gaussian_samples or GAUSSIAN_SAMPLES
     train_u8, _ = load_images(cfg.data, cfg.data_root, train=True)
     test_u8, _ = load_images(cfg.data, cfg.data_root, train=False)
     # ---- exact baselines: what the bits/dim are read against

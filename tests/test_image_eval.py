@@ -14,6 +14,7 @@ from owf.config import Config
 from owf.dcgan import DCGANFlow
 from owf.evaluate import main as evaluate_main
 from owf.fid import inception_fid
+from owf import image_eval
 from owf.image_eval import dequantise, heldout_nll
 from owf.images import load_images
 from owf.train import train
@@ -123,7 +124,8 @@ def test_inception_fid_reads_its_weights_file_and_names_a_bad_one(tmp_path):
         inception_fid(fake_far, real, tmp_path / "bad.pt", network=StandIn)
 
 
-def test_evaluate_writes_eval_json_and_every_figure(tmp_path, fashion_root, capsys):
+def test_evaluate_writes_eval_json_and_every_figure(tmp_path, fashion_root, capsys, monkeypatch):
+    monkeypatch.setattr(image_eval, "GAUSSIAN_SAMPLES", 4000)     # of 100,000: 200,000 draws took minutes under load
     run = tmp_path / "r"
     train(Config(out=str(run), data_root=str(fashion_root), **TINY), progress=False)
     assert evaluate_main([str(run), "--zeta-samples", "40", "--batch-size", "8", "--chunk", "400", "--ais-steps", "8",
@@ -174,10 +176,11 @@ def test_evaluate_writes_eval_json_and_every_figure(tmp_path, fashion_root, caps
     assert ("log ζ estimate (generator, exact) with ESS" in err) == res["low_ess_is"]
 
 
-def test_a_mixture_base_run_is_evaluated_against_its_own_base(tmp_path, fashion_root):
+def test_a_mixture_base_run_is_evaluated_against_its_own_base(tmp_path, fashion_root, monkeypatch):
     """--d-base mixture: eval.json's baselines carry the mixture p_0's own test bits/dim (the energy
     read against the density it corrects); AIS can start from p_0 ("base"), and the defensive base
     is ½ p_0 + ½ uniform. G has latent components matched to it (--g-mixture), with their weights π."""
+    monkeypatch.setattr(image_eval, "GAUSSIAN_SAMPLES", 4000)
     run = tmp_path / "r"
     train(Config(out=str(run), data_root=str(fashion_root), d_base="mixture", g_mixture=True, **TINY), progress=False)
     assert evaluate_main([str(run), "--zeta-samples", "8", "--batch-size", "8", "--chunk", "400", "--ais-steps", "4",
@@ -192,7 +195,7 @@ def test_a_mixture_base_run_is_evaluated_against_its_own_base(tmp_path, fashion_
                      (dequantised_u(b, torch.Generator().manual_seed(i)) for i, b in enumerate(test_u8.split(2000)))])
     assert res["baselines"]["base_measure_bits_per_dim"] == pytest.approx(bits_per_dim(nll, 784), abs=1e-9)
     assert {r["base"] for r in res["ais_rows"]} == {"base", "defensive"}
-    assert math.isfinite(res["test_bits_per_dim"]) and model.G.components == 10
+    assert math.isfinite(res["test_bits_per_dim"]) and model.G.components == 10 and res["base_samples"] == 4000
     torch.testing.assert_close(model.G.latent_log_pi, p0.log_pi.float())
 
 
