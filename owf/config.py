@@ -199,8 +199,8 @@ class Config:
                              f"d_base='mixture' and g_alpha=1, got loss={self.loss!r}, d_base={self.d_base!r}, "
                              f"g_alpha={self.g_alpha}")
         if self.zeta_proposal == "base" and (self.loss != "owf" or self.d_base == "none"):
-            raise ValueError(f"zeta_proposal='base' draws log ζ̂'s samples from D's base measure: it needs loss='owf' "
-                             f"and a d_base, got loss={self.loss!r}, d_base={self.d_base!r}")
+            raise ValueError(f"zeta_proposal='base' draws log ζ̂'s samples from D's base measure (images): it needs "
+                             f"loss='owf' and a d_base, got data={self.data!r}, loss={self.loss!r}, d_base={self.d_base!r}")
         if self.loss != "owf" and self.d_base != "none":
             raise ValueError(f"d_base={self.d_base!r} is a base measure of owf's density; loss={self.loss!r} takes 'none'")
         if data_kind(self.data) == "2d":

@@ -307,7 +307,8 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaus
     """Everything in the module docstring into eval.json's dict (and the figures into `out`)."""
     from .baselines import baseline_table
     cfg = model.config
-    gaussian_samples = gaussian_samples or GAUSSIAN_SAMPLES
+    if gaussian_samples is None:
+        gaussian_samples = GAUSSIAN_SAMPLES
     train_u8, _ = load_images(cfg.data, cfg.data_root, train=True)
     test_u8, _ = load_images(cfg.data, cfg.data_root, train=False)
     # ---- exact baselines: what the bits/dim are read against

@@ -175,9 +175,9 @@ class ImageTask:
         return self.stream.next(n, device, gen if self.cfg.dequantise else None)
 
     def base_samples(self, n, gen, like):
-        """n images x = tanh(u), u ~ p_0 (D's base measure, --zeta-proposal base), drawn on the CPU in
-        float64 from a generator seeded by one draw of gen (training's stream) -> [n, *shape], with the
-        dtype and device of `like` (a data batch)."""
+        """n images x = tanh(u), u ~ p_0 (D's base measure, --zeta-proposal base; the base's float32 draws,
+        tanh in float64), drawn on the CPU from a generator seeded by one draw of gen (training's stream)
+        -> [n, *shape], with the dtype and device of `like` (a data batch)."""
         g = torch.Generator().manual_seed(int(torch.randint(2 ** 62, (1,), generator=gen, device=gen.device)))
         return torch.tanh(self.base.sample(n, g).double()).view(n, *self.shape).to(like.device, like.dtype)
 

@@ -155,7 +155,10 @@ TINY_IMAGES = dict(g_hidden="16,4", d_hidden="4,8", batch=16, samples=16, log_ev
 
 
 @pytest.mark.parametrize("loss,extra", [("owf", {}), ("owf", {"entropy_samples": 1}), ("owf", {"d_base": "mixture"}),
-                                        ("owf", {"d_base": "mixture", "g_mixture": True}), ("wgan-gp", {})])
+                                        ("owf", {"d_base": "mixture", "g_mixture": True}), ("wgan-gp", {}),
+                                        ("owf", {"zeta_proposal": "base"}),          # p_0's draws from training's stream
+                                        ("owf", {"d_base": "mixture", "g_mixture": True, "zeta_proposal": "base",
+                                                 "mcmc_chains": 0, "mcmc_weight": 0.0})])
 def test_an_image_run_resumes_exactly(tmp_path, fashion_root, monkeypatch, loss, extra):
     kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=20, loss=loss, **extra)
     train(Config(out=str(tmp_path / "full"), **kw), progress=False)
@@ -173,7 +176,7 @@ def test_an_image_run_resumes_exactly(tmp_path, fashion_root, monkeypatch, loss,
             assert torch.equal(a[k][name], b[k][name]), f"{k}.{name}"
     drawn = 20 * 16 * (5 if loss == "wgan-gp" else 1)                  # steps x batch x critic steps
     assert a["task"]["stream"] == b["task"]["stream"] == {"epoch": drawn // 600, "pos": drawn % 600}
-    if loss == "owf":                 # the default's persistent chains (owf.negatives) resume with the run
+    if loss == "owf" and extra.get("mcmc_chains") != 0:    # the default's persistent chains (owf.negatives) resume with the run
         assert torch.equal(a["task"]["chains"]["u"], b["task"]["chains"]["u"]) and a["task"]["chains"]["steps"] == 20
     else:
         assert "chains" not in a["task"]
@@ -511,6 +514,6 @@ def test_log_zeta_from_the_base_measure_weighs_its_draws_by_the_network_part_alo
     got = [p.grad.clone() for p in D.parameters()]
     for g, p in zip(got, torch.autograd.grad(want, list(D.parameters()))):
         torch.testing.assert_close(g, p)
-    with pytest.raises(ValueError, match="zeta_proposal='base' .* needs loss='owf' and a d_base, got loss='owf', "
-                                         "d_base='none'"):
+    with pytest.raises(ValueError, match="zeta_proposal='base' .* needs loss='owf' and a d_base, got "
+                                         "data='fashion-mnist', loss='owf', d_base='none'"):
         Config(data="fashion-mnist", d_base="none", zeta_proposal="base")
