@@ -110,7 +110,8 @@ class Config:
                             float)
     energy_l2: float = _f(3e-3, "α of the energy penalty α·mean((f/w)²) over the data and the chains, f = D - w log p_0 "
                                 "(with --mcmc-chains and λ > 0; with --zeta-proposal base over the data alone; "
-                                "docs/likelihood.md: 3e-3 against 1e-3, AIS NLL 4.243, 4.257, 4.261 against 4.261, 4.293, 4.301 bits/dim, FID within the seeds' spread)")
+                                "docs/likelihood.md: 3e-3 against 1e-3, AIS NLL 4.243, 4.257, 4.261 against 4.261, 4.293, "
+                                "4.301 bits/dim, FID within the seeds' spread)")
     gp: float = _f(10.0, "gradient-penalty weight (wgan-gp only)")
     clip: float = _f(0.01, "weight clipping of D (wgan only)")
     # ---- schedule
