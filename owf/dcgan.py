@@ -24,7 +24,13 @@ mixture of K of them (--d-base mixture, owf.baselines.AtanhMixture). Its log π 
 factors L are buffers, saved with the network (one Gaussian: μ [n], L [n, n]; a mixture: [K, n], [K, n, n]):
     log p_0(x) = log Σ_k π_k N(u; μ_k, L_k L_kᵀ) - Σ_i log(1 - x_i²),   u = atanh(x), x clamped to ±(1 - 2^-20)
 (a generator pixel at tanh's ±1 in float32 would be u = ±∞: there the clamp gives log p_0 a finite,
-very low value and a gradient that pulls the pixel back inside).
+very low value and a gradient that pulls the pixel back inside). With --d-base copula the mixture is
+over the pixels' normal scores z = Φ⁻¹(F(y)) under their histograms (owf.baselines.CopulaMixture; the
+histograms' bin log-probabilities [n, 256] are a buffer too):
+    log p_0(x) = log Σ_k π_k N(z; μ_k, L_k L_kᵀ) + Σ_i (log p_i[b_i] - log φ(z_i)) + n log 128,   y = 128 (x + 1)
+log p_i[b_i] is constant within a bin and jumps at its edges (the dequantised data are uniform within
+one): D's gradient in x carries the mixture's dependence but not the margins, and a MALA chain in
+u = atanh(x) (owf.negatives, owf.ais) meets the jumps as rejections (docs/likelihood.md).
 """
 from __future__ import annotations
 
@@ -36,6 +42,12 @@ import torch.nn as nn
 from .model import OneWayFlowBase, energy_head, generator_activation, log1m_tanh2
 
 BASE_CLAMP = 1 - 2 ** -20
+
+
+def base_components(d_base: str) -> int:
+    """K of the base measure --d-base names (1: none or the Gaussian)."""
+    from .baselines import AtanhMixture, CopulaMixture
+    return {"mixture": AtanhMixture.COMPONENTS, "copula": CopulaMixture.COMPONENTS}.get(d_base, 1)
 
 
 def _stages(size: int, n_stages: int) -> int:
@@ -71,9 +83,8 @@ class DCGANFlow(OneWayFlowBase):
 
     @classmethod
     def from_config(cls, cfg, shape) -> "DCGANFlow":
-        from .baselines import AtanhMixture
         return cls(shape, cfg.widths("g_hidden"), cfg.latent or 100, cfg.g_activation,
-                   components=AtanhMixture.COMPONENTS if cfg.g_mixture else 1)
+                   components=base_components(cfg.d_base) if cfg.g_mixture else 1)
 
 
 def _check_no_bottleneck(net: nn.Sequential, n: int):
@@ -92,11 +103,12 @@ class ConvEnergy(nn.Module):
     """D(x) for images: a DCGAN discriminator to a scalar (P_D(x) = exp(D(x)/w) / ζ, Eq. 15)."""
 
     def __init__(self, shape, widths=(32, 64), negative_slope: float = 0.2, quadratic: int = 0, base_w: float = 0.0,
-                 base_components: int = 1):
+                 base_components: int = 1, base_margins: bool = False):
         super().__init__()
         C, H, W = shape
         self.base_w = base_w
         self.base_components = base_components
+        self.base_margins = base_margins
         if base_w:                       # the base measure's log π, μ and L, filled by fit_base or a checkpoint
             n, k = C * H * W, base_components
             lead = (k,) if k > 1 else ()
@@ -104,6 +116,8 @@ class ConvEnergy(nn.Module):
             self.register_buffer("base_L", torch.eye(n, dtype=torch.float64).expand(*lead, n, n).clone())
             if k > 1:
                 self.register_buffer("base_log_pi", torch.full((k,), -math.log(k), dtype=torch.float64))
+            if base_margins:             # --d-base copula: each pixel's bin log-probabilities [n, 256]
+                self.register_buffer("base_log_p_bin", torch.full((n, 256), -math.log(256), dtype=torch.float64))
         s = _stages(H, len(widths))
         mods, c = [], C
         for cout in widths:
@@ -116,18 +130,23 @@ class ConvEnergy(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, shape) -> "ConvEnergy":
-        from .baselines import AtanhMixture
         return cls(shape, cfg.widths("d_hidden"), quadratic=cfg.d_quadratic,
-                   base_w=cfg.w if cfg.d_base != "none" else 0.0,
-                   base_components=AtanhMixture.COMPONENTS if cfg.d_base == "mixture" else 1)
+                   base_w=cfg.w if cfg.d_base != "none" else 0.0, base_components=base_components(cfg.d_base),
+                   base_margins=cfg.d_base == "copula")
 
     def fit_base(self, base):
         """Take the base measure from a fitted owf.baselines.GaussianBase or, with base_components > 1,
-        a GaussianMixtureBase of as many components (of u = atanh x)."""
+        a GaussianMixtureBase of as many components (of u = atanh x), or with base_margins a
+        CopulaMixture (of the pixels' normal scores z)."""
         k = len(base.log_pi) if hasattr(base, "log_pi") else 1
         if k != self.base_components:
             raise ValueError(f"a base of {k} components for an energy built for {self.base_components}")
+        if hasattr(base, "log_p_bin") != self.base_margins:
+            raise ValueError(f"a {type(base).__name__} base for an energy built "
+                             f"{'with' if self.base_margins else 'without'} histogram margins (--d-base copula)")
         with torch.no_grad():
+            if self.base_margins:
+                self.base_log_p_bin.copy_(base.log_p_bin)
             self.base_mu.copy_(base.mu.reshape_as(self.base_mu))
             self.base_L.copy_(base.L.reshape_as(self.base_L))
             if k > 1:
@@ -136,7 +155,7 @@ class ConvEnergy(nn.Module):
     def log_base(self, x: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
         """log p_0(x) [B] (float64) for x [B, C, H, W] (see the module docstring); with base components
         k [B] (a mixture base), the joint log π_k p_0,k(x) instead."""
-        u = self._u(x)
+        u, log_jac = self._coordinate(x)
         if k is not None:
             log_n = self._log_components(u).gather(0, k.view(1, -1)).squeeze(0)
         elif self.base_components > 1:
@@ -145,11 +164,20 @@ class ConvEnergy(nn.Module):
             eps = torch.linalg.solve_triangular(self.base_L, (u - self.base_mu).T, upper=False)
             log_n = (-0.5 * (eps * eps).sum(0) - self.base_L.diagonal().log().sum()
                      - 0.5 * len(self.base_mu) * math.log(2 * math.pi))
-        return log_n - log1m_tanh2(u).sum(1)
+        return log_n + log_jac
 
-    @staticmethod
-    def _u(x: torch.Tensor) -> torch.Tensor:
-        return torch.atanh(x.flatten(1).double().clamp(-BASE_CLAMP, BASE_CLAMP))
+    def _coordinate(self, x: torch.Tensor):
+        """(the base Gaussians' coordinate [B, n], log|d coordinate/dx| [B]), float64: u = atanh(x) and
+        -Σ log(1 - x²), or with histogram margins the normal scores z of y = 128 (x + 1) and
+        Σ log dz/dy + n log 128 (owf.baselines.normal_scores)."""
+        x = x.flatten(1).double().clamp(-BASE_CLAMP, BASE_CLAMP)
+        if self.base_margins:
+            from .baselines import normal_scores
+            p = self.base_log_p_bin.exp()
+            z, log_dz = normal_scores(128 * (x + 1), self.base_log_p_bin, torch.cumsum(p, 1) - p)
+            return z, log_dz + x.shape[1] * math.log(128)
+        u = torch.atanh(x)
+        return u, -log1m_tanh2(u).sum(1)
 
     def _log_components(self, u: torch.Tensor) -> torch.Tensor:
         """log π_k N(u; μ_k, L_k L_kᵀ) [K, B] of u [B, n] (float64): eps_k = L_k⁻¹ (u - μ_k) [K, n, B],
@@ -161,10 +189,11 @@ class ConvEnergy(nn.Module):
 
     def component_energy(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """D(x) + w log r_k(x) [B] of x [B, C, H, W] and base components k [B], r_k(x) = π_k N_k(u) /
-        Σ_j π_j N_j(u) the base mixture's posterior of k (the atanh Jacobian cancels in it): the energy
+        Σ_j π_j N_j(u) the base mixture's posterior of k (u: the base's coordinate, atanh x or the normal
+        scores z; its Jacobian cancels in it): the energy
         of P_D's share of component k, P_D,k = r_k P_D ∝ π_k p_0,k exp(f/w), which sums to P_D over k.
         A generator with a matching mixture latent (OneWayFlowBase.draw) targets it per component
-        (owf.train). The logsumexp of log_base cancels, so it is f + w (log π_k N_k(u) - Σ log(1 - x²)),
+        (owf.train). The logsumexp of log_base cancels, so it is f + w (log π_k N_k(u) + log|du/dx|),
         one batched solve as D's own."""
         if self.base_components == 1:
             raise ValueError("component_energy needs a base mixture (base_components > 1), this energy has one Gaussian")
@@ -175,11 +204,13 @@ class ConvEnergy(nn.Module):
         interface: sample, log_prob, scale, n), read from the buffers; None without a base."""
         if not self.base_w:
             return None
-        from .baselines import GaussianMixtureBase
+        from .baselines import CopulaMixture, GaussianMixtureBase
         k = self.base_components
-        return GaussianMixtureBase(self.base_log_pi.cpu().clone() if k > 1 else torch.zeros(1, dtype=torch.float64),
-                                   self.base_mu.view(k, -1).cpu().clone(),
-                                   self.base_L.view(k, *self.base_L.shape[-2:]).cpu().clone())
+        parts = (self.base_log_pi.cpu().clone() if k > 1 else torch.zeros(1, dtype=torch.float64),
+                 self.base_mu.view(k, -1).cpu().clone(), self.base_L.view(k, *self.base_L.shape[-2:]).cpu().clone())
+        if self.base_margins:
+            return CopulaMixture(*parts, self.base_log_p_bin.cpu().clone())
+        return GaussianMixtureBase(*parts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._energy(x)

@@ -50,7 +50,7 @@ from tqdm import tqdm
 from owf_kernels import combine_partials, log_zeta_partials, partials_to_estimate
 
 from .checkpoint import checkpoint_path, load_checkpoint, save_atomic
-from .config import Config, data_kind
+from .config import MIXTURE_BASES, Config, data_kind
 from .data import get_dataset
 from .model import Energy, OneWayFlow, log_normal
 from .preimages import all_preimages
@@ -316,7 +316,7 @@ class OWFModel:
         "base" (images): the energy's own base measure p_0 (--d-base), which D corrects;
         "defensive": ½ gaussian + ½ uniform (owf.baselines.MixtureBase), chains that start both
         where the data are and everywhere else, for an energy whose mass may lie in either; with
-        --d-base mixture, ½ base + ½ uniform."""
+        --d-base mixture or copula, ½ base + ½ uniform."""
         allowed = AIS_BASES[self.kind]
         if base not in allowed:
             raise ValueError(f"AIS base {base!r}: choose one of {allowed} for {self.kind} data")
@@ -330,7 +330,7 @@ class OWFModel:
                     raise ValueError(f"AIS base 'base': this energy has no base measure (d_base={self.config.d_base!r})")
                 self._ais_bases[base] = p0
             elif base == "defensive":
-                data = "base" if self.config.d_base == "mixture" else "gaussian"
+                data = "base" if self.config.d_base in MIXTURE_BASES else "gaussian"
                 self._ais_bases[base] = baselines.MixtureBase([self.ais_base(data), self.ais_base("uniform")],
                                                               [0.5, 0.5])
             elif self.kind == "2d":

@@ -35,6 +35,7 @@ import torch  # noqa: E402
 
 from owf_kernels import log_zeta as log_zeta_of  # noqa: E402
 
+from .config import MIXTURE_BASES  # noqa: E402
 from .density import AIS_BASES, OWFModel, load, quadrature_log_zeta, signed_estimate, signed_partials, slice_estimates  # noqa: E402,E501
 from .image_eval import (AIS_CHAINS, AIS_REPLICATES, AIS_STEPS, DEFAULT_AIS_BASES, MIXTURE_AIS_BASES,  # noqa: E402
                          RAISE_POINTS)
@@ -161,7 +162,7 @@ def evaluate_run(run: str, zeta_samples: int | None = None, batch_size: int | No
             raise ValueError(f"AIS bases {bad}: choose from {list(AIS_BASES['image'])}")
         if "base" in (ais_bases or ()):
             model.ais_base("base")     # refused here, before the baselines, when the energy has no base measure
-        defaults = MIXTURE_AIS_BASES if model.config.d_base == "mixture" else DEFAULT_AIS_BASES
+        defaults = MIXTURE_AIS_BASES if model.config.d_base in MIXTURE_BASES else DEFAULT_AIS_BASES
         res = evaluate_image_run(model, out, zeta_samples or 200, chunk=chunk, batch_size=batch_size or 16,
                                  seed=seed, figures=figures, progress=progress, fid_weights=fid_weights,
                                  ais_steps=ais_steps, ais_bases=tuple(ais_bases or defaults),
@@ -247,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raise-points", type=int, default=RAISE_POINTS, help="images: test images given a RAISE chain "
                    "each (0: none)")
     p.add_argument("--ais-bases", default=None, help="images: comma-separated AIS bases, of defensive, gaussian, base, "
-                   f"histogram, uniform (default: {','.join(DEFAULT_AIS_BASES)}; with --d-base mixture "
+                   f"histogram, uniform (default: {','.join(DEFAULT_AIS_BASES)}; with --d-base mixture or copula "
                    f"{','.join(MIXTURE_AIS_BASES)})")
     p.add_argument("--ais-replicates", type=int, default=AIS_REPLICATES, help="images: independent runs of the "
                    "best base's top rung; their spread is log ζ̂'s error bar (1: the weights' own se, which at an "

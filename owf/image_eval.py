@@ -8,8 +8,9 @@ per pixel from the seed), on the [0, 256) scale: -log P(y) = -log P_D(x') - n lo
 bits/dim = that / (n log 2). P_D is a density on the pixel box [-1, 1]^n.
 
 - baselines (owf.baselines): the per-pixel histogram, a Gaussian in atanh space fitted to the
-  dequantised training split, LZMA and PNG code lengths; with --d-base mixture, the run's own base
-  measure p_0 (a Gaussian mixture in atanh space), the density that the energy corrects.
+  dequantised training split, LZMA and PNG code lengths; with --d-base mixture or copula, the run's
+  own base measure p_0 (a Gaussian mixture in atanh space or over the pixels' normal scores), the
+  density that the energy corrects.
 - the bracket (likelihood_bracket): at each K of a ladder, for each AIS base, AIS's log ζ̂ (M
   chains) and its test NLL, a lower bound in expectation, and RAISE's NLL of a subset of test
   images, an upper bound in expectation of the annealing model's, which tends to P_D's as K grows;
@@ -43,6 +44,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from .config import MIXTURE_BASES  # noqa: E402
 from .density import OWFModel, slice_estimates  # noqa: E402
 from .images import generator_samples, load_images, to_uint8, to_unit  # noqa: E402
 from .baselines import bits_per_dim  # noqa: E402
@@ -57,7 +59,7 @@ RAISE_POINTS = 64             # test images given a RAISE chain each
 # two bases that anneal (on the default model: AIS 4.276 / 4.314 bits/dim, K = 8000); the per-pixel histogram
 # never did (log ζ̂ -2,000 and below, docs/likelihood.md) and is kept as an option
 DEFAULT_AIS_BASES = ("defensive", "gaussian")
-MIXTURE_AIS_BASES = ("defensive", "base")   # --d-base mixture: chains start from p_0 itself, not one Gaussian
+MIXTURE_AIS_BASES = ("defensive", "base")   # --d-base mixture or copula: chains start from p_0 itself, not one Gaussian
 AIS_REPLICATES = 2            # runs of the best base's top rung: their spread is log ζ̂'s error bar
 CONVERGED_BPD = 0.05          # the bracket's width, and the move of a doubled K, that count as converged
 
@@ -314,7 +316,7 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaus
     # ---- exact baselines: what the bits/dim are read against
     res = {"baselines": baseline_table(train_u8, test_u8, seed, gaussian=model.fit_gaussian(),
                                        histogram=model.ais_base("histogram"),
-                                       mixture=model.ais_base("base") if cfg.d_base == "mixture" else None)}
+                                       mixture=model.ais_base("base") if cfg.d_base in MIXTURE_BASES else None)}
     # ---- importance sampling (the paper's estimator, Eq. 2): the generator with the exact Eq. 10
     # log q and with Eq. 9's jvp1 on the same samples, the fitted Gaussian, and p_0 where D has a base;
     # their ESS says how far each is from a usable estimate

@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from .config import data_kind
+from .config import MIXTURE_BASES, data_kind
 from .data import get_dataset
 from .dcgan import ConvEnergy, DCGANFlow
 from .classifier import classifier_cached
@@ -148,15 +148,17 @@ class ImageTask:
         fitted again by EM (the same tensors, so the chains' base and the run continue exactly)."""
         G, D = networks(cfg, self.shape)
         if cfg.d_base != "none" or cfg.mcmc_chains:
-            from .baselines import AtanhGaussian, AtanhMixture, MixtureBase, UniformBox
-            if cfg.d_base == "mixture" and saved_d is not None:
+            from .baselines import AtanhGaussian, AtanhMixture, CopulaMixture, MixtureBase, UniformBox
+            if cfg.d_base in MIXTURE_BASES and saved_d is not None:
                 D.load_state_dict(saved_d)                 # restore() loads it again, with the optimisers
                 fitted = D.base_density()
-            elif cfg.d_base == "mixture":
+            elif cfg.d_base in MIXTURE_BASES:
                 if self.rank == 0:
-                    print(f"fitting the base measure: {AtanhMixture.COMPONENTS} Gaussians by EM on the training split",
-                          file=sys.stderr)
-                fitted = AtanhMixture(self.stream.images)
+                    print(f"fitting the base measure: {AtanhMixture.COMPONENTS} Gaussians by EM on the training split"
+                          if cfg.d_base == "mixture" else f"fitting the base measure: {CopulaMixture.COMPONENTS} "
+                          "Gaussians by EM on the training split's normal scores", file=sys.stderr)
+                fitted = (CopulaMixture.fit_pixels(self.stream.images) if cfg.d_base == "copula"
+                          else AtanhMixture(self.stream.images))
             else:
                 fitted = AtanhGaussian(self.stream.images)
             if cfg.d_base != "none":

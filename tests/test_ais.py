@@ -7,7 +7,7 @@ import torch
 
 import owf
 from owf.ais import Box, Path, StepSizes, ais, adaptive_schedule, box_log_f, estimate, log_mean_exp, raise_chains, tune
-from owf.baselines import (AtanhGaussian, GaussianBase, GaussianMixtureBase, MixtureBase, PixelHistogram, UniformBox, baseline_table,
+from owf.baselines import (AtanhGaussian, CopulaMixture, GaussianBase, GaussianMixtureBase, MixtureBase, PixelHistogram, UniformBox, baseline_table,
                            code_lengths, dequantised_u, log1m_tanh2)
 from owf.density import quadrature_log_zeta
 
@@ -259,7 +259,8 @@ def test_the_bases_are_normalised_densities_of_u():
     imgs[:200] = 0                                     # half the images black: a histogram with a spike at a wall
     bases = {"uniform": UniformBox(1), "histogram": PixelHistogram(imgs), "gaussian": AtanhGaussian(imgs),
              "mixture": MixtureBase([AtanhGaussian(imgs), UniformBox(1)], [0.3, 0.7]),
-             "gaussian mixture": GaussianMixtureBase.fit(dequantised_u(imgs, torch.Generator().manual_seed(2))[0], 2, 3)}
+             "gaussian mixture": GaussianMixtureBase.fit(dequantised_u(imgs, torch.Generator().manual_seed(2))[0], 2, 3),
+             "copula mixture": CopulaMixture.fit_pixels(imgs, 2)}
     for name, b in bases.items():
         p = b.log_prob(u).exp()
         assert abs(float(p.sum() * du) - 1) < 1e-3, name
@@ -313,6 +314,46 @@ def test_histogram_log_prob_in_u_is_its_density_in_x_with_the_jacobian():
     b = int(test[0, 0, 0, 0])
     count = int((imgs[:, 0, 0, 0] == b).sum())
     assert math.isclose(float(h.log_p_bin[0, b]), math.log((count + 1) / (300 + 256)), rel_tol=1e-12)
+
+
+def test_the_copula_maps_each_pixel_by_its_histogram_to_a_standard_normal():
+    """normal_scores: under the histogram each z_i is N(0, 1), its log dz/dy is autograd's, and with one
+    standard normal component the copula mixture is the histogram itself; a fitted mixture's samples
+    keep the histogram's margins, and its log_prob in u is its density in x with the Jacobian."""
+    from owf.baselines import normal_scores
+    imgs = torch.randint(0, 256, (300, 1, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    imgs[:200, :, :2] = 0                                   # half the pixels mostly black: a spike in one bin
+    h = PixelHistogram(imgs)
+    p = h.log_p_bin.exp()
+    cdf_lo = torch.cumsum(p, 1) - p
+    u = h.sample(100_000, torch.Generator().manual_seed(1)).double()
+    z, _ = normal_scores(256 * torch.sigmoid(2 * u), h.log_p_bin, cdf_lo)
+    torch.testing.assert_close(z.mean(0), torch.zeros(16, dtype=torch.float64), atol=0.02, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones(16, dtype=torch.float64), atol=0.02, rtol=0)
+    y = (torch.tensor([[0.3, 5.5, 128.9, 255.2]], dtype=torch.float64) + torch.zeros(1, 4)).requires_grad_()
+    z1, log_dz = normal_scores(y, h.log_p_bin[:4], cdf_lo[:4])
+    grads = torch.stack([torch.autograd.grad(z1[0, i], y, retain_graph=True)[0][0, i] for i in range(4)])
+    torch.testing.assert_close(log_dz, grads.log().sum()[None])
+    identity = CopulaMixture(torch.zeros(1), torch.zeros(1, 16), torch.eye(16)[None], h.log_p_bin)
+    torch.testing.assert_close(identity.log_prob(u[:50]), h.log_prob(u[:50]))
+    m = CopulaMixture.fit_pixels(imgs, 2)
+    test = imgs[:7]
+    uu, log_jac = dequantised_u(test, torch.Generator().manual_seed(2))
+    x = torch.tanh(uu)                          # the density in x, by hand: margins' scores of y = 128 (x + 1)
+    zz, lz = normal_scores(128 * (x + 1), h.log_p_bin, cdf_lo)
+    torch.testing.assert_close(m.log_prob(uu) - log_jac, GaussianMixtureBase.log_prob(m, zz) + lz + 16 * math.log(128))
+    s = identity.sample(20_000, torch.Generator().manual_seed(3))       # inverting the margins: the histogram's bins
+    share = torch.stack([((torch.sigmoid(2 * s.double()) * 256).floor() == b).double().mean(0) for b in (0, 1, 255)])
+    torch.testing.assert_close(share, p[:, [0, 1, 255]].T, atol=0.01, rtol=0)
+    # the fitted mixture's draws, read back through the margins, have its moments in z (the dependence)
+    s = m.sample(40_000, torch.Generator().manual_seed(4))
+    zs = m.scores(256 * torch.sigmoid(2 * s.double()))[0]
+    pi = m.log_pi.exp()
+    mean = pi @ m.mu
+    second = sum(p_k * (L @ L.T + mu[:, None] * mu[None]) for p_k, mu, L in zip(pi, m.mu, m.L))
+    torch.testing.assert_close(zs.mean(0), mean, atol=0.03, rtol=0)
+    torch.testing.assert_close(torch.cov(zs.T), second - mean[:, None] * mean[None], atol=0.05, rtol=0)
+    assert torch.isfinite(m.log_prob(s)).all()
 
 
 def test_the_dequantised_gaussian_keeps_an_always_black_pixel_cheap():

@@ -158,7 +158,8 @@ TINY_IMAGES = dict(g_hidden="16,4", d_hidden="4,8", batch=16, samples=16, log_ev
                                         ("owf", {"d_base": "mixture", "g_mixture": True}), ("wgan-gp", {}),
                                         ("owf", {"zeta_proposal": "base"}),          # p_0's draws from training's stream
                                         ("owf", {"d_base": "mixture", "g_mixture": True, "zeta_proposal": "base",
-                                                 "mcmc_chains": 0, "mcmc_weight": 0.0})])
+                                                 "mcmc_chains": 0, "mcmc_weight": 0.0}),
+                                        ("owf", {"d_base": "copula", "g_mixture": True})])
 def test_an_image_run_resumes_exactly(tmp_path, fashion_root, monkeypatch, loss, extra):
     kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=20, loss=loss, **extra)
     train(Config(out=str(tmp_path / "full"), **kw), progress=False)
@@ -282,11 +283,13 @@ def test_the_exact_entropy_of_a_sub_batch_is_the_batchs_function_and_its_gradien
     torch.testing.assert_close(torch.autograd.grad(want, list(ref.parameters())), grads)
 
 
-@pytest.mark.parametrize("k", [1, 3])
-def test_the_base_measure_is_the_fitted_density_and_survives_a_checkpoint(k):
-    """k = 1: the atanh Gaussian (--d-base gaussian); k = 3: a Gaussian mixture (--d-base mixture)."""
-    from owf.baselines import AtanhGaussian, GaussianMixtureBase, dequantised_u
+@pytest.mark.parametrize("kind", [1, 3, "copula"])
+def test_the_base_measure_is_the_fitted_density_and_survives_a_checkpoint(kind):
+    """1: the atanh Gaussian (--d-base gaussian); 3: a Gaussian mixture (--d-base mixture); copula: a
+    mixture of 3 over the pixels' normal scores (--d-base copula)."""
+    from owf.baselines import AtanhGaussian, CopulaMixture, GaussianMixtureBase, dequantised_u
     from owf.model import log1m_tanh2
+    k = 1 if kind == 1 else 3
     imgs = torch.randint(0, 256, (300, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     if k > 1:
         imgs[:150, :, :4] = 0                                           # two kinds of image: two modes
@@ -294,8 +297,8 @@ def test_the_base_measure_is_the_fitted_density_and_survives_a_checkpoint(k):
     def mixture(c):
         return GaussianMixtureBase.fit(dequantised_u(imgs, torch.Generator().manual_seed(0))[0], c, 2)
 
-    base = AtanhGaussian(imgs) if k == 1 else mixture(k)
-    D = ConvEnergy((1, 8, 8), widths=(4, 8), base_w=0.01, base_components=k)
+    base = {1: AtanhGaussian, 3: lambda i: mixture(3), "copula": lambda i: CopulaMixture.fit_pixels(i, 3)}[kind](imgs)
+    D = ConvEnergy((1, 8, 8), widths=(4, 8), base_w=0.01, base_components=k, base_margins=kind == "copula")
     D.fit_base(base)
     plain = ConvEnergy((1, 8, 8), widths=(4, 8))
     plain.load_state_dict({name: v for name, v in D.state_dict().items() if not name.startswith("base_")})
@@ -309,12 +312,15 @@ def test_the_base_measure_is_the_fitted_density_and_survives_a_checkpoint(k):
     edge = torch.full((1, 1, 8, 8), -1.0, requires_grad=True)                  # a saturated generator's output
     D(edge).sum().backward()
     assert torch.isfinite(D(edge)).all() and torch.isfinite(edge.grad).all()
-    again = ConvEnergy((1, 8, 8), widths=(4, 8), base_w=0.01, base_components=k)
+    again = ConvEnergy((1, 8, 8), widths=(4, 8), base_w=0.01, base_components=k, base_margins=kind == "copula")
     again.load_state_dict(D.state_dict())
     torch.testing.assert_close(again(x), D(x))
     other, k_other = (mixture(3), 3) if k == 1 else (AtanhGaussian(imgs), 1)
     with pytest.raises(ValueError, match=f"a base of {k_other} components for an energy built for {k}"):
         D.fit_base(other)
+    if k == 3:               # margins or none, as the energy was built
+        with pytest.raises(ValueError, match="a (CopulaMixture|GaussianMixtureBase) base for an energy built with"):
+            D.fit_base(mixture(3) if kind == "copula" else CopulaMixture.fit_pixels(imgs, 3))
 
 
 def test_a_quadratic_head_over_the_base_only_takes_mass_away_from_it():
@@ -409,7 +415,7 @@ def test_a_mixture_latent_draws_its_components_with_their_exact_density():
     with pytest.raises(ValueError, match="one Gaussian"):
         ConvEnergy((1, 4, 4), widths=(4,), base_w=0.01).component_energy(torch.zeros(1, 1, 4, 4), torch.zeros(1, dtype=torch.long))
     for bad in (dict(g_mixture=True), dict(g_mixture=True, d_base="gaussian"), dict(g_mixture=True, d_base="mixture", g_alpha=0.5)):
-        with pytest.raises(ValueError, match="g_mixture=True .* d_base='mixture' and g_alpha=1"):
+        with pytest.raises(ValueError, match=r"g_mixture=True .* d_base in \('mixture', 'copula'\) and g_alpha=1"):
             Config(data="fashion-mnist", **bad)
 
 
