@@ -8,7 +8,9 @@ unconstrained u ∈ R^n,
 
 so ζ = ∫_box exp(E(x)) dx = ∫ f(u) du with log f(u) = E(x(u)) + log|dx/du|: no chain ever leaves
 the box, and nothing is reflected. The base p_0 is a normalised density of u (owf.baselines: a
-Gaussian in u fitted to the data, or the per-pixel histogram), and the path is geometric:
+Gaussian in u fitted to the data, or the per-pixel histogram); a base may bring its own coordinate
+instead of atanh (coordinate_of: the copula's normal scores z, with x(z), z(x) and log|dx/dz|), and
+the chains then move in that. The path is geometric:
 
     log f_β(u) = (1 - β) log p_0(u) + β log f(u),   0 = β_0 < β_1 < ... < β_K = 1,
     g(u) = log f(u) - log p_0(u)   (so that log f_β = log p_0 + β g).
@@ -85,6 +87,12 @@ class Box:
     def log_jac(self, u: torch.Tensor) -> torch.Tensor:
         """log|dx/du| [B] for u [B, n]."""
         return log1m_tanh2(u).sum(1) + u.shape[1] * math.log(self.h)
+
+
+def coordinate_of(base, box: Box):
+    """The coordinate a base is a density of: its own (owf.baselines.NormalScores of a CopulaMixture),
+    else the box's u = atanh (with to_x, to_u and log_jac, as Box)."""
+    return getattr(base, "coordinate", None) or box
 
 
 def box_log_f(energy, box: Box, event_shape):

@@ -21,7 +21,8 @@ x = y / 128 - 1 ∈ [-1, 1)^n, where p_y(y) = p_x(x) / 128^n.
 
 The densities double as AIS bases (owf.ais): a base is a normalised density of u, the coordinate
 the chains move in, with `sample(n, generator) -> u [n, n_dim]`, `log_prob(u) -> [n]` and `scale`
-[n_dim] (u's spread per coordinate, the chains' preconditioner). Everything in u is computed from u
+[n_dim] (u's spread per coordinate, the chains' preconditioner). u is atanh(x) (owf.ais.Box) unless
+the base names its own `coordinate` (CopulaMixture: the normal scores, NormalScores). Everything in u is computed from u
 itself, never from x = tanh(u), which rounds to ±1 in float32 beyond |u| ≈ 9.
 """
 from __future__ import annotations
@@ -29,9 +30,9 @@ from __future__ import annotations
 import io
 import lzma
 import math
+from functools import partial
 
 import torch
-import torch.nn.functional as F
 
 from .model import log1m_tanh2
 
@@ -47,15 +48,6 @@ def dequantised_u(u8: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch
     t = (u8.double() + U).flatten(1)
     u = 0.5 * (torch.log(t) - torch.log(256 - t))
     return u, (torch.log(t / 128) + torch.log((256 - t) / 128)).sum(1)
-
-
-def atanh_spread(log_p_bin: torch.Tensor) -> torch.Tensor:
-    """u's spread per pixel [n] (float32) under per-pixel bin log-probabilities [n, 256]: the std of
-    atanh(x) by the bin centres (the chains' preconditioner)."""
-    centres = torch.atanh((torch.arange(BINS, dtype=torch.float64) + 0.5) / 128 - 1)
-    p = log_p_bin.double().exp()
-    mean = (p * centres).sum(1)
-    return ((p * (centres - mean[:, None]) ** 2).sum(1)).sqrt().float()
 
 
 def _on(obj, name: str, device) -> torch.Tensor:
@@ -85,7 +77,11 @@ class PixelHistogram:
         self.log_p_bin = torch.log(counts + 1) - math.log(len(flat) + BINS)
         self.log_density = self.log_p_bin + math.log(BINS / 2)
         self.cdf = torch.cumsum(self.log_p_bin.exp(), 1)
-        self.scale = atanh_spread(self.log_p_bin)
+        # u's spread per pixel: the std of atanh(x) under the histogram, by the bin centres
+        centres = torch.atanh((torch.arange(BINS, dtype=torch.float64) + 0.5) / 128 - 1)
+        p = self.log_p_bin.exp()
+        mean = (p * centres).sum(1)
+        self.scale = ((p * (centres - mean[:, None]) ** 2).sum(1)).sqrt().float()
 
     def log_prob_u8(self, u8: torch.Tensor) -> torch.Tensor:
         """log p_x of dequantised images (any noise within the bins) [N] on the [-1, 1] scale."""
@@ -284,64 +280,100 @@ def normal_scores(y: torch.Tensor, log_p_bin: torch.Tensor, cdf_lo: torch.Tensor
     return z, (log_p + 0.5 * z * z).sum(1) + y.shape[1] * 0.5 * math.log(2 * math.pi)
 
 
-class CopulaMixture(GaussianMixtureBase):
-    """A Gaussian mixture over the pixels' normal scores z (normal_scores: each pixel through its own
-    256-bin histogram of the training split, add-one smoothed and uniform within a bin, PixelHistogram's):
+class NormalScores:
+    """The coordinate z of a CopulaMixture, as owf.ais.Box is atanh's: z_i = Φ⁻¹(F_i(y_i)) of y = 128 (x + 1)
+    (normal_scores), with to_x, to_u and log_jac. In z the base is a Gaussian mixture, smooth, where in
+    u = atanh(x) its margins jump at every bin edge (a MALA chain there stalls at steps of ~1e-3).
 
-        p_y(y) = Σ_k π_k N(z; μ_k, Σ_k) · Π_i p_i[b_i] / φ(z_i),   y = 128 (x + 1) ∈ [0, 256)^n
+        x(z) = y/128 - 1,   y_i = b_i + (Φ(z_i) - C_i[b_i]) / p_i[b_i]   (b_i: C_i[b_i] ≤ Φ(z_i) < C_i[b_i + 1])
+        log|dx/dz| = Σ_i (log φ(z_i) - log p_i[b_i]) - n log 128
 
-    With one standard normal component it is the histogram itself; a full covariance adds the pixels'
-    dependence (the Gaussian copula), K components (EM on the training split's z, GaussianMixtureBase.fit)
-    a mixture of copulas. On Fashion-MNIST: the histogram 4.59 bits/dim, one Gaussian 3.89, K = 10 3.69,
-    where the same Gaussians in u = atanh(x) score 4.23 and 3.95: a Gaussian in atanh space pays for
-    every background pixel's uniform dequantisation noise, which it cannot shape (docs/likelihood.md).
+    log_jac reads b from x(z) in float32, as the energy reads it (ConvEnergy.log_base), so that the
+    margins' jumps cancel exactly in log f = D(x(z))/w + log|dx/dz| (owf.ais.box_log_f)."""
 
-    A base of the chains' coordinate u = atanh(x) as the others: log_prob(u) = log p_y(y) + Σ_i log dy_i/du_i,
-    y = 256 σ(2u), dy/du = 512 σ(2u) σ(-2u); `sample` draws z ~ the mixture and inverts the margins.
-    The mixture's log π, μ, L and the margins' log_p_bin [n, 256] are what ConvEnergy keeps."""
-
-    COMPONENTS = 10
-    ITERATIONS = 6
-
-    def __init__(self, log_pi: torch.Tensor, mu: torch.Tensor, L: torch.Tensor, log_p_bin: torch.Tensor):
-        super().__init__(log_pi, mu, L)
+    def __init__(self, log_p_bin: torch.Tensor):
         self.log_p_bin = log_p_bin.double()
         p = self.log_p_bin.exp()
         self.cdf_lo = torch.cumsum(p, 1) - p
-        self.scale = atanh_spread(self.log_p_bin)      # u's spread (the margins'), not z's
-
-    @classmethod
-    def fit_pixels(cls, train_u8: torch.Tensor, components: int = COMPONENTS, shrink: float = 1e-3, seed: int = 0):
-        """The margins of training images u8 [N, C, H, W] (PixelHistogram) and K = `components` Gaussians
-        fitted by EM (ITERATIONS rounds) to their normal scores, one dequantisation draw each from `seed`."""
-        hist = PixelHistogram(train_u8)
-        margins = cls(torch.zeros(1), torch.zeros(1, hist.n), torch.eye(hist.n)[None], hist.log_p_bin)
-        y = torch.rand(train_u8.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        y = (y.clamp_min_(1e-12) + train_u8).flatten(1)
-        z = torch.cat([margins.scores(part)[0] for part in y.split(5000)])
-        fitted = GaussianMixtureBase.fit(z, components, cls.ITERATIONS, shrink, seed)
-        out = cls(fitted.log_pi, fitted.mu, fitted.L, hist.log_p_bin)
-        out.shape = tuple(train_u8.shape[1:])
-        return out
 
     def scores(self, y: torch.Tensor):
         """normal_scores with these margins: (z [B, n], Σ log dz/dy [B])."""
         return normal_scores(y, _on(self, "log_p_bin", y.device), _on(self, "cdf_lo", y.device))
 
-    def log_prob(self, u: torch.Tensor) -> torch.Tensor:
-        """log p(u) [B] for u = atanh(x) [B, n] (float64)."""
-        u = u.double()
-        z, log_dz = self.scores(BINS * torch.sigmoid(2 * u))
-        log_dy = (F.logsigmoid(2 * u) + F.logsigmoid(-2 * u)).sum(1) + u.shape[1] * math.log(2 * BINS)
-        return super().log_prob(z) + log_dz + log_dy
+    def to_y(self, z: torch.Tensor) -> torch.Tensor:
+        """y [B, n] in [Y_EPS, 256 - Y_EPS] (float64, differentiable in z) of z [B, n]."""
+        F_ = torch.special.ndtr(z.double()).T.contiguous()                                      # [n, B]
+        cdf_lo, log_p = _on(self, "cdf_lo", z.device), _on(self, "log_p_bin", z.device)
+        b = torch.searchsorted(cdf_lo, F_.detach(), right=True).sub_(1).clamp_(0, BINS - 1)
+        y = b + (F_ - cdf_lo.gather(1, b)) / log_p.gather(1, b).exp()
+        return torch.minimum(y.clamp(min=Y_EPS), (b + 1).double()).clamp(max=BINS - Y_EPS).T
 
-    def sample(self, num: int, generator=None) -> torch.Tensor:
-        """u = atanh(x) [num, n] (float32): z ~ the mixture, y_i = F_i⁻¹(Φ(z_i))."""
-        F_ = torch.special.ndtr(super().sample(num, generator).double()).T.contiguous()      # [n, num]
-        b = torch.searchsorted(self.cdf_lo, F_, right=True).sub_(1).clamp_(0, BINS - 1)
-        y = b + (F_ - self.cdf_lo.gather(1, b)) / self.log_p_bin.exp().gather(1, b)
-        y = torch.minimum(y.clamp(min=Y_EPS), (b + 1).double()).clamp(max=BINS - Y_EPS).T
-        return (0.5 * (torch.log(y) - torch.log(BINS - y))).float()
+    def to_x(self, z: torch.Tensor) -> torch.Tensor:
+        return (self.to_y(z) / 128 - 1).to(z.dtype)
+
+    def to_u(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scores(128 * (x.double() + 1))[0]
+
+    def log_jac(self, z: torch.Tensor) -> torch.Tensor:
+        """log|dx/dz| [B] for z [B, n] (the bins b of x(z) in float32, module docstring)."""
+        with torch.no_grad():
+            y = (128 * (self.to_x(z.float()).double() + 1)).clamp(Y_EPS, BINS - Y_EPS)
+            b = y.floor().clamp_(0, BINS - 1).long()
+        log_p = _on(self, "log_p_bin", z.device).T.gather(0, b)
+        z = z.double()
+        return (-0.5 * z * z - log_p).sum(1) - z.shape[1] * (0.5 * math.log(2 * math.pi) + math.log(128))
+
+
+class CopulaMixture(OnPixels, GaussianMixtureBase):
+    """A Gaussian mixture over the pixels' normal scores z (normal_scores: each pixel through its own
+    256-bin histogram of the training split, add-one smoothed and uniform within a bin, PixelHistogram's):
+
+        p_y(y) = Σ_k π_k N(z; μ_k, Σ_k) · Π_i p_i[b_i] / φ(z_i),   y = 128 (x + 1) ∈ [0, 256)^n
+
+    With one standard normal component it is the histogram itself (`margins_only`); a full covariance
+    adds the pixels' dependence (the Gaussian copula), K components (EM on the training split's z,
+    GaussianMixtureBase.fit) a mixture of copulas. On Fashion-MNIST: the histogram 4.59 bits/dim, one
+    Gaussian 3.88, K = 10 3.69, where the same Gaussians in u = atanh(x) score 4.23 and 3.95: a Gaussian
+    in atanh space pays for every background pixel's uniform dequantisation noise, which it cannot
+    shape (docs/likelihood.md).
+
+    A base in its own coordinate z (`coordinate`, NormalScores; the others' is u = atanh x): log_prob,
+    sample and scale are the mixture's of z. The mixture's log π, μ, L and the margins' log_p_bin
+    [n, 256] are what ConvEnergy keeps."""
+
+    COMPONENTS = 10
+    ITERATIONS = 6
+
+    def __init__(self, log_pi: torch.Tensor, mu: torch.Tensor, L: torch.Tensor, log_p_bin: torch.Tensor,
+                 coordinate: NormalScores | None = None):
+        super().__init__(log_pi, mu, L)
+        self.coordinate = coordinate or NormalScores(log_p_bin)
+        self.log_p_bin = self.coordinate.log_p_bin
+
+    @classmethod
+    def fit_pixels(cls, train_u8: torch.Tensor, components: int = COMPONENTS, shrink: float = 1e-3, seed: int = 0):
+        """The margins of training images u8 [N, C, H, W] (PixelHistogram) and K = `components` Gaussians
+        fitted by EM (ITERATIONS rounds) to their normal scores, one dequantisation draw each from `seed`
+        (dequantised_u's)."""
+        coordinate = NormalScores(PixelHistogram(train_u8).log_p_bin)
+        y = torch.rand(train_u8.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        y = (y.clamp_min_(1e-12) + train_u8).flatten(1)
+        z = torch.cat([coordinate.scores(part)[0] for part in y.split(5000)])
+        fitted = GaussianMixtureBase.fit(z, components, cls.ITERATIONS, shrink, seed)
+        out = cls(fitted.log_pi, fitted.mu, fitted.L, coordinate.log_p_bin, coordinate)
+        out.shape = tuple(train_u8.shape[1:])
+        return out
+
+    def margins_only(self) -> "CopulaMixture":
+        """The histogram in this coordinate: one standard normal component (the defensive base's broad half)."""
+        n = self.n
+        return CopulaMixture(torch.zeros(1), torch.zeros(1, n), torch.eye(n)[None], self.log_p_bin, self.coordinate)
+
+    def log_prob_u8(self, u8: torch.Tensor, generator=None) -> torch.Tensor:
+        """log p_x of dequantised images [N] (one noise draw each, dequantised_u's) on the [-1, 1] scale."""
+        U = torch.rand(u8.shape, generator=generator, dtype=torch.float64).clamp_min_(1e-12)
+        z, log_dz = self.coordinate.scores((u8.double() + U).flatten(1))
+        return self.log_prob(z) + log_dz + z.shape[1] * math.log(128)
 
 
 class UniformBox:
@@ -372,6 +404,12 @@ class MixtureBase:
         self.components = list(components)
         self.log_weights = torch.tensor(weights, dtype=torch.float64).log() - math.log(sum(weights))
         self.n, self.scale = self.components[0].n, self.components[0].scale
+        coordinates = [getattr(c, "coordinate", None) for c in self.components]
+        if any(c is not coordinates[0] for c in coordinates):
+            raise ValueError(f"a mixture of bases in different coordinates ({[type(c).__name__ for c in self.components]}): "
+                             "each must be a density of the same u")
+        if coordinates[0] is not None:
+            self.coordinate = coordinates[0]
 
     def log_prob(self, u: torch.Tensor) -> torch.Tensor:
         return torch.logsumexp(torch.stack([lw + c.log_prob(u) for lw, c in zip(self.log_weights, self.components)]), 0)
@@ -414,8 +452,9 @@ def baseline_table(train_u8: torch.Tensor, test_u8: torch.Tensor, seed: int = 0,
     h = -histogram.log_prob_u8(test_u8)
     out = {"histogram_bits_per_dim": bits_per_dim(h, n), "histogram_bits_per_dim_se": float(h.std()) / per / len(h) ** 0.5}
     for name, density in (("atanh_gaussian", gaussian), ("base_measure", mixture)):
-        if density is not None:
-            nll = torch.cat([-OnPixels.log_prob_u8(density, b, torch.Generator().manual_seed(seed + i))
+        if density is not None:      # a fitted GaussianMixtureBase (D's atanh one) is OnPixels' in u = atanh x
+            score = density.log_prob_u8 if isinstance(density, OnPixels) else partial(OnPixels.log_prob_u8, density)
+            nll = torch.cat([-score(b, torch.Generator().manual_seed(seed + i))
                              for i, b in enumerate(test_u8.split(2000))])
             out.update({f"{name}_bits_per_dim": bits_per_dim(nll, n),
                         f"{name}_bits_per_dim_se": float(nll.std()) / per / len(nll) ** 0.5})

@@ -294,14 +294,15 @@ class OWFModel:
 
     def _gaussian_batch(self, n: int, generator, density=None):
         """n samples of the fitted Gaussian (images: or of `density`, a normalised density of u such as
-        p_0) and their log-density; for images y = tanh(u), with
-        log p(y) = log p(u) - Σ_i log(1 - tanh² u_i) (the change of variables)."""
+        p_0) and their log-density; for images y = x(u), tanh(u) or the base's own coordinate's, with
+        log p(y) = log p(u) - log|dy/du| (the change of variables; tanh's: Σ_i log(1 - tanh² u_i))."""
         if self.kind == "image":
-            from .baselines import log1m_tanh2
+            from .ais import Box, coordinate_of
             base = density if density is not None else self.fit_gaussian()
+            coordinate = coordinate_of(base, Box(-1.0, 1.0))
             u = base.sample(n, generator).double()
-            y = torch.tanh(u)
-            return y.float().view(n, *self.event_shape).to(self.device), base.log_prob(u) - log1m_tanh2(u).sum(1)
+            y = coordinate.to_x(u)
+            return y.float().view(n, *self.event_shape).to(self.device), base.log_prob(u) - coordinate.log_jac(u)
         mu, L = self.fit_gaussian()
         eps = torch.randn(n, len(mu), generator=generator, dtype=torch.float64)
         log_p = -0.5 * (eps * eps).sum(1) - L.diagonal().log().sum() - 0.5 * len(mu) * math.log(2 * math.pi)
@@ -316,7 +317,8 @@ class OWFModel:
         "base" (images): the energy's own base measure p_0 (--d-base), which D corrects;
         "defensive": ½ gaussian + ½ uniform (owf.baselines.MixtureBase), chains that start both
         where the data are and everywhere else, for an energy whose mass may lie in either; with
-        --d-base mixture or copula, ½ base + ½ uniform."""
+        --d-base mixture, ½ base + ½ uniform; with --d-base copula, whose coordinate is its normal
+        scores, ½ base + ½ the histogram (CopulaMixture.margins_only)."""
         allowed = AIS_BASES[self.kind]
         if base not in allowed:
             raise ValueError(f"AIS base {base!r}: choose one of {allowed} for {self.kind} data")
@@ -331,8 +333,9 @@ class OWFModel:
                 self._ais_bases[base] = p0
             elif base == "defensive":
                 data = "base" if self.config.d_base in MIXTURE_BASES else "gaussian"
-                self._ais_bases[base] = baselines.MixtureBase([self.ais_base(data), self.ais_base("uniform")],
-                                                              [0.5, 0.5])
+                p0 = self.ais_base(data)
+                broad = p0.margins_only() if hasattr(p0, "margins_only") else self.ais_base("uniform")
+                self._ais_bases[base] = baselines.MixtureBase([p0, broad], [0.5, 0.5])
             elif self.kind == "2d":
                 from .ais import Box
                 x = self.data.sample(100_000, torch.Generator().manual_seed(3 * 10 ** 6)).double()
@@ -355,10 +358,10 @@ class OWFModel:
     def ais_path(self, base: str = "defensive", leapfrog: int = 1):
         """owf.ais.Path from the base to f(u) = exp(D(x(u))/w) |dx/du| on the domain box (its
         gradients are taken in u alone, so D's parameters get none)."""
-        from .ais import Box, Path, box_log_f
-        w = self.w
-        return Path(box_log_f(lambda x: self.D(x) / w, Box(*self.domain), self.event_shape),
-                    self.ais_base(base), leapfrog, device=self.device)
+        from .ais import Box, Path, box_log_f, coordinate_of
+        w, b = self.w, self.ais_base(base)
+        return Path(box_log_f(lambda x: self.D(x) / w, coordinate_of(b, Box(*self.domain)), self.event_shape),
+                    b, leapfrog, device=self.device)
 
     def _ais_args(self, chains: int, steps: int, leapfrog: int, pilot_steps: int):
         for k, v in (("chains", chains), ("steps", steps), ("leapfrog", leapfrog), ("pilot_steps", pilot_steps)):
@@ -419,7 +422,7 @@ class OWFModel:
         with the schedule and kernel of estimate_log_zeta(proposal="ais") (pass its step_sizes to
         reuse its pilot). mean(-log p̂) is an upper bound in expectation of the annealing model's NLL."""
         import time
-        from .ais import SCHEDULES, Box, log_mean_exp, raise_chains
+        from .ais import SCHEDULES, Box, coordinate_of, log_mean_exp, raise_chains
         self._ais_args(chains, steps, leapfrog, pilot_steps)
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule={schedule!r}: choose one of {SCHEDULES}")
@@ -432,7 +435,7 @@ class OWFModel:
         if step_sizes is None:
             step_sizes = self.tune_ais(base, leapfrog, pilot_steps, generator=generator, progress=progress)
         path = self.ais_path(base, leapfrog)
-        box = Box(*self.domain)
+        box = coordinate_of(self.ais_base(base), Box(*self.domain))
         betas = step_sizes.schedule(steps, schedule)
         u = box.to_u(x.flatten(1)).repeat_interleave(chains, 0)
         out, acc, bad = [], 0.0, 0

@@ -7,8 +7,8 @@ on the 12k-step default run, AIS from the defensive base ends in images that hol
 noise texture, where D's network part is f/w ≈ 2,200 nats against ≈ 9 on test images, and the
 AIS log ζ̂ climbs past 1,100 nats (docs/likelihood.md). Those are the regions this module visits.
 
-The chains. M persistent chains (Tieleman 2008) in u ∈ R^n, x = tanh(u) on the box [-1, 1]^n, the
-coordinate of owf.ais: the target is log f(u) = D(x(u))/w + log|dx/du| (P_D at β = 1), and each
+The chains. M persistent chains (Tieleman 2008) in u ∈ R^n, x = tanh(u) on the box [-1, 1]^n (or
+the base's own coordinate: the normal scores of --d-base copula), the coordinate of owf.ais: the target is log f(u) = D(x(u))/w + log|dx/du| (P_D at β = 1), and each
 training step moves every chain by one MALA transition (owf.ais.Path.hmc, one leapfrog step with the
 base's per-coordinate scale as the mass matrix, a Metropolis test). The step size adapts to an
 acceptance of 0.65 (log ε += acceptance - 0.65); this is training, not estimation, so no fixed
@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from .ais import TARGET_ACCEPT, Box, Path, box_log_f
+from .ais import TARGET_ACCEPT, Box, Path, box_log_f, coordinate_of
 
 RESTART_EVERY = 16
 
@@ -67,7 +67,8 @@ class PersistentChains:
         """One MALA transition of every chain under the current D, and every RESTART_EVERY calls one
         chain restarted from the base. -> the chains' states as images x [M, *event_shape] (detached)."""
         device = next(D.parameters()).device
-        path = Path(box_log_f(lambda x: D(x) / w, Box(-1.0, 1.0), self.event_shape), self.base, 1, device)
+        coordinate = coordinate_of(self.base, Box(-1.0, 1.0))
+        path = Path(box_log_f(lambda x: D(x) / w, coordinate, self.event_shape), self.base, 1, device)
         self.u = self.u.to(device)
         st, acc = path.hmc(path.evaluate(self.u), 1.0, self.eps, self.gen)
         self.accept = float(acc.double().mean())
@@ -77,7 +78,7 @@ class PersistentChains:
             self.u = self.u.clone()
             self.u[self.next] = self.base.sample(1, self.gen)[0].to(device)
             self.next = (self.next + 1) % len(self.u)
-        return torch.tanh(self.u).view(len(self.u), *self.event_shape).detach()
+        return coordinate.to_x(self.u).view(len(self.u), *self.event_shape).detach()
 
     def state_dict(self) -> dict:
         return {"u": self.u.cpu(), "eps": self.eps, "next": self.next, "steps": self.steps, "rng": self.gen.get_state()}

@@ -169,7 +169,8 @@ class ImageTask:
                     G.latent_log_pi.copy_(fitted.log_pi)
             if cfg.mcmc_chains:            # persistent chains on P_D, started from AIS's defensive base
                 from .negatives import PersistentChains
-                base = MixtureBase([fitted, UniformBox(self.dim)], [0.5, 0.5])
+                broad = fitted.margins_only() if cfg.d_base == "copula" else UniformBox(self.dim)
+                base = MixtureBase([fitted, broad], [0.5, 0.5])
                 self.chains = PersistentChains(cfg.mcmc_chains, self.shape, base, 40_000 + cfg.seed + 1009 * self.rank)
         return G, D
 
@@ -177,11 +178,13 @@ class ImageTask:
         return self.stream.next(n, device, gen if self.cfg.dequantise else None)
 
     def base_samples(self, n, gen, like):
-        """n images x = tanh(u), u ~ p_0 (D's base measure, --zeta-proposal base; the base's float32 draws,
-        tanh in float64), drawn on the CPU from a generator seeded by one draw of gen (training's stream)
-        -> [n, *shape], with the dtype and device of `like` (a data batch)."""
+        """n images x = x(u), u ~ p_0 (D's base measure, --zeta-proposal base; the base's float32 draws, x = tanh u
+        or the base's own coordinate's x(u), in float64), drawn on the CPU from a generator seeded by one
+        draw of gen (training's stream) -> [n, *shape], with the dtype and device of `like` (a data batch)."""
+        from .ais import Box, coordinate_of
         g = torch.Generator().manual_seed(int(torch.randint(2 ** 62, (1,), generator=gen, device=gen.device)))
-        return torch.tanh(self.base.sample(n, g).double()).view(n, *self.shape).to(like.device, like.dtype)
+        x = coordinate_of(self.base, Box(-1.0, 1.0)).to_x(self.base.sample(n, g).double())
+        return x.view(n, *self.shape).to(like.device, like.dtype)
 
     @torch.no_grad()
     def probe(self, G) -> dict:

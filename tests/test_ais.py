@@ -317,43 +317,79 @@ def test_histogram_log_prob_in_u_is_its_density_in_x_with_the_jacobian():
 
 
 def test_the_copula_maps_each_pixel_by_its_histogram_to_a_standard_normal():
-    """normal_scores: under the histogram each z_i is N(0, 1), its log dz/dy is autograd's, and with one
-    standard normal component the copula mixture is the histogram itself; a fitted mixture's samples
-    keep the histogram's margins, and its log_prob in u is its density in x with the Jacobian."""
-    from owf.baselines import normal_scores
+    """normal_scores: under the histogram each z_i is N(0, 1), its log dz/dy is autograd's; NormalScores
+    inverts it, with log|dx/dz| autograd's; with one standard normal component the copula mixture is
+    the histogram itself; a density in x that integrates to 1 (one pixel, by quadrature); a fitted
+    mixture's draws have its moments in z (the dependence)."""
+    from owf.baselines import NormalScores, normal_scores
     imgs = torch.randint(0, 256, (300, 1, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     imgs[:200, :, :2] = 0                                   # half the pixels mostly black: a spike in one bin
     h = PixelHistogram(imgs)
-    p = h.log_p_bin.exp()
-    cdf_lo = torch.cumsum(p, 1) - p
+    coord = NormalScores(h.log_p_bin)
     u = h.sample(100_000, torch.Generator().manual_seed(1)).double()
-    z, _ = normal_scores(256 * torch.sigmoid(2 * u), h.log_p_bin, cdf_lo)
+    z, _ = coord.scores(256 * torch.sigmoid(2 * u))
     torch.testing.assert_close(z.mean(0), torch.zeros(16, dtype=torch.float64), atol=0.02, rtol=0)
     torch.testing.assert_close(z.std(0), torch.ones(16, dtype=torch.float64), atol=0.02, rtol=0)
-    y = (torch.tensor([[0.3, 5.5, 128.9, 255.2]], dtype=torch.float64) + torch.zeros(1, 4)).requires_grad_()
-    z1, log_dz = normal_scores(y, h.log_p_bin[:4], cdf_lo[:4])
+    y = torch.tensor([[0.3, 5.5, 128.9, 255.2]], dtype=torch.float64).requires_grad_()
+    z1, log_dz = normal_scores(y, h.log_p_bin[:4], coord.cdf_lo[:4])
     grads = torch.stack([torch.autograd.grad(z1[0, i], y, retain_graph=True)[0][0, i] for i in range(4)])
     torch.testing.assert_close(log_dz, grads.log().sum()[None])
-    identity = CopulaMixture(torch.zeros(1), torch.zeros(1, 16), torch.eye(16)[None], h.log_p_bin)
-    torch.testing.assert_close(identity.log_prob(u[:50]), h.log_prob(u[:50]))
+    # the inverse: x(z(x)) = x, and log|dx/dz| is the log of x(z)'s derivative
+    x = torch.tanh(u[:3])
+    torch.testing.assert_close(coord.to_x(coord.to_u(x)), x)
+    zz = coord.to_u(x)[:1].requires_grad_()
+    dx = torch.stack([torch.autograd.grad(coord.to_x(zz)[0, i], zz, retain_graph=True)[0][0, i] for i in range(16)])
+    torch.testing.assert_close(coord.log_jac(zz.detach()), dx.log().sum()[None])
+    # one standard normal component: the histogram's density in x
+    identity = CopulaMixture(torch.zeros(1), torch.zeros(1, 16), torch.eye(16)[None], h.log_p_bin).margins_only()
+    zx = coord.to_u(x)
+    torch.testing.assert_close(identity.log_prob(zx) - coord.log_jac(zx), h.log_prob(u[:3]) - log1m_tanh2(u[:3]).sum(1))
+    s = identity.sample(20_000, torch.Generator().manual_seed(3))       # inverting the margins: the histogram's bins
+    share = torch.stack([((coord.to_x(s.double()) + 1) * 128).floor().eq(b).double().mean(0) for b in (0, 1, 255)])
+    torch.testing.assert_close(share, h.log_p_bin.exp()[:, [0, 1, 255]].T, atol=0.01, rtol=0)
+    # normalised in x: one pixel, K = 2, ∫ p_y dy = 1 on a grid of y (p_y jumps at the bin edges only)
+    one = imgs[:, :, :1, :1].clone()
+    m1 = CopulaMixture.fit_pixels(one, 2)
+    grid = (torch.arange(256 * 64, dtype=torch.float64) + 0.5) / 64
+    zg, lg = m1.coordinate.scores(grid[:, None])
+    assert abs(float((m1.log_prob(zg) + lg).exp().sum() / 64) - 1) < 1e-3
+    # the fitted mixture: log_prob_u8 is the density in x by hand, and its draws have its moments in z
     m = CopulaMixture.fit_pixels(imgs, 2)
     test = imgs[:7]
     uu, log_jac = dequantised_u(test, torch.Generator().manual_seed(2))
-    x = torch.tanh(uu)                          # the density in x, by hand: margins' scores of y = 128 (x + 1)
-    zz, lz = normal_scores(128 * (x + 1), h.log_p_bin, cdf_lo)
-    torch.testing.assert_close(m.log_prob(uu) - log_jac, GaussianMixtureBase.log_prob(m, zz) + lz + 16 * math.log(128))
-    s = identity.sample(20_000, torch.Generator().manual_seed(3))       # inverting the margins: the histogram's bins
-    share = torch.stack([((torch.sigmoid(2 * s.double()) * 256).floor() == b).double().mean(0) for b in (0, 1, 255)])
-    torch.testing.assert_close(share, p[:, [0, 1, 255]].T, atol=0.01, rtol=0)
-    # the fitted mixture's draws, read back through the margins, have its moments in z (the dependence)
-    s = m.sample(40_000, torch.Generator().manual_seed(4))
-    zs = m.scores(256 * torch.sigmoid(2 * s.double()))[0]
+    zt, lz = normal_scores(128 * (torch.tanh(uu) + 1), h.log_p_bin, coord.cdf_lo)
+    torch.testing.assert_close(m.log_prob_u8(test, torch.Generator().manual_seed(2)),
+                               GaussianMixtureBase.log_prob(m, zt) + lz + 16 * math.log(128))
+    s = m.sample(40_000, torch.Generator().manual_seed(4)).double()
     pi = m.log_pi.exp()
     mean = pi @ m.mu
     second = sum(p_k * (L @ L.T + mu[:, None] * mu[None]) for p_k, mu, L in zip(pi, m.mu, m.L))
+    zs = m.coordinate.to_u(m.coordinate.to_x(s))                # through the images and back
     torch.testing.assert_close(zs.mean(0), mean, atol=0.03, rtol=0)
     torch.testing.assert_close(torch.cov(zs.T), second - mean[:, None] * mean[None], atol=0.05, rtol=0)
-    assert torch.isfinite(m.log_prob(s)).all()
+
+
+def test_chains_on_the_copula_move_in_its_normal_scores():
+    """P_D = p_0 = a copula mixture (its density in x, jumps at every bin edge included): in the base's
+    coordinate z the increments telescope (log ζ̂ = 0 to float32 rounding of x), and the pilot's MALA
+    steps stay large (in u = atanh x the margins' jumps held them near 1e-3, docs/likelihood.md)."""
+    from owf.ais import coordinate_of
+    imgs = torch.randint(0, 256, (300, 1, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    imgs[:200, :, :2] = 0
+    m = CopulaMixture.fit_pixels(imgs, 2)
+
+    def log_p0_x(x):                                # as ConvEnergy.log_base reads it: y = 128 (x + 1)
+        z, log_dz = m.coordinate.scores(128 * (x.double() + 1))
+        return m.log_prob(z) + log_dz + 16 * math.log(128)
+    coordinate = coordinate_of(m, Box(-1.0, 1.0))
+    assert coordinate is m.coordinate
+    path = Path(box_log_f(log_p0_x, coordinate, (16,)), m)
+    steps = tune(path, 32, 30, torch.Generator().manual_seed(1))
+    assert float(steps.eps.min()) > 0.1 and steps.accept > 0.4, (steps.eps, steps.accept)
+    run = ais(path, 32, steps.schedule(30), steps, torch.Generator().manual_seed(2))
+    assert run.log_w.abs().max() < 1e-3 and run.accept > 0.4
+    with pytest.raises(ValueError, match="different coordinates"):
+        MixtureBase([m, UniformBox(16)], [0.5, 0.5])
 
 
 def test_the_dequantised_gaussian_keeps_an_always_black_pixel_cheap():
