@@ -176,13 +176,15 @@ def test_evaluate_writes_eval_json_and_every_figure(tmp_path, fashion_root, caps
     assert ("log ζ estimate (generator, exact) with ESS" in err) == res["low_ess_is"]
 
 
-def test_a_mixture_base_run_is_evaluated_against_its_own_base(tmp_path, fashion_root, monkeypatch):
+@pytest.mark.parametrize("d_base", ["mixture", "copula"])
+def test_a_mixture_base_run_is_evaluated_against_its_own_base(tmp_path, fashion_root, monkeypatch, d_base):
     """--d-base mixture: eval.json's baselines carry the mixture p_0's own test bits/dim (the energy
     read against the density it corrects); AIS can start from p_0 ("base"), and the defensive base
-    is ½ p_0 + ½ uniform. G has latent components matched to it (--g-mixture), with their weights π."""
+    is ½ p_0 + ½ uniform (copula: ½ p_0 + ½ the histogram, in its normal scores). G has latent
+    components matched to it (--g-mixture), with their weights π."""
     monkeypatch.setattr(image_eval, "GAUSSIAN_SAMPLES", 4000)
     run = tmp_path / "r"
-    train(Config(out=str(run), data_root=str(fashion_root), d_base="mixture", g_mixture=True, **TINY), progress=False)
+    train(Config(out=str(run), data_root=str(fashion_root), d_base=d_base, g_mixture=True, **TINY), progress=False)
     assert evaluate_main([str(run), "--zeta-samples", "8", "--batch-size", "8", "--chunk", "400", "--ais-steps", "4",
                           "--ais-chains", "8", "--raise-points", "4", "--no-figures"]) == 0   # default bases
     res = json.loads((run / "eval.json").read_text())
@@ -191,9 +193,17 @@ def test_a_mixture_base_run_is_evaluated_against_its_own_base(tmp_path, fashion_
     assert len(p0.log_pi) == 10 and model.ais_base("defensive").components[0] is model.ais_base("base")
     test_u8, _ = load_images("fashion-mnist", str(fashion_root), train=False)
     from owf.baselines import bits_per_dim, dequantised_u
-    nll = torch.cat([-(p0.log_prob(u) - jac) for u, jac in
-                     (dequantised_u(b, torch.Generator().manual_seed(i)) for i, b in enumerate(test_u8.split(2000)))])
-    assert res["baselines"]["base_measure_bits_per_dim"] == pytest.approx(bits_per_dim(nll, 784), abs=1e-9)
+    if d_base == "copula":           # p_0 of its normal scores z: log p_x = log p(z) - log|dx/dz|, z of the same draws
+        coord = p0.coordinate
+        assert model.ais_base("defensive").components[1].coordinate is model.ais_base("base").coordinate
+        nll = torch.cat([-(p0.log_prob(z) - coord.log_jac(z)) for z in
+                         (coord.to_u(torch.tanh(dequantised_u(b, torch.Generator().manual_seed(i))[0]))
+                          for i, b in enumerate(test_u8.split(2000)))])
+    else:
+        nll = torch.cat([-(p0.log_prob(u) - jac) for u, jac in
+                         (dequantised_u(b, torch.Generator().manual_seed(i)) for i, b in enumerate(test_u8.split(2000)))])
+    assert res["baselines"]["base_measure_bits_per_dim"] == pytest.approx(bits_per_dim(nll, 784),
+                                                                          abs=1e-9 if d_base == "mixture" else 1e-6)
     assert {r["base"] for r in res["ais_rows"]} == {"base", "defensive"}
     assert math.isfinite(res["test_bits_per_dim"]) and model.G.components == 10 and res["base_samples"] == 4000
     torch.testing.assert_close(model.G.latent_log_pi, p0.log_pi.float())
