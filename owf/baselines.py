@@ -347,6 +347,8 @@ class CopulaMixture(OnPixels, GaussianMixtureBase):
     def __init__(self, log_pi: torch.Tensor, mu: torch.Tensor, L: torch.Tensor, log_p_bin: torch.Tensor,
                  coordinate: NormalScores | None = None):
         super().__init__(log_pi, mu, L)
+        if coordinate is not None and not torch.equal(coordinate.log_p_bin, log_p_bin.double()):
+            raise ValueError("log_p_bin differs from the given coordinate's margins")
         self.coordinate = coordinate or NormalScores(log_p_bin)
         self.log_p_bin = self.coordinate.log_p_bin
 

@@ -310,7 +310,8 @@ class OWFModel:
 
     # ---- annealed importance sampling (owf.ais)
     def ais_base(self, base: str = "gaussian"):
-        """AIS's base, a normalised density of u (x = c + h tanh u on the domain box), by name:
+        """AIS's base, a normalised density of u (x = c + h tanh u on the domain box, or the base's own
+        coordinate: owf.ais.coordinate_of), by name:
         "gaussian": fitted to the data (images: the AtanhGaussian of fit_gaussian; 2D: a Gaussian in
         u of 10^5 draws of the mixture); "histogram" (images): owf.baselines.PixelHistogram, the
         per-pixel histograms of the training split; "uniform": the uniform density on the box;
@@ -351,7 +352,8 @@ class OWFModel:
         return self._ais_bases[base]
 
     def base_density(self):
-        """The energy's base measure p_0 as a normalised density of u = atanh(x) (None without one)."""
+        """The energy's base measure p_0 as a normalised density of u = atanh(x), or of its own coordinate
+        (owf.ais.coordinate_of: the copula's normal scores) (None without one)."""
         density = getattr(self.D, "base_density", None)
         return density() if density is not None else None
 

@@ -49,7 +49,8 @@ def energy_penalty(D, w: float, parts, alpha: float) -> torch.Tensor:
 
 class PersistentChains:
     """M persistent MALA chains on P_D ∝ exp(D/w) on [-1, 1]^n (see the module docstring).
-    base: a normalised density of u (owf.baselines) with sample, log_prob and scale [n]."""
+    base: a normalised density of u (owf.baselines) with sample, log_prob and scale [n], u = atanh x or
+    the base's own coordinate (owf.ais.coordinate_of)."""
 
     def __init__(self, num: int, event_shape, base, seed: int = 0, eps: float = 0.05):
         if num < 1:
@@ -81,8 +82,15 @@ class PersistentChains:
         return coordinate.to_x(self.u).view(len(self.u), *self.event_shape).detach()
 
     def state_dict(self) -> dict:
-        return {"u": self.u.cpu(), "eps": self.eps, "next": self.next, "steps": self.steps, "rng": self.gen.get_state()}
+        return {"u": self.u.cpu(), "eps": self.eps, "next": self.next, "steps": self.steps, "rng": self.gen.get_state(),
+                "coordinate": self._coordinate_name()}
+
+    def _coordinate_name(self) -> str:
+        return type(coordinate_of(self.base, Box(-1.0, 1.0))).__name__
 
     def load_state_dict(self, state: dict):
+        saved = state.get("coordinate", "Box")     # checkpoints before the copula's own coordinate: atanh
+        if saved != self._coordinate_name():
+            raise ValueError(f"the checkpoint's chains move in {saved}, this base's in {self._coordinate_name()}")
         self.u, self.eps, self.next, self.steps = state["u"], state["eps"], state["next"], state["steps"]
         self.gen.set_state(state["rng"])

@@ -47,8 +47,10 @@ f_test = f_over_w(dequantise(test_u8, g))                 # the whole test split
 if D.base_components == 1:      # the Gaussian base, drawn as the recorded runs drew it
     eps = torch.randn(N, D.base_mu.numel(), generator=g, dtype=torch.float64)
     x_base = torch.tanh(D.base_mu + eps @ D.base_L.T).view(N, *test_u8.shape[1:])
-else:                           # --d-base mixture
-    x_base = torch.tanh(m.base_density().sample(N, g).double()).view(N, *test_u8.shape[1:])
+else:                           # --d-base mixture (u = atanh x) or copula (its normal scores z): x in the base's coordinate
+    from owf.ais import Box, coordinate_of
+    p0 = m.base_density()
+    x_base = coordinate_of(p0, Box(-1.0, 1.0)).to_x(p0.sample(N, g).double()).view(N, *test_u8.shape[1:])
 f_base = f_over_w(x_base)
 n = test_u8[0].numel()
 per_bpd = n * math.log(2)

@@ -21,7 +21,8 @@ ss = m.tune_ais("defensive", 1, pilot_steps=200, chains=64, generator=g)
 path = m.ais_path("defensive", 1)
 betas = ss.schedule(K, "sigmoid")
 r = ais(path, 64, betas, ss, g)
-xe = torch.tanh(r.u).view(-1, 1, 28, 28).float()
+from owf.ais import Box, coordinate_of      # the chains' coordinate: atanh, or a copula base's normal scores
+xe = coordinate_of(m.ais_base("defensive"), Box(-1.0, 1.0)).to_x(r.u).view(-1, 1, 28, 28).float()
 with torch.no_grad():
     y = m.sample(256, torch.Generator().manual_seed(2))
 def parts(z):
