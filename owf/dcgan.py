@@ -29,8 +29,9 @@ over the pixels' normal scores z = Φ⁻¹(F(y)) under their histograms (owf.bas
 histograms' bin log-probabilities [n, 256] are a buffer too):
     log p_0(x) = log Σ_k π_k N(z; μ_k, L_k L_kᵀ) + Σ_i (log p_i[b_i] - log φ(z_i)) + n log 128,   y = 128 (x + 1)
 log p_i[b_i] is constant within a bin and jumps at its edges (the dequantised data are uniform within
-one): D's gradient in x carries the mixture's dependence but not the margins, and a MALA chain in
-u = atanh(x) (owf.negatives, owf.ais) meets the jumps as rejections (docs/likelihood.md).
+one): D's gradient in x carries the mixture's dependence but not the margins (G's Eq. 17 does not see
+them), and a MALA chain in u = atanh(x) would meet the jumps as rejections, so the chains (owf.negatives,
+owf.ais) move in the base's normal scores z, where they cancel (owf.baselines.NormalScores; docs/likelihood.md).
 """
 from __future__ import annotations
 
