@@ -40,12 +40,17 @@ LZMA_PRESET = 9 | lzma.PRESET_EXTREME
 BINS = 256
 
 
+def dequantised_y(u8: torch.Tensor, generator=None) -> torch.Tensor:
+    """u8 [N, ...] -> t = u8 + U [N, n] in (0, 256), U ~ U(0, 1) (kept ≥ 1e-12), float64: one noise draw each."""
+    U = torch.rand(u8.shape, generator=generator, dtype=torch.float64).clamp_min_(1e-12)
+    return (u8.double() + U).flatten(1)
+
+
 def dequantised_u(u8: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
     """u8 [N, ...] -> (u, log|dx/du|): u = atanh(x) [N, n] of the dequantised x = (u8 + U)/128 - 1,
     U ~ U(0, 1), and log|dx/du| = Σ log(1 - x²) [N], both in float64 and both from t = u8 + U directly:
     1 + x = t/128, 1 - x = (256 - t)/128, so u = ½ log(t / (256 - t)) never meets atanh(±1)."""
-    U = torch.rand(u8.shape, generator=generator, dtype=torch.float64).clamp_min_(1e-12)
-    t = (u8.double() + U).flatten(1)
+    t = dequantised_y(u8, generator)
     u = 0.5 * (torch.log(t) - torch.log(256 - t))
     return u, (torch.log(t / 128) + torch.log((256 - t) / 128)).sum(1)
 
@@ -294,7 +299,7 @@ class NormalScores:
     def __init__(self, log_p_bin: torch.Tensor):
         self.log_p_bin = log_p_bin.double()
         p = self.log_p_bin.exp()
-        self.cdf_lo = torch.cumsum(p, 1) - p
+        self.cdf_lo = torch.cumsum(p, 1) - p          # C[b] = Σ_{j<b} p[j]
 
     def scores(self, y: torch.Tensor):
         """normal_scores with these margins: (z [B, n], Σ log dz/dy [B])."""
@@ -358,8 +363,7 @@ class CopulaMixture(OnPixels, GaussianMixtureBase):
         fitted by EM (ITERATIONS rounds) to their normal scores, one dequantisation draw each from `seed`
         (dequantised_u's)."""
         coordinate = NormalScores(PixelHistogram(train_u8).log_p_bin)
-        y = torch.rand(train_u8.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        y = (y.clamp_min_(1e-12) + train_u8).flatten(1)
+        y = dequantised_y(train_u8, torch.Generator().manual_seed(seed))
         z = torch.cat([coordinate.scores(part)[0] for part in y.split(5000)])
         fitted = GaussianMixtureBase.fit(z, components, cls.ITERATIONS, shrink, seed)
         out = cls(fitted.log_pi, fitted.mu, fitted.L, coordinate.log_p_bin, coordinate)
@@ -373,8 +377,7 @@ class CopulaMixture(OnPixels, GaussianMixtureBase):
 
     def log_prob_u8(self, u8: torch.Tensor, generator=None) -> torch.Tensor:
         """log p_x of dequantised images [N] (one noise draw each, dequantised_u's) on the [-1, 1] scale."""
-        U = torch.rand(u8.shape, generator=generator, dtype=torch.float64).clamp_min_(1e-12)
-        z, log_dz = self.coordinate.scores((u8.double() + U).flatten(1))
+        z, log_dz = self.coordinate.scores(dequantised_y(u8, generator))
         return self.log_prob(z) + log_dz + z.shape[1] * math.log(128)
 
 
@@ -424,6 +427,14 @@ class MixtureBase:
             if pick.any():
                 out[pick] = c.sample(int(pick.sum()), generator)
         return out
+
+
+def defensive_base(p0) -> MixtureBase:
+    """½ p0 + ½ a broad density in p0's own coordinate (Hesterberg 1995), so that chains start both where the
+    data are and everywhere else: the uniform box in u = atanh x, or over a CopulaMixture, a density of its
+    normal scores, the histogram (margins_only: the uniform box has no smooth density there)."""
+    broad = p0.margins_only() if isinstance(p0, CopulaMixture) else UniformBox(p0.n)
+    return MixtureBase([p0, broad], [0.5, 0.5])
 
 
 def code_lengths(test_u8: torch.Tensor) -> dict:

@@ -173,9 +173,8 @@ class ConvEnergy(nn.Module):
         Σ log dz/dy + n log 128 (owf.baselines.normal_scores)."""
         x = x.flatten(1).double().clamp(-BASE_CLAMP, BASE_CLAMP)
         if self.base_margins:
-            from .baselines import normal_scores
-            p = self.base_log_p_bin.exp()
-            z, log_dz = normal_scores(128 * (x + 1), self.base_log_p_bin, torch.cumsum(p, 1) - p)
+            from .baselines import NormalScores
+            z, log_dz = NormalScores(self.base_log_p_bin).scores(128 * (x + 1))
             return z, log_dz + x.shape[1] * math.log(128)
         u = torch.atanh(x)
         return u, -log1m_tanh2(u).sum(1)

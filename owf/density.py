@@ -334,9 +334,7 @@ class OWFModel:
                 self._ais_bases[base] = p0
             elif base == "defensive":
                 data = "base" if self.config.d_base in MIXTURE_BASES else "gaussian"
-                p0 = self.ais_base(data)
-                broad = p0.margins_only() if hasattr(p0, "margins_only") else self.ais_base("uniform")
-                self._ais_bases[base] = baselines.MixtureBase([p0, broad], [0.5, 0.5])
+                self._ais_bases[base] = baselines.defensive_base(self.ais_base(data))
             elif self.kind == "2d":
                 from .ais import Box
                 x = self.data.sample(100_000, torch.Generator().manual_seed(3 * 10 ** 6)).double()

@@ -22,7 +22,7 @@ import torch
 
 from .config import MIXTURE_BASES, data_kind
 from .data import get_dataset
-from .dcgan import ConvEnergy, DCGANFlow
+from .dcgan import ConvEnergy, DCGANFlow, base_components
 from .classifier import classifier_cached
 from .images import SHAPES, ImageStream, generator_samples, load_images, saturated_share, to_uint8
 from .metrics import EVAL_POINTS, mode_coverage, mode_histogram
@@ -148,17 +148,16 @@ class ImageTask:
         fitted again by EM (the same tensors, so the chains' base and the run continue exactly)."""
         G, D = networks(cfg, self.shape)
         if cfg.d_base != "none" or cfg.mcmc_chains:
-            from .baselines import AtanhGaussian, AtanhMixture, CopulaMixture, MixtureBase, UniformBox
+            from .baselines import AtanhGaussian, AtanhMixture, CopulaMixture, defensive_base
             if cfg.d_base in MIXTURE_BASES and saved_d is not None:
                 D.load_state_dict(saved_d)                 # restore() loads it again, with the optimisers
                 fitted = D.base_density()
             elif cfg.d_base in MIXTURE_BASES:
+                copula = cfg.d_base == "copula"
                 if self.rank == 0:
-                    print(f"fitting the base measure: {AtanhMixture.COMPONENTS} Gaussians by EM on the training split"
-                          if cfg.d_base == "mixture" else f"fitting the base measure: {CopulaMixture.COMPONENTS} "
-                          "Gaussians by EM on the training split's normal scores", file=sys.stderr)
-                fitted = (CopulaMixture.fit_pixels(self.stream.images) if cfg.d_base == "copula"
-                          else AtanhMixture(self.stream.images))
+                    print(f"fitting the base measure: {base_components(cfg.d_base)} Gaussians by EM on the training "
+                          "split" + ("'s normal scores" if copula else ""), file=sys.stderr)
+                fitted = CopulaMixture.fit_pixels(self.stream.images) if copula else AtanhMixture(self.stream.images)
             else:
                 fitted = AtanhGaussian(self.stream.images)
             if cfg.d_base != "none":
@@ -169,9 +168,8 @@ class ImageTask:
                     G.latent_log_pi.copy_(fitted.log_pi)
             if cfg.mcmc_chains:            # persistent chains on P_D, started from AIS's defensive base
                 from .negatives import PersistentChains
-                broad = fitted.margins_only() if cfg.d_base == "copula" else UniformBox(self.dim)
-                base = MixtureBase([fitted, broad], [0.5, 0.5])
-                self.chains = PersistentChains(cfg.mcmc_chains, self.shape, base, 40_000 + cfg.seed + 1009 * self.rank)
+                self.chains = PersistentChains(cfg.mcmc_chains, self.shape, defensive_base(fitted),
+                                               40_000 + cfg.seed + 1009 * self.rank)
         return G, D
 
     def batch(self, n, gen, device):
