@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field, fields
 
 from .data import DATASETS
+from .dcgan import G_OUTPUTS
 from .images import IMAGE_DATASETS
 from .model import D_ACTIVATIONS, G_ACTIVATIONS, LOGDET_METHODS
 
@@ -80,8 +81,8 @@ class Config:
     loss: str = _f("owf", "owf: Eq. 16/17; wgan: Eq. 4 with weight clipping; wgan-gp: Eq. 4 + gradient penalty")
     w: float = _f(None, "entropy weight of Appendix C.1: P_D = exp(D/w)/ζ (None: 0.1 in 2D, 0.01 for images)", float)
     logdet: str = _f(None, "log|det J| estimator: exact (T = n tangents), jvp1 (Eq. 9), or jvp1-tanh (Eq. 9 for "
-                           "g_n = tanh ∘ h's h, the tanh's own log-det exact) (None: exact in 2D, jvp1-tanh for "
-                           "images)", str)
+                           "g_n = σ ∘ h's h, the output map σ's own log-det exact: tanh, or --g-output margins) "
+                           "(None: exact in 2D, jvp1-tanh for images)", str)
     entropy_samples: int = _f(0, "G's entropy term (Eq. 17's w log|det J|) from the exact log|det J| of the "
                                  "first K of the S samples (all n tangents, OneWayFlowBase.exact_logdet_at_batch) "
                                  "instead of --logdet's estimate; Eq. 16's log q keeps --logdet's (0: --logdet's)")
@@ -147,6 +148,10 @@ class Config:
                                 "components (z ~ N(8 e_k, I), k ~ the base's π), and component k targets P_D's share "
                                 "of it, π_k p_0,k exp(f/w): Eq. 17 per component; Eq. 10's log q stays exact "
                                 "(owf.train; docs/likelihood.md)")
+    g_output: str = _f("tanh", "images: G's output map σ: tanh, or margins (with --d-base copula): the pre-activation "
+                               "read as the base's normal scores, x = x(a) through each pixel's training histogram "
+                               "(dcgan.MarginOutput), so that the margins cancel in Eq. 17 and G's objective is smooth "
+                               "in a (docs/likelihood.md)")
     # ---- run
     seed: int = _f(0, "seed of every random stream")
     device: str = _f("auto", "auto: cuda if available, else cpu")
@@ -169,7 +174,7 @@ class Config:
                     setattr(self, k, v)
         choices = {"loss": LOSSES, "logdet": LOGDET_METHODS, "defensive_proposal": DEFENSIVE_PROPOSALS, "d_base": D_BASES,
                    "zeta_proposal": ZETA_PROPOSALS,
-                   "g_activation": G_ACTIVATIONS, "d_activation": tuple(D_ACTIVATIONS), "device": DEVICES}
+                   "g_activation": G_ACTIVATIONS, "d_activation": tuple(D_ACTIVATIONS), "g_output": G_OUTPUTS, "device": DEVICES}
         for k, allowed in choices.items():
             if getattr(self, k) not in allowed:
                 raise ValueError(f"{k}={getattr(self, k)!r} is not one of {list(allowed)}")
@@ -201,6 +206,10 @@ class Config:
             raise ValueError(f"g_mixture=True matches G's latent to a base mixture: it needs loss='owf', "
                              f"d_base in {MIXTURE_BASES} and g_alpha=1, got loss={self.loss!r}, d_base={self.d_base!r}, "
                              f"g_alpha={self.g_alpha}")
+        if self.g_output == "margins" and (self.d_base != "copula" or self.logdet not in ("exact", "jvp1-tanh")):
+            raise ValueError(f"g_output='margins' maps G onto the copula base's margins: it needs d_base='copula' and "
+                             f"logdet 'exact' or 'jvp1-tanh' (the map's log-derivative exact), got d_base={self.d_base!r}, "
+                             f"logdet={self.logdet!r}")
         if self.zeta_proposal == "base" and (self.loss != "owf" or self.d_base == "none"):
             raise ValueError(f"zeta_proposal='base' draws log ζ̂'s samples from D's base measure (images): it needs "
                              f"loss='owf' and a d_base, got data={self.data!r}, loss={self.loss!r}, d_base={self.d_base!r}")
@@ -300,7 +309,7 @@ def build_parser(prog="python -m owf.train") -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description="Train a One-way Flow (or a WGAN baseline) on 2D data or images.")
     choices = {"data": ALL_DATA, "loss": LOSSES, "logdet": LOGDET_METHODS, "defensive_proposal": DEFENSIVE_PROPOSALS,
                "d_base": D_BASES, "zeta_proposal": ZETA_PROPOSALS,
-               "g_activation": G_ACTIVATIONS, "d_activation": tuple(D_ACTIVATIONS), "device": DEVICES}
+               "g_activation": G_ACTIVATIONS, "d_activation": tuple(D_ACTIVATIONS), "g_output": G_OUTPUTS, "device": DEVICES}
     starts = dict((first, name) for name, first in HELP_GROUPS)
     group = p
     for f in fields(Config):

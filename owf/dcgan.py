@@ -3,7 +3,11 @@
 Generator (Eq. 7, 10): u = [z; r] [B, n], n = C·H·W (z the latent of size d, r the noise), then
 
     Linear(n -> c_1 s²) -> Unflatten(c_1, s, s) -> BN -> act                       s = H / 2^k
-    k times: ConvTranspose2d(c_i -> c_{i+1}, 4, stride 2, padding 1) -> BN -> act    (the last: -> C, tanh)
+    k times: ConvTranspose2d(c_i -> c_{i+1}, 4, stride 2, padding 1) -> BN -> act    (the last: -> C, σ)
+
+σ, the output map, is elementwise with an exact log-derivative (Eq. 10's log|det J| = log|det J_h| +
+Σ_i log σ'(a_i), model.output_log_derivative): tanh, or with --g-output margins MarginOutput, the
+pre-activation a read as the copula base's normal scores (below).
 
 The first layer is DCGAN's 1x1 -> s x s transposed convolution written as the GEMM it is. No
 activation anywhere is smaller than n (Sec. 2.4: a bottleneck would make J singular), which the
@@ -32,6 +36,7 @@ log p_i[b_i] is constant within a bin and jumps at its edges (the dequantised da
 one): D's gradient in x carries the mixture's dependence but not the margins (G's Eq. 17 does not see
 them), and a MALA chain in u = atanh(x) would meet the jumps as rejections, so the chains (owf.negatives,
 owf.ais) move in the base's normal scores z, where they cancel (owf.baselines.NormalScores; docs/likelihood.md).
+G's output map can move there too (MarginOutput): then the margins cancel in Eq. 17 as well.
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ import torch.nn as nn
 from .model import OneWayFlowBase, energy_head, generator_activation, log1m_tanh2
 
 BASE_CLAMP = 1 - 2 ** -20
+G_OUTPUTS = ("tanh", "margins")
 
 
 def base_components(d_base: str) -> int:
@@ -59,11 +65,59 @@ def _stages(size: int, n_stages: int) -> int:
     return s
 
 
+class MarginOutput(nn.Module):
+    """G's output map σ onto a copula base's margins (--g-output margins): the pre-activation a [B, C, H, W]
+    is read as the pixels' normal scores, x = x(a) of owf.baselines.NormalScores, each pixel through its
+    own training histogram p_i (the base's, `fit`):
+
+        x_i = y_i / 128 - 1,   y_i = b_i + (Φ(a_i) - C_i[b_i]) / p_i[b_i]
+        Σ_i log σ'(a_i) = Σ_i (log φ(a_i) - log p_i[b_i]) - n log 128          (log_derivative)
+
+    Why: over the copula base, log p_0(x) = log mix(z) + Σ_i (log p_i[b_i] - log φ(z_i)) + n log 128. At
+    x = x(a), z = a, and Eq. 17's -D/w - log|det J| loses both sums: G's objective in a is the smooth
+    mix(a) exp(f/w) against log|det J_h|. Through tanh the margins stay in it, and log p_i[b_i] is
+    piecewise constant in x, so no gradient tells G which bins the data fill. Before `fit`: 256 equal
+    bins, x = 2 Φ(a) - 1.
+
+    z = a up to x's float32 rounding, except where x reaches D's clamp ±(1 - 2^-20) (y within Y_EPS of
+    0 or 256: a below about -3.7 on a background pixel, whose bin 0 holds half the mass): there x stops
+    moving (σ' = 0 in float32, a point mass: log q is not a density there) while log σ'(a) keeps φ(a);
+    Eq. 17's -log φ(a) = a²/2 pulls such a back. The training probe logs the share of clamped pixels, as
+    it logs tanh's saturated ones."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.register_buffer("log_p_bin", torch.full((n, 256), -math.log(256), dtype=torch.float64))
+
+    def fit(self, base):
+        """Take the margins of a fitted owf.baselines.CopulaMixture (the ones D's base reads)."""
+        with torch.no_grad():
+            self.log_p_bin.copy_(base.log_p_bin)
+
+    def _scores(self):
+        """NormalScores of the margins, built again only when the buffer changes (fit, a checkpoint, .to)."""
+        from .baselines import NormalScores
+        key = (self.log_p_bin.data_ptr(), self.log_p_bin._version)
+        if getattr(self, "_cached", (None,))[0] != key:
+            self._cached = (key, NormalScores(self.log_p_bin))
+        return self._cached[1]
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return self._scores().to_x(a.flatten(1)).contiguous().view_as(a)
+
+    def log_derivative(self, a: torch.Tensor) -> torch.Tensor:
+        """Σ_i log σ'(a_i) [B] of a [B, ...] (the bins read from x(a) in float32, as D reads them)."""
+        return self._scores().log_jac(a.flatten(1))
+
+
 class DCGANFlow(OneWayFlowBase):
-    """A one-way flow for images of `shape` (C, H, W), with widths c_1 > ... (one per resolution)."""
+    """A one-way flow for images of `shape` (C, H, W), with widths c_1 > ... (one per resolution) and the
+    output map σ named by `output` (G_OUTPUTS)."""
 
     def __init__(self, shape, widths=(64, 32), latent: int = 100, activation: str = "leaky_relu",
-                 negative_slope: float = 0.2, components: int = 1):
+                 negative_slope: float = 0.2, components: int = 1, output: str = "tanh"):
+        if output not in G_OUTPUTS:
+            raise ValueError(f"generator output {output!r}: choose one of {G_OUTPUTS}")
         C, H, W = shape
         if H != W:
             raise ValueError(f"images must be square, got {H} x {W}")
@@ -76,7 +130,7 @@ class DCGANFlow(OneWayFlowBase):
             cout = widths[i + 1] if i + 1 < k else C
             last = i + 1 == k
             mods.append(nn.ConvTranspose2d(widths[i], cout, 4, 2, 1, bias=last))
-            mods += [nn.Tanh()] if last else [nn.BatchNorm2d(cout), generator_activation(activation, negative_slope)]
+            mods += [nn.Tanh() if output == "tanh" else MarginOutput(n)] if last else [nn.BatchNorm2d(cout), generator_activation(activation, negative_slope)]
         net = nn.Sequential(*mods)
         _check_no_bottleneck(net, n)
         super().__init__(net, n, latent, event_shape=shape, components=components)
@@ -85,7 +139,7 @@ class DCGANFlow(OneWayFlowBase):
     @classmethod
     def from_config(cls, cfg, shape) -> "DCGANFlow":
         return cls(shape, cfg.widths("g_hidden"), cfg.latent or 100, cfg.g_activation,
-                   components=base_components(cfg.d_base) if cfg.g_mixture else 1)
+                   components=base_components(cfg.d_base) if cfg.g_mixture else 1, output=cfg.g_output)
 
 
 def _check_no_bottleneck(net: nn.Sequential, n: int):

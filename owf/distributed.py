@@ -101,9 +101,11 @@ def broadcast_module(module: torch.nn.Module):
 
 @contextlib.contextmanager
 def averaged_buffers(module: torch.nn.Module):
-    """Within the block, the floating buffers (BatchNorm's running statistics) hold their average
-    over ranks; after it, each rank's own again. Every rank enters it (a collective)."""
-    bufs = [b for b in module.buffers() if b.is_floating_point()]
+    """Within the block, BatchNorm's running statistics hold their average over ranks; after it, each
+    rank's own again. Every rank enters it (a collective). Other buffers (a mixture latent's π, the
+    margins of --g-output margins) are the same on every rank and are left alone."""
+    bns = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    bufs = [b for m in bns for b in (m.running_mean, m.running_var) if b is not None]
     own = [b.clone() for b in bufs]
     for b in bufs:
         dist.all_reduce(b, dist.ReduceOp.SUM)

@@ -21,7 +21,8 @@ log|det J| estimators:
   a = h(u): the output tanh's term exactly (elementwise, so free: from the pre-activation a), and
   Eq. 9's log‖J_h v‖ for h alone. Eq. 9 sees a direction's stretch, which the largest singular
   values dominate; a saturated output pixel (tanh' ≈ 0) is a near-zero singular value it barely
-  notices, and the exact term weighs each one.
+  notices, and the exact term weighs each one. Any elementwise output map σ with a known
+  log-derivative takes tanh's place (output_log_derivative: dcgan.MarginOutput).
 """
 from __future__ import annotations
 
@@ -46,6 +47,17 @@ def log1m_tanh2(a: torch.Tensor) -> torch.Tensor:
     to ±1 (float32 beyond |a| ≈ 9, float64 beyond 19): tanh's log-derivative from its pre-activation."""
     a = a.abs()
     return 2 * (math.log(2.0) - a - F.softplus(-2 * a))
+
+
+def output_log_derivative(net: nn.Module):
+    """For g_n = σ ∘ h, σ elementwise with its log-derivative known (net a Sequential ending in σ): the
+    map a [B, ...] -> Σ_i log|σ'(a_i)| [B] (nn.Tanh: log1m_tanh2; a layer with a `log_derivative`, e.g.
+    dcgan.MarginOutput), else None."""
+    if not isinstance(net, nn.Sequential):
+        return None
+    if isinstance(net[-1], nn.Tanh):
+        return lambda a: log1m_tanh2(a.flatten(1)).sum(1)
+    return getattr(net[-1], "log_derivative", None)
 
 
 def log_normal(u: torch.Tensor) -> torch.Tensor:
@@ -205,14 +217,15 @@ class OneWayFlowBase(nn.Module):
         chunk: the exact log-det's tangents per pass (jacobian_columns); above n = 2 its slogdet is
         taken in float64 (the 2D step keeps its closed form, _det2, float64 inside)."""
         B, n = u.shape
-        if method == "exact" and n > 2 and isinstance(self.net, nn.Sequential) and isinstance(self.net[-1], nn.Tanh):
-            # g_n = tanh(h(u)), elementwise: log|det J| = log|det J_h| + Σ_i log(1 - tanh² a_i), the
-            # second term in a form that saturation cannot round to log 0 (a DCGAN's background
-            # pixels sit at tanh's ±1, where 1 - y² is exactly 0 in float32): log1m_tanh2
+        out_ld = output_log_derivative(self.net)
+        if method == "exact" and n > 2 and out_ld is not None:
+            # g_n = σ(h(u)), σ elementwise: log|det J| = log|det J_h| + Σ_i log σ'(a_i), the second
+            # term from the pre-activation a, in a form that saturation cannot round to log 0 (a
+            # DCGAN's background pixels sit at tanh's ±1, where 1 - y² is exactly 0 in float32): log1m_tanh2
             a, a_dot = self.jacobian_columns(u, chunk, net=self.net[:-1])
             sign, ld = slogdet_cols(a_dot.double())
-            ld = ld + log1m_tanh2(a.reshape(B, n).double()).sum(1)
-            y = torch.tanh(a)
+            ld = ld + out_ld(a.reshape(B, n).double())
+            y = self.net[-1](a)
             return (y, ld.to(u.dtype), sign.to(u.dtype)) if signed else (y, ld.to(u.dtype))
         if method == "exact":
             y, y_dot = self.jacobian_columns(u, chunk)
@@ -225,13 +238,15 @@ class OneWayFlowBase(nn.Module):
         if signed:
             raise ValueError("signed=True needs method='exact': jvp1's ‖Jv‖ carries no sign of det J")
         if method == "jvp1-tanh":
-            if not (isinstance(self.net, nn.Sequential) and isinstance(self.net[-1], nn.Tanh)):
-                raise ValueError("logdet='jvp1-tanh' needs a generator whose last layer is nn.Tanh (g_n = tanh ∘ h)")
+            if out_ld is None:
+                last = self.net[-1] if isinstance(self.net, nn.Sequential) else self.net
+                raise ValueError(f"logdet='jvp1-tanh' needs a generator g_n = σ ∘ h whose last layer σ is nn.Tanh or "
+                                 f"has a log_derivative (dcgan.MarginOutput), got {type(last).__name__}")
             v = torch.randn(B, n, generator=generator, device=u.device, dtype=u.dtype)
             v = v / v.norm(dim=-1, keepdim=True)
             a, a_dot = jvp(self.net[:-1], (u,), (v.unsqueeze(0),), batch_norm="per_sample")
-            ld = torch.log(a_dot.squeeze(0).reshape(B, -1).norm(dim=-1)) + log1m_tanh2(a.reshape(B, -1)).sum(1)
-            return torch.tanh(a), ld
+            ld = torch.log(a_dot.squeeze(0).reshape(B, -1).norm(dim=-1)) + out_ld(a.reshape(B, -1)).to(a.dtype)
+            return self.net[-1](a), ld
         if method == "jvp1":
             v = torch.randn(B, n, generator=generator, device=u.device, dtype=u.dtype)
             v = v / v.norm(dim=-1, keepdim=True)              # uniform on S^{n-1}

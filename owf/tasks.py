@@ -22,7 +22,7 @@ import torch
 
 from .config import MIXTURE_BASES, data_kind
 from .data import get_dataset
-from .dcgan import ConvEnergy, DCGANFlow, base_components
+from .dcgan import BASE_CLAMP, ConvEnergy, DCGANFlow, MarginOutput, base_components
 from .classifier import classifier_cached
 from .images import SHAPES, ImageStream, generator_samples, load_images, saturated_share, to_uint8
 from .metrics import EVAL_POINTS, mode_coverage, mode_histogram
@@ -108,11 +108,11 @@ class ImageTask:
     """An image data set (owf.images): DCGAN networks, the training split as a seeded stream, the
     classifier FID of cfg.fid_samples samples against the test split every cfg.fid_every steps."""
     summary_keys = ("fid", "min_class_share", "class_kl", "class_shares", "fid_floor", "classifier_accuracy",
-                    "probe_log_q", "probe_logdet", "saturated")
+                    "probe_log_q", "probe_logdet", "saturated", "clamped")
     summary_only = ("fid_floor", "classifier_accuracy")
     progress_keys = ("fid",)
     curve_keys = ("fid", "min_class_share", "ess", "log_zeta", "loss_d", "loss_g", "probe_log_q", "saturated",
-                  "mcmc_energy_gap")
+                  "clamped", "mcmc_energy_gap")
     GRID = 64                                         # samples in samples.png
     PROBE = 4                                         # latents of the probe batch (exact log q: n tangents each)
     SATURATION_SAMPLES = 256
@@ -163,6 +163,8 @@ class ImageTask:
             if cfg.d_base != "none":
                 D.fit_base(fitted)
                 self.base = fitted
+            if cfg.g_output == "margins":  # G's output map reads the base's margins
+                G.net[-1].fit(fitted)
             if cfg.g_mixture:              # G's latent components take the base's weights π
                 with torch.no_grad():
                     G.latent_log_pi.copy_(fitted.log_pi)
@@ -189,7 +191,8 @@ class ImageTask:
         """The generator's concentration, on a fixed probe batch (PROBE latents of a stream of its
         own, G in eval mode): the exact log|det J| (all n tangents, owf_kernels.jvp) and log q (Eq. 10)
         of each, their means; and the share of output pixels whose tanh pre-activation has |a| > 3
-        (saturated: tanh' < 0.01), over SATURATION_SAMPLES samples. A dequantised image's density is at
+        (saturated: tanh' < 0.01), or with --g-output margins the share whose x(a) reached D's clamp
+        ±(1 - 2^-20) (clamped: dx/da = 0 in float32, dcgan.MarginOutput), over SATURATION_SAMPLES samples. A dequantised image's density is at
         most n log 128 nats (each pixel's bin is 2/256 wide): a mean log q above that is a G more
         concentrated than any fit to the data can be."""
         device = next(G.parameters()).device
@@ -202,6 +205,9 @@ class ImageTask:
         if isinstance(G.net[-1], torch.nn.Tanh):
             a = G.net[:-1](G.noise(self.SATURATION_SAMPLES, g))
             out["saturated"] = float((a.abs() > 3).float().mean())
+        elif isinstance(G.net[-1], MarginOutput):
+            x = G.net(G.noise(self.SATURATION_SAMPLES, g))
+            out["clamped"] = float((x.abs() >= BASE_CLAMP).float().mean())
         G.train(was)
         return out
 

@@ -159,7 +159,8 @@ TINY_IMAGES = dict(g_hidden="16,4", d_hidden="4,8", batch=16, samples=16, log_ev
                                         ("owf", {"zeta_proposal": "base"}),          # p_0's draws from training's stream
                                         ("owf", {"d_base": "mixture", "g_mixture": True, "zeta_proposal": "base",
                                                  "mcmc_chains": 0, "mcmc_weight": 0.0}),
-                                        ("owf", {"d_base": "copula", "g_mixture": True})])
+                                        ("owf", {"d_base": "copula", "g_mixture": True}),
+                                        ("owf", {"d_base": "copula", "g_mixture": True, "g_output": "margins"})])
 def test_an_image_run_resumes_exactly(tmp_path, fashion_root, monkeypatch, loss, extra):
     kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=20, loss=loss, **extra)
     train(Config(out=str(tmp_path / "full"), **kw), progress=False)
@@ -182,6 +183,11 @@ def test_an_image_run_resumes_exactly(tmp_path, fashion_root, monkeypatch, loss,
     else:
         assert "chains" not in a["task"]
     assert (tmp_path / "half" / "samples.png").stat().st_size > 0 and (tmp_path / "half" / "curves.png").exists()
+    if extra.get("g_output") == "margins":    # G's output map reads D's margins; the probe counts clamped pixels
+        (margins,) = [v for name, v in a["G"].items() if name.endswith("log_p_bin")]
+        assert torch.equal(margins, a["D"]["base_log_p_bin"]) and not torch.equal(margins, torch.full_like(margins, margins[0, 0]))
+        row = json.loads(open(tmp_path / "full" / "metrics.jsonl").readlines()[-1])
+        assert 0 <= row["clamped"] <= 1 and "saturated" not in row
 
 
 def test_a_short_image_run_lowers_the_classifier_fid(tmp_path, fashion_root):
@@ -235,6 +241,51 @@ def test_jvp1_tanh_is_eq9_for_h_plus_the_exact_tanh_term():
     J = torch.func.jacrev(lambda w: h(w[None]).flatten())
     ld_h = torch.stack([torch.linalg.slogdet(J(ui)).logabsdet for ui in u])
     torch.testing.assert_close(exact, ld_h + torch.log(1 - torch.tanh(a.flatten(1)) ** 2).sum(1))
+
+
+def test_the_margins_output_is_exact_in_eq10_and_cancels_the_copula_margins_in_eq17():
+    """--g-output margins: σ = x(a) through each pixel's histogram (dcgan.MarginOutput). Eq. 10's exact
+    log|det J| and jvp1-tanh's exact σ term against autograd through σ; and over D's copula base with f ≡ 0,
+    D(x(a))/w + log σ'(a) is the base mixture of the normal scores, log mix(a), in value and in gradient:
+    the margins' jumps, invisible to a gradient in x, are gone from G's objective."""
+    from owf.baselines import CopulaMixture
+    imgs = torch.randint(0, 256, (300, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    imgs[:200, :, :3] = 0                                            # a histogram with a heavy bin 0, as Fashion-MNIST's
+    base = CopulaMixture.fit_pixels(imgs, 3)
+    torch.manual_seed(0)
+    G = DCGANFlow((1, 8, 8), widths=(16, 8), latent=10, output="margins").eval()
+    G.net[-1].fit(base)
+    u = G.noise(3, torch.Generator().manual_seed(1))
+    h, sigma = G.net[:-1], G.net[-1]
+    a = h(u).detach()
+    y, ld = G.logdet(u, "exact")
+    J = torch.func.jacrev(lambda w: G.net(w[None]).flatten())
+    want = torch.stack([torch.linalg.slogdet(J(ui).double()).logabsdet for ui in u]).float()
+    torch.testing.assert_close(ld, want, rtol=1e-4, atol=1e-2)
+    torch.testing.assert_close(y, G(u))
+    assert (y > -1).all() and (y < 1).all()
+    v = torch.randn(3, 64, generator=torch.Generator().manual_seed(2))
+    v = v / v.norm(dim=1, keepdim=True)
+    _, a_dot = torch.func.jvp(h, (u,), (v,))
+    _, ld1 = G.logdet(u, "jvp1-tanh", torch.Generator().manual_seed(2))
+    dx_da = torch.func.grad(lambda t: sigma(t).sum())(a.double())          # σ is elementwise: J_σ's diagonal
+    torch.testing.assert_close(ld1, a_dot.flatten(1).norm(dim=1).log() + dx_da.log().flatten(1).sum(1).float(),
+                               rtol=1e-4, atol=1e-2)
+    D = ConvEnergy((1, 8, 8), widths=(4, 8), base_w=0.01, base_components=3, base_margins=True)
+    D.fit_base(base)
+    with torch.no_grad():
+        D.net[-1].weight.zero_()                                      # f ≡ 0: D = w log p_0
+    at = a.clone().requires_grad_()
+    obj = D(sigma(at)) / 0.01 + sigma.log_derivative(at)
+    (g,) = torch.autograd.grad(obj.sum(), at)
+    zt = a.flatten(1).double().requires_grad_()
+    (g_want,) = torch.autograd.grad(base.log_prob(zt).sum(), zt)
+    torch.testing.assert_close(obj.double(), base.log_prob(a.flatten(1).double()), rtol=1e-6, atol=1e-2)
+    torch.testing.assert_close(g.flatten(1).double(), g_want, rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="g_output='margins'.*d_base='copula'"):
+        Config(data="fashion-mnist", g_output="margins")
+    with pytest.raises(ValueError, match="generator output 'sigmoid'"):
+        DCGANFlow((1, 8, 8), widths=(16, 8), output="sigmoid")
 
 
 def test_the_saturated_share_of_data_is_the_part_of_the_end_bins_past_tanh_3():
