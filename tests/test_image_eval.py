@@ -176,15 +176,17 @@ def test_evaluate_writes_eval_json_and_every_figure(tmp_path, fashion_root, caps
     assert ("log ζ estimate (generator, exact) with ESS" in err) == res["low_ess_is"]
 
 
-@pytest.mark.parametrize("d_base", ["mixture", "copula"])
-def test_a_mixture_base_run_is_evaluated_against_its_own_base(tmp_path, fashion_root, monkeypatch, d_base):
+@pytest.mark.parametrize("d_base,g_output", [("mixture", "tanh"), ("copula", "tanh"), ("copula", "margins")])
+def test_a_mixture_base_run_is_evaluated_against_its_own_base(tmp_path, fashion_root, monkeypatch, d_base, g_output):
     """--d-base mixture: eval.json's baselines carry the mixture p_0's own test bits/dim (the energy
     read against the density it corrects); AIS can start from p_0 ("base"), and the defensive base
     is ½ p_0 + ½ uniform (copula: ½ p_0 + ½ the histogram, in its normal scores). G has latent
-    components matched to it (--g-mixture), with their weights π."""
+    components matched to it (--g-mixture), with their weights π; with --g-output margins its output
+    map reads p_0's margins, and the evaluation's log q (exact and Eq. 9's, owf_kernels.jvp through σ) runs."""
     monkeypatch.setattr(image_eval, "GAUSSIAN_SAMPLES", 4000)
     run = tmp_path / "r"
-    train(Config(out=str(run), data_root=str(fashion_root), d_base=d_base, g_mixture=True, **TINY), progress=False)
+    train(Config(out=str(run), data_root=str(fashion_root), d_base=d_base, g_mixture=True, g_output=g_output, **TINY),
+          progress=False)
     assert evaluate_main([str(run), "--zeta-samples", "8", "--batch-size", "8", "--chunk", "400", "--ais-steps", "4",
                           "--ais-chains", "8", "--raise-points", "4", "--no-figures"]) == 0   # default bases
     res = json.loads((run / "eval.json").read_text())
@@ -207,6 +209,9 @@ def test_a_mixture_base_run_is_evaluated_against_its_own_base(tmp_path, fashion_
     assert {r["base"] for r in res["ais_rows"]} == {"base", "defensive"}
     assert math.isfinite(res["test_bits_per_dim"]) and model.G.components == 10 and res["base_samples"] == 4000
     torch.testing.assert_close(model.G.latent_log_pi, p0.log_pi.float())
+    if g_output == "margins":
+        assert torch.equal(model.G.net[-1].log_p_bin, p0.log_p_bin)
+        assert math.isfinite(res["log_zeta_is"]) and math.isfinite(res["log_zeta_jvp1"])
 
 
 def test_every_sampler_of_a_copula_base_moves_in_its_normal_scores(tmp_path, fashion_root):

@@ -2,7 +2,8 @@
 metrics.json / metrics.jsonl (training) and eval.json (`python -m owf.evaluate RUN --ais-bases defensive`).
     python docs/results/likelihood/sweep/summary.py RUN [RUN ...]
 FID is the final one (10,000 samples) and, since one checkpoint's FID moves by ±10, the mean ± sd of the
-last four 1,000-step checkpoints; the bracket's numbers are at the ladder's largest K."""
+last four 1,000-step checkpoints; the bracket's numbers are at the ladder's largest K. "saturated" is the
+tanh pre-activations' share past |a| = 3, or with --g-output margins the share of clamped pixels (marked c)."""
 import json
 import statistics
 import sys
@@ -17,7 +18,7 @@ for run in map(Path, sys.argv[1:]):
     fids = [r["fid"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "fid" in r][-4:]
     row = [run.name, *(f"{cfg[k]:g}" for k in KEYS),
            f"{m['fid']:.1f} ({statistics.mean(fids):.1f} ± {statistics.stdev(fids):.1f})",
-           f"{100 * m['min_class_share']:.1f}%", f"{m['probe_log_q']:,.0f}", f"{100 * m['saturated']:.1f}%"]
+           f"{100 * m['min_class_share']:.1f}%", f"{m['probe_log_q']:,.0f}", f"{100 * m['saturated']:.1f}%" if "saturated" in m else f"{100 * m['clamped']:.1f}% c"]
     ev = run / "eval.json"
     if ev.is_file():
         e = json.loads(ev.read_text())
