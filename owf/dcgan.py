@@ -128,7 +128,10 @@ class DCGANFlow(OneWayFlowBase):
             cout = widths[i + 1] if i + 1 < k else C
             last = i + 1 == k
             mods.append(nn.ConvTranspose2d(widths[i], cout, 4, 2, 1, bias=last))
-            mods += [nn.Tanh() if output == "tanh" else MarginOutput(n)] if last else [nn.BatchNorm2d(cout), generator_activation(activation, negative_slope)]
+            if last:
+                mods.append(nn.Tanh() if output == "tanh" else MarginOutput(n))
+            else:
+                mods += [nn.BatchNorm2d(cout), generator_activation(activation, negative_slope)]
         net = nn.Sequential(*mods)
         _check_no_bottleneck(net, n)
         super().__init__(net, n, latent, event_shape=shape, components=components)

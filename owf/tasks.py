@@ -192,9 +192,9 @@ class ImageTask:
         own, G in eval mode): the exact log|det J| (all n tangents, owf_kernels.jvp) and log q (Eq. 10)
         of each, their means; and the share of output pixels whose tanh pre-activation has |a| > 3
         (saturated: tanh' < 0.01), or with --g-output margins the share whose x(a) reached D's clamp
-        ±(1 - 2^-20) (clamped: dx/da = 0 in float32, dcgan.MarginOutput), over SATURATION_SAMPLES samples. A dequantised image's density is at
-        most n log 128 nats (each pixel's bin is 2/256 wide): a mean log q above that is a G more
-        concentrated than any fit to the data can be."""
+        ±(1 - 2^-20) (clamped: dx/da = 0 in float32, dcgan.MarginOutput), over SATURATION_SAMPLES samples.
+        A dequantised image's density is at most n log 128 nats (each pixel's bin is 2/256 wide): a mean
+        log q above that is a G more concentrated than any fit to the data can be."""
         device = next(G.parameters()).device
         was = G.training
         G.eval()
