@@ -83,9 +83,10 @@ class Config:
     logdet: str = _f(None, "log|det J| estimator: exact (T = n tangents), jvp1 (Eq. 9), or jvp1-tanh (Eq. 9 for "
                            "g_n = σ ∘ h's h, the output map σ's own log-det exact: tanh, or --g-output margins) "
                            "(None: exact in 2D, jvp1-tanh for images)", str)
-    entropy_samples: int = _f(0, "G's entropy term (Eq. 17's w log|det J|) from the exact log|det J| of the "
-                                 "first K of the S samples (all n tangents, OneWayFlowBase.exact_logdet_at_batch) "
-                                 "instead of --logdet's estimate; Eq. 16's log q keeps --logdet's (0: --logdet's)")
+    entropy_samples: int = _f(0, "G's entropy term (Eq. 17's w log|det J|) corrected by the exact log|det J| of "
+                                 "the first K of the S samples (all n tangents, OneWayFlowBase.exact_logdet_at_batch): "
+                                 "mean_S of --logdet's estimate + mean_K (exact - estimate), unbiased for the exact "
+                                 "mean; Eq. 16's log q keeps --logdet's (0: --logdet's alone)")
     orient: bool = _f(None, "G's entropy term keeps one orientation of g_n (losses.oriented_logdet): "
                             "samples whose det J has the minority sign are pulled back through det J = 0 "
                             "instead of held there, so g_n does not fold (None: on with the exact log-det, "

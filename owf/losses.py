@@ -73,6 +73,23 @@ def generator_loss_eq17(d_y, logdet, w: float) -> torch.Tensor:
     return (-w * logdet - d_y).mean()
 
 
+def exact_entropy_control_variate(logdet: torch.Tensor, logdet_exact: torch.Tensor) -> torch.Tensor:
+    """Eq. 17's entropy term mean_S log|det J| from S estimates logdet [S] (Eq. 9's, or its exact-σ
+    form jvp1-tanh) and the exact log|det J| of the first K of the same samples, logdet_exact [K]:
+
+        mean_S(logdet) + mean_K(logdet_exact - logdet[:K])
+
+    unbiased for the exact mean whatever the estimate (the S draws are exchangeable, so the first K
+    are a uniform subset), in value and gradient. With g_n = σ ∘ h, both carry the same exact
+    Σ_i log σ'(a_i) on the K samples, which cancels in the difference, so that term enters for all S
+    samples rather than K: through --g-output margins it is what cancels D's margins per sample, and
+    through tanh it is -2,000 to -3,500 nats that would otherwise vary with the K samples drawn."""
+    k = len(logdet_exact)
+    if not 0 < k <= len(logdet):
+        raise ValueError(f"logdet_exact holds {k} samples; it must hold 1 to len(logdet) = {len(logdet)}")
+    return logdet.mean() + (logdet_exact - logdet[:k]).mean()
+
+
 def generator_loss_renyi(d_y, logdet, log_q, w: float, alpha: float, softmax=None) -> torch.Tensor:
     """Eq. 17 with each sample weighted by its self-normalised importance weight to the power 1 - α:
     the reparameterised gradient of the Rényi divergence D_α(q ‖ P_D) (Li & Turner, 2016, the VR

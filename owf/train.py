@@ -28,8 +28,8 @@ from tqdm import tqdm
 from .checkpoint import load_checkpoint, save_atomic
 from .cli import user_errors_exit
 from .config import RESUMABLE, Config, parse_args
-from .losses import (data_kernel_proposal, discriminator_loss_eq16, effective_sample_size, generator_loss_renyi,
-                     gradient_penalty, log_zeta_hat, oriented_logdet, uniform_box_proposal, wgan_discriminator_loss_eq4,
+from .losses import (data_kernel_proposal, discriminator_loss_eq16, effective_sample_size,
+                     exact_entropy_control_variate, generator_loss_renyi, gradient_penalty, log_zeta_hat, oriented_logdet, uniform_box_proposal, wgan_discriminator_loss_eq4,
                      wgan_generator_loss)
 from .negatives import energy_penalty
 from .plots import save_curves
@@ -142,9 +142,10 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
         logdet = oriented_logdet(logdet, sign[0])     # log|det J| on the majority side, reflected on the other
     if is_owf and cfg.entropy_samples:
         # Eq. 17 with its entropy from the exact log|det J| of K of the S samples (every direction of J,
-        # the near-zero singular values too, which Eq. 9's log‖Jv‖ barely sees): -mean D(y) - w mean_K log|det J|
+        # the near-zero singular values too, which Eq. 9's log‖Jv‖ barely sees), as a control variate on
+        # the S samples' estimate: -mean D(y) - w (mean_S logdet + mean_K (exact - logdet))
         logdet_k = G.exact_logdet_at_batch(u[:cfg.entropy_samples], u.detach(), chunk=ENTROPY_CHUNK)
-        loss_g = -d_y.mean() - cfg.w * logdet_k.mean()
+        loss_g = -d_y.mean() - cfg.w * exact_entropy_control_variate(logdet, logdet_k)
     elif is_owf:
         loss_g = generator_loss_renyi(d_y, logdet, log_q, cfg.w, cfg.g_alpha, softmax)
     else:

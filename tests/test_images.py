@@ -160,7 +160,9 @@ TINY_IMAGES = dict(g_hidden="16,4", d_hidden="4,8", batch=16, samples=16, log_ev
                                         ("owf", {"d_base": "mixture", "g_mixture": True, "zeta_proposal": "base",
                                                  "mcmc_chains": 0, "mcmc_weight": 0.0}),
                                         ("owf", {"d_base": "copula", "g_mixture": True}),
-                                        ("owf", {"d_base": "copula", "g_mixture": True, "g_output": "margins"})])
+                                        ("owf", {"d_base": "copula", "g_mixture": True, "g_output": "margins"}),
+                                        ("owf", {"d_base": "copula", "g_mixture": True, "g_output": "margins",
+                                                 "entropy_samples": 2})])
 def test_an_image_run_resumes_exactly(tmp_path, fashion_root, monkeypatch, loss, extra):
     kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=20, loss=loss, **extra)
     train(Config(out=str(tmp_path / "full"), **kw), progress=False)

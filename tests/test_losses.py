@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from owf.losses import (data_kernel_proposal, discriminator_loss_eq16, effective_sample_size, generator_loss_eq17,
-                        generator_loss_renyi, gradient_penalty, log_zeta_hat, oriented_logdet, wgan_discriminator_loss_eq4, wgan_generator_loss)
+from owf.losses import (data_kernel_proposal, discriminator_loss_eq16, effective_sample_size,
+                        exact_entropy_control_variate, generator_loss_eq17, generator_loss_renyi, gradient_penalty, log_zeta_hat, oriented_logdet, wgan_discriminator_loss_eq4, wgan_generator_loss)
 from owf.model import Energy
 
 
@@ -171,3 +171,31 @@ def test_uniform_box_proposal_is_the_uniform_density_on_the_box():
     assert y.shape == (20_000, 1, 3, 4) and y.dtype == torch.float64
     assert y.min() >= -1 and y.max() < 1 and abs(float(y.mean())) < 0.01 and abs(float(y.var()) - 1 / 3) < 0.01
     assert torch.allclose(log_k, torch.full((20_000,), -12 * math.log(2.0), dtype=torch.float64))
+
+
+def test_the_exact_entropy_control_variate_is_unbiased_and_keeps_a_shared_exact_term_on_every_sample():
+    """--entropy-samples K: mean_S(estimate) + mean_K(exact - estimate[:K]). Over the S rotations of
+    the batch (which K samples get the exact log-det) it averages to the exact mean, in value and in
+    the gradient; K = S is the exact mean; a term both carry (G's exact Σ log σ'(a)) enters for all S."""
+    g = torch.Generator().manual_seed(0)
+    S, K = 7, 3
+    theta = rand_g(g, S).requires_grad_()
+    exact = 2 * theta.sin() + rand_g(g, S)                      # per-sample exact log|det J|
+    est = theta.cos() + rand_g(g, S)                            # an estimate that misses it
+
+    def grad(f):
+        return torch.autograd.grad(f, theta, retain_graph=True)[0]
+    rot = [exact_entropy_control_variate(est.roll(i), exact.roll(i)[:K]) for i in range(S)]
+    avg = torch.stack(rot).mean()
+    torch.testing.assert_close(avg, exact.mean())
+    torch.testing.assert_close(grad(avg), grad(exact.mean()))
+    assert not torch.allclose(rot[0], exact.mean())             # one draw alone is not the mean
+    full = exact_entropy_control_variate(est, exact)
+    torch.testing.assert_close(full, exact.mean())
+    torch.testing.assert_close(grad(full), grad(exact.mean()))
+    c = 100 * rand_g(g, S)                                      # e.g. Σ log σ'(a) of each sample
+    torch.testing.assert_close(exact_entropy_control_variate(est + c, (exact + c)[:K]),
+                               exact_entropy_control_variate(est, exact[:K]) + c.mean())
+    for bad in (exact[:0], torch.cat([exact, exact])):
+        with pytest.raises(ValueError, match=f"holds {len(bad)} samples.*len.logdet. = {S}"):
+            exact_entropy_control_variate(est, bad)

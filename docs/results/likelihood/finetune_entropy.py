@@ -1,34 +1,40 @@
 """Continue a trained image run with G's entropy from the exact log-det (issue 29, item 2).
 
-    python docs/results/likelihood/finetune_entropy.py RUN STEPS K LR_SCALE EVERY OUT.jsonl
+    python docs/results/likelihood/finetune_entropy.py RUN STEPS K LR_SCALE EVERY OUT.jsonl [RUN_OUT]
 
 Loads RUN's checkpoint (networks, optimisers, random and data streams, chains), sets
 --entropy-samples K (0: the run's own --logdet estimate, the control), holds both learning rates at
 LR_SCALE times the run's initial ones, and takes STEPS training steps (owf.train.train_step). Every
 EVERY steps it writes the probe (exact log q and log|det J| of the 4 probe latents, the saturated
 share) to OUT.jsonl, and every 4·EVERY steps and at the end a classifier FID of 2,000 samples
-(seed 20,000; noisier than training's 10,000-sample FID). The networks at the end go to OUT.jsonl.pt.
+(seed 20,000; noisier than training's 10,000-sample FID). The networks at the end go to OUT.jsonl.pt,
+and with RUN_OUT also a run folder (checkpoint.pt with the new step count and config, samples.png) that
+`python -m owf.evaluate RUN_OUT` evaluates.
 """
 import json
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
-from owf.checkpoint import load_checkpoint
+from owf.checkpoint import load_checkpoint, save_atomic
 from owf.config import Config
-from owf.images import generator_samples
+from owf.images import generator_samples, to_uint8
+from owf.plots import save_image_grid
 from owf.train import build, restore, train_step
 
 
-def main(run, steps, k, lr_scale, every, out):
+def main(run, steps, k, lr_scale, every, out, run_out=None):
     steps, k, lr_scale, every = int(steps), int(k), float(lr_scale), int(every)
     torch.set_num_threads(1)
+    if run_out and Path(run_out).exists():
+        raise FileExistsError(f"RUN_OUT {run_out} already exists")
     state = load_checkpoint(run)
     cfg = replace(Config.from_saved(state["config"]), entropy_samples=k)
     device = torch.device("cpu")
-    task, G, D, opt_g, opt_d, gen = build(cfg, device, False)
+    task, G, D, opt_g, opt_d, gen = build(cfg, device, False, state["D"])     # the fitted base from the checkpoint
     restore(state, G, D, opt_g, opt_d)
     gen.set_state(state["rng"])
     task.load_state_dict(state["task"])
@@ -49,6 +55,14 @@ def main(run, steps, k, lr_scale, every, out):
                 f.write(json.dumps(row) + "\n")
                 f.flush()
     torch.save(dict(G=G.state_dict(), D=D.state_dict()), out + ".pt")
+    if run_out:
+        Path(run_out).mkdir(parents=True)
+        state = {k_: v for k_, v in state.items() if k_ != "log_zeta"}      # a cached ζ is the old model's
+        save_atomic(dict(state, config=cfg.to_dict(), step=state["step"] + steps, G=G.state_dict(), D=D.state_dict(),
+                         opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), rng=gen.get_state(),
+                         task=task.state_dict()), Path(run_out) / "checkpoint.pt")
+        save_image_grid(Path(run_out) / "samples.png", to_uint8(generator_samples(G, 64, 10_000 + cfg.seed)),
+                        f"{run} + {steps} steps, entropy_samples={k}, lr x{lr_scale}")
 
 
 if __name__ == "__main__":
