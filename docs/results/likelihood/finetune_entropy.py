@@ -8,8 +8,9 @@ LR_SCALE times the run's initial ones, and takes STEPS training steps (owf.train
 EVERY steps it writes the probe (exact log q and log|det J| of the 4 probe latents, the saturated
 share) to OUT.jsonl, and every 4·EVERY steps and at the end a classifier FID of 2,000 samples
 (seed 20,000; noisier than training's 10,000-sample FID). The networks at the end go to OUT.jsonl.pt,
-and with RUN_OUT also a run folder (checkpoint.pt with the new step count and config, samples.png) that
-`python -m owf.evaluate RUN_OUT` evaluates.
+and with RUN_OUT also a run folder (checkpoint.pt with the new step count and config, a `finetune` record of
+source, steps, K and LR_SCALE; samples.png) that `python -m owf.evaluate RUN_OUT` evaluates. Its config says
+entropy_samples = K for the whole run, though only the last STEPS used it: the record says which.
 """
 import json
 import sys
@@ -57,10 +58,13 @@ def main(run, steps, k, lr_scale, every, out, run_out=None):
     torch.save(dict(G=G.state_dict(), D=D.state_dict()), out + ".pt")
     if run_out:
         Path(run_out).mkdir(parents=True)
-        state = {k_: v for k_, v in state.items() if k_ != "log_zeta"}      # a cached ζ is the old model's
+        # a cached ζ is the old model's; other ranks' streams and buffers are not this process's
+        state = {k_: v for k_, v in state.items() if k_ not in ("log_zeta", "rngs", "tasks", "rank_buffers")}
         save_atomic(dict(state, config=cfg.to_dict(), step=state["step"] + steps, G=G.state_dict(), D=D.state_dict(),
                          opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), rng=gen.get_state(),
-                         task=task.state_dict()), Path(run_out) / "checkpoint.pt")
+                         task=task.state_dict(), world_size=1, seconds=state.get("seconds", 0) + time.time() - t0,
+                         finetune=dict(source=str(run), source_step=state["step"], steps=steps, entropy_samples=k,
+                                       lr_scale=lr_scale)), Path(run_out) / "checkpoint.pt")
         save_image_grid(Path(run_out) / "samples.png", to_uint8(generator_samples(G, 64, 10_000 + cfg.seed)),
                         f"{run} + {steps} steps, entropy_samples={k}, lr x{lr_scale}")
 
