@@ -29,8 +29,8 @@ from .checkpoint import load_checkpoint, save_atomic
 from .cli import user_errors_exit
 from .config import RESUMABLE, Config, parse_args
 from .losses import (data_kernel_proposal, discriminator_loss_eq16, effective_sample_size,
-                     exact_entropy_control_variate, generator_loss_renyi, gradient_penalty, log_zeta_hat, oriented_logdet, uniform_box_proposal, wgan_discriminator_loss_eq4,
-                     wgan_generator_loss)
+                     exact_entropy_control_variate, generator_loss_renyi, gradient_penalty, log_zeta_hat,
+                     oriented_logdet, uniform_box_proposal, wgan_discriminator_loss_eq4, wgan_generator_loss)
 from .negatives import energy_penalty
 from .plots import save_curves
 from .distributed import averaged_buffers, average_gradients, broadcast_module, gather_objects, global_log_zeta

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from owf.losses import (data_kernel_proposal, discriminator_loss_eq16, effective_sample_size,
-                        exact_entropy_control_variate, generator_loss_eq17, generator_loss_renyi, gradient_penalty, log_zeta_hat, oriented_logdet, wgan_discriminator_loss_eq4, wgan_generator_loss)
+                        exact_entropy_control_variate, generator_loss_eq17, generator_loss_renyi, gradient_penalty,
+                        log_zeta_hat, oriented_logdet, wgan_discriminator_loss_eq4, wgan_generator_loss)
 from owf.model import Energy
 
 
@@ -185,6 +186,7 @@ def test_the_exact_entropy_control_variate_is_unbiased_and_keeps_a_shared_exact_
 
     def grad(f):
         return torch.autograd.grad(f, theta, retain_graph=True)[0]
+
     rot = [exact_entropy_control_variate(est.roll(i), exact.roll(i)[:K]) for i in range(S)]
     avg = torch.stack(rot).mean()
     torch.testing.assert_close(avg, exact.mean())
