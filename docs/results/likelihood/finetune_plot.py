@@ -5,6 +5,7 @@
 
 FILE2 continues FILE (a second call from FILE's RUN_OUT): its steps are shifted by FILE's last."""
 import json
+import math
 import sys
 
 import matplotlib
@@ -12,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-LOG_Q_CAP = 784 * 4.852030263919617       # n log 128: no density of dequantised images exceeds it
+LOG_Q_CAP = 784 * math.log(128)      # n log 128: no density of dequantised images exceeds it
 
 
 def rows(spec):
