@@ -84,9 +84,8 @@ def exact_entropy_control_variate(logdet: torch.Tensor, logdet_exact: torch.Tens
     Σ_i log σ'(a_i) on the K samples, whose value cancels in the difference, so that term enters for
     all S samples rather than K: through --g-output margins it is what cancels D's margins, and through
     tanh it is -2,000 to -3,500 nats that would otherwise vary with the K samples drawn. Its gradient
-    cancels too, except through train-mode BatchNorm's batch statistics: the S estimates' a carries
-    that path, OneWayFlowBase.exact_logdet_at_batch holds the statistics constant, so the K-difference
-    removes it in expectation, with noise: the target is the exact log-det's gradient at held statistics."""
+    cancels too, per sample: OneWayFlowBase.exact_logdet_at_batch keeps the path through train-mode
+    BatchNorm's batch statistics that the S estimates' a carries."""
     k = len(logdet_exact)
     if not 0 < k <= len(logdet):
         raise ValueError(f"logdet_exact holds {k} samples; it must hold 1 to len(logdet) = {len(logdet)}")

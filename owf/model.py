@@ -259,37 +259,55 @@ class OneWayFlowBase(nn.Module):
     def exact_logdet_at_batch(self, u: torch.Tensor, batch_u: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         """The exact log|det J| [k] at u [k, n] (all n tangents, differentiable in the parameters) of
         the g_n that a training batch batch_u [S, n] defines: its BatchNorms normalise by batch_u's
-        statistics, held constant (the per-sample tangents of every estimator hold them so).
-        A sub-batch of k << S samples thus gets the log-det of the function the S samples were drawn
-        from, not of one normalised by k samples. Running statistics are left as they were."""
+        statistics, which keep their graph (the S samples' estimates carry the same path). A sub-batch
+        of k << S samples thus gets the log-det of the function the S samples were drawn from, not of
+        one normalised by k samples, and each of the k values is, in value and gradient, that sample's
+        own exact log-det in a train-mode pass over batch_u (what exact_entropy_control_variate needs
+        for a term both carry to cancel). Running statistics are left as they were.
+
+        How: a train-mode pass over batch_u records each BatchNorm's batch mean μ and biased variance
+        σ², with their graph; they are folded into its affine for an eval-mode pass over u,
+
+            γ' = γ √(1 + ε) / √(σ² + ε),   β' = β − μ γ / √(σ² + ε),   running mean 0, variance 1,
+
+        so that eval's (x − 0) / √(1 + ε) · γ' + β' = γ (x − μ) / √(σ² + ε) + β, with γ' and β'
+        functions of the parameters (the running statistics take no gradient in eval-mode BatchNorm)."""
         bns = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not self.training or not bns:
             return self.logdet(u, "exact", chunk=chunk)[1]
-        stats, saved = {}, [(m.running_mean, m.running_var, m.num_batches_tracked) for m in bns]
+        stats = {}
+        saved = [(m.running_mean, m.running_var, m.num_batches_tracked, m._parameters["weight"], m._parameters["bias"])
+                 for m in bns]
 
         def keep(m, args):              # batch mean and biased variance, as train-mode BatchNorm uses them
-            h = args[0].detach()
+            h = args[0]
             dims = [0] + list(range(2, h.dim()))
             stats[m] = (h.mean(dims), h.var(dims, unbiased=False))
 
         hooks = [m.register_forward_pre_hook(keep) for m in bns]
         try:
-            with torch.no_grad():
-                for m in bns:
-                    m.running_mean, m.running_var = m.running_mean.clone(), m.running_var.clone()
-                    m.num_batches_tracked = m.num_batches_tracked.clone()
-                self.g_n(batch_u)
+            for m in bns:               # the pass's running-statistics update goes to copies
+                m.running_mean, m.running_var = m.running_mean.clone(), m.running_var.clone()
+                m.num_batches_tracked = m.num_batches_tracked.clone()
+            self.g_n(batch_u)
             for h in hooks:
                 h.remove()
             for m in bns:
-                m.running_mean, m.running_var = stats[m]
+                mean, var = stats[m]
+                scale = torch.rsqrt(var + m.eps)
+                gamma = m.weight if m.weight is not None else torch.ones_like(mean)
+                beta = m.bias if m.bias is not None else torch.zeros_like(mean)
+                m._parameters["weight"] = gamma * scale * math.sqrt(1.0 + m.eps)
+                m._parameters["bias"] = beta - mean * gamma * scale
+                m.running_mean, m.running_var = torch.zeros_like(mean), torch.ones_like(var)
             self.eval()
             ld = self.logdet(u, "exact", chunk=chunk)[1]
         finally:
             for h in hooks:
                 h.remove()              # (removing twice is harmless)
-            for m, (mean, var, count) in zip(bns, saved):
+            for m, (mean, var, count, weight, bias) in zip(bns, saved):
                 m.running_mean, m.running_var, m.num_batches_tracked = mean, var, count
+                m._parameters["weight"], m._parameters["bias"] = weight, bias
             self.train()
         return ld
 

@@ -301,12 +301,15 @@ def test_the_saturated_share_of_data_is_the_part_of_the_end_bins_past_tanh_3():
 
 def test_the_exact_entropy_of_a_sub_batch_is_the_batchs_function_and_its_gradient():
     """exact_logdet_at_batch (--entropy-samples): the log|det J| of k samples of g_n normalised by the
-    whole batch's statistics equals each sample's own in the whole batch's exact log-det; its gradient
-    in the parameters (statistics held constant) is that of torch.autograd.functional.jacobian on an
-    eval-mode copy holding the batch's (biased) statistics; the running statistics stay untouched."""
+    whole batch's statistics equals each sample's own in the whole batch's exact log-det, in value and
+    in its gradient, the statistics' path included (so a term that both carry cancels in
+    exact_entropy_control_variate); the oracle is torch.autograd.functional.jacobian through a copy
+    whose BatchNorms normalise by the batch's (biased) statistics, kept with their graph; the running
+    statistics stay untouched."""
     torch.manual_seed(0)
     G = DCGANFlow((1, 8, 8), widths=(16, 8), latent=10).double().train()
     u = G.noise(5, torch.Generator().manual_seed(1))
+    params = list(G.parameters())
     before = {k: b.clone() for k, b in G.named_buffers()}
     _, ld_all = G.logdet(u, "exact")                     # every sample's own, train mode
     for k, b in G.named_buffers():
@@ -314,25 +317,29 @@ def test_the_exact_entropy_of_a_sub_batch_is_the_batchs_function_and_its_gradien
     ld = G.exact_logdet_at_batch(u[:2], u)
     torch.testing.assert_close(ld, ld_all[:2])
     assert G.training and all(torch.equal(b, before[k]) for k, b in G.named_buffers())
-    grads = torch.autograd.grad(ld.sum(), list(G.parameters()))
-    # the oracle: a copy whose BatchNorms hold the batch's statistics (a train-mode pass with momentum 1
-    # stores its mean and unbiased variance: rescaled to the biased one, over N = B·H·W per channel)
+    assert all(p is q for p, q in zip(G.parameters(), params))       # the folded affine is undone
+    grads = torch.autograd.grad(ld.sum(), params, retain_graph=True)
+    torch.testing.assert_close(torch.autograd.grad(ld_all[:2].sum(), params), grads)
+    with torch.no_grad():        # the train-mode pass above moved the running statistics: put them back
+        for k, b in G.named_buffers():
+            b.copy_(before[k])
+    # the oracle: each BatchNorm of a copy replaced by (x - μ) / √(σ² + ε) γ + β with μ, σ² the batch's,
+    # computed from u with their graph, then autograd's Jacobian of one sample at a time
     ref = copy.deepcopy(G)
+    stats = {}
     bns = [m for m in ref.modules() if isinstance(m, nn.BatchNorm2d)]
-    sizes = {}
-    hooks = [m.register_forward_hook(lambda m, a, out: sizes.__setitem__(m, a[0].numel() // m.num_features))
-             for m in bns]
-    with torch.no_grad():
-        for m in bns:
-            m.momentum = 1.0
-        ref.g_n(u)
-        for m in bns:
-            m.running_var.mul_((sizes[m] - 1) / sizes[m])
+    hooks = [m.register_forward_pre_hook(lambda m, a: stats.__setitem__(
+        m, (a[0].mean((0, 2, 3)), a[0].var((0, 2, 3), unbiased=False)))) for m in bns]
+    ref.g_n(u)
     for h in hooks:
         h.remove()
-    ref.eval()
+    for m in bns:
+        mean, var = (s[None, :, None, None] for s in stats[m])
+        m.forward = lambda x, m=m, mean=mean, var=var: ((x - mean) / torch.sqrt(var + m.eps)
+                                                        * m.weight[None, :, None, None] + m.bias[None, :, None, None])
     want = sum(torch.linalg.slogdet(torch.autograd.functional.jacobian(
         lambda v: ref.net(v.unsqueeze(0)).flatten(), u[b], create_graph=True)).logabsdet for b in range(2))
+    torch.testing.assert_close(want, ld.sum())
     torch.testing.assert_close(torch.autograd.grad(want, list(ref.parameters())), grads)
 
 
