@@ -7,7 +7,8 @@ Loads RUN's checkpoint (networks, optimisers, random and data streams, chains), 
 LR_SCALE times the run's initial ones, and takes STEPS training steps (owf.train.train_step). Every
 EVERY steps it writes the probe (exact log q and log|det J| of the 4 probe latents, the saturated
 share) to OUT.jsonl, and every 4·EVERY steps and at the end a classifier FID of 2,000 samples
-(seed 20,000; noisier than training's 10,000-sample FID). The networks at the end go to OUT.jsonl.pt,
+(seed 20,000; noisier than training's 10,000-sample FID) and importance sampling of log ζ from 64 of G's
+samples with their exact log q (is_exact.is_from_generator: log ζ̂, ESS, the log-weights' mean and sd). The networks at the end go to OUT.jsonl.pt,
 and with RUN_OUT also a run folder (checkpoint.pt with the new step count and config, a `finetune` record of
 source, steps, K and LR_SCALE; samples.png) that `python -m owf.evaluate RUN_OUT` evaluates. Its config says
 entropy_samples = K for the whole run, though only the last STEPS used it: the record says which.
@@ -25,6 +26,8 @@ from owf.config import Config
 from owf.images import generator_samples, to_uint8
 from owf.plots import save_image_grid
 from owf.train import build, restore, train_step
+
+from is_exact import is_from_generator
 
 
 def main(run, steps, k, lr_scale, every, out, run_out=None):
@@ -52,6 +55,10 @@ def main(run, steps, k, lr_scale, every, out, run_out=None):
                 if step % (4 * every) == 0 or step == steps:
                     fid = task._scorer()(generator_samples(G, 2000, 20_000))
                     row.update({k_: v for k_, v in fid.items() if k_ != "class_shares"})
+                    modes = G.training, D.training
+                    G.eval(), D.eval()
+                    row.update(is_from_generator(G, lambda x: D(x) / cfg.w))
+                    G.train(modes[0]), D.train(modes[1])
                 print(json.dumps(row), flush=True)
                 f.write(json.dumps(row) + "\n")
                 f.flush()
