@@ -7,11 +7,12 @@ Loads RUN's checkpoint (networks, optimisers, random and data streams, chains), 
 LR_SCALE times the run's initial ones, and takes STEPS training steps (owf.train.train_step). Every
 EVERY steps it writes the probe (exact log q and log|det J| of the 4 probe latents, the saturated
 share) to OUT.jsonl, and every 4·EVERY steps and at the end a classifier FID of 2,000 samples
-(seed 20,000; noisier than training's 10,000-sample FID) and importance sampling of log ζ from 64 of G's
-samples with their exact log q (is_exact.is_from_generator: log ζ̂, ESS, the log-weights' mean and sd). The networks at the end go to OUT.jsonl.pt,
-and with RUN_OUT also a run folder (checkpoint.pt with the new step count and config, a `finetune` record of
-source, steps, K and LR_SCALE; samples.png) that `python -m owf.evaluate RUN_OUT` evaluates. Its config says
-entropy_samples = K for the whole run, though only the last STEPS used it: the record says which.
+(seed 20,000; noisier than training's 10,000-sample FID) and importance sampling of log ζ from 64
+of G's samples with their exact log q (is_exact.is_from_generator: log ζ̂, ESS, the log-weights'
+mean and sd). The networks at the end go to OUT.jsonl.pt, and with RUN_OUT also a run folder
+(checkpoint.pt with the new step count, in its config's steps too; a `finetune` record of source,
+steps, K and LR_SCALE; samples.png) that `python -m owf.evaluate RUN_OUT` evaluates. Its config
+says entropy_samples = K for the whole run, though only the last STEPS used it: the record says which.
 """
 import json
 import sys
@@ -67,7 +68,8 @@ def main(run, steps, k, lr_scale, every, out, run_out=None):
         Path(run_out).mkdir(parents=True)
         # a cached ζ is the old model's; other ranks' streams and buffers are not this process's
         state = {k_: v for k_, v in state.items() if k_ not in ("log_zeta", "rngs", "tasks", "rank_buffers")}
-        save_atomic(dict(state, config=cfg.to_dict(), step=state["step"] + steps, G=G.state_dict(), D=D.state_dict(),
+        done = state["step"] + steps           # the config's steps too, so that the folder reads as a finished run
+        save_atomic(dict(state, config=replace(cfg, steps=done).to_dict(), step=done, G=G.state_dict(), D=D.state_dict(),
                          opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), rng=gen.get_state(),
                          task=task.state_dict(), world_size=1, seconds=state.get("seconds", 0) + time.time() - t0,
                          finetune=dict(source=str(run), source_step=state["step"], steps=steps, entropy_samples=k,
