@@ -263,7 +263,9 @@ class OneWayFlowBase(nn.Module):
         of k << S samples thus gets the log-det of the function the S samples were drawn from, not of
         one normalised by k samples, and each of the k values is, in value and gradient, that sample's
         own exact log-det in a train-mode pass over batch_u (what exact_entropy_control_variate needs
-        for a term both carry to cancel). Running statistics are left as they were.
+        for a term both carry to cancel). Running statistics are left as they were. In eval mode, and
+        for a BatchNorm held in eval mode inside a training g_n, the running statistics are used, as a
+        forward pass would.
 
         How: a train-mode pass over batch_u records each BatchNorm's batch mean μ and biased variance
         σ², with their graph; they are folded into its affine for an eval-mode pass over u,
@@ -272,10 +274,10 @@ class OneWayFlowBase(nn.Module):
 
         so that eval's (x − 0) / √(1 + ε) · γ' + β' = γ (x − μ) / √(σ² + ε) + β, with γ' and β'
         functions of the parameters (the running statistics take no gradient in eval-mode BatchNorm)."""
-        bns = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        bns = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
         if not self.training or not bns:
             return self.logdet(u, "exact", chunk=chunk)[1]
-        stats = {}
+        stats, modes = {}, [(m, m.training) for m in self.modules()]
         saved = [(m.running_mean, m.running_var, m.num_batches_tracked, m._parameters["weight"], m._parameters["bias"])
                  for m in bns]
 
@@ -287,8 +289,9 @@ class OneWayFlowBase(nn.Module):
         hooks = [m.register_forward_pre_hook(keep) for m in bns]
         try:
             for m in bns:               # the pass's running-statistics update goes to copies
-                m.running_mean, m.running_var = m.running_mean.clone(), m.running_var.clone()
-                m.num_batches_tracked = m.num_batches_tracked.clone()
+                if m.running_mean is not None:                    # (None: track_running_stats=False)
+                    m.running_mean, m.running_var = m.running_mean.clone(), m.running_var.clone()
+                    m.num_batches_tracked = m.num_batches_tracked.clone()
             self.g_n(batch_u)
             for h in hooks:
                 h.remove()
@@ -308,7 +311,8 @@ class OneWayFlowBase(nn.Module):
             for m, (mean, var, count, weight, bias) in zip(bns, saved):
                 m.running_mean, m.running_var, m.num_batches_tracked = mean, var, count
                 m._parameters["weight"], m._parameters["bias"] = weight, bias
-            self.train()
+            for m, mode in modes:
+                m.training = mode
         return ld
 
     @torch.no_grad()

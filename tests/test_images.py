@@ -320,9 +320,6 @@ def test_the_exact_entropy_of_a_sub_batch_is_the_batchs_function_and_its_gradien
     assert all(p is q for p, q in zip(G.parameters(), params))       # the folded affine is undone
     grads = torch.autograd.grad(ld.sum(), params, retain_graph=True)
     torch.testing.assert_close(torch.autograd.grad(ld_all[:2].sum(), params), grads)
-    with torch.no_grad():        # the train-mode pass above moved the running statistics: put them back
-        for k, b in G.named_buffers():
-            b.copy_(before[k])
     # the oracle: each BatchNorm of a copy replaced by (x - μ) / √(σ² + ε) γ + β with μ, σ² the batch's,
     # computed from u with their graph, then autograd's Jacobian of one sample at a time
     ref = copy.deepcopy(G)
