@@ -340,6 +340,29 @@ def test_the_exact_entropy_of_a_sub_batch_is_the_batchs_function_and_its_gradien
     torch.testing.assert_close(torch.autograd.grad(want, list(ref.parameters())), grads)
 
 
+def test_the_exact_entropy_of_a_sub_batch_with_a_batchnorm_held_in_eval_and_one_without_running_statistics():
+    """exact_logdet_at_batch folds only the BatchNorms in train mode (one held in eval keeps its running
+    statistics, as the train-mode pass does), accepts track_running_stats=False, and leaves each module's
+    mode as it was: value and gradient equal each sample's own in a train-mode pass over the batch."""
+    torch.manual_seed(0)
+    G = DCGANFlow((1, 8, 8), widths=(16, 8), latent=10).double().train()
+    bn = [m for m in G.modules() if isinstance(m, nn.BatchNorm2d)]
+    bn[0].track_running_stats = False
+    bn[0].running_mean = bn[0].running_var = bn[0].num_batches_tracked = None
+    bn[1].eval()
+    with torch.no_grad():
+        bn[1].running_mean.normal_()
+        bn[1].running_var.uniform_(0.5, 2.0)
+    u = G.noise(6, torch.Generator().manual_seed(1))
+    params = list(G.parameters())
+    _, ld_all = G.logdet(u, "exact")
+    ld = G.exact_logdet_at_batch(u[:2], u)
+    assert G.training and not bn[1].training and bn[0].running_mean is None
+    torch.testing.assert_close(ld, ld_all[:2])
+    torch.testing.assert_close(torch.autograd.grad(ld.sum(), params, retain_graph=True),
+                               torch.autograd.grad(ld_all[:2].sum(), params))
+
+
 @pytest.mark.parametrize("kind", [1, 3, "copula"])
 def test_the_base_measure_is_the_fitted_density_and_survives_a_checkpoint(kind):
     """1: the atanh Gaussian (--d-base gaussian); 3: a Gaussian mixture (--d-base mixture); copula: a
