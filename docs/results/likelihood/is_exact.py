@@ -1,11 +1,12 @@
 """Importance sampling of log ζ with the generator's exact log q, and where G's samples sit in P_D.
 
-    python docs/results/likelihood/is_exact.py RUN [NETS.pt] [SAMPLES.png]
+    python docs/results/likelihood/is_exact.py RUN [NETS.pt] [SAMPLES.png] [N]
 
 For RUN's model (or its networks replaced by NETS.pt's G and D, e.g. finetune_entropy.py's output):
 the mean and spread of D/w on 500 dequantised test images and on 64 generator samples (eval mode),
-and importance sampling with 64 samples of G and their exact log q (all n tangents, Eq. 10):
-log ζ̂ = logsumexp(D/w - log q) - log 64, its ESS, and the log-weights' mean and spread.
+and importance sampling with N samples of G (default 64) and their exact log q (all n tangents, Eq. 10):
+log ζ̂ = logsumexp(D/w - log q) - log N, its ESS, and the log-weights' mean and spread. "-" skips
+NETS.pt or SAMPLES.png.
 """
 import math
 import sys
@@ -34,7 +35,8 @@ def is_from_generator(G, energy, n=64, seed=7, chunk=112):
                 is_g_lw_mean=float(lw.mean()), is_g_lw_sd=float(lw.std()))
 
 
-def main(run, nets=None, picture=None):
+def main(run, nets=None, picture=None, n=64):
+    nets, picture, n = (None if nets == "-" else nets), (None if picture == "-" else picture), int(n)
     torch.set_num_threads(1)
     m = load(run)
     if nets:
@@ -48,11 +50,11 @@ def main(run, nets=None, picture=None):
         e_test = m.energy(dequantise_unit(test[:500], torch.Generator().manual_seed(0)))
         y = generator_samples(G, 64, 5)
         e_gen = m.energy(y)
-    r = is_from_generator(G, m.energy)
+    r = is_from_generator(G, m.energy, n)
     if picture:
         save_image_grid(picture, to_uint8(y), f"{run}: samples")
     print(f"D/w: test {e_test.mean():.1f} ± {e_test.std():.1f}, generator {e_gen.mean():.1f} ± {e_gen.std():.1f}")
-    print(f"IS with the exact log q, 64 samples: log zeta_hat {r['is_g_log_zeta']:.1f}, "
+    print(f"IS with the exact log q, {n} samples: log zeta_hat {r['is_g_log_zeta']:.1f}, "
           f"ESS {r['is_g_ess']:.2f}, log-weights {r['is_g_lw_mean']:.1f} ± {r['is_g_lw_sd']:.1f}")
 
 
