@@ -149,6 +149,11 @@ class Config:
                                 "components (z ~ N(8 e_k, I), k ~ the base's π), and component k targets P_D's share "
                                 "of it, π_k p_0,k exp(f/w): Eq. 17 per component; Eq. 10's log q stays exact "
                                 "(owf.train; docs/likelihood.md)")
+    g_base: bool = _f(False, "images with --d-base copula and --g-output margins: G starts as the base, q = p_0: its latent "
+                             "z is drawn from the base's mixture over the normal scores (all n dimensions, no noise r) and "
+                             "its network is a = z + h(z), h's last layer zero at the start, so Eq. 17 moves q from p_0 "
+                             "(KL(p_0 ‖ P_D) nats from P_D) rather than from a random network; Eq. 10's log q stays "
+                             "exact (docs/likelihood.md)")
     g_output: str = _f("tanh", "images: G's output map σ: tanh, or margins (with --d-base copula): the pre-activation "
                                "read as the base's normal scores, x = x(a) through each pixel's training histogram "
                                "(dcgan.MarginOutput), so that the margins cancel in Eq. 17 and G's objective is smooth "
@@ -207,6 +212,11 @@ class Config:
             raise ValueError(f"g_mixture=True matches G's latent to a base mixture: it needs loss='owf', "
                              f"d_base in {MIXTURE_BASES} and g_alpha=1, got loss={self.loss!r}, d_base={self.d_base!r}, "
                              f"g_alpha={self.g_alpha}")
+        if self.g_base and (self.d_base != "copula" or self.g_output != "margins" or self.loss != "owf" or self.g_mixture):
+            raise ValueError(f"g_base=True starts G at the copula base (its mixture as G's latent, read through the base's "
+                             f"margins): it needs loss='owf', d_base='copula', g_output='margins' and no g_mixture, got "
+                             f"loss={self.loss!r}, d_base={self.d_base!r}, g_output={self.g_output!r}, "
+                             f"g_mixture={self.g_mixture}")
         if self.g_output == "margins" and (self.d_base != "copula" or self.logdet not in ("exact", "jvp1-tanh")):
             raise ValueError(f"g_output='margins' maps G onto the copula base's margins: it needs d_base='copula' and "
                              f"logdet 'exact' or 'jvp1-tanh' (the map's log-derivative exact), got d_base={self.d_base!r}, "

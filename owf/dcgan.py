@@ -9,6 +9,10 @@ Generator (Eq. 7, 10): u = [z; r] [B, n], n = C·H·W (z the latent of size d, r
 Σ_i log σ'(a_i), model.output_log_derivative): tanh, or with --g-output margins MarginOutput, the
 pre-activation a read as the copula base's normal scores (below).
 
+With --g-base (base_latent = K) u [B, n] is drawn from the copula base's mixture over the normal scores
+(d = n, no r) and g_n = σ(u + h(u)) (Residual), h the layers above with its last one zero at the start:
+G starts as the base, q = p_0 exactly, and Eq. 17 moves it from there.
+
 The first layer is DCGAN's 1x1 -> s x s transposed convolution written as the GEMM it is. No
 activation anywhere is smaller than n (Sec. 2.4: a bottleneck would make J singular), which the
 constructor checks, naming the layer that breaks it. The activations have non-zero derivatives
@@ -113,7 +117,7 @@ class DCGANFlow(OneWayFlowBase):
     output map σ named by `output` (G_OUTPUTS)."""
 
     def __init__(self, shape, widths=(64, 32), latent: int = 100, activation: str = "leaky_relu",
-                 negative_slope: float = 0.2, components: int = 1, output: str = "tanh"):
+                 negative_slope: float = 0.2, components: int = 1, output: str = "tanh", base_latent: int = 0):
         if output not in G_OUTPUTS:
             raise ValueError(f"generator output {output!r}: choose one of {G_OUTPUTS}")
         C, H, W = shape
@@ -128,19 +132,37 @@ class DCGANFlow(OneWayFlowBase):
             cout = widths[i + 1] if i + 1 < k else C
             last = i + 1 == k
             mods.append(nn.ConvTranspose2d(widths[i], cout, 4, 2, 1, bias=last))
-            if last:
-                mods.append(nn.Tanh() if output == "tanh" else MarginOutput(n))
-            else:
+            if not last:
                 mods += [nn.BatchNorm2d(cout), generator_activation(activation, negative_slope)]
-        net = nn.Sequential(*mods)
+        out = nn.Tanh() if output == "tanh" else MarginOutput(n)
+        if base_latent:              # a = u + h(u), h = the layers above with its last one zero: a = u at the start
+            h = nn.Sequential(*mods)
+            _check_no_bottleneck(h, n)
+            nn.init.zeros_(mods[-1].weight), nn.init.zeros_(mods[-1].bias)
+            net, latent = nn.Sequential(Residual(h, shape), out), n
+        else:
+            net = nn.Sequential(*mods, out)
         _check_no_bottleneck(net, n)
-        super().__init__(net, n, latent, event_shape=shape, components=components)
+        super().__init__(net, n, latent, event_shape=shape, components=components, base_latent=base_latent)
         self.widths = tuple(widths)
 
     @classmethod
     def from_config(cls, cfg, shape) -> "DCGANFlow":
         return cls(shape, cfg.widths("g_hidden"), cfg.latent or 100, cfg.g_activation,
-                   components=base_components(cfg.d_base) if cfg.g_mixture else 1, output=cfg.g_output)
+                   components=base_components(cfg.d_base) if cfg.g_mixture else 1, output=cfg.g_output,
+                   base_latent=base_components(cfg.d_base) if cfg.g_base else 0)
+
+
+class Residual(nn.Module):
+    """a = u + h(u) for u [B, n] and h(u) [B, *shape] (--g-base): with h's last layer zero, the identity, so
+    that G starts as its latent, the base's mixture over the normal scores; J_a = I + J_h."""
+
+    def __init__(self, h: nn.Module, shape):
+        super().__init__()
+        self.h, self.shape = h, tuple(shape)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return u.view(u.shape[0], *self.shape) + self.h(u)
 
 
 def _check_no_bottleneck(net: nn.Sequential, n: int):

@@ -273,8 +273,9 @@ def samples_by_energy(model: OWFModel, out: Path, n: int = 40, seed: int = 1):
 
 
 def _latents(G, rows: int, g) -> torch.Tensor:
-    """z [rows, d] from G's latent: N(0, I_d), or with latent components (--g-mixture) z of G.draw."""
-    if G.components == 1:
+    """z [rows, d] from G's latent: N(0, I_d), or with latent components (--g-mixture) or the base's mixture
+    (--g-base) z of G.draw."""
+    if G.components == 1 and not G.base_latent:
         return torch.randn(rows, G.d, generator=g)
     return G.draw(rows, g, "cpu")[0][:, :G.d]
 

@@ -124,7 +124,8 @@ class OneWayFlowBase(nn.Module):
     tangents come from owf_kernels.jvp with per-sample BatchNorm: each sample's own Jacobian, which
     is what Eq. 10's log|det J| means. Subclasses build `net`."""
 
-    def __init__(self, net: nn.Module, n: int, d: int | None = None, event_shape=None, components: int = 1):
+    def __init__(self, net: nn.Module, n: int, d: int | None = None, event_shape=None, components: int = 1,
+                 base_latent: int = 0):
         super().__init__()
         d = n if d is None else d
         if not 1 <= d <= n:
@@ -137,6 +138,23 @@ class OneWayFlowBase(nn.Module):
         if components > 1:        # the latent mixture: log π_k (set to the base measure's, owf.tasks) and c
             self.register_buffer("latent_log_pi", torch.full((components,), -math.log(components)))
             self.register_buffer("latent_shift", torch.tensor(LATENT_SHIFT))
+        self.base_latent = base_latent
+        if base_latent:           # u ~ a Gaussian mixture of base_latent components over all n dimensions (fit_base_latent)
+            if d != n or components != 1:
+                raise ValueError(f"a base latent is all of u: it needs d = n = {n} and one component, got d={d}, "
+                                 f"components={components}")
+            self.register_buffer("base_log_pi", torch.full((base_latent,), -math.log(base_latent), dtype=torch.float64))
+            self.register_buffer("base_mu", torch.zeros(base_latent, n, dtype=torch.float64))
+            self.register_buffer("base_L", torch.eye(n, dtype=torch.float64).repeat(base_latent, 1, 1))
+
+    @torch.no_grad()
+    def fit_base_latent(self, base):
+        """Take a fitted Gaussian mixture's log π [K], μ [K, n] and Cholesky factors L [K, n, n]
+        (owf.baselines.GaussianMixtureBase, e.g. the copula base's mixture over the normal scores) as u's density."""
+        if base.log_pi.shape != self.base_log_pi.shape or base.mu.shape != self.base_mu.shape:
+            raise ValueError(f"a base of {tuple(base.mu.shape)} means for a latent of {tuple(self.base_mu.shape)}")
+        for name in ("log_pi", "mu", "L"):
+            getattr(self, "base_" + name).copy_(getattr(base, name))
 
     def draw(self, batch: int, generator=None, device=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(u [batch, n], k [batch] or None): u = g_u(z, r) = [z; r] (Eq. 7).
@@ -144,11 +162,22 @@ class OneWayFlowBase(nn.Module):
         normals is both, and k is None.
         K components (a mixture latent): k ~ Cat(π), z ~ N(m_k, I_d), m_k = c e_k (c = latent_shift),
         so u has the density p(u) = Σ_k π_k N(u - m_k) (log_latent), and Eq. 10 with it is still the
-        exact log q(y) = log p(u) - log|det J|."""
+        exact log q(y) = log p(u) - log|det J|.
+        A base latent (base_latent = K): u ~ Σ_k π_k N(μ_k, L_k L_kᵀ) over all n dimensions (d = n, no r),
+        the fitted mixture of fit_base_latent, and k is None (no component targets: Eq. 17 on q's marginal)."""
         w = next(self.parameters())
         device = device or w.device
         # drawn on the generator's own device (a CPU stream can seed a CUDA model), then moved
         on = generator.device if generator else device
+        if self.base_latent:        # k ~ Cat(π), u = μ_k + L_k ε in float64; k is not returned: Eq. 17 takes q's marginal
+            k = torch.multinomial(self.base_log_pi.exp().to(on), batch, replacement=True, generator=generator)
+            eps = torch.randn(batch, self.n, generator=generator, device=on, dtype=torch.float64)
+            u = torch.empty_like(eps)
+            mu, L = self.base_mu.to(on), self.base_L.to(on)
+            for j in k.unique().tolist():
+                pick = k == j
+                u[pick] = mu[j] + eps[pick] @ L[j].T
+            return u.to(device, w.dtype), None
         u = torch.randn(batch, self.n, generator=generator, device=on, dtype=w.dtype)
         if self.components == 1:
             return u.to(device), None
@@ -160,6 +189,9 @@ class OneWayFlowBase(nn.Module):
         """The latent's log-density [B] at u [B, n]: log N(u; 0, I) with one component; with K, the
         mixture's log p(u) = log Σ_j π_j N(u - c e_j), or with k [B] the joint log p(k, u) = log π_k +
         log N(u - c e_k). ‖u - c e_j‖² = ‖u‖² - 2c u_j + c², so log N(u - c e_j) = log N(u) + c u_j - c²/2."""
+        if self.base_latent:        # log Σ_j π_j N(u; μ_j, L_j L_jᵀ), in float64
+            from .baselines import GaussianMixtureBase
+            return GaussianMixtureBase(self.base_log_pi, self.base_mu, self.base_L).log_prob(u).to(u.dtype)
         if self.components == 1:
             return log_normal(u)
         c = self.latent_shift.to(u.dtype)

@@ -165,6 +165,8 @@ class ImageTask:
                 self.base = fitted
             if cfg.g_output == "margins":  # G's output map reads the base's margins
                 G.net[-1].fit(fitted)
+            if cfg.g_base:                 # G's latent is the base's mixture over the normal scores
+                G.fit_base_latent(fitted)
             if cfg.g_mixture:              # G's latent components take the base's weights π
                 with torch.no_grad():
                     G.latent_log_pi.copy_(fitted.log_pi)

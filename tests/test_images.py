@@ -162,6 +162,8 @@ TINY_IMAGES = dict(g_hidden="16,4", d_hidden="4,8", batch=16, samples=16, log_ev
                                         ("owf", {"d_base": "copula", "g_mixture": True}),
                                         ("owf", {"d_base": "copula", "g_mixture": True, "g_output": "margins"}),
                                         ("owf", {"d_base": "copula", "g_mixture": True, "g_output": "margins",
+                                                 "entropy_samples": 2}),
+                                        ("owf", {"d_base": "copula", "g_base": True, "g_output": "margins",
                                                  "entropy_samples": 2})])
 def test_an_image_run_resumes_exactly(tmp_path, fashion_root, monkeypatch, loss, extra):
     kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=20, loss=loss, **extra)
@@ -288,6 +290,39 @@ def test_the_margins_output_is_exact_in_eq10_and_cancels_the_copula_margins_in_e
         Config(data="fashion-mnist", g_output="margins")
     with pytest.raises(ValueError, match="generator output 'sigmoid'"):
         DCGANFlow((1, 8, 8), widths=(16, 8), output="sigmoid")
+
+
+def test_a_generator_started_at_the_copula_base_is_the_base_and_keeps_eq10_exact():
+    """--g-base: G's latent is the copula base's mixture over the normal scores and its network a = u + h(u),
+    h's last layer zero. At the start q = p_0: Eq. 10's log q at G's samples is D's log p_0 there; the
+    draws follow the mixture (their mean and log-density); once h moves, Eq. 10's exact log|det J| is
+    autograd's through the residual and the margins."""
+    from owf.baselines import CopulaMixture
+    imgs = torch.randint(0, 256, (300, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    imgs[:200, :, :3] = 0
+    base = CopulaMixture.fit_pixels(imgs, 3)
+    torch.manual_seed(0)
+    G = DCGANFlow((1, 8, 8), widths=(16, 8), output="margins", base_latent=3).eval()
+    G.net[-1].fit(base)
+    G.fit_base_latent(base)
+    D = ConvEnergy((1, 8, 8), widths=(4, 8), base_w=0.01, base_components=3, base_margins=True)
+    D.fit_base(base)
+    y, log_q, ld, u, k = G.sample_with_log_prob(5, "exact", torch.Generator().manual_seed(1), return_u=True)
+    assert k is None and G.d == G.n == 64
+    torch.testing.assert_close(G.log_latent(u).double(), base.log_prob(u.double()), rtol=0, atol=1e-3)
+    torch.testing.assert_close(log_q.double(), D.log_base(y), rtol=0, atol=2e-2)      # q = p_0 at the start
+    many = G.noise(20_000, torch.Generator().manual_seed(2)).double()
+    want = (base.log_pi.exp()[:, None] * base.mu).sum(0)
+    assert (many.mean(0) - want).abs().max() < 0.05                                    # sd of the mean ≈ 0.007-0.02
+    with torch.no_grad():
+        G.net[0].h[-1].weight.normal_(0, 0.1)
+    _, ld = G.logdet(u, "exact")
+    J = torch.func.jacrev(lambda w: G.net(w[None]).flatten())
+    want_ld = torch.stack([torch.linalg.slogdet(J(ui).double()).logabsdet for ui in u]).float()
+    torch.testing.assert_close(ld, want_ld, rtol=1e-4, atol=1e-2)
+    assert not torch.allclose(ld, torch.zeros_like(ld) + ld.mean(), atol=1e-3)       # h moved: the log-dets differ
+    with pytest.raises(ValueError, match="g_base=True .* d_base='copula', g_output='margins' and no g_mixture"):
+        Config(data="fashion-mnist", g_base=True, d_base="copula")
 
 
 def test_the_saturated_share_of_data_is_the_part_of_the_end_bins_past_tanh_3():

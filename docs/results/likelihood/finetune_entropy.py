@@ -1,6 +1,7 @@
 """Continue a trained image run with G's entropy from the exact log-det (issue 29, item 2).
 
     python docs/results/likelihood/finetune_entropy.py RUN STEPS K LR_SCALE EVERY OUT.jsonl [RUN_OUT]
+                                                       [--d-lr-scale S] [--g-base]
 
 Loads RUN's checkpoint (networks, optimisers, random and data streams, chains), sets
 --entropy-samples K (0: the run's own --logdet estimate, the control), holds both learning rates at
@@ -13,9 +14,13 @@ mean and sd). The networks at the end go to OUT.jsonl.pt, and with RUN_OUT also 
 (checkpoint.pt with the new step count, in its config's steps too; a `finetune` record of source,
 steps, K and LR_SCALE; samples.png) that `python -m owf.evaluate RUN_OUT` evaluates. Its config
 says entropy_samples = K for the whole run, though only the last STEPS used it: the record says which.
+--d-lr-scale S (default LR_SCALE) scales D's learning rate alone; 0 holds D fixed (Adam with a zero
+step leaves it bitwise, checked at the end), so that G alone fits Eq. 17 against one P_D. --g-base
+replaces RUN's generator by a new one started at the copula base (Config.g_base: q = p_0 at step 0,
+a fresh Adam for it), so that the fit starts KL(p_0 ‖ P_D) from P_D.
 """
+import argparse
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,20 +36,26 @@ from owf.train import build, restore, train_step
 from is_exact import is_from_generator
 
 
-def main(run, steps, k, lr_scale, every, out, run_out=None):
-    steps, k, lr_scale, every = int(steps), int(k), float(lr_scale), int(every)
+def main(run, steps, k, lr_scale, every, out, run_out=None, d_lr_scale=None, g_base=False):
+    d_lr_scale = lr_scale if d_lr_scale is None else d_lr_scale
     torch.set_num_threads(1)
     if run_out and Path(run_out).exists():
         raise FileExistsError(f"RUN_OUT {run_out} already exists")
     state = load_checkpoint(run)
     cfg = replace(Config.from_saved(state["config"]), entropy_samples=k)
+    if g_base:
+        cfg = replace(cfg, g_base=True, g_mixture=False)
     device = torch.device("cpu")
     task, G, D, opt_g, opt_d, gen = build(cfg, device, False, state["D"])     # the fitted base from the checkpoint
-    restore(state, G, D, opt_g, opt_d)
+    if g_base:                  # RUN's D and its optimiser; G and its Adam new
+        D.load_state_dict(state["D"]), opt_d.load_state_dict(state["opt_d"])
+    else:
+        restore(state, G, D, opt_g, opt_d)
     gen.set_state(state["rng"])
     task.load_state_dict(state["task"])
-    for opt, lr in ((opt_d, cfg.lr_d), (opt_g, cfg.lr_g)):
-        opt.param_groups[0]["lr"] = lr * lr_scale
+    for opt, lr in ((opt_d, cfg.lr_d * d_lr_scale), (opt_g, cfg.lr_g * lr_scale)):
+        opt.param_groups[0]["lr"] = lr
+    d_start = {k_: v.clone() for k_, v in D.state_dict().items()}
     g_params = list(G.parameters())
     t0 = time.time()
     with open(out, "w") as f:
@@ -63,6 +74,8 @@ def main(run, steps, k, lr_scale, every, out, run_out=None):
                 print(json.dumps(row), flush=True)
                 f.write(json.dumps(row) + "\n")
                 f.flush()
+    if d_lr_scale == 0 and not all(torch.equal(v, D.state_dict()[k_]) for k_, v in d_start.items()):
+        raise RuntimeError("D_LR_SCALE 0 did not hold D fixed")
     torch.save(dict(G=G.state_dict(), D=D.state_dict()), out + ".pt")
     if run_out:
         Path(run_out).mkdir(parents=True)
@@ -73,10 +86,17 @@ def main(run, steps, k, lr_scale, every, out, run_out=None):
                          opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), rng=gen.get_state(),
                          task=task.state_dict(), world_size=1, seconds=state.get("seconds", 0) + time.time() - t0,
                          finetune=dict(source=str(run), source_step=state["step"], steps=steps, entropy_samples=k,
-                                       lr_scale=lr_scale)), Path(run_out) / "checkpoint.pt")
+                                       lr_scale=lr_scale, d_lr_scale=d_lr_scale, g_base=g_base)),
+                    Path(run_out) / "checkpoint.pt")
         save_image_grid(Path(run_out) / "samples.png", to_uint8(generator_samples(G, 64, 10_000 + cfg.seed)),
                         f"{run} + {steps} steps, entropy_samples={k}, lr x{lr_scale}")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for name, kind in (("run", str), ("steps", int), ("k", int), ("lr_scale", float), ("every", int), ("out", str)):
+        p.add_argument(name, type=kind)
+    p.add_argument("run_out", nargs="?")
+    p.add_argument("--d-lr-scale", type=float)
+    p.add_argument("--g-base", action="store_true")
+    main(**vars(p.parse_args()))
