@@ -17,7 +17,7 @@ says entropy_samples = K for the whole run, though only the last STEPS used it: 
 --d-lr-scale S (default LR_SCALE) scales D's learning rate alone; 0 holds D fixed (Adam with a zero
 step leaves it bitwise, checked at the end), so that G alone fits Eq. 17 against one P_D. --g-base
 replaces RUN's generator by a new one started at the copula base (Config.g_base: q = p_0 at step 0,
-a fresh Adam for it), so that the fit starts KL(p_0 ‖ P_D) from P_D.
+a fresh Adam for it), so that the fit starts KL(p_0 ‖ P_D) from P_D; --g-hidden gives it other widths.
 """
 import argparse
 import json
@@ -36,15 +36,17 @@ from owf.train import build, restore, train_step
 from is_exact import is_from_generator
 
 
-def main(run, steps, k, lr_scale, every, out, run_out=None, d_lr_scale=None, g_base=False):
+def main(run, steps, k, lr_scale, every, out, run_out=None, d_lr_scale=None, g_base=False, g_hidden=None):
     d_lr_scale = lr_scale if d_lr_scale is None else d_lr_scale
     torch.set_num_threads(1)
     if run_out and Path(run_out).exists():
         raise FileExistsError(f"RUN_OUT {run_out} already exists")
     state = load_checkpoint(run)
     cfg = replace(Config.from_saved(state["config"]), entropy_samples=k)
+    if g_hidden and not g_base:
+        raise ValueError(f"--g-hidden {g_hidden} builds a new generator: it needs --g-base")
     if g_base:
-        cfg = replace(cfg, g_base=True, g_mixture=False)
+        cfg = replace(cfg, g_base=True, g_mixture=False, g_hidden=g_hidden or cfg.g_hidden)
     device = torch.device("cpu")
     task, G, D, opt_g, opt_d, gen = build(cfg, device, False, state["D"])     # the fitted base from the checkpoint
     if g_base:                  # RUN's D and its optimiser; G and its Adam new
@@ -89,7 +91,8 @@ def main(run, steps, k, lr_scale, every, out, run_out=None, d_lr_scale=None, g_b
                                        lr_scale=lr_scale, d_lr_scale=d_lr_scale, g_base=g_base)),
                     Path(run_out) / "checkpoint.pt")
         save_image_grid(Path(run_out) / "samples.png", to_uint8(generator_samples(G, 64, 10_000 + cfg.seed)),
-                        f"{run} + {steps} steps, entropy_samples={k}, lr x{lr_scale}")
+                        f"{run} + {steps} steps, entropy_samples={k}, lr x{lr_scale}, D's x{d_lr_scale}"
+                        + (f", G from the base ({cfg.g_hidden})" if g_base else ""))
 
 
 if __name__ == "__main__":
@@ -99,4 +102,5 @@ if __name__ == "__main__":
     p.add_argument("run_out", nargs="?")
     p.add_argument("--d-lr-scale", type=float)
     p.add_argument("--g-base", action="store_true")
+    p.add_argument("--g-hidden", help="with --g-base: the new generator's widths (default: RUN's)")
     main(**vars(p.parse_args()))
