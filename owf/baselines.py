@@ -30,7 +30,7 @@ from __future__ import annotations
 import io
 import lzma
 import math
-from functools import partial
+from functools import cached_property, partial
 
 import torch
 
@@ -163,10 +163,14 @@ class GaussianMixtureBase:
     def __init__(self, log_pi: torch.Tensor, mu: torch.Tensor, L: torch.Tensor):
         self.log_pi, self.mu, self.L = log_pi.double(), mu.double(), L.double()
         self.n = self.mu.shape[1]
-        # u's spread per coordinate under the mixture: the chains' preconditioner
+
+    @cached_property
+    def scale(self) -> torch.Tensor:
+        """u's spread per coordinate under the mixture [n]: the chains' preconditioner. Computed on first use
+        (a pass over L, K x n x n), not at construction: OneWayFlowBase builds one per call of --g-base's latent."""
         pi = self.log_pi.exp()[:, None]
         second = (pi * (self.L.pow(2).sum(2) + self.mu ** 2)).sum(0)
-        self.scale = (second - (pi * self.mu).sum(0) ** 2).clamp_min(0).sqrt().float()
+        return (second - (pi * self.mu).sum(0) ** 2).clamp_min(0).sqrt().float()
 
     @classmethod
     def fit(cls, u: torch.Tensor, components: int, iterations: int, shrink: float = 1e-3, seed: int = 0):
@@ -201,13 +205,20 @@ class GaussianMixtureBase:
         return torch.logsumexp(self._log_joint(u.double()), 1)
 
     def sample(self, num: int, generator=None) -> torch.Tensor:
-        k = torch.multinomial(self.log_pi.exp(), num, replacement=True, generator=generator)
-        eps = torch.randn(num, self.n, generator=generator, dtype=torch.float64)
-        out = torch.empty(num, self.n, dtype=torch.float64)
+        return self.sample64(num, generator).float()
+
+    def sample64(self, num: int, generator=None, device=None) -> torch.Tensor:
+        """num draws [num, n] in float64, on the generator's device (without one, on `device`, default the
+        CPU): k ~ Cat(π), u = μ_k + L_k ε."""
+        device = generator.device if generator is not None else torch.device(device or "cpu")
+        log_pi, mu, L = (_on(self, name, device) for name in ("log_pi", "mu", "L"))
+        k = torch.multinomial(log_pi.exp(), num, replacement=True, generator=generator)
+        eps = torch.randn(num, self.n, generator=generator, dtype=torch.float64, device=device)
+        out = torch.empty(num, self.n, dtype=torch.float64, device=device)
         for j in k.unique().tolist():
             pick = k == j
-            out[pick] = self.mu[j] + eps[pick] @ self.L[j].T
-        return out.float()
+            out[pick] = mu[j] + eps[pick] @ L[j].T
+        return out
 
 
 def _kmeans(u: torch.Tensor, k: int, seed: int, dims: int, iterations: int) -> torch.Tensor:

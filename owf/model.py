@@ -156,6 +156,11 @@ class OneWayFlowBase(nn.Module):
         for name in ("log_pi", "mu", "L"):
             getattr(self, "base_" + name).copy_(getattr(base, name))
 
+    def _base_mixture(self):
+        """The base latent's mixture (owf.baselines.GaussianMixtureBase) over this model's buffers."""
+        from .baselines import GaussianMixtureBase
+        return GaussianMixtureBase(self.base_log_pi, self.base_mu, self.base_L)
+
     def draw(self, batch: int, generator=None, device=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(u [batch, n], k [batch] or None): u = g_u(z, r) = [z; r] (Eq. 7).
         One component: z ~ N(0, I_d) and r ~ N(0, I_{n-d}) independent, so one draw of n standard
@@ -169,15 +174,8 @@ class OneWayFlowBase(nn.Module):
         device = device or w.device
         # drawn on the generator's own device (a CPU stream can seed a CUDA model), then moved
         on = generator.device if generator else device
-        if self.base_latent:        # k ~ Cat(π), u = μ_k + L_k ε in float64; k is not returned: Eq. 17 takes q's marginal
-            k = torch.multinomial(self.base_log_pi.exp().to(on), batch, replacement=True, generator=generator)
-            eps = torch.randn(batch, self.n, generator=generator, device=on, dtype=torch.float64)
-            u = torch.empty_like(eps)
-            mu, L = self.base_mu.to(on), self.base_L.to(on)
-            for j in k.unique().tolist():
-                pick = k == j
-                u[pick] = mu[j] + eps[pick] @ L[j].T
-            return u.to(device, w.dtype), None
+        if self.base_latent:        # drawn in float64; k is not returned: Eq. 17 takes q's marginal
+            return self._base_mixture().sample64(batch, generator, on).to(device, w.dtype), None
         u = torch.randn(batch, self.n, generator=generator, device=on, dtype=w.dtype)
         if self.components == 1:
             return u.to(device), None
@@ -190,8 +188,7 @@ class OneWayFlowBase(nn.Module):
         mixture's log p(u) = log Σ_j π_j N(u - c e_j), or with k [B] the joint log p(k, u) = log π_k +
         log N(u - c e_k). ‖u - c e_j‖² = ‖u‖² - 2c u_j + c², so log N(u - c e_j) = log N(u) + c u_j - c²/2."""
         if self.base_latent:        # log Σ_j π_j N(u; μ_j, L_j L_jᵀ), in float64
-            from .baselines import GaussianMixtureBase
-            return GaussianMixtureBase(self.base_log_pi, self.base_mu, self.base_L).log_prob(u).to(u.dtype)
+            return self._base_mixture().log_prob(u).to(u.dtype)
         if self.components == 1:
             return log_normal(u)
         c = self.latent_shift.to(u.dtype)

@@ -57,7 +57,7 @@ def main(run, steps, k, lr_scale, every, out, run_out=None, d_lr_scale=None, g_b
     task.load_state_dict(state["task"])
     for opt, lr in ((opt_d, cfg.lr_d * d_lr_scale), (opt_g, cfg.lr_g * lr_scale)):
         opt.param_groups[0]["lr"] = lr
-    d_start = {k_: v.clone() for k_, v in D.state_dict().items()}
+    d_start = {k_: v.clone() for k_, v in D.state_dict().items()} if d_lr_scale == 0 else None
     g_params = list(G.parameters())
     t0 = time.time()
     with open(out, "w") as f:
@@ -76,7 +76,7 @@ def main(run, steps, k, lr_scale, every, out, run_out=None, d_lr_scale=None, g_b
                 print(json.dumps(row), flush=True)
                 f.write(json.dumps(row) + "\n")
                 f.flush()
-    if d_lr_scale == 0 and not all(torch.equal(v, D.state_dict()[k_]) for k_, v in d_start.items()):
+    if d_start is not None and not all(torch.equal(v, D.state_dict()[k_]) for k_, v in d_start.items()):
         raise RuntimeError("D_LR_SCALE 0 did not hold D fixed")
     torch.save(dict(G=G.state_dict(), D=D.state_dict()), out + ".pt")
     if run_out:
