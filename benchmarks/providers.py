@@ -349,7 +349,7 @@ class _FixedImages:
 def dcgan_train_step_fn(provider, G, D, B, seed=0):
     """Zero-argument function: one step of owf.train.train_step, as `python -m owf.train` runs it for
     images (Eq. 16 for D, then Eq. 17 with Eq. 9's log‖Jv‖ for G, fused Adam, the image defaults of
-    owf.config), on copies of G and D, with `provider`'s tangents in place of G's own g_n_jvp and a
+    owf.config until 12-06, before G started at the copula base), on copies of G and D, with `provider`'s tangents in place of G's own g_n_jvp and a
     fixed batch of B random images. "plain": a tangent that costs nothing (y_dot constant, so
     log‖Jv‖ too), the floor that no provider's step can go below."""
     import copy
@@ -363,7 +363,8 @@ def dcgan_train_step_fn(provider, G, D, B, seed=0):
     model.g_n_jvp = f                                    # what G.logdet calls for Eq. 9
     D = copy.deepcopy(D)
     p = next(model.parameters())
-    cfg = Config(data="fashion-mnist", batch=B, samples=B)    # train_step reads the objective and batch sizes
+    cfg = Config(data="fashion-mnist", batch=B, samples=B,    # train_step reads the objective and batch sizes:
+                 d_base="gaussian", d_quadratic=0, mcmc_weight=0.2)   # the image defaults until 12-06
     opt_g = torch.optim.Adam(model.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), fused=True)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), fused=True)
     gen = torch.Generator(device=p.device).manual_seed(seed)

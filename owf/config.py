@@ -27,7 +27,8 @@ def _f(default, help, kind=None):
     return field(default=default, metadata={"help": help, "type": kind or default.__class__})
 
 
-# Defaults for the fields left at None, by precedence: the loss's, the data set's, its kind's.
+# Defaults for the fields left at None, by precedence: the loss's, the loss's on this kind of data, the data
+# set's, its kind's; then the generator's, which follow the base (COPULA_G, PLAIN_G, entropy_samples).
 # WGAN-GP's are its published settings (Gulrajani et al., 2017): Adam 1e-4, betas (0, 0.9), 5 critic
 # steps (and the field default gp = 10), on the same networks as owf.
 LOSS_DEFAULTS = {
@@ -55,12 +56,26 @@ KIND_DEFAULTS = {
     # the bracket closed at 4.28-4.31 bits/dim with them; without, AIS 6.44 and RAISE 6.50 at K = 64,000;
     # λ = 0.5: 4.30 but classifier FID 125 against 98); lr_G 4e-3 against 2e-3 (docs/likelihood.md, item 4):
     # the final classifier FID lower in all 3 seeds at w = 0.01 (84.7, 77.4, 97.4 against 97.9, 87.8, 107.0)
-    "image": dict(dequantise=True, defensive_proposal="uniform", d_base="gaussian", mcmc_chains=64, mcmc_weight=0.2,
-                  steps=12000, w=0.01,
+    # Since 2026-12-06 (docs/likelihood.md, "`--g-base` from step 0"): the copula base (3.69 bits/dim
+    # alone), D = -½‖f‖² over it (d_quadratic 16) with λ = 0.6 for the chains, and G started at the
+    # base (g_base, below) for 2,000 steps: AIS 3.645-3.651 bits/dim and FID 48.7-50.4 on 3 seeds,
+    # against the Gaussian base's 12,000-step recipe above (4.24-4.26, FID 86-91). That recipe is
+    # --d-base gaussian --d-quadratic 0 --mcmc-weight 0.2 --steps 12000 (docs/results-images.md).
+    "image": dict(dequantise=True, defensive_proposal="uniform", d_base="copula", mcmc_chains=64, mcmc_weight=0.6,
+                  steps=2000, w=0.01,
                   logdet="jvp1-tanh", batch=64, samples=64, n_critic=1, lr_d=2e-4, lr_g=4e-3,
                   beta1=0.5, defensive=0.0, g_alpha=1.0, g_hidden="64,32", g_activation="leaky_relu",
-                  d_hidden="32,64", d_quadratic=0, log_every=100, sample_every=2000, ckpt_every=1000, fid_every=1000),
+                  d_hidden="32,64", d_quadratic=16, log_every=100, sample_every=2000, ckpt_every=1000, fid_every=1000),
 }
+# The WGAN baselines on images keep the runs they were measured by (docs/likelihood.md: WGAN-GP FID 63.4 on
+# the dequantised data): a linear critic head, 12,000 generator steps.
+LOSS_KIND_DEFAULTS = {(loss, "image"): dict(steps=12000, d_quadratic=0) for loss in ("wgan", "wgan-gp")}
+# The generator over the copula base, defaults only there (an owf run, no --g-mixture, Eq. 9's log-det):
+# started at the base and read through its margins (g_base, g_output), then with the exact log|det J|
+# of one of the S samples in Eq. 17 (entropy_samples 1). Elsewhere, and in 2D, G is the network with a
+# tanh output.
+COPULA_G = dict(g_output="margins", g_base=True)
+PLAIN_G = dict(g_output="tanh", g_base=False)
 
 
 def data_kind(data: str) -> str:
@@ -83,10 +98,10 @@ class Config:
     logdet: str = _f(None, "log|det J| estimator: exact (T = n tangents), jvp1 (Eq. 9), or jvp1-tanh (Eq. 9 for "
                            "g_n = σ ∘ h's h, the output map σ's own log-det exact: tanh, or --g-output margins) "
                            "(None: exact in 2D, jvp1-tanh for images)", str)
-    entropy_samples: int = _f(0, "G's entropy term (Eq. 17's w log|det J|) corrected by the exact log|det J| of "
+    entropy_samples: int = _f(None, "G's entropy term (Eq. 17's w log|det J|) corrected by the exact log|det J| of "
                                  "the first K of the S samples (all n tangents, OneWayFlowBase.exact_logdet_at_batch): "
                                  "mean_S of --logdet's estimate + mean_K (exact - estimate), unbiased for the exact "
-                                 "mean; Eq. 16's log q keeps --logdet's (0: --logdet's alone)")
+                                 "mean; Eq. 16's log q keeps --logdet's (0: --logdet's alone) (None: 1 with --g-base, else 0)", int)
     orient: bool = _f(None, "G's entropy term keeps one orientation of g_n (losses.oriented_logdet): "
                             "samples whose det J has the minority sign are pulled back through det J = 0 "
                             "instead of held there, so g_n does not fold (None: on with the exact log-det, "
@@ -138,26 +153,26 @@ class Config:
     d_quadratic: int = _f(None, "0: D's output is a linear layer; m > 0: D = -½‖f(x)‖² with f's last layer m wide, "
                                 "so a LeakyReLU D is piecewise quadratic (Gaussian-shaped modes) instead of "
                                 "piecewise linear; over an image base (--d-base) the network's part f ≤ 0, so ζ ≤ 1 and importance "
-                                "sampling from p_0 has weights ≤ 1 (docs/likelihood.md) (None: 16 in 2D, 0 for images)", int)
+                                "sampling from p_0 has weights ≤ 1 (docs/likelihood.md) (None: 16; 0 for WGAN's critics on images)", int)
     d_base: str = _f(None, "images: none, gaussian, mixture or copula: P_D(x) ∝ p_0(x) exp(D(x)/w) with p_0 a fixed "
                            "base measure that D corrects, fitted to the dequantised training split: in atanh space, "
                            "the Gaussian (owf.baselines.AtanhGaussian) or a mixture of Gaussians by EM (AtanhMixture; "
                            "docs/likelihood.md: the generator collapses into a few classes); or that mixture over "
                            "the pixels' normal scores under their histograms (CopulaMixture: 3.69 bits/dim alone on "
-                           "Fashion-MNIST against the atanh mixture's 3.95) (None: gaussian for images)", str)
+                           "Fashion-MNIST against the atanh mixture's 3.95) (None: copula for images)", str)
     g_mixture: bool = _f(False, "images with --d-base mixture or copula: G's latent is a mixture matched to the base's "
                                 "components (z ~ N(8 e_k, I), k ~ the base's π), and component k targets P_D's share "
                                 "of it, π_k p_0,k exp(f/w): Eq. 17 per component; Eq. 10's log q stays exact "
                                 "(owf.train; docs/likelihood.md)")
-    g_base: bool = _f(False, "images with --d-base copula and --g-output margins: G starts as the base, q = p_0: its latent "
+    g_base: bool = _f(None, "images with --d-base copula and --g-output margins: G starts as the base, q = p_0: its latent "
                              "z is drawn from the base's mixture over the normal scores (all n dimensions, no noise r) and "
                              "its network is a = z + h(z), h's last layer zero at the start, so Eq. 17 moves q from p_0 "
                              "(KL(p_0 ‖ P_D) nats from P_D) rather than from a random network; Eq. 10's log q stays "
-                             "exact (docs/likelihood.md)")
-    g_output: str = _f("tanh", "images: G's output map σ: tanh, or margins (with --d-base copula): the pre-activation "
+                             "exact (docs/likelihood.md) (None: on for an owf run over the copula base with margins)", bool)
+    g_output: str = _f(None, "images: G's output map σ: tanh, or margins (with --d-base copula): the pre-activation "
                                "read as the base's normal scores, x = x(a) through each pixel's training histogram "
                                "(dcgan.MarginOutput), so that the margins cancel in Eq. 17 and G's objective is smooth "
-                               "in a (docs/likelihood.md)")
+                               "in a (docs/likelihood.md) (None: margins over the copula base, else tanh)", str)
     # ---- run
     seed: int = _f(0, "seed of every random stream")
     device: str = _f("auto", "auto: cuda if available, else cpu")
@@ -173,11 +188,19 @@ class Config:
     def __post_init__(self):
         if self.data not in ALL_DATA:
             raise ValueError(f"data={self.data!r} is not one of {list(ALL_DATA)}")
-        for defaults in (LOSS_DEFAULTS.get(self.loss, {}), DATA_DEFAULTS.get(self.data, {}),
-                         KIND_DEFAULTS[data_kind(self.data)]):
+        kind = data_kind(self.data)
+        for defaults in (LOSS_DEFAULTS.get(self.loss, {}), LOSS_KIND_DEFAULTS.get((self.loss, kind), {}),
+                         DATA_DEFAULTS.get(self.data, {}), KIND_DEFAULTS[kind]):
             for k, v in defaults.items():
                 if getattr(self, k) is None:
                     setattr(self, k, v)
+        copula_g = (self.d_base == "copula" and self.loss == "owf" and not self.g_mixture and self.logdet != "exact"
+                    and self.g_output in (None, "margins"))
+        for k, v in (COPULA_G if copula_g else PLAIN_G).items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
+        if self.entropy_samples is None:
+            self.entropy_samples = 1 if self.g_base else 0
         choices = {"loss": LOSSES, "logdet": LOGDET_METHODS, "defensive_proposal": DEFENSIVE_PROPOSALS, "d_base": D_BASES,
                    "zeta_proposal": ZETA_PROPOSALS,
                    "g_activation": G_ACTIVATIONS, "d_activation": tuple(D_ACTIVATIONS), "g_output": G_OUTPUTS, "device": DEVICES}
@@ -280,7 +303,7 @@ class Config:
 
 
 # Fields whose default changed after runs were saved without them: the value those runs used.
-LEGACY_VALUES = {"mcmc_chains": 0, "mcmc_weight": 0.0, "d_quadratic": 0, "defensive": 0.0, "g_alpha": 1.0, "dequantise": False, "d_base": "none",
+LEGACY_VALUES = {"g_output": "tanh", "g_base": False, "entropy_samples": 0, "mcmc_chains": 0, "mcmc_weight": 0.0, "d_quadratic": 0, "defensive": 0.0, "g_alpha": 1.0, "dequantise": False, "d_base": "none",
                  "energy_l2": 1e-3}     # runs saved before the field had the constant at 1e-3
 
 # Options removed on 2026-12-01, each measured not to help (docs/results-2d.md, "What we tried";

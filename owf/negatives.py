@@ -3,7 +3,7 @@ data nor the generator go (Config.mcmc_chains).
 
 Why. Eq. 16's log ζ̂ sees P_D only through G's samples, weighted by exp(D/w) / q. On images its
 ESS is one sample of 64, and D is never pushed down where G does not go. There exp(D/w) grows:
-on the 12k-step default run, AIS from the defensive base ends in images that hold a frame and a
+on the 12k-step run of the defaults of 12-03, AIS from the defensive base ends in images that hold a frame and a
 noise texture, where D's network part is f/w ≈ 2,200 nats against ≈ 9 on test images, and the
 AIS log ζ̂ climbs past 1,100 nats (docs/likelihood.md). Those are the regions this module visits.
 

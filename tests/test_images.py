@@ -202,7 +202,8 @@ def test_a_short_image_run_lowers_the_classifier_fid(tmp_path, fashion_root):
     assert record["test_accuracy"] > 0.8 and record["fid_floor"] < 5
     assert load_classifier("fashion-mnist").test_accuracy == record["test_accuracy"]
     kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), g_hidden="32,16", d_hidden="16,32",
-              steps=150, lr_d=5e-4, lr_g=5e-4, log_every=50, fid_every=50, fid_samples=400, ckpt_every=10 ** 6)
+              steps=150, lr_d=5e-4, lr_g=5e-4, log_every=50, fid_every=50, fid_samples=400, ckpt_every=10 ** 6,
+              d_base="gaussian", d_quadratic=0, mcmc_weight=0.2)   # a G from a random network (not from the base)
     m = train(Config(out=str(tmp_path / "r"), **kw), progress=False)
     rows = [json.loads(l) for l in open(tmp_path / "r" / "metrics.jsonl")]
     fids = [r["fid"] for r in rows if "fid" in r]
@@ -287,7 +288,7 @@ def test_the_margins_output_is_exact_in_eq10_and_cancels_the_copula_margins_in_e
     torch.testing.assert_close(obj.double(), base.log_prob(a.flatten(1).double()), rtol=1e-6, atol=1e-2)
     torch.testing.assert_close(g.flatten(1).double(), g_want, rtol=1e-3, atol=1e-3)
     with pytest.raises(ValueError, match="g_output='margins'.*d_base='copula'"):
-        Config(data="fashion-mnist", g_output="margins")
+        Config(data="fashion-mnist", g_output="margins", d_base="gaussian")
     with pytest.raises(ValueError, match="generator output 'sigmoid'"):
         DCGANFlow((1, 8, 8), widths=(16, 8), output="sigmoid")
 
@@ -322,7 +323,7 @@ def test_a_generator_started_at_the_copula_base_is_the_base_and_keeps_eq10_exact
     torch.testing.assert_close(ld, want_ld, rtol=1e-4, atol=1e-2)
     assert not torch.allclose(ld, torch.zeros_like(ld) + ld.mean(), atol=1e-3)       # h moved: the log-dets differ
     with pytest.raises(ValueError, match="g_base=True .* d_base='copula', g_output='margins' and no g_mixture"):
-        Config(data="fashion-mnist", g_base=True, d_base="copula")
+        Config(data="fashion-mnist", g_base=True, g_output="tanh")
 
 
 def test_the_saturated_share_of_data_is_the_part_of_the_end_bins_past_tanh_3():
@@ -468,10 +469,31 @@ def test_a_quadratic_head_over_the_base_only_takes_mass_away_from_it():
     assert f.min() < -1e-3                                      # the head is live: a bound, not a constant
 
 
+def test_the_image_defaults_are_the_copula_recipe_and_the_generator_follows_the_base():
+    """python -m owf.train --data fashion-mnist trains G from the copula base (docs/likelihood.md, last
+    section); over another base, with a mixture latent or the exact log-det, G is the tanh network; the
+    WGAN baselines keep the networks and steps they were measured with; 2D takes none of it."""
+    cfg = Config(data="fashion-mnist")
+    assert (cfg.d_base, cfg.g_output, cfg.g_base, cfg.entropy_samples, cfg.d_quadratic, cfg.mcmc_weight, cfg.steps) == \
+        ("copula", "margins", True, 1, 16, 0.6, 2000)
+    plain = ("tanh", False, 0)
+    for kw in (dict(d_base="gaussian"), dict(d_base="none"), dict(g_mixture=True), dict(logdet="exact"), dict(g_output="tanh")):
+        cfg = Config(data="fashion-mnist", **kw)
+        assert (cfg.g_output, cfg.g_base, cfg.entropy_samples) == plain, kw
+    cfg = Config(data="fashion-mnist", g_base=False)                   # the margins recipe: Eq. 9 alone
+    assert (cfg.g_output, cfg.g_base, cfg.entropy_samples) == ("margins", False, 0)
+    for loss in ("wgan", "wgan-gp"):
+        cfg = Config(data="fashion-mnist", loss=loss)
+        assert (cfg.d_base, cfg.d_quadratic, cfg.steps, cfg.g_output, cfg.g_base, cfg.entropy_samples) == ("none", 0, 12000) + plain
+    cfg = Config(data="ring")
+    assert (cfg.g_output, cfg.g_base, cfg.entropy_samples, cfg.d_quadratic) == plain + (16,)
+
+
 def test_a_likelihood_run_logs_the_probe_and_refuses_what_does_not_fit(tmp_path, fashion_root):
-    kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=10, defensive=0.25)
+    kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=10, defensive=0.25,
+              d_base="gaussian")                      # a tanh output: its saturation is probed
     cfg = Config(out=str(tmp_path / "r"), **kw)
-    assert cfg.dequantise and cfg.d_base == "gaussian" and cfg.logdet == "jvp1-tanh" and cfg.defensive_proposal == "uniform"
+    assert cfg.dequantise and cfg.logdet == "jvp1-tanh" and cfg.defensive_proposal == "uniform" and cfg.g_output == "tanh"
     m = train(cfg, progress=False)
     rows = [json.loads(l) for l in open(tmp_path / "r" / "metrics.jsonl")]
     for r in rows:
@@ -490,10 +512,11 @@ def test_a_likelihood_run_logs_the_probe_and_refuses_what_does_not_fit(tmp_path,
             Config(data="ring", **{k: v})
     # a run saved before these options loads as it trained: bin-valued pixels, no base measure
     old = dict(Config(data="fashion-mnist").to_dict())
-    for k in ("dequantise", "d_base", "defensive_proposal"):
+    for k in ("dequantise", "d_base", "defensive_proposal", "g_output", "g_base", "entropy_samples", "d_quadratic"):
         old.pop(k)
     legacy = Config.from_saved(old)
-    assert legacy.dequantise is False and legacy.d_base == "none"
+    assert legacy.dequantise is False and legacy.d_base == "none" and legacy.d_quadratic == 0
+    assert legacy.g_output == "tanh" and legacy.g_base is False and legacy.entropy_samples == 0
 
 
 # ---- a mixture latent matched to the base mixture (--g-mixture)
@@ -540,7 +563,7 @@ def test_a_mixture_latent_draws_its_components_with_their_exact_density():
         DCGANFlow((1, 8, 8), widths=(16, 4), latent=4, components=5)
     with pytest.raises(ValueError, match="one Gaussian"):
         ConvEnergy((1, 4, 4), widths=(4,), base_w=0.01).component_energy(torch.zeros(1, 1, 4, 4), torch.zeros(1, dtype=torch.long))
-    for bad in (dict(g_mixture=True), dict(g_mixture=True, d_base="gaussian"), dict(g_mixture=True, d_base="mixture", g_alpha=0.5)):
+    for bad in (dict(g_mixture=True, d_base="none"), dict(g_mixture=True, d_base="gaussian"), dict(g_mixture=True, d_base="mixture", g_alpha=0.5)):
         with pytest.raises(ValueError, match=r"g_mixture=True .* d_base in \('mixture', 'copula'\) and g_alpha=1"):
             Config(data="fashion-mnist", **bad)
 
