@@ -41,7 +41,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     is not an owf checkpoint."""
     ckpt = checkpoint_path(path)
     if not ckpt.is_file():
-        raise FileNotFoundError(f"no checkpoint at {ckpt}: train first (python -m owf.train --out {Path(path)})")
+        run = ckpt.parent if ckpt.name == "checkpoint.pt" else ckpt      # the run folder the user means
+        raise FileNotFoundError(f"no checkpoint at {ckpt}: train first (python -m owf.train --out {run})")
     try:
         state = torch.load(ckpt, map_location=map_location, weights_only=False)
     except Exception as e:       # truncated files, other formats: torch raises several kinds
