@@ -349,8 +349,8 @@ class _FixedImages:
 def dcgan_train_step_fn(provider, G, D, B, seed=0):
     """Zero-argument function: one step of owf.train.train_step, as `python -m owf.train` runs it for
     images (Eq. 16 for D, then Eq. 17 with Eq. 9's log‖Jv‖ for G, fused Adam, the image defaults of
-    owf.config until 12-06, before G started at the copula base), on copies of G and D, with `provider`'s tangents in place of G's own g_n_jvp and a
-    fixed batch of B random images. "plain": a tangent that costs nothing (y_dot constant, so
+    owf.config until 12-06, before G started at the copula base), on copies of G and D, with
+    `provider`'s tangents in place of G's own g_n_jvp and a fixed batch of B random images. "plain": a tangent that costs nothing (y_dot constant, so
     log‖Jv‖ too), the floor that no provider's step can go below."""
     import copy
     from owf.config import Config
