@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bench_support import DEVICE, smoke
+from providers import IMAGE_DEFAULTS_UNTIL_1206
 from owf.config import Config
 from owf.train import build, train_step
 
@@ -25,8 +26,8 @@ def test_train_step(run, benchmark, request, provider, data):
     image = data == "fashion-mnist"
     kw = dict(g_hidden="16,4" if image else "16,16", d_hidden="4,8" if image else "16,16", batch=32, samples=32) \
         if smoke(request.config) else {}
-    if image:      # the DCGAN one-way flow's step as measured since 12-01: the image defaults until 12-06
-        kw.update(d_base="gaussian", d_quadratic=0, mcmc_weight=0.2)
+    if image:
+        kw.update(IMAGE_DEFAULTS_UNTIL_1206)
     cfg = Config(data=data, device=DEVICE, **kw)
     dev = torch.device(DEVICE)
     data_, G, D, opt_g, opt_d, gen = build(cfg, dev)

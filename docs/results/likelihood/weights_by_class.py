@@ -2,7 +2,7 @@
 
     python docs/results/likelihood/weights_by_class.py RUN [N] [OUT.json]
 
-N samples of G (default 1,000; seed 7 and 16 at a time, the same draws as is_exact.py), each with its
+N samples of G (default 1,000; is_exact.exact_draws, the same draws as is_exact.py), each with its
 log-weight log w = D/w - log q (Eq. 10's exact log q, all n tangents) and the project's classifier's
 class (owf.classifier, as the FID's class shares). Per class: G's share, the share P_D gives it by
 self-normalised importance sampling (Σ_class w / Σ w: as noisy as the ESS is small), and the mean and sd
@@ -19,6 +19,8 @@ import torch
 from owf import load
 from owf.classifier import load_classifier
 
+from is_exact import exact_draws
+
 
 @torch.no_grad()
 def main(run, n=1000, out=None):
@@ -27,20 +29,16 @@ def main(run, n=1000, out=None):
     m = load(run)
     G, D = m.G.eval(), m.D.eval()
     clf = load_classifier(m.config.data, m.config.data_root, progress=False).eval()
-    g = torch.Generator().manual_seed(7)
     parts = {k: [] for k in ("lw", "energy", "log_base", "log_q", "cls")}
-    for i in range(0, n, 16):
-        u = G.noise(min(16, n - i), g)
-        y, ld = G.logdet(u, "exact", chunk=112)
+    for i, (y, log_q) in enumerate(exact_draws(G, n)):
         e = m.energy(y).double()
-        log_q = (G.log_latent(u) - ld).double()
         parts["lw"].append(e - log_q)
         parts["energy"].append(e)
         base = getattr(D, "base_w", 0)    # D = f + base_w log p_0, so D/w = f/w + (base_w/w) log p_0
         parts["log_base"].append((base / m.w) * D.log_base(y).double() if base else torch.zeros_like(e))
         parts["log_q"].append(log_q)
         parts["cls"].append(clf(y.float()).argmax(1))
-        print(f"{min(i + 16, n)}/{n}", file=sys.stderr, end="\r")
+        print(f"{min(16 * (i + 1), n)}/{n}", file=sys.stderr, end="\r")
     lw, e, lb, lq, cls = (torch.cat(parts[k]) for k in ("lw", "energy", "log_base", "log_q", "cls"))
     w = torch.softmax(lw, 0)
     res = dict(run=run, samples=n, log_zeta=float(torch.logsumexp(lw, 0) - math.log(n)),
