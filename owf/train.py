@@ -67,8 +67,10 @@ def restore(state: dict, G, D, opt_g, opt_d):
         obj.load_state_dict(state[key])
 
 
-def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, flags=None):
-    """One optimisation step: n_critic discriminator updates, then one generator update.
+def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, flags=None, hold_d=False):
+    """One optimisation step: n_critic discriminator updates, then one generator update. hold_d (the
+    catch-up phase, Config.catch_up): D's loss is computed for the log but D is not updated, and
+    P_D's persistent chains, which serve D's gradient alone, do not move.
     Returns (loss_d, loss_g, D(x), D(y), log q(y)) of the last discriminator update (y: log ζ̂'s first S
     importance samples, G's or p_0's), and on many
     processes (owf.distributed) the sums over ranks of (loss_d, loss_g, *flags), else None."""
@@ -100,9 +102,10 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
             else:
                 y_k, log_k = data_kernel_proposal(x, num, gen)
             y_is, log_q_is = torch.cat([y_is, y_k]), torch.cat([log_q_is, log_k])
-        chains = getattr(task, "chains", None) if is_owf else None
+        chains = getattr(task, "chains", None) if is_owf and not hold_d else None
         parts = [x, y_is] + ([chains.step(D, cfg.w)] if chains is not None else [])    # + P_D's persistent chains
-        d_x, d_is, *d_c = D(torch.cat(parts)).split([len(p) for p in parts])          # one pass
+        with torch.set_grad_enabled(not hold_d):
+            d_x, d_is, *d_c = D(torch.cat(parts)).split([len(p) for p in parts])      # one pass
         d_y_d = d_is[:cfg.samples]         # the first S importance samples' energies (G's, or p_0's draws)
         if is_owf:
             loss_d = discriminator_loss_eq16(d_x, d_is, log_q_is, cfg.w, log_zeta_fn)
@@ -122,6 +125,8 @@ def train_step(cfg: Config, task, G, D, opt_g, opt_d, gen, g_params, device, fla
             if cfg.loss == "wgan-gp":
                 loss_d = loss_d + cfg.gp * gradient_penalty(D, x, y.detach(), gen)
             objective = loss_d
+        if hold_d:
+            continue
         opt_d.zero_grad(set_to_none=True)
         objective.backward()
         if world > 1:
@@ -243,6 +248,9 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
     if world > 1:
         for m in (G, D):
             broadcast_module(m)
+    # the catch-up phase restarts G from its state at step 0 (with g_base: q = p_0), as build() made it
+    g_start = ({k: v.clone() for k, v in G.state_dict().items()}
+               if cfg.catch_up and (state is None or state["step"] <= cfg.steps) else None)
     start, seconds = 0, 0.0
     rows_path = run / "metrics.jsonl"
     if state is not None:
@@ -260,7 +268,7 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
             rows = [json.loads(l) for l in rows_path.read_text().splitlines()] if rows_path.exists() else []
             rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= start))
     g_params = list(G.parameters())
-    stop = cfg.until or cfg.steps
+    stop = cfg.until or cfg.steps + cfg.catch_up
     is_owf = cfg.loss == "owf"
 
     def checkpoint(step):
@@ -296,14 +304,20 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
     stopped = False                   # an interrupt on any rank (on many processes: agreed in the step's all-reduce)
     try:
         while step < stop and not stopped:
-            # ---- learning rates: linear decay to 0 over cfg.steps
-            scale = 1.0 - step / cfg.steps
-            opt_d.param_groups[0]["lr"] = cfg.lr_d * scale
+            # ---- learning rates: linear decay to 0 over cfg.steps; then the catch-up phase (Config.catch_up):
+            # D held, G restarted at its step-0 state with a fresh Adam, at lr_G constant (a checkpoint at
+            # step cfg.steps is before the restart: a resume there makes it)
+            hold_d = step >= cfg.steps
+            if step == cfg.steps and cfg.catch_up:
+                G.load_state_dict(g_start)
+                opt_g.state.clear()              # Adam's moments and step count start again
+            scale = 1.0 if hold_d else 1.0 - step / cfg.steps
+            opt_d.param_groups[0]["lr"] = 0.0 if hold_d else cfg.lr_d * scale
             opt_g.param_groups[0]["lr"] = cfg.lr_g * scale
 
             flags = torch.tensor([float(bool(interrupted))]) if world > 1 else None
             loss_d, loss_g, d_x, d_y_d, log_q, sums = train_step(cfg, task, G, D, opt_g, opt_d, gen, g_params, device,
-                                                                 flags)
+                                                                 flags, hold_d)
 
             # ---- stop on a non-finite loss, keeping the last good checkpoint (on many processes:
             # the mean over ranks, which every rank sees, so that all stop together)
@@ -357,7 +371,7 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
     checkpoint(step)
     metrics = dict(data=cfg.data, loss=cfg.loss, seed=cfg.seed, out=str(run), steps=step,
                    seconds=round(seconds + time.perf_counter() - t0, 2), world_size=world,
-                   finished=step >= cfg.steps, interrupted=bool(interrupted) or stopped)
+                   finished=step >= cfg.steps + cfg.catch_up, interrupted=bool(interrupted) or stopped)
     if not lead:
         return metrics
     if world > 1:                     # the final evaluation sees what was saved: the running statistics' average

@@ -151,7 +151,7 @@ def test_no_bottleneck_is_checked_and_names_the_layer():
 
 
 TINY_IMAGES = dict(g_hidden="16,4", d_hidden="4,8", batch=16, samples=16, log_every=5, fid_every=0,
-                   sample_every=10 ** 6, ckpt_every=5, device="cpu", threads=1)
+                   sample_every=10 ** 6, ckpt_every=5, device="cpu", threads=1, catch_up=0)
 
 
 @pytest.mark.parametrize("loss,extra", [("owf", {}), ("owf", {"entropy_samples": 1}), ("owf", {"d_base": "mixture"}),
@@ -164,7 +164,7 @@ TINY_IMAGES = dict(g_hidden="16,4", d_hidden="4,8", batch=16, samples=16, log_ev
                                         ("owf", {"d_base": "copula", "g_mixture": True, "g_output": "margins",
                                                  "entropy_samples": 2}),
                                         ("owf", {"d_base": "copula", "g_base": True, "g_output": "margins",
-                                                 "entropy_samples": 2})])
+                                                 "entropy_samples": 2, "catch_up": 5})])   # resumed across the phase's start
 def test_an_image_run_resumes_exactly(tmp_path, fashion_root, monkeypatch, loss, extra):
     kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=20, loss=loss, **extra)
     train(Config(out=str(tmp_path / "full"), **kw), progress=False)
@@ -180,7 +180,7 @@ def test_an_image_run_resumes_exactly(tmp_path, fashion_root, monkeypatch, loss,
     for k in ("G", "D"):
         for name in a[k]:
             assert torch.equal(a[k][name], b[k][name]), f"{k}.{name}"
-    drawn = 20 * 16 * (5 if loss == "wgan-gp" else 1)                  # steps x batch x critic steps
+    drawn = (20 + extra.get("catch_up", 0)) * 16 * (5 if loss == "wgan-gp" else 1)    # steps x batch x critic steps
     assert a["task"]["stream"] == b["task"]["stream"] == {"epoch": drawn // 600, "pos": drawn % 600}
     if loss == "owf" and extra.get("mcmc_chains") != 0:    # the default's persistent chains (owf.negatives) resume with the run
         assert torch.equal(a["task"]["chains"]["u"], b["task"]["chains"]["u"]) and a["task"]["chains"]["steps"] == 20
@@ -474,19 +474,56 @@ def test_the_image_defaults_are_the_copula_recipe_and_the_generator_follows_the_
     section); over another base, with a mixture latent or the exact log-det, G is the tanh network; the
     WGAN baselines keep the networks and steps they were measured with; 2D takes none of it."""
     cfg = Config(data="fashion-mnist")
-    assert (cfg.d_base, cfg.g_output, cfg.g_base, cfg.entropy_samples, cfg.d_quadratic, cfg.mcmc_weight, cfg.steps) == \
-        ("copula", "margins", True, 1, 16, 0.6, 2000)
-    plain = ("tanh", False, 0)
+    assert (cfg.d_base, cfg.g_output, cfg.g_base, cfg.entropy_samples, cfg.d_quadratic, cfg.mcmc_weight, cfg.steps,
+            cfg.catch_up) == ("copula", "margins", True, 1, 16, 0.6, 2000, 400)
+    plain = ("tanh", False, 0, 0)
     for kw in (dict(d_base="gaussian"), dict(d_base="none"), dict(g_mixture=True), dict(logdet="exact"), dict(g_output="tanh")):
         cfg = Config(data="fashion-mnist", **kw)
-        assert (cfg.g_output, cfg.g_base, cfg.entropy_samples) == plain, kw
+        assert (cfg.g_output, cfg.g_base, cfg.entropy_samples, cfg.catch_up) == plain, kw
     cfg = Config(data="fashion-mnist", g_base=False)                   # the margins recipe: Eq. 9 alone
-    assert (cfg.g_output, cfg.g_base, cfg.entropy_samples) == ("margins", False, 0)
+    assert (cfg.g_output, cfg.g_base, cfg.entropy_samples, cfg.catch_up) == ("margins", False, 0, 0)
     for loss in ("wgan", "wgan-gp"):
         cfg = Config(data="fashion-mnist", loss=loss)
-        assert (cfg.d_base, cfg.d_quadratic, cfg.steps, cfg.g_output, cfg.g_base, cfg.entropy_samples) == ("none", 0, 12000) + plain
+        assert (cfg.d_base, cfg.d_quadratic, cfg.steps, cfg.g_output, cfg.g_base, cfg.entropy_samples, cfg.catch_up) == \
+            ("none", 0, 12000) + plain
     cfg = Config(data="ring")
-    assert (cfg.g_output, cfg.g_base, cfg.entropy_samples, cfg.d_quadratic) == plain + (16,)
+    assert (cfg.g_output, cfg.g_base, cfg.entropy_samples, cfg.catch_up, cfg.d_quadratic) == plain + (16,)
+    with pytest.raises(ValueError, match="catch_up=5 starts G again at the copula base: it needs g_base=True"):
+        Config(data="fashion-mnist", g_base=False, catch_up=5)
+    with pytest.raises(ValueError, match=r"until=2401 must be in \[0, steps \+ catch_up=2400\]"):
+        Config(data="fashion-mnist", until=2401)
+
+
+def test_the_catch_up_phase_holds_d_and_starts_g_again_at_the_base(tmp_path, fashion_root):
+    """--catch-up N: after --steps, D is held (bitwise, its chains still) and G starts again from its
+    step-0 state, q = p_0, with a fresh Adam: its first step moves no parameter by more than lr_G
+    (Adam's first update is lr·g/(|g| + ε)); a resume in the middle of the phase ends bitwise the same."""
+    from owf.train import build
+    kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=10)
+    runs = {n: train(Config(**dict(kw, out=str(tmp_path / n), catch_up=c)), progress=False) for n, c in (("none", 0), ("one", 1))}
+    assert runs["one"]["steps"] == 11 and runs["one"]["finished"]
+    a, b = (torch.load(tmp_path / n / "checkpoint.pt", weights_only=False) for n in ("none", "one"))
+    for name in a["D"]:
+        assert torch.equal(a["D"][name], b["D"][name]), name
+    assert torch.equal(a["task"]["chains"]["u"], b["task"]["chains"]["u"]) and b["task"]["chains"]["steps"] == 10
+    cfg = Config(**dict(kw, catch_up=1))
+    G0 = build(cfg, torch.device("cpu"), saved_d=b["D"])[1]               # G at step 0: the base
+    lr = cfg.lr_g
+    moved_from_start = max(float((b["G"][n] - p.detach()).abs().max()) for n, p in G0.named_parameters())
+    moved_in_training = max(float((a["G"][n] - p.detach()).abs().max()) for n, p in G0.named_parameters())
+    assert 0 < moved_from_start <= lr * (1 + 1e-5) < moved_in_training, (moved_from_start, moved_in_training)
+    # a resume in the middle of the phase
+    kw["catch_up"] = 4
+    full = train(Config(out=str(tmp_path / "full"), **kw), progress=False)
+    train(Config(out=str(tmp_path / "half"), until=12, **kw), progress=False)
+    resumed = train(resume=str(tmp_path / "half"), progress=False)
+    assert full["steps"] == resumed["steps"] == 14
+    c, d = (torch.load(tmp_path / n / "checkpoint.pt", weights_only=False) for n in ("full", "half"))
+    for k in ("G", "D"):
+        for name in c[k]:
+            assert torch.equal(c[k][name], d[k][name]), f"{k}.{name}"
+    for s, s2 in zip(c["opt_g"]["state"].values(), d["opt_g"]["state"].values()):    # Adam counts the phase's 4 steps
+        assert float(s["step"]) == float(s2["step"]) == 4 and torch.equal(s["exp_avg_sq"], s2["exp_avg_sq"])
 
 
 def test_a_likelihood_run_logs_the_probe_and_refuses_what_does_not_fit(tmp_path, fashion_root):
@@ -512,11 +549,12 @@ def test_a_likelihood_run_logs_the_probe_and_refuses_what_does_not_fit(tmp_path,
             Config(data="ring", **{k: v})
     # a run saved before these options loads as it trained: bin-valued pixels, no base measure
     old = dict(Config(data="fashion-mnist").to_dict())
-    for k in ("dequantise", "d_base", "defensive_proposal", "g_output", "g_base", "entropy_samples", "d_quadratic"):
+    for k in ("dequantise", "d_base", "defensive_proposal", "g_output", "g_base", "entropy_samples", "d_quadratic",
+              "catch_up"):
         old.pop(k)
     legacy = Config.from_saved(old)
     assert legacy.dequantise is False and legacy.d_base == "none" and legacy.d_quadratic == 0
-    assert legacy.g_output == "tanh" and legacy.g_base is False and legacy.entropy_samples == 0
+    assert legacy.g_output == "tanh" and legacy.g_base is False and legacy.entropy_samples == 0 and legacy.catch_up == 0
 
 
 # ---- a mixture latent matched to the base mixture (--g-mixture)
