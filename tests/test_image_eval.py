@@ -20,7 +20,7 @@ from owf.images import load_images
 from owf.train import train
 
 TINY = dict(data="fashion-mnist", g_hidden="16,4", d_hidden="4,8", batch=16, samples=16, log_every=10,
-            fid_every=0, sample_every=10 ** 6, ckpt_every=10 ** 6, device="cpu", threads=1, steps=20)
+            fid_every=0, sample_every=10 ** 6, ckpt_every=10 ** 6, device="cpu", threads=1, steps=20, catch_up=0)
 
 
 def test_the_exact_log_det_in_chunks_is_the_whole_one():
@@ -154,6 +154,11 @@ def test_evaluate_writes_eval_json_and_every_figure(tmp_path, fashion_root, caps
     model = owf.load(run)
     assert model.zeta.proposal == "ais" and model.zeta.log_zeta == res["ais_log_zeta"] == res["log_zeta"]
     assert res["test_bits_per_dim"] == pytest.approx(res["test_bits_per_dim_ais"], abs=1e-9)
+    found = {"ais": res["ais_log_zeta"], "is_generator": res["log_zeta_is"], "is_base": res["log_zeta_base"]}
+    assert res["log_zeta_largest"] == found[res["log_zeta_largest_from"]] == max(found.values())
+    assert res["is_above_ais_nats"] == pytest.approx(max(res["log_zeta_is"], res["log_zeta_base"]) - res["ais_log_zeta"])
+    assert res["test_bits_per_dim_largest_zeta"] - res["test_bits_per_dim"] == pytest.approx(
+        (res["log_zeta_largest"] - res["ais_log_zeta"]) / (784 * math.log(2)), abs=1e-9)
     # the best base's top rung run twice, fresh chains: their spread is the error bar, the first the estimate
     lz = res["ais_replicate_log_zetas"]
     assert len(lz) == 2 and lz[0] == res["ais_log_zeta"] and lz[1] != lz[0]
