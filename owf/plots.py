@@ -77,8 +77,9 @@ def save_density(path, energy_fn, data, device="cpu", res=400, log_zeta=None, ti
     return lz
 
 
-def save_curves(path, rows, keys=("hq", "ess", "log_zeta", "fold"), references=None):
-    """Training curves from metrics.jsonl rows; references {key: (value, label)}: dashed lines."""
+def save_curves(path, rows, keys=("hq", "ess", "log_zeta", "fold"), references=None, phase_at=None):
+    """Training curves from metrics.jsonl rows; references {key: (value, label)}: dashed lines;
+    phase_at: the step where the catch-up phase starts (Config.catch_up), a dotted vertical line."""
     keys = [k for k in keys if any(k in r for r in rows)]
     if not keys:
         return
@@ -91,6 +92,8 @@ def save_curves(path, rows, keys=("hq", "ess", "log_zeta", "fold"), references=N
             value, label = references[k]
             ax.axhline(value, color="k", lw=1, ls="--", label=label)
             ax.legend(fontsize=7)
+        if phase_at is not None:
+            ax.axvline(phase_at, color="grey", lw=1, ls=":")
         ax.set_xlabel("step")
         ax.set_title(k)
         ax.grid(alpha=0.3)

@@ -345,7 +345,7 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
                     if is_owf:
                         last["log_zeta"] = float(loss_d.detach() + (d_x.detach() / cfg.w).mean())
                         last["ess"] = effective_sample_size(d_y_d, log_q, cfg.w)
-                    if getattr(task, "chains", None) is not None:     # mean D/w on the chains minus on the data
+                    if getattr(task, "chains", None) is not None and not hold_d:    # mean D/w on the chains minus on the data
                         last.update(mcmc_accept=task.chains.accept, mcmc_energy_gap=float(task.chains.energy_gap))
                     with open(rows_path, "a") as f:
                         f.write(json.dumps(last) + "\n")
@@ -384,7 +384,7 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
     task.pictures(run, G, D, cfg, dict(metrics, step=step))     # (G holds the saved, averaged statistics)
     if rows_path.exists():
         save_curves(run / "curves.png", [json.loads(l) for l in rows_path.read_text().splitlines()], task.curve_keys,
-                    task.curve_references())
+                    task.curve_references(), phase_at=cfg.steps if cfg.catch_up else None)
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 

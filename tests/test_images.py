@@ -518,6 +518,8 @@ def test_the_catch_up_phase_holds_d_and_starts_g_again_at_the_base(tmp_path, fas
     train(Config(out=str(tmp_path / "half"), until=12, **kw), progress=False)
     resumed = train(resume=str(tmp_path / "half"), progress=False)
     assert full["steps"] == resumed["steps"] == 14
+    rows = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]     # the chains stand still in the phase
+    assert [(r["step"], "mcmc_accept" in r) for r in rows] == [(5, True), (10, True), (14, False)]
     c, d = (torch.load(tmp_path / n / "checkpoint.pt", weights_only=False) for n in ("full", "half"))
     for k in ("G", "D"):
         for name in c[k]:
