@@ -76,7 +76,7 @@ LOSS_KIND_DEFAULTS = {(loss, "image"): dict(steps=12000, d_quadratic=0) for loss
 # tanh output.
 COPULA_G = dict(g_output="margins", g_base=True)
 # With g_base, the last phase (Config.catch_up): D held, G again at p_0 fits the final P_D. After the defaults'
-# 2,000 steps, 400 such steps took the FID from 48.7, 50.4, 49.8 to 32.8, 34.5, 36.3 (seeds 0-2) in 181 s, and
+# 2,000 steps, 400 such steps took the FID from 48.7, 50.4, 49.8 to 32.8, 34.5, 36.3 (seeds 0-2) in 173-249 s, and
 # 800 (seed 0) to 32.1; the density is D's, unchanged (docs/likelihood.md, "The catch-up phase")
 CATCH_UP = 400
 PLAIN_G = dict(g_output="tanh", g_base=False)
