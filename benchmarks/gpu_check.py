@@ -749,7 +749,7 @@ def rehearse(out):
     root = CARRY / "fashion-mnist" if (CARRY / "fashion-mnist").is_dir() else fashion_mnist_dir()
     user_commands(out, root, "cpu", fm_steps=4, ring_steps=20,
                   eval_args=("--zeta-samples", "2", "--ais-steps", "4", "--ais-chains", "4", "--raise-points", "2",
-                             "--ais-bases", "defensive", "--no-figures"), caps=(300, 300, 120),
+                             "--ais-bases", "defensive", "--no-figures"), caps=(600, 300, 120),
                   train_args=("--fid-every", "0", "--catch-up", "4"))    # the classifier trains for minutes on a CPU
     section("ais", time.time() + 60)(ais_large_k)("/tmp/owf_user_runs/fm", root, 60, "cpu", 4, 2, 8, 2)
 
