@@ -301,6 +301,22 @@ def test_the_energy_auc_reads_ranks_whatever_the_energies_scale(tmp_path):
     assert res["energy_auc_train_vs_test"] == pytest.approx(1.0)
 
 
+def test_the_largest_lower_bound_of_log_zeta_moves_the_nll_and_warns_when_ais_lags():
+    """Each estimate of log ζ is a lower bound in expectation: the largest is taken, the NLL moves by
+    Δ/(n ln 2), and importance sampling more than IS_ABOVE_AIS_NATS above AIS is a warning."""
+    from owf.image_eval import IS_ABOVE_AIS_NATS, largest_log_zeta
+    res = dict(ais_log_zeta=-30.0, log_zeta_is=-35.0, log_zeta_base=-22.0, test_bits_per_dim=3.65)
+    out = largest_log_zeta(res, 784)
+    assert (out["log_zeta_largest"], out["log_zeta_largest_from"], out["is_above_ais_nats"]) == (-22.0, "is_base", 8.0)
+    assert out["test_bits_per_dim_largest_zeta"] == pytest.approx(3.65 + 8 / (784 * math.log(2)), abs=1e-12)
+    assert "8.0 nats above AIS's -30.00" in out["warning_log_zeta"] and "3.665 bits/dim" in out["warning_log_zeta"]
+    close = largest_log_zeta(dict(res, log_zeta_base=-30.0 + IS_ABOVE_AIS_NATS / 2), 784)
+    assert "warning_log_zeta" not in close and close["log_zeta_largest_from"] == "is_base"
+    behind = largest_log_zeta(dict(ais_log_zeta=-30.0, log_zeta_is=-40.0, test_bits_per_dim=3.65), 784)  # no base
+    assert (behind["log_zeta_largest_from"], behind["is_above_ais_nats"]) == ("ais", -10.0)
+    assert behind["test_bits_per_dim_largest_zeta"] == 3.65 and "warning_log_zeta" not in behind
+
+
 def test_the_convergence_trend_extrapolates_a_geometric_ladder():
     """v_j = L - c r^j on K = 250·2^j: the fitted ratio is r, the limit L, and k_needed the first
     rung whose move c r^(j-1)(1 - r) is below the tolerance; moves that do not shrink give none."""
