@@ -15,6 +15,7 @@ import math
 import sys
 
 import torch
+from owf_kernels import log_zeta_partials, partials_to_estimate
 
 from owf import load
 from owf.classifier import load_classifier
@@ -40,9 +41,9 @@ def main(run, n=1000, out=None):
         parts["cls"].append(clf(y.float()).argmax(1))
         print(f"{min(16 * (i + 1), n)}/{n}", file=sys.stderr, end="\r")
     lw, e, lb, lq, cls = (torch.cat(parts[k]) for k in ("lw", "energy", "log_base", "log_q", "cls"))
-    w = torch.softmax(lw, 0)
-    res = dict(run=run, samples=n, log_zeta=float(torch.logsumexp(lw, 0) - math.log(n)),
-               ess=float(1 / (w * w).sum()), lw_mean=float(lw.mean()), lw_sd=float(lw.std()),
+    w = torch.softmax(lw, 0)                   # the self-normalised weights, for P_D's class shares
+    log_zeta, _, ess = partials_to_estimate(log_zeta_partials(lw, torch.zeros_like(lw)))
+    res = dict(run=run, samples=n, log_zeta=log_zeta, ess=ess, lw_mean=float(lw.mean()), lw_sd=float(lw.std()),
                f_over_w=dict(mean=float((e - lb).mean()), sd=float((e - lb).std())),
                log_base=dict(mean=float(lb.mean()), sd=float(lb.std())), log_q=dict(mean=float(lq.mean()), sd=float(lq.std())),
                corr_lw_f=float(torch.corrcoef(torch.stack([lw, e - lb]))[0, 1]),

@@ -9,11 +9,11 @@ from p_0 with 64 chains (seed 12) at K, its log ζ̂, ESS and seconds. Run with 
 """
 import argparse
 import json
-import math
 import time
 import warnings
 
 import torch
+from owf_kernels import LogZetaAccumulator
 
 from owf import load
 
@@ -24,16 +24,14 @@ def main(run, out, is_samples=1_000_000, ais_steps=4000, chains=64):
     model = load(run, "cpu")
     res = {"run": run, "is_base": [], "ais": None}
     g = torch.Generator().manual_seed(11)
-    pool, t0 = [], time.perf_counter()
+    pool, t0 = LogZetaAccumulator(), time.perf_counter()        # the pooled estimate, 10^4 draws at a time
     checkpoints = {10 ** k for k in range(4, 8)} | {is_samples}
-    while sum(len(p) for p in pool) < is_samples:
-        est = model.estimate_log_zeta(10_000, "base", 1000, g, keep_log_weights=True)
-        pool.append(est.log_weights.double())
-        lw = torch.cat(pool)
-        if len(lw) in checkpoints:
-            lz = float(torch.logsumexp(lw, 0) - math.log(len(lw)))
-            ess = float(torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0)))
-            row = dict(samples=len(lw), log_zeta=lz, ess=ess, seconds=round(time.perf_counter() - t0, 1))
+    while pool.count < is_samples:
+        lw = model.estimate_log_zeta(10_000, "base", 1000, g, keep_log_weights=True).log_weights.double()
+        pool.update(lw, torch.zeros_like(lw))                    # log w = f/w, given as d = log w, log q = 0
+        if pool.count in checkpoints:
+            lz, _, ess = pool.estimate()
+            row = dict(samples=pool.count, log_zeta=lz, ess=ess, seconds=round(time.perf_counter() - t0, 1))
             res["is_base"].append(row)
             print(json.dumps(row), flush=True)
     if ais_steps:
