@@ -29,7 +29,8 @@ Sections (each guarded, so one failure does not lose the rest; past the deadline
  networks: owf_kernels.jvp on the networks of flow and consistency models (jvp_networks.py): a MeanFlow
     step on a DiT and on a SongUNet (32x32x1, B = 32), T = 8 probes on a residual MLP: owf's tangents
     against forward_ad's (math attention), then every provider's step (compiled too) and the ideal's
-    pieces, with the peak memory of each
+    pieces, with the peak memory of each; "owf-torch-chains" is owf with its elementwise chains in torch
+    ops instead of one generated Triton kernel each (jvp_chain)
  check_sdpa_jvp, time_sdpa_jvp: the attention JVP kernel against its float64 reference, then timed against
     SDPA, func.jvp and compile (benchmarks/test_bench_attention_jvp.py, docs/attention_jvp.md)
  pytest: the kernel test files under pytest on the GPU, if time is left
@@ -167,6 +168,7 @@ def check_linear_jvp():
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
     note = {"jvp_epilogue_with_cudnn_tf32": f"{check_jvp_epilogue():.1e}"} if tf32 else {}
+    worst["jvp_chain"], note["jvp_chain_launches"] = check_jvp_chain()
     os.environ.pop("OWF_KERNELS_AUTOTUNE")
     record(section="check linear_jvp", status="ok" if all(v < 2e-2 for v in worst.values()) else "FAIL",
            worst_rel_err={k: f"{v:.1e}" for k, v in worst.items()}, **note)
@@ -231,6 +233,46 @@ def check_jvp_epilogue(device="cuda", acts=None):
             errs += [rel_err(y, ry), rel_err(yd, ryd), rel_err(flat(g), flat(rg))]
             errs += [rel_err(a, b) for a, b in zip(net.buffers(), ref.buffers()) if a.is_floating_point()]
     return max(errs)
+
+
+def check_jvp_chain(device="cuda"):
+    """owf_kernels.jvp's elementwise chains (jvp_chain_triton) on jvp_networks' smoke DiT and SongUNet in
+    float32, against the torch backend in float64: y, the tangents and every gradient, tangent_grad
+    both ways. -> (worst relative error, how many chain kernels ran)."""
+    import jvp_networks as J
+    import owf_kernels.jvp_chain_triton as C
+    from owf_kernels import jvp
+    launches, real = [], C._launch
+    C._launch = lambda chain, *a: launches.append(chain.names) or real(chain, *a)
+    errs = []
+    try:
+        for case in ("meanflow DiT 32x32x1", "meanflow SongUNet 32x32x1"):
+            _, net, _, B, T = J.build(case, J.SMOKE, device)
+            ref = copy.deepcopy(net).double()
+            x = torch.randn(B, *net.image, device=device)
+            t, r = torch.rand(B, device=device), torch.rand(B, device=device)
+            v = torch.randn(1, *x.shape, device=device)
+            tv, rv = torch.ones(1, B, device=device), torch.zeros(1, B, device=device)
+            for tangent_grad in (True, False):
+                outs = []
+                for model, dtype, backend in ((net, torch.float32, None), (ref, torch.float64, "torch")):
+                    old = os.environ.get("OWF_KERNELS_BACKEND")
+                    if backend:
+                        os.environ["OWF_KERNELS_BACKEND"] = backend
+                    try:
+                        prim, tans = tuple(a.to(dtype) for a in (x, t, r)), tuple(a.to(dtype) for a in (v, tv, rv))
+                        y, yd = jvp(model, prim, tans, tangent_grad=tangent_grad)
+                        loss = y.square().sum() + (yd.flatten(1).norm(dim=1).log().sum() if tangent_grad else 0)
+                        g = torch.autograd.grad(loss, list(model.parameters()))
+                        outs.append((y, yd, torch.cat([a.reshape(-1) for a in g])))
+                    finally:
+                        os.environ.pop("OWF_KERNELS_BACKEND", None)
+                        if old is not None:
+                            os.environ["OWF_KERNELS_BACKEND"] = old
+                errs += [rel_err(a, b) for a, b in zip(*outs)]
+    finally:
+        C._launch = real
+    return max(errs), len(launches)
 
 
 def check_log_zeta():
@@ -449,7 +491,10 @@ def _no_grad(f):
 
 def time_networks(compile_ok, table=None, device="cuda"):
     """Section 7: jvp_networks' cases on the GPU (float32), one row per case."""
+    import importlib
     import jvp_networks as J
+    CH = importlib.import_module("owf_kernels.jvp_chain")     # the chains' Triton-or-torch dispatch
+    chains_on_triton = CH._triton_applies
     table = table or J.CASES
     for case in table:
         kind, net, math_net, B, T = J.build(case, table, device)
@@ -461,11 +506,15 @@ def time_networks(compile_ok, table=None, device="cuda"):
         row["tangent_rel_err_vs_forward_ad"] = f"{rel_err(a, b):.1e}"
         del net, math_net, d
         fns = {p: (lambda p=p: J.step_fn(p, case, table, device)) for p in J.PROVIDERS + J.COMPILED}
+        # "owf-torch-chains": owf with its elementwise chains as torch ops (jvp_chain's reference)
+        # instead of one generated Triton kernel each (which to keep)
+        fns["owf-torch-chains"] = lambda: J.step_fn("owf", case, table, device)
         pieces = J.ideal_fns(case, table, device)
         fns["ideal"] = lambda: (lambda: [f() for f in pieces.values()])
         for prov, make in fns.items():
             if prov.startswith("compile-") and not compile_ok():
                 continue
+            CH._triton_applies = (lambda leaves: False) if prov == "owf-torch-chains" else chains_on_triton
             try:
                 fn = make()
                 fn()
@@ -476,6 +525,8 @@ def time_networks(compile_ok, table=None, device="cuda"):
                 row[f"{prov}_peak_MiB"] = round((torch.cuda.max_memory_allocated() - base) / 2 ** 20, 1)
             except Exception as e:
                 row[f"{prov}_ms"] = f"error: {type(e).__name__}: {str(e)[:120]}"
+            finally:
+                CH._triton_applies = chains_on_triton
         record(**row)
 
 
@@ -582,7 +633,7 @@ def in_child(name, expr, seconds, env=None):
 
 # the test files whose tensors live on the GPU when there is one (support.DEVICE)
 PYTEST_FILES = ("tests/test_linear_jvp.py", "tests/test_mlp_jvp.py", "tests/test_log_zeta.py",
-                "tests/test_jvp_epilogue.py", "tests/test_attention_jvp.py")
+                "tests/test_jvp_epilogue.py", "tests/test_jvp_chain.py", "tests/test_attention_jvp.py")
 
 
 def section_order(sections: str) -> list:
@@ -784,7 +835,7 @@ def main():
         print(json.dumps({"sections": section_order(args.sections), "budget_s": args.budget, "out": args.out,
                           "data_root": args.data_root, "run": args.run,
                           "dcgan_cases": list(P.DCGAN_CASES), "network_cases": {k: [v[0], v[2], v[3]] for k, v in J.CASES.items()},
-                          "network_providers": J.PROVIDERS + J.COMPILED + ["ideal"]}, indent=1))
+                          "network_providers": J.PROVIDERS + J.COMPILED + ["owf-torch-chains", "ideal"]}, indent=1))
         return
     if args.pack:
         return pack(args.pack)

@@ -70,6 +70,16 @@ def test_the_jvp_epilogue_check_runs(monkeypatch):
     assert GC.check_jvp_epilogue("cpu", [nn.ELU()]) < 1e-5
 
 
+def test_the_jvp_chain_check_runs(monkeypatch):
+    """check_jvp_chain on the CPU, the chains' kernels in the interpreter: they run (the smoke DiT's
+    adaLN and the SongUNet's skips) and agree with the float64 torch backend."""
+    import owf_kernels.jvp_chain_triton as C
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "triton")
+    launch = C._launch
+    err, launches = GC.check_jvp_chain("cpu")
+    assert err < 1e-5 and launches >= 40 and C._launch is launch
+
+
 def test_the_networks_section_runs_its_providers_and_renders(monkeypatch):
     """time_networks at smoke sizes on the CPU (cuda calls stubbed, compile left out): every
     provider's step and the ideal reach the table, and owf's tangents agree with forward_ad's."""
@@ -81,12 +91,15 @@ def test_the_networks_section_runs_its_providers_and_renders(monkeypatch):
         monkeypatch.setattr(torch.cuda, name, lambda: None)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: 0)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 2 ** 21)
+    import owf_kernels.jvp_chain as CH
+    dispatch = CH._triton_applies
     GC.time_networks(lambda: False, J.SMOKE, "cpu")
+    assert CH._triton_applies is dispatch            # "owf-torch-chains" put the chains' dispatch back
     rows = GC.RESULTS
     assert [r["case"] for r in rows] == list(J.SMOKE)
     for r in rows:
         assert float(r["tangent_rel_err_vs_forward_ad"]) < 1e-5
-        assert all(r[f"{p}_ms"] == 2.5 for p in J.PROVIDERS + ["ideal"])
+        assert all(r[f"{p}_ms"] == 2.5 for p in J.PROVIDERS + ["owf-torch-chains", "ideal"])
     md = GC.table(rows)
     assert "| meanflow DiT 32x32x1 | owf | 2.500 (2.0) | 1.00x | 1.00 |" in md
 

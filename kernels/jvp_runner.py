@@ -12,7 +12,11 @@ Building a program:
    - "layer": a linear op (linear, conv2d, conv_transpose2d), then batch_norm and/or an activation,
      or a batch_norm then an activation, is one `linear_op` over the stacked rows (channels_last on
      the CPU; the one-channel transposed convolution as GEMM + col2im) and one epilogue:
-     jvp_layers.epilogue_torch, or the Triton kernel on CUDA (jvp_epilogue_triton).
+     jvp_layers.epilogue_torch, or the Triton kernel on CUDA (jvp_epilogue_triton);
+   and in both modes, after those (and not in a graph of mixed dtypes):
+   - "chain": elementwise ops whose values only the chain reads, ending in one value, are one step
+     (jvp_chain): their own rules one by one on the CPU, ONE generated Triton kernel on CUDA
+     (jvp_chain_triton).
 3. Every other op takes its rule from jvp_rules.RULES. An op without one goes through
    torch.func.jvp alone, vmapped over the tangents (`randomness="same"`), with a warning that names
    it once: a fallback per op, not per network. An in-place op (x.add_(y)) takes its out-of-place
@@ -30,6 +34,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils import _pytree as pytree
 
 from .backend import use_triton
+from .jvp_chain import Chain, find_chains
 from .jvp_layers import (ACTIVATION_OPS, ACTIVATION_RULES, BatchNormArgs, LinearOp, epilogue_torch, linear_op,
                          unstack)
 from .jvp_dual import Dual, is_dual, primal
@@ -294,6 +299,15 @@ def build(trace, tangent_grad: bool) -> Program:
     # each dual step's output takes its node's traced dtype (a rule's arithmetic with a float32
     # parameter would promote where the op keeps its input's dtype)
     mixed = len({v.dtype for n in nodes for v in [n.meta.get("val")] if _float(v)}) > 1
+    if not mixed:
+        for members, leaves in find_chains(nodes, dual, consumed | set(fused), node_args):
+            for m in members:
+                if m.target in INPLACE:
+                    _check_inplace(m, nodes, index, lifted)
+            ops = [INPLACE.get(m.target, m.target) for m in members]
+            chain = Chain(members, leaves, [_rule(t, RULES[t]) for t in ops], node_args)
+            fused[members[-1]] = (chain.step(ops), members[:-1], leaves, False)
+            consumed.update(members[:-1])
 
     def traced(n, fn):
         return _as_traced(fn, n.meta["val"].dtype) if mixed and dual[n] and _float(n.meta.get("val")) else fn

@@ -1,0 +1,200 @@
+"""Elementwise chains of owf_kernels.jvp (jvp_chain; the Triton kernel jvp_chain_triton in Triton's
+interpreter on CPU): which ops form one chain, and the generated kernel against torch.func.jvp and
+against the chain's torch reference (the runner's rules one by one), in float64 and bf16, both
+tangent_grad modes, with broadcast, constant, strided and batch-constant leaves; every gradient."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from support import DEVICE, triton_usable
+
+pytestmark = pytest.mark.skipif(not triton_usable(), reason="triton is not installed")
+
+from owf_kernels import clear_cache, jvp  # noqa: E402
+
+f64 = dict(dtype=torch.float64, device=DEVICE)
+
+
+class AdaLN(nn.Module):
+    """A DiT block's elementwise part: adaLN modulation from a time input, activations, a residual.
+    Linear maps are matmuls (the Triton Linear refuses float64); returns the block's output and,
+    with `two`, the modulated h too (read outside: it ends one chain and is a leaf of the next)."""
+
+    def __init__(self, two=False):
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(6, 6) / 3)
+        self.A = nn.Parameter(torch.randn(3, 12) / 2)
+        self.w = nn.Parameter(torch.randn(6))
+        self.two = two
+
+    def forward(self, x, t):
+        scale, shift = (t @ self.A).unsqueeze(1).chunk(2, -1)
+        h = (x @ self.W) * (1 + scale) + shift
+        u = F.silu(h) * self.w - torch.tanh(h) / 3.0
+        y = x + torch.sigmoid(u).exp() * 0.5
+        out = torch.sin(y) - torch.relu(y).square()
+        return (out, h) if self.two else out
+
+
+class EveryOp(nn.Module):
+    """The chain ops AdaLN leaves out: rsub, sub and add with alpha, LeakyReLU's slope, sqrt, rsqrt,
+    cos, neg, a division by a value with a tangent, and a 0-dim constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(6, 6) / 3)
+        self.c = nn.Parameter(torch.tensor(0.7))
+
+    def forward(self, x, t):
+        a = x @ self.W
+        b = torch.sub(torch.rsub(a, 2.0), a, alpha=0.5)
+        e = F.leaky_relu(torch.add(b, x, alpha=1.5), 0.3)
+        f = (e.square() + 1).sqrt() / (torch.cos(a) + 2)
+        return -f * torch.rsqrt(a.square() + self.c) + t.mean(-1).view(-1, 1, 1)
+
+
+class SongSkip(nn.Module):
+    """A SongUNet block's elementwise part, written as EDM writes it: in-place adds (a bias, the skip)
+    and silu(addcmul(shift, h, scale + 1)), here with addcmul's value."""
+
+    def __init__(self):
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(6, 6) / 3)
+        self.A = nn.Parameter(torch.randn(3, 12) / 2)
+        self.b = nn.Parameter(torch.randn(6))
+
+    def forward(self, x, t):
+        h = (x @ self.W).add_(self.b)
+        scale, shift = (t @ self.A).unsqueeze(1).chunk(2, -1)
+        h = F.silu(torch.addcmul(shift, h, scale + 1, value=0.5))
+        return h.add_(x) * 2 ** -0.5
+
+
+CHAINS = {AdaLN: "add+mul+add+silu+mul+tanh+div+sub+sigmoid+exp+mul+add+sin+relu+square+sub",
+          EveryOp: "rsub+sub+add+leaky_relu+square+add+sqrt+cos+add+div+neg+square+add+rsqrt+mul+add",
+          SongSkip: "add+add+addcmul+silu+add+mul"}
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """The chains (their ops, '+'-joined) that ran on the Triton kernel, in order."""
+    import owf_kernels.jvp_chain_triton as C
+    made = []
+    real = C._launch
+    monkeypatch.setattr(C, "_launch", lambda chain, *a: made.append(chain.names) or real(chain, *a))
+    return made
+
+
+def _inputs(dtype=torch.float64, T=2):
+    g = torch.Generator().manual_seed(1)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(DEVICE, dtype)   # noqa: E731
+    return mk(4, 5, 6), mk(4, 3), mk(T, 4, 5, 6), mk(T, 4, 3)
+
+
+def _loss(y, yd, tangent_grad):
+    return y.square().sum() + (yd.flatten(1).norm(dim=1).log().sum() if tangent_grad else 0)
+
+
+@pytest.mark.parametrize("tangent_grad", [True, False])
+@pytest.mark.parametrize("Net", [AdaLN, EveryOp, SongSkip])
+def test_a_chain_runs_as_one_triton_kernel_with_torch_func_jvps_numbers(Net, tangent_grad, monkeypatch, launches):
+    torch.manual_seed(0)
+    net = Net().double().to(DEVICE)
+    ref = copy.deepcopy(net)
+    x, t, vx, vt = _inputs()
+    x.requires_grad_()
+    if tangent_grad:
+        vx.requires_grad_()
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "triton")
+    y, yd = jvp(net, (x, t), (vx, vt), tangent_grad=tangent_grad)
+    # every elementwise op after the matmuls is in one chain (the chunk's halves, x, parameters: leaves)
+    assert launches == [CHAINS[Net]]
+    for k in range(vx.shape[0]):
+        fy, fyd = torch.func.jvp(ref, (x.detach(), t), (vx[k].detach(), vt[k]))
+        torch.testing.assert_close(y, fy, atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(yd[k], fyd, atol=1e-12, rtol=1e-10)
+    # every gradient against the chain's torch reference (the runner's rules one by one)
+    wrt = list(net.parameters()) + [x] + ([vx] if tangent_grad else [])
+    g = torch.autograd.grad(_loss(y, yd, tangent_grad), wrt)
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "torch")
+    ry, ryd = jvp(ref, (x, t), (vx, vt), tangent_grad=tangent_grad)
+    assert len(launches) == 1
+    w = torch.autograd.grad(_loss(ry, ryd, tangent_grad), list(ref.parameters()) + wrt[len(list(net.parameters())):])
+    for a, b in zip(g, w):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-9)
+    assert yd.requires_grad == tangent_grad
+
+
+def test_a_value_read_outside_ends_a_chain_and_feeds_the_next(monkeypatch, launches):
+    """AdaLN returning h too: h = x W (1 + scale) + shift is one chain's root (an output), and a leaf of
+    the chain after it; both outputs and their tangents are torch.func.jvp's."""
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "triton")
+    torch.manual_seed(0)
+    net = AdaLN(two=True).double().to(DEVICE)
+    x, t, vx, vt = _inputs(T=1)
+    (y, h), (yd, hd) = jvp(net, (x, t), (vx, vt))
+    assert launches == ["add+mul+add", "silu+mul+tanh+div+sub+sigmoid+exp+mul+add+sin+relu+square+sub"]
+    (fy, fh), (fyd, fhd) = torch.func.jvp(net, (x, t), (vx[0], vt[0]))
+    for a, b in ((y, fy), (h, fh), (yd[0], fyd), (hd[0], fhd)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+def test_strided_and_batch_constant_leaves(monkeypatch, launches):
+    """A transposed (non-contiguous) leaf, a tangent that is one row broadcast over the batch (an
+    exact log-det's identity columns), and T = 3."""
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "triton")
+
+    def f(x, s):
+        return torch.tanh(x.transpose(1, 2) * s + 1.0) * s
+
+    x = torch.randn(3, 4, 5, **f64)
+    s = torch.randn(3, 5, 4, **f64)
+    vx = torch.randn(3, 1, 4, 5, **f64).expand(3, 3, 4, 5)
+    vs = torch.randn(3, 3, 5, 4, **f64)
+    clear_cache()
+    y, yd = jvp(f, (x, s), (vx, vs))
+    assert launches == ["mul+add+tanh+mul"]
+    for k in range(3):
+        fy, fyd = torch.func.jvp(f, (x, s), (vx[k], vs[k]))
+        torch.testing.assert_close(y, fy, atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(yd[k], fyd, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_chain_in_low_precision_is_the_float64_one_to_its_accuracy(dtype, monkeypatch, launches):
+    """The kernel computes bf16 in float32 and rounds once; the torch reference rounds after each op.
+    Both are the float64 network's to the dtype's accuracy, and in bf16 the kernel's y is the closer."""
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "triton")
+    torch.manual_seed(0)
+    net = AdaLN()
+    x, t, vx, vt = _inputs()
+    y, yd = jvp(net.to(DEVICE, dtype), (x.to(dtype), t.to(dtype)), (vx.to(dtype), vt.to(dtype)))
+    assert len(launches) == 1 and y.dtype == yd.dtype == dtype
+    exact = copy.deepcopy(net).double()
+    ry, ryd = jvp(exact, (x.to(dtype).double(), t.to(dtype).double()), (vx.to(dtype).double(), vt.to(dtype).double()))
+    tol = dict(atol=5e-2, rtol=5e-2) if dtype == torch.bfloat16 else dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y.double(), ry, **tol)
+    torch.testing.assert_close(yd.double(), ryd, **tol)
+    if dtype != torch.bfloat16:
+        return
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "torch")
+    ty, _ = jvp(copy.deepcopy(net), (x.to(dtype), t.to(dtype)), (vx.to(dtype), vt.to(dtype)))
+    assert (y.double() - ry).abs().mean() <= (ty.double() - ry).abs().mean()
+
+
+def test_the_cpu_default_runs_the_reference(monkeypatch, launches):
+    """Under OWF_KERNELS_BACKEND=auto a CPU tensor never reaches the kernel: the chain runs its ops'
+    rules, torch.func.jvp's numbers."""
+    if DEVICE != "cpu":
+        pytest.skip("CPU dispatch")
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "auto")
+    torch.manual_seed(0)
+    net = AdaLN().double()
+    x, t, vx, vt = _inputs(T=1)
+    y, yd = jvp(net, (x, t), (vx, vt))
+    assert launches == []
+    fy, fyd = torch.func.jvp(net, (x, t), (vx[0], vt[0]))
+    torch.testing.assert_close(yd[0], fyd, atol=1e-12, rtol=1e-10)
