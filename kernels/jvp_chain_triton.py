@@ -23,7 +23,9 @@ Numbers (operands, α, the slope) are float64 arguments, cast to the compute dty
 
 Backward (`_ChainFn`): the chain again by its reference under autograd, and torch.autograd.grad:
 with tangent_grad through y and ẏ to every leaf and tangent; without it, ẏ is not differentiable
-and the primal alone is recomputed by the aten ops (the plain forward's graph). Saved: the leaves.
+and the primal alone is recomputed by the aten ops (the plain forward's graph). Saved: the leaves (without
+tangent_grad, their primals). Under create_graph the recompute starts from the leaves themselves, so a
+gradient of the gradient (a gradient penalty) goes through the chain's torch path.
 
 The generated source goes to a file (Triton's jit reads a kernel's source), one per chain
 signature (ops, which leaves have tangents, rank, compute dtype), under the temp directory.
@@ -228,35 +230,44 @@ class _ChainFn(torch.autograd.Function):
 
     @staticmethod
     def forward(fctx, chain, targets, ctx, layout, *tensors):
-        T = ctx.T
-        out = _launch(chain, layout, tensors, T, ctx.stack)
+        out = _launch(chain, layout, tensors, ctx.T, ctx.stack)
         fctx.chain, fctx.targets, fctx.ctx, fctx.layout = chain, targets, ctx, layout
-        fctx.save_for_backward(*tensors)
-        if not ctx.stack:
-            fctx.mark_non_differentiable(out[1])
-            return out
-        return out[0]
+        if ctx.stack:
+            fctx.save_for_backward(*tensors)
+            return out[0]
+        # without tangent_grad the backward recomputes y alone: the tangents are not kept
+        tangent = []
+        for dual in layout:
+            tangent += [False, True] if dual else [False]
+        fctx.save_for_backward(*[None if is_t else x for x, is_t in zip(tensors, tangent)])
+        fctx.mark_non_differentiable(out[1])
+        return out
 
     @staticmethod
     def backward(fctx, *grads):
+        # create_graph (a gradient of this gradient): the chain is recomputed from the leaves themselves,
+        # so that the gradient's own graph reaches them; else from detached copies
+        create = torch.is_grad_enabled()
         ctx, layout = fctx.ctx, fctx.layout
         need = fctx.needs_input_grad[4:]
-        inputs = [t.detach().requires_grad_(n) for t, n in zip(fctx.saved_tensors, need)]
+        inputs = [x if x is None or create else x.detach().requires_grad_(n)
+                  for x, n in zip(fctx.saved_tensors, need)]
         leaves, it = [], iter(inputs)
-        for kind in layout:
-            leaves.append(Dual(p=next(it), t=next(it)) if kind else next(it))
+        for dual in layout:
+            leaves.append(Dual(p=next(it), t=next(it)) if dual else next(it))
         with torch.enable_grad():
             if ctx.stack:
                 out = fctx.chain.reference(ctx, leaves)
                 y, yd = out.P()
-                S = grads[0].shape[1:]
-                outs, gs = [y.expand(S), yd.expand(grads[0][1:].shape)], [grads[0][0], grads[0][1:]]
+                G = grads[0]
+                outs, gs = [y.expand(G.shape[1:]), yd.expand(G[1:].shape)], [G[0], G[1:]]
             else:
                 y = fctx.chain.primal(leaves, fctx.targets)
                 outs, gs = [y.expand(grads[0].shape)], [grads[0]]
-        want = [x for x in inputs if x.requires_grad]
-        got = iter(torch.autograd.grad(outs, want, gs, allow_unused=True)) if want else iter(())
-        return (None, None, None, None) + tuple(next(got) if x.requires_grad else None for x in inputs)
+        want = [x for x, n in zip(inputs, need) if x is not None and n]
+        got = iter(torch.autograd.grad(outs, want, gs, allow_unused=True, create_graph=create) if want else ())
+        return (None, None, None, None) + tuple(next(got) if x is not None and n else None
+                                                for x, n in zip(inputs, need))
 
 
 def chain_triton(chain, targets, ctx, leaves):

@@ -198,3 +198,22 @@ def test_the_cpu_default_runs_the_reference(monkeypatch, launches):
     assert launches == []
     fy, fyd = torch.func.jvp(net, (x, t), (vx[0], vt[0]))
     torch.testing.assert_close(yd[0], fyd, atol=1e-12, rtol=1e-10)
+
+
+def test_a_gradient_of_the_gradient_goes_through_the_chain(monkeypatch, launches):
+    """create_graph: the kernel's backward recomputes the chain from the leaves themselves, so a second
+    derivative (a gradient penalty) is the torch path's, in both tangent_grad modes."""
+    x = torch.randn(3, 4, **f64, requires_grad=True)
+    v = torch.randn(1, 3, 4, **f64)
+    f = lambda x: torch.tanh(x * 2.0 + 1.0) * x                           # noqa: E731
+    out = {}
+    for backend in ("triton", "torch"):
+        monkeypatch.setenv("OWF_KERNELS_BACKEND", backend)
+        for tangent_grad in (True, False):
+            y, yd = jvp(f, (x,), (v,), tangent_grad=tangent_grad)
+            g, = torch.autograd.grad((y.sin().sum() + (yd.square().sum() if tangent_grad else 0)), x, create_graph=True)
+            out[backend, tangent_grad] = (g, torch.autograd.grad(g.square().sum(), x)[0])
+    assert launches == ["mul+add+tanh+mul"] * 2
+    for tangent_grad in (True, False):
+        for a, b in zip(out["triton", tangent_grad], out["torch", tangent_grad]):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
