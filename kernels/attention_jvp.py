@@ -50,9 +50,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from .backend import check_dot_dtype, use_triton_dot
+from .backend import check_dot_dtype, first_order, use_triton_dot
 
 
 # ---------------------------------------------------------------------------------------------
@@ -511,7 +510,7 @@ class _SDPAJVPTriton(torch.autograd.Function):
         return o, o_dot
 
     @staticmethod
-    @once_differentiable       # a create_graph=True backward through it raises (the torch path is differentiable again)
+    @first_order       # a create_graph=True backward through it raises (the torch path is differentiable again)
     def backward(ctx, g_o, g_o_dot):
         from .attention_jvp_triton import attention_jvp_backward
         q, k, v, q_dot, k_dot, v_dot, attn_mask, o, o_dot, lse, mu = ctx.saved_tensors

@@ -17,6 +17,7 @@ Nothing here imports triton at module import time: `import owf_kernels` compiles
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -88,3 +89,39 @@ def use_triton(t: torch.Tensor) -> bool:
             _warned = True
         return False
     return True
+
+
+def first_order(backward):
+    """For the hand-written backward of an autograd.Function (kernels that build no graph): under
+    create_graph=True, differentiating its gradients again raises.
+
+    torch's once_differentiable marks the gradients only when the incoming gradient itself requires
+    grad, and hangs its error node on detached copies. For a loss linear in the outputs (y.sum() +
+    ẏ.sum()) the gradient came back with no graph, and even when marked, torch.autograd.grad(..., x)
+    never reaches the error node (no path from it to x): a second derivative (a gradient penalty)
+    silently missed every term through the kernel (linear_jvp's torch path: -4.6 where autograd gives
+    -1240, 2026-12-06). Here the marked gradients hang on the saved tensors that require grad (a zero
+    times one element of each), so any second derivative that reaches the inputs meets the error."""
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        with torch.no_grad():
+            out = backward(ctx, *grads)
+        if not torch.is_grad_enabled():
+            return out
+        outs = out if isinstance(out, tuple) else (out,)
+        anchor = sum(t.reshape(-1)[:1].sum() * 0 for t in ctx.saved_tensors
+                     if isinstance(t, torch.Tensor) and t.requires_grad and t.numel())
+        err = torch._C._functions.DelayedError(
+            b"owf_kernels: a second derivative through a kernel whose backward is hand-written (it builds no "
+            b"graph); use OWF_KERNELS_BACKEND=torch where the op has a differentiable torch path, or detach",
+            len(outs))
+
+        def marked(g):
+            if g is None:
+                return g
+            g = g.detach()
+            if isinstance(anchor, torch.Tensor):
+                return g + anchor.to(g.dtype)
+            return g.requires_grad_(True)
+        return err(*[marked(g) for g in outs])
+    return wrapper

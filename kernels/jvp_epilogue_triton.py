@@ -40,11 +40,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from torch.autograd.function import once_differentiable
 import triton
 import triton.language as tl
 
-from .backend import interpreting
+from .backend import first_order, interpreting
 from .jvp_layers import batch_norm_stats
 
 ACT_CODES = {type(None): 0, nn.ReLU: 1, nn.LeakyReLU: 2, nn.Tanh: 3, nn.Sigmoid: 4, nn.Softplus: 5, nn.SiLU: 6,
@@ -238,7 +237,7 @@ class _Epilogue(torch.autograd.Function):
         return H
 
     @staticmethod
-    @once_differentiable
+    @first_order
     def backward(ctx, G):
         A, s, h, k0, k1 = ctx.saved_tensors
         T1, B, C, S = A.shape

@@ -33,9 +33,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
-from .backend import use_triton_dot
+from .backend import first_order, use_triton_dot
 
 ACTIVATIONS = ("identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus", "silu")
 
@@ -377,7 +376,7 @@ class _LinearJVPTorch(torch.autograd.Function):
         return out[0], out[1:]
 
     @staticmethod
-    @once_differentiable       # a create_graph=True backward through it raises, see tests
+    @first_order       # a create_graph=True backward through it raises, see tests
     def backward(ctx, gy, gyd):
         *saved, weight, bias, out = ctx.saved_tensors
         n = ctx.needs_input_grad

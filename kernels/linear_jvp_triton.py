@@ -19,11 +19,10 @@ import os
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 import triton
 import triton.language as tl
 
-from .backend import check_dot_dtype, interpreting
+from .backend import check_dot_dtype, first_order, interpreting
 from .linear_jvp import ACTIVATIONS, apply_layer, stack_primal_tangents
 
 ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}   # identity 0, relu 1, leaky_relu 2, tanh 3, sigmoid 4, softplus 5, silu 6
@@ -308,7 +307,7 @@ class _LinearJVPTriton(torch.autograd.Function):
         return out[0], out[1:]
 
     @staticmethod
-    @once_differentiable       # a create_graph=True backward through it raises, see tests
+    @first_order       # a create_graph=True backward through it raises, see tests
     def backward(ctx, gy, gyd):
         x, x_dot, weight, bias, out = ctx.saved_tensors
         T1, M, N = out.shape

@@ -19,9 +19,8 @@ forward is one kernel launch either way.
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from .backend import use_triton_dot
+from .backend import first_order, use_triton_dot
 from .linear_jvp import ACTIVATIONS, backward_layer, check_inputs, forward_layer, linear_jvp
 
 
@@ -76,7 +75,7 @@ class _MLPJVPTorch(torch.autograd.Function):
         return h, h_dot
 
     @staticmethod
-    @once_differentiable       # a create_graph=True backward through it raises, see tests
+    @first_order       # a create_graph=True backward through it raises, see tests
     def backward(ctx, gy, gyd):
         L = ctx.n_layers
         tensors = ctx.saved_tensors

@@ -236,8 +236,12 @@ def test_triton_double_backward_raises(monkeypatch):
     q.requires_grad_(True)
     o, o_dot = sdpa_jvp(q, k, v, qd, kd, vd)
     (gq,) = torch.autograd.grad(o_dot.square().sum(), q, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
+    with pytest.raises(RuntimeError, match="second derivative through a kernel"):
         gq.sum().backward()
+    # a loss linear in the outputs too (once_differentiable returned a gradient without a graph there)
+    (gq,) = torch.autograd.grad(o.sum() + o_dot.sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="second derivative through a kernel"):
+        torch.autograd.grad(gq.square().sum(), q)
 
 
 @pytest.mark.parametrize("whole_bytes", [24 << 20, 0], ids=["whole", "chunks"])

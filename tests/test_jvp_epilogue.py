@@ -144,3 +144,18 @@ def test_the_kernels_compile_for_a_gpu():
     assert p.returncode == 0, p.stderr[-3000:]
     from owf_kernels.jvp_epilogue_triton import ACT_CODES
     assert int(p.stdout.split()[-1]) == 2 * 2 * (len(ACT_CODES) + 2)    # (fwd, bwd) x has_k x (fp32 each, bf16, fp64)
+
+
+def test_a_second_derivative_through_the_triton_epilogue_raises(monkeypatch, calls):
+    """The epilogue's backward is a kernel (no graph): a gradient of a gradient through it raises, also
+    for a loss linear in the outputs, where once_differentiable gave a wrong second derivative
+    silently (the torch backend's is right: it is torch ops)."""
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "triton")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, 1, 1), nn.BatchNorm2d(3), nn.Tanh()).double().to(DEVICE)
+    x = torch.randn(4, 2, 5, 5, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    y, yd = jvp(net, (x,), (torch.randn(1, *x.shape, dtype=torch.float64, device=DEVICE),))
+    assert len(calls) == 1
+    (g,) = torch.autograd.grad(y.sum() + yd.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="second derivative through a kernel"):
+        torch.autograd.grad(g.square().sum() + x.square().sum(), x)

@@ -179,11 +179,14 @@ def test_keep_freed_memory_is_accepted_by_glibc():
     assert float(x.sum()) == 3 * 512 * 256
 
 
+@pytest.mark.parametrize("loss_kind", ["nonlinear", "linear"])
 @pytest.mark.parametrize("op", ["linear_jvp", "mlp_jvp"])
-def test_double_backward_raises_instead_of_missing_terms(backend, op):
+def test_double_backward_raises_instead_of_missing_terms(backend, op, loss_kind):
     """The backward is hand-written (on Triton a kernel that builds no graph), so a create_graph=True
-    backward (a gradient penalty through G, say) would silently miss terms: it raises instead. The
-    first-order gradient it returns is still the right one."""
+    backward (a gradient penalty through G, say) would silently miss terms: it raises instead, by
+    .backward() and by torch.autograd.grad to x, also for a loss linear in the outputs (whose incoming
+    gradient needs no grad: torch's once_differentiable returned a gradient with no graph there, and a
+    second derivative came out wrong). The first-order gradient it returns is still the right one."""
     from owf_kernels import mlp_jvp
     x = torch.randn(5, 16, device=DEVICE, requires_grad=True)
     xd = torch.randn(2, 5, 16, device=DEVICE)
@@ -192,11 +195,13 @@ def test_double_backward_raises_instead_of_missing_terms(backend, op):
         y, yd = linear_jvp(x, xd, W, None, "tanh")
     else:
         y, yd = mlp_jvp(x, xd, [W, W], None, "tanh")
-    loss = y.square().sum() + yd.norm(dim=-1).log().sum()
+    loss = y.square().sum() + yd.norm(dim=-1).log().sum() if loss_kind == "nonlinear" else y.sum() + yd.sum()
     (gx,) = torch.autograd.grad(loss, x, create_graph=True)
     (want,) = torch.autograd.grad(loss, x, retain_graph=True)
     torch.testing.assert_close(gx, want)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
+    with pytest.raises(RuntimeError, match="second derivative through a kernel"):
+        torch.autograd.grad(gx.square().sum() + x.square().sum(), x, retain_graph=True)
+    with pytest.raises(RuntimeError, match="second derivative through a kernel"):
         gx.square().sum().backward()
 
 
