@@ -217,3 +217,53 @@ def test_a_gradient_of_the_gradient_goes_through_the_chain(monkeypatch, launches
     for tangent_grad in (True, False):
         for a, b in zip(out["triton", tangent_grad], out["torch", tangent_grad]):
             torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+EVERY_OP = (("add", (("L", 0), 1.0), 1), ("mul", (("L", 1), ("M", 0)), None), ("sub", (("M", 1), ("L", 2)), 0.5),
+            ("rsub", (("M", 2), 2.0), 1), ("div", (("M", 3), ("M", 0)), None),
+            ("addcmul", (("M", 4), ("L", 0), ("L", 1)), 0.5), ("neg", (("M", 5),), None),
+            *[(name, (("M", k),), None) for k, name in enumerate(
+                ("exp", "sin", "cos", "sqrt", "rsqrt", "square", "tanh", "sigmoid", "silu", "relu"), start=6)],
+            ("leaky_relu", (("M", 16),), 0.2))
+COMPILE = r"""
+import importlib.util, os, re, sys
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from owf_kernels.jvp_chain_triton import _source
+spec, out = eval(sys.argv[1]), sys.argv[2]
+for cdt, ptr in (("float32", "fp32"), ("float32", "bf16"), ("float64", "fp64")):
+    src, _ = _source(spec, (True, False, True), 3, cdt)
+    path = os.path.join(out, f"k_{ptr}.py")
+    open(path, "w").write(src)
+    m = importlib.util.spec_from_file_location(f"k_{ptr}", path)
+    mod = importlib.util.module_from_spec(m)
+    m.loader.exec_module(mod)
+    fn = mod.chain_kernel
+    sig = {a: "constexpr" if a in ("CDT", "BLOCK") else "*" + ptr if re.fullmatch(r"Y[PT]|D?X\d+", a)
+           else "fp64" if re.fullmatch(r"c\d+", a) else "i64" for a in fn.arg_names}
+    k = triton.compile(ASTSource(fn, sig, constexprs={"CDT": getattr(tl, cdt), "BLOCK": 1024}),
+                       target=GPUTarget("cuda", 90, 32))
+    print(ptr, len(k.asm["cubin"]))
+"""
+
+
+def test_a_generated_kernel_compiles_for_an_h100_without_one(tmp_path):
+    """The interpreter runs the generated source as Python; a GPU compiles it. A chain of every op in
+    the table, with dual and constant leaves, compiled to a cubin for sm_90 (Triton's own ptxas, no
+    GPU needed) in float32, bf16 and float64: what the interpreter cannot tell (types, the float64
+    arguments, sqrt_rn) is checked before a GPU is lent."""
+    import os
+    import subprocess
+    import sys
+    import triton
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        pytest.skip("no bundled ptxas")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    r = subprocess.run([sys.executable, "-c", COMPILE, repr(EVERY_OP), str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sizes = dict(line.split() for line in r.stdout.split("\n") if line)
+    assert set(sizes) == {"fp32", "bf16", "fp64"} and all(int(v) > 1000 for v in sizes.values())
