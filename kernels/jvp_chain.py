@@ -124,7 +124,6 @@ class Chain:
                 if name == "addcmul" else (args[1] if len(args) > 1 else 0.01) if name == "leaky_relu" else None
             spec.append((name, args[:n_tensor], param))
         self.spec = tuple(spec)
-        self.n_leaves = len(leaves)
         self.names = "+".join(s[0] for s in spec)
 
     def _run(self, leaves, call):

@@ -39,6 +39,7 @@ import tempfile
 
 import torch
 import triton
+import triton.language as tl
 
 from .jvp_dual import Dual, is_dual
 
@@ -64,7 +65,7 @@ def _source(spec, dual_leaves, R, cdt):
     consts = []
 
     def const(v):
-        consts.append(v)
+        consts.append(float(v))            # an int (alpha=2) launches as the float64 argument too
         return f"_scalar(c{len(consts) - 1}, CDT)"
 
     args = ["YP", "YT"]
@@ -207,7 +208,6 @@ def _launch(chain, layout, tensors, T, stack):
     else:
         y = torch.empty(S, dtype=first.dtype, device=first.device)
         yd = torch.empty((T, *S), dtype=first.dtype, device=first.device)
-    import triton.language as tl
     cdt = _compute_dtype(first.dtype)
     kernel, consts = _kernel(chain.spec, tuple(layout), R, cdt)
     ptrs, strides = [], []
