@@ -49,6 +49,7 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -239,7 +240,9 @@ def check_jvp_epilogue(device="cuda", acts=None):
 def check_jvp_chain(device="cuda"):
     """owf_kernels.jvp's elementwise chains (jvp_chain_triton) on jvp_networks' smoke DiT and SongUNet in
     float32, against the torch backend in float64: y, the tangents and every gradient, tangent_grad
-    both ways. -> (worst relative error, how many chain kernels ran)."""
+    both ways. -> (worst relative error, how many chain kernels ran). A kernel that fails would fall back
+    to the torch path with a warning, and the check would compare the torch path with itself: here that
+    warning is an error."""
     import jvp_networks as J
     import owf_kernels.jvp_chain_triton as C
     from owf_kernels import jvp
@@ -247,33 +250,43 @@ def check_jvp_chain(device="cuda"):
     C._launch = lambda chain, *a: launches.append(chain.names) or real(chain, *a)
     errs = []
     try:
-        for case in ("meanflow DiT 32x32x1", "meanflow SongUNet 32x32x1"):
-            _, net, _, B, T = J.build(case, J.SMOKE, device)
-            ref = copy.deepcopy(net).double()
-            x = torch.randn(B, *net.image, device=device)
-            t, r = torch.rand(B, device=device), torch.rand(B, device=device)
-            v = torch.randn(1, *x.shape, device=device)
-            tv, rv = torch.ones(1, B, device=device), torch.zeros(1, B, device=device)
-            for tangent_grad in (True, False):
-                outs = []
-                for model, dtype, backend in ((net, torch.float32, None), (ref, torch.float64, "torch")):
-                    old = os.environ.get("OWF_KERNELS_BACKEND")
-                    if backend:
-                        os.environ["OWF_KERNELS_BACKEND"] = backend
-                    try:
-                        prim, tans = tuple(a.to(dtype) for a in (x, t, r)), tuple(a.to(dtype) for a in (v, tv, rv))
-                        y, yd = jvp(model, prim, tans, tangent_grad=tangent_grad)
-                        loss = y.square().sum() + (yd.flatten(1).norm(dim=1).log().sum() if tangent_grad else 0)
-                        g = torch.autograd.grad(loss, list(model.parameters()))
-                        outs.append((y, yd, torch.cat([a.reshape(-1) for a in g])))
-                    finally:
-                        os.environ.pop("OWF_KERNELS_BACKEND", None)
-                        if old is not None:
-                            os.environ["OWF_KERNELS_BACKEND"] = old
-                errs += [rel_err(a, b) for a, b in zip(*outs)]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="owf_kernels.jvp: the Triton kernel of the elementwise chain",
+                                    category=RuntimeWarning)
+            for case in ("meanflow DiT 32x32x1", "meanflow SongUNet 32x32x1"):
+                errs += _chain_case(J, jvp, case, device)
     finally:
         C._launch = real
     return max(errs), len(launches)
+
+
+def _chain_case(J, jvp, case, device):
+    """check_jvp_chain's relative errors on one smoke network."""
+    _, net, _, B, T = J.build(case, J.SMOKE, device)
+    ref = copy.deepcopy(net).double()
+    x = torch.randn(B, *net.image, device=device)
+    t, r = torch.rand(B, device=device), torch.rand(B, device=device)
+    v = torch.randn(1, *x.shape, device=device)
+    tv, rv = torch.ones(1, B, device=device), torch.zeros(1, B, device=device)
+    errs = []
+    for tangent_grad in (True, False):
+        outs = []
+        for model, dtype, backend in ((net, torch.float32, None), (ref, torch.float64, "torch")):
+            old = os.environ.get("OWF_KERNELS_BACKEND")
+            if backend:
+                os.environ["OWF_KERNELS_BACKEND"] = backend
+            try:
+                prim, tans = tuple(a.to(dtype) for a in (x, t, r)), tuple(a.to(dtype) for a in (v, tv, rv))
+                y, yd = jvp(model, prim, tans, tangent_grad=tangent_grad)
+                loss = y.square().sum() + (yd.flatten(1).norm(dim=1).log().sum() if tangent_grad else 0)
+                g = torch.autograd.grad(loss, list(model.parameters()))
+                outs.append((y, yd, torch.cat([a.reshape(-1) for a in g])))
+            finally:
+                os.environ.pop("OWF_KERNELS_BACKEND", None)
+                if old is not None:
+                    os.environ["OWF_KERNELS_BACKEND"] = old
+        errs += [rel_err(a, b) for a, b in zip(*outs)]
+    return errs
 
 
 def check_log_zeta():

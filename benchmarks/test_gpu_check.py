@@ -6,6 +6,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import gpu_check as GC
 
 RUN3 = Path(__file__).parent / "results" / "gpu_2026-11-28_h200_run3.json"
@@ -78,6 +80,12 @@ def test_the_jvp_chain_check_runs(monkeypatch):
     launch = C._launch
     err, launches = GC.check_jvp_chain("cpu")
     assert err < 1e-5 and launches >= 40 and C._launch is launch
+    # a kernel that fails is an error here, not the torch path's fallback compared with itself
+    import owf_kernels
+    owf_kernels.clear_cache()
+    monkeypatch.setattr(C, "_launch", lambda *a: (_ for _ in ()).throw(RuntimeError("no kernel image")))
+    with pytest.raises(RuntimeWarning, match="no kernel image"):
+        GC.check_jvp_chain("cpu")
 
 
 def test_the_networks_section_runs_its_providers_and_renders(monkeypatch):

@@ -21,6 +21,8 @@ broadcast to the root's, [*S].
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .backend import use_triton
@@ -124,6 +126,7 @@ class Chain:
                 if name == "addcmul" else (args[1] if len(args) > 1 else 0.01) if name == "leaky_relu" else None
             spec.append((name, args[:n_tensor], param))
         self.spec = tuple(spec)
+        self.triton_ok = True
         self.names = "+".join(s[0] for s in spec)
 
     def _run(self, leaves, call):
@@ -148,11 +151,19 @@ class Chain:
         return self._run(leaves, lambda fn, a, k: next(it)(*[primal(x) for x in a], **k))
 
     def step(self, targets):
-        """The runner's step: the Triton kernel where it applies, else the reference."""
+        """The runner's step: the Triton kernel where it applies, else the reference. A kernel that fails
+        to compile or launch (none has run on a GPU yet: docs/benchmarks.md) warns once, naming the chain
+        and the error, and this chain takes the reference from then on."""
         def run(ctx, *leaves):
-            if _triton_applies(leaves):
+            if self.triton_ok and _triton_applies(leaves):
                 from .jvp_chain_triton import chain_triton
-                return chain_triton(self, targets, ctx, leaves)
+                try:
+                    return chain_triton(self, targets, ctx, leaves)
+                except Exception as e:                              # noqa: BLE001 (named in the warning)
+                    self.triton_ok = False
+                    warnings.warn(f"owf_kernels.jvp: the Triton kernel of the elementwise chain {self.names} failed "
+                                  f"({type(e).__name__}: {str(e)[:300]}); the chain runs on the torch path from now "
+                                  "on: the same numbers, without the fusion", RuntimeWarning, stacklevel=2)
             return self.reference(ctx, leaves)
         return run
 

@@ -11,7 +11,9 @@ import torch.nn.functional as F
 
 from support import DEVICE, triton_usable
 
-pytestmark = pytest.mark.skipif(not triton_usable(), reason="triton is not installed")
+# a kernel that fails falls back to the torch path with a RuntimeWarning: here that is an error
+pytestmark = [pytest.mark.skipif(not triton_usable(), reason="triton is not installed"),
+              pytest.mark.filterwarnings("error::RuntimeWarning")]
 
 from owf_kernels import clear_cache, jvp  # noqa: E402
 
@@ -267,3 +269,25 @@ def test_a_generated_kernel_compiles_for_an_h100_without_one(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     sizes = dict(line.split() for line in r.stdout.split("\n") if line)
     assert set(sizes) == {"fp32", "bf16", "fp64"} and all(int(v) > 1000 for v in sizes.values())
+
+
+def test_a_kernel_that_fails_warns_once_and_the_chain_takes_the_torch_path(monkeypatch, launches):
+    """No chain kernel has run on a GPU yet: one that fails to compile or launch names the chain and the
+    error in a warning, and that chain runs on the torch path from then on, with its numbers."""
+    import owf_kernels.jvp_chain_triton as C
+    monkeypatch.setenv("OWF_KERNELS_BACKEND", "triton")
+
+    def broken(chain, *a):
+        launches.append(chain.names)
+        raise RuntimeError("no kernel image is available")
+    monkeypatch.setattr(C, "_launch", broken)
+    x = torch.randn(3, 4, **f64)
+    v = torch.randn(1, 3, 4, **f64)
+    f = lambda x: torch.tanh(x * 2.0 + 1.0)                                  # noqa: E731
+    with pytest.warns(RuntimeWarning, match=r"mul\+add\+tanh failed \(RuntimeError: no kernel image"):
+        y, yd = jvp(f, (x,), (v,))
+    y2, yd2 = jvp(f, (x,), (v,))                                             # no second try, no warning
+    assert launches == ["mul+add+tanh"]
+    fy, fyd = torch.func.jvp(f, (x,), (v[0],))
+    for a, b in ((y, fy), (yd[0], fyd), (y2, fy), (yd2[0], fyd)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
