@@ -89,7 +89,12 @@ def _source(spec, dual_leaves, R, cdt):
         body.append(f"x{i} = tl.load(X{i} + {off(f's{i}')}, mask=mask, other=1.0).to(CDT)")
         if dual_leaves[i]:
             body.append(f"ot{i} = {off(f'ts{i}')}")
-    # the primal pass: m_k, and g_k where the tangent needs it
+    def product(a, da, b, db):
+        """ȧ b + a ḃ, the terms whose tangent exists."""
+        return " + ".join(([f"{da} * {b}"] if da else []) + ([f"{a} * {db}"] if db else []))
+
+    # the primal pass: m_k, and g_k where the tangent needs it. Every op has a tangent (a member of a
+    # chain has one by construction), so at least one of its operands' tangents exists.
     prim = {("L", i): f"x{i}" for i in range(L)}
     has_t = {("L", i): dual_leaves[i] for i in range(L)}
     tan_lines = []
@@ -97,29 +102,25 @@ def _source(spec, dual_leaves, R, cdt):
         opr = [prim[o] if isinstance(o, tuple) else const(o) for o in ops]
         dts = [(f"d{o[1]}" if o[0] == "L" else f"dm{o[1]}") if isinstance(o, tuple) and has_t[o] else None
                for o in ops]
-        y, dy = f"m{k}", f"dm{k}"
-        terms = []
+        y = f"m{k}"
         if name in ("add", "sub", "rsub"):
             a, b = opr if name != "rsub" else opr[::-1]
             da, db = dts if name != "rsub" else dts[::-1]
             sign = "+" if name == "add" else "-"
             alpha = "" if param == 1 else f"{const(param)} * "
             body.append(f"{y} = {a} {sign} {alpha}{b}")
-            terms = ([da] if da else []) + ([f"{sign} {alpha}{db}"] if db else [])
-            tan = " ".join(terms).lstrip("+ ") if terms else None
-            if tan and tan.startswith("- "):
-                tan = "-" + tan[2:]
+            tb = f"{alpha}{db}" if db else None
+            tan = f"{da} {sign} {tb}" if da and tb else da if da else tb if sign == "+" else f"-{tb}"
         elif name == "mul":
             a, b = opr
-            da, db = dts
             body.append(f"{y} = {a} * {b}")
-            tan = " + ".join(([f"{da} * {b}"] if da else []) + ([f"{a} * {db}"] if db else []))
+            tan = product(a, dts[0], b, dts[1])
         elif name == "addcmul":
             s_, a, b = opr
             ds, da, db = dts
             v = "" if param == 1 else f"{const(param)} * "
             body.append(f"{y} = {s_} + {v}{a} * {b}")
-            prod = " + ".join(([f"{da} * {b}"] if da else []) + ([f"{a} * {db}"] if db else []))
+            prod = product(a, da, b, db)
             tan = " + ".join(([ds] if ds else []) + ([f"{v}({prod})"] if prod else []))
         elif name == "div":
             a, b = opr
@@ -140,14 +141,14 @@ def _source(spec, dual_leaves, R, cdt):
             body.append(f"{y}, g{k}, _ = _act({opr[0]}, {ACT_CODE[name]}, {p1}, 0.0)")
             tan = f"g{k} * {dts[0]}"
         prim[("M", k)] = y
-        has_t[("M", k)] = tan is not None
-        tan_lines.append(f"{dy} = {tan}" if tan else None)
+        has_t[("M", k)] = True
+        tan_lines.append(f"dm{k} = {tan}")
     last = len(spec) - 1
     body.append(f"tl.store(YP + offs, m{last}.to(YP.dtype.element_ty), mask=mask)")
     body.append("oy = offs")
     body.append("for t in range(T):")
     loop = [f"d{i} = tl.load(DX{i} + ot{i}, mask=mask, other=0.0).to(CDT)" for i in range(L) if dual_leaves[i]]
-    loop += [ln for ln in tan_lines if ln]
+    loop += tan_lines
     loop.append(f"tl.store(YT + oy, dm{last}.to(YT.dtype.element_ty), mask=mask)")
     loop.append("oy += N")
     loop += [f"ot{i} += ts{i}_lead" for i in range(L) if dual_leaves[i]]
@@ -226,12 +227,12 @@ def _launch(chain, layout, tensors, T, stack):
 
 
 class _ChainFn(torch.autograd.Function):
-    """(chain, aten targets, ctx, layout, *leaf tensors) -> H (stacked) or (y, ẏ); module docstring."""
+    """(chain, ctx, layout, *leaf tensors) -> H (stacked) or (y, ẏ); module docstring."""
 
     @staticmethod
-    def forward(fctx, chain, targets, ctx, layout, *tensors):
+    def forward(fctx, chain, ctx, layout, *tensors):
         out = _launch(chain, layout, tensors, ctx.T, ctx.stack)
-        fctx.chain, fctx.targets, fctx.ctx, fctx.layout = chain, targets, ctx, layout
+        fctx.chain, fctx.ctx, fctx.layout = chain, ctx, layout
         if ctx.stack:
             fctx.save_for_backward(*tensors)
             return out[0]
@@ -249,7 +250,7 @@ class _ChainFn(torch.autograd.Function):
         # so that the gradient's own graph reaches them; else from detached copies
         create = torch.is_grad_enabled()
         ctx, layout = fctx.ctx, fctx.layout
-        need = fctx.needs_input_grad[4:]
+        need = fctx.needs_input_grad[3:]
         inputs = [x if x is None or create else x.detach().requires_grad_(n)
                   for x, n in zip(fctx.saved_tensors, need)]
         leaves, it = [], iter(inputs)
@@ -262,15 +263,15 @@ class _ChainFn(torch.autograd.Function):
                 G = grads[0]
                 outs, gs = [y.expand(G.shape[1:]), yd.expand(G[1:].shape)], [G[0], G[1:]]
             else:
-                y = fctx.chain.primal(leaves, fctx.targets)
+                y = fctx.chain.primal(leaves)
                 outs, gs = [y.expand(grads[0].shape)], [grads[0]]
         want = [x for x, n in zip(inputs, need) if x is not None and n]
         got = iter(torch.autograd.grad(outs, want, gs, allow_unused=True, create_graph=create) if want else ())
-        return (None, None, None, None) + tuple(next(got) if x is not None and n else None
+        return (None, None, None) + tuple(next(got) if x is not None and n else None
                                                 for x, n in zip(inputs, need))
 
 
-def chain_triton(chain, targets, ctx, leaves):
+def chain_triton(chain, ctx, leaves):
     """The chain's step on the Triton kernel: a Dual (stacked in ctx.stack mode, else a pair)."""
     layout, tensors = [], []
     for a in leaves:
@@ -281,7 +282,7 @@ def chain_triton(chain, targets, ctx, leaves):
         else:
             layout.append(False)
             tensors.append(a)
-    out = _ChainFn.apply(chain, targets, ctx, tuple(layout), *tensors)
+    out = _ChainFn.apply(chain, ctx, tuple(layout), *tensors)
     if ctx.stack:
         return Dual(H=out)
     return Dual(p=out[0], t=out[1])
