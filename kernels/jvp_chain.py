@@ -109,18 +109,20 @@ def find_chains(nodes, dual, taken, args_of):
 
 
 class Chain:
-    """One chain's step: `ops` [(rule fn, args, kwargs)] with operands ("L", i) a leaf, ("M", k) an
-    earlier member, or a number; `spec` the same for jvp_chain_triton: (name, operands, alpha/slope)."""
+    """One chain's step: `ops` [(aten op, out of place; its rule fn, args, kwargs)] with operands
+    ("L", i) a leaf, ("M", k) an earlier member, or a number; `spec` the same for jvp_chain_triton:
+    (name, operands, alpha/slope). rule(op) -> the runner's step fn of that op."""
 
-    def __init__(self, members, leaves, fns, args_of):
+    def __init__(self, members, leaves, rule, args_of):
         slot = {n: ("L", i) for i, n in enumerate(leaves)}
         slot.update({n: ("M", k) for k, n in enumerate(members)})
         self.ops, spec = [], []
-        for n, fn in zip(members, fns):
+        for n in members:
             args, kwargs = args_of(n)
             args = tuple(slot[a] if isinstance(a, torch.fx.Node) else a for a in args)
-            self.ops.append((fn, args, kwargs))
-            name = CHAIN_OPS[functional(n.target)]
+            op = functional(n.target)
+            self.ops.append((op, rule(op), args, kwargs))
+            name = CHAIN_OPS[op]
             n_tensor = N_TENSORS.get(name, 1)
             param = kwargs.get("alpha", 1) if name in ("add", "sub", "rsub") else kwargs.get("value", 1) \
                 if name == "addcmul" else (args[1] if len(args) > 1 else 0.01) if name == "leaky_relu" else None
@@ -136,21 +138,19 @@ class Chain:
             if type(a) is tuple:
                 return leaves[a[1]] if a[0] == "L" else vals[a[1]]
             return a
-        for fn, args, kwargs in self.ops:
-            vals.append(call(fn, [get(a) for a in args], kwargs))
+        for op, fn, args, kwargs in self.ops:
+            vals.append(call(op, fn, [get(a) for a in args], kwargs))
         return vals[-1]
 
     def reference(self, ctx, leaves):
         """The chain by its ops' rules (the runner's numbers without this fusion rule)."""
-        return self._run(leaves, lambda fn, a, k: fn(ctx, *a, **k))
+        return self._run(leaves, lambda op, fn, a, k: fn(ctx, *a, **k))
 
-    def primal(self, leaves, targets):
-        """y alone, by the aten ops themselves (the plain forward's graph; targets: the members' ops,
-        out of place)."""
-        it = iter(targets)
-        return self._run(leaves, lambda fn, a, k: next(it)(*[primal(x) for x in a], **k))
+    def primal(self, leaves):
+        """y alone, by the aten ops themselves (the plain forward's graph)."""
+        return self._run(leaves, lambda op, fn, a, k: op(*[primal(x) for x in a], **k))
 
-    def step(self, targets):
+    def step(self):
         """The runner's step: the Triton kernel where it applies, else the reference. A kernel that fails
         to compile or launch (none has run on a GPU yet: docs/benchmarks.md) warns once, naming the chain
         and the error, and this chain takes the reference from then on."""
@@ -158,7 +158,7 @@ class Chain:
             if self.triton_ok and _triton_applies(leaves):
                 from .jvp_chain_triton import chain_triton
                 try:
-                    return chain_triton(self, targets, ctx, leaves)
+                    return chain_triton(self, ctx, leaves)
                 except Exception as e:                              # noqa: BLE001 (named in the warning)
                     self.triton_ok = False
                     warnings.warn(f"owf_kernels.jvp: the Triton kernel of the elementwise chain {self.names} failed "
@@ -169,7 +169,7 @@ class Chain:
 
 
 def _triton_applies(leaves) -> bool:
-    tensors = [primal(a) for a in leaves if isinstance(primal(a), torch.Tensor)]
+    tensors = [p for p in map(primal, leaves) if isinstance(p, torch.Tensor)]
     if not tensors or torch.compiler.is_compiling() or not use_triton(tensors[0]):
         return False
     dt, dev = tensors[0].dtype, tensors[0].device

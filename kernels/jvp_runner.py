@@ -304,9 +304,8 @@ def build(trace, tangent_grad: bool) -> Program:
             for m in members:
                 if m.target in INPLACE:
                     _check_inplace(m, nodes, index, lifted)
-            ops = [INPLACE.get(m.target, m.target) for m in members]
-            chain = Chain(members, leaves, [_rule(t, RULES[t]) for t in ops], node_args)
-            fused[members[-1]] = (chain.step(ops), members[:-1], leaves, False)
+            chain = Chain(members, leaves, lambda t: _rule(t, RULES[t]), node_args)
+            fused[members[-1]] = (chain.step(), members[:-1], leaves, False)
             consumed.update(members[:-1])
 
     def traced(n, fn):
