@@ -40,6 +40,7 @@ owf against func.jvp, compiled and the GEMMs), sweep_log_zeta (launch shapes), p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import json
@@ -176,6 +177,20 @@ def check_linear_jvp():
            worst_rel_err={k: f"{v:.1e}" for k, v in worst.items()}, **note)
 
 
+@contextlib.contextmanager
+def kernels_backend(name):
+    """OWF_KERNELS_BACKEND=name inside the block (None: as it is), restored after."""
+    old = os.environ.get("OWF_KERNELS_BACKEND")
+    if name is not None:
+        os.environ["OWF_KERNELS_BACKEND"] = name
+    try:
+        yield
+    finally:
+        os.environ.pop("OWF_KERNELS_BACKEND", None)
+        if old is not None:
+            os.environ["OWF_KERNELS_BACKEND"] = old
+
+
 def check_mlp_jvp(device="cuda"):
     """mlp_jvp (chained Triton launches on CUDA) against its torch path in float64: a 2D generator's
     identity tangents and a 3-layer MLP with random tangents; values and every gradient. -> worst error."""
@@ -218,14 +233,8 @@ def check_jvp_epilogue(device="cuda", acts=None):
             ref = copy.deepcopy(net).double()
             x, v = torch.randn(17, 5, 7, 7, device=device), torch.randn(3, 17, 5, 7, 7, device=device)
             y, yd = jvp(net, (x,), (v,), batch_norm=mode)
-            backend = os.environ.get("OWF_KERNELS_BACKEND")
-            os.environ["OWF_KERNELS_BACKEND"] = "torch"
-            try:
+            with kernels_backend("torch"):
                 ry, ryd = jvp(ref, (x.double(),), (v.double(),), batch_norm=mode)
-            finally:
-                os.environ.pop("OWF_KERNELS_BACKEND")
-                if backend is not None:
-                    os.environ["OWF_KERNELS_BACKEND"] = backend
             loss = lambda y, yd: y.square().sum() + yd.flatten(2).norm(dim=-1).log().sum()  # noqa: E731
             g = torch.autograd.grad(loss(y, yd), list(net.parameters()))
             rg = torch.autograd.grad(loss(ry, ryd), list(ref.parameters()))
@@ -272,19 +281,12 @@ def _chain_case(J, jvp, case, device):
     for tangent_grad in (True, False):
         outs = []
         for model, dtype, backend in ((net, torch.float32, None), (ref, torch.float64, "torch")):
-            old = os.environ.get("OWF_KERNELS_BACKEND")
-            if backend:
-                os.environ["OWF_KERNELS_BACKEND"] = backend
-            try:
+            with kernels_backend(backend):
                 prim, tans = tuple(a.to(dtype) for a in (x, t, r)), tuple(a.to(dtype) for a in (v, tv, rv))
                 y, yd = jvp(model, prim, tans, tangent_grad=tangent_grad)
                 loss = y.square().sum() + (yd.flatten(1).norm(dim=1).log().sum() if tangent_grad else 0)
                 g = torch.autograd.grad(loss, list(model.parameters()))
                 outs.append((y, yd, torch.cat([a.reshape(-1) for a in g])))
-            finally:
-                os.environ.pop("OWF_KERNELS_BACKEND", None)
-                if old is not None:
-                    os.environ["OWF_KERNELS_BACKEND"] = old
         errs += [rel_err(a, b) for a, b in zip(*outs)]
     return errs
 
