@@ -11,6 +11,9 @@ scores; each draw's component is the posterior's argmax (in n = 784 dimensions t
    log Σ_k π_k e^{m_k} - Σ_k π_k m_k nats (the components do not overlap), and π' itself.
 2. CLASSIFIED (default 5,000) draws, eval mode, read by the FID's classifier: the class shares, and for
    each component its three commonest classes and its share of pullovers (the rarest class).
+3. The test images, dequantised (seed 0), by the base's component of their normal scores (D's own
+   coordinate): each component's share, its three commonest labels, and its share of pullovers, labelled
+   and as the classifier reads them. (This depends on the base alone, not on G.)
 """
 import sys
 from pathlib import Path
@@ -19,7 +22,7 @@ import torch
 
 from owf import load
 from owf.classifier import load_classifier, to_unit
-from owf.images import to_uint8
+from owf.images import dequantise_unit, load_images, to_uint8
 
 sys.path.insert(0, str(Path(__file__).parent))
 from is_exact import exact_draws  # noqa: E402
@@ -71,6 +74,16 @@ def main(run, n=1000, classified=5000):
         print(f"component {j} ({float((k == j).float().mean()):.3f} of draws): "
               + ", ".join(f"{NAMES[o]} {share[o]:.2f}" for o in share.argsort(descending=True)[:3])
               + f"; pullovers {share[2]:.3f}")
+    test, labels = load_images(m.config.data, m.config.data_root, train=False)
+    x = dequantise_unit(test, torch.Generator().manual_seed(0))
+    k = torch.cat([m.D._log_components(m.D._coordinate(x[i:i + 500])[0]).argmax(0) for i in range(0, len(x), 500)])
+    c = torch.cat([clf(to_unit(test[i:i + 1000])).argmax(1) for i in range(0, len(test), 1000)])
+    print(f"the {len(test)} test images:")
+    for j in range(len(pi)):
+        share = torch.bincount(labels[k == j], minlength=10).float() / max(int((k == j).sum()), 1)
+        print(f"component {j} ({float((k == j).float().mean()):.3f} of the images): labels "
+              + ", ".join(f"{NAMES[o]} {share[o]:.2f}" for o in share.argsort(descending=True)[:3])
+              + f"; pullovers {share[2]:.3f} labelled, {float((c[k == j] == 2).float().mean()):.3f} classified")
 
 
 if __name__ == "__main__":
