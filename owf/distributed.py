@@ -99,6 +99,15 @@ def broadcast_module(module: torch.nn.Module):
         dist.broadcast(t.data, 0)
 
 
+def batch_norm_buffers(module: torch.nn.Module):
+    """(name, buffer) of every BatchNorm's buffers in `module` (running statistics, batch count): the only
+    buffers that differ between ranks, which a checkpoint of many processes keeps for each."""
+    for name, m in module.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            for k, b in m.named_buffers(recurse=False):
+                yield (f"{name}.{k}" if name else k), b
+
+
 @contextlib.contextmanager
 def averaged_buffers(module: torch.nn.Module):
     """Within the block, BatchNorm's running statistics hold their average over ranks; after it, each

@@ -25,7 +25,7 @@ import torch
 from owf_kernels import keep_freed_memory
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, save_atomic
+from .checkpoint import load_checkpoint, save_atomic, share_equal_tensors
 from .cli import user_errors_exit
 from .config import RESUMABLE, Config, parse_args
 from .losses import (data_kernel_proposal, discriminator_loss_eq16, effective_sample_size,
@@ -34,7 +34,7 @@ from .losses import (data_kernel_proposal, discriminator_loss_eq16, effective_sa
 from .negatives import energy_penalty
 from .plots import save_curves
 from .distributed import averaged_buffers, average_gradients, broadcast_module, gather_objects, global_log_zeta
-from .distributed import RANK_SEED_STRIDE, global_softmax, launched, local_device, process_group, rank_world
+from .distributed import RANK_SEED_STRIDE, batch_norm_buffers, global_softmax, launched, local_device, process_group, rank_world
 from .tasks import make_task, mode_metrics  # noqa: F401  (mode_metrics: owf.train's name for it)
 
 
@@ -261,7 +261,8 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
         if "rank_buffers" in state:           # this rank's own running statistics (G holds their average)
             with torch.no_grad():
                 for k, b in G.named_buffers():
-                    b.copy_(state["rank_buffers"][rank][k])
+                    if k in state["rank_buffers"][rank]:      # BatchNorm's (older checkpoints: every buffer)
+                        b.copy_(state["rank_buffers"][rank][k])
         start, seconds = state["step"], state["seconds"]
         # keep the log consistent with the checkpoint: drop lines written after it
         if lead:
@@ -275,12 +276,13 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
         rngs, tasks, bufs = [gen.get_state()], [task.state_dict()], None
         if world > 1:                 # every rank's streams and BatchNorm statistics (an exact resume)
             rngs, tasks = gather_objects(gen.get_state().cpu()), gather_objects(task.state_dict())
-            bufs = gather_objects({k: b.cpu() for k, b in G.named_buffers()})
+            bufs = gather_objects({k: b.cpu() for k, b in batch_norm_buffers(G)})
         with averaged_over_ranks(G):   # G as saved: the running statistics' average over ranks
             if lead:
+                d_state = D.state_dict()
                 save_atomic(dict(
                     config=cfg.to_dict(), step=step, seconds=seconds + time.perf_counter() - t0, world_size=world,
-                    G=G.state_dict(), D=D.state_dict(),
+                    G=share_equal_tensors(G.state_dict(), d_state), D=d_state,
                     opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), rng=rngs[0], task=tasks[0],
                     **({"rngs": rngs, "tasks": tasks, "rank_buffers": bufs} if world > 1 else {}),
                     event_shape=list(G.event_shape)),

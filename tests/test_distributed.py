@@ -119,6 +119,29 @@ def test_a_two_process_run_trains_is_interrupted_and_resumes(tmp_path):
     assert p.returncode == 2 and "trained on 2 processes and is resumed on 1" in p.stderr
 
 
+def test_a_two_process_image_run_resumes_its_batch_norms_exactly(tmp_path, fashion_root):
+    """The defaults' image generator has BatchNorms, whose running statistics differ between ranks: the
+    checkpoint keeps each rank's (and only those), and G's base latent once, shared with D's base."""
+    args = ["--data", "fashion-mnist", "--data-root", str(fashion_root), "--g-hidden", "16,4", "--d-hidden", "4,8",
+            "--batch", "16", "--samples", "16", "--log-every", "5", "--fid-every", "0", "--ckpt-every", "5",
+            "--device", "cpu", "--threads", "1", "--steps", "10", "--catch-up", "0"]
+    env = {"OWF_CACHE": os.environ["OWF_CACHE"]}
+    for out, until in (("full", []), ("half", ["--until", "5"])):
+        p = torchrun("-m", "owf.train", *args, *until, "--out", str(tmp_path / out), env=env)
+        assert p.returncode == 0, p.stderr[-2000:]
+    p = torchrun("-m", "owf.train", "--resume", str(tmp_path / "half"), env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    a, b = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=False) for r in ("full", "half"))
+    for k in ("G", "D"):
+        for name in a[k]:
+            assert torch.equal(a[k][name], b[k][name]), f"{k}.{name} differs after the resume"
+    bn = {k for k in a["G"] if k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")}
+    assert bn and all(set(r) == bn for r in a["rank_buffers"])
+    mean = next(k for k in sorted(bn) if k.endswith("running_mean"))
+    assert not torch.equal(a["rank_buffers"][0][mean], a["rank_buffers"][1][mean])        # each rank's own
+    assert a["G"]["base_L"].untyped_storage().data_ptr() == a["D"]["base_L"].untyped_storage().data_ptr()
+
+
 def test_a_distributed_zeta_estimate_is_the_single_process_one(tmp_path):
     from owf.config import Config
     from owf.density import load

@@ -192,6 +192,9 @@ def test_an_image_run_resumes_exactly(tmp_path, fashion_root, monkeypatch, loss,
         assert torch.equal(margins, a["D"]["base_log_p_bin"]) and not torch.equal(margins, torch.full_like(margins, margins[0, 0]))
         row = json.loads(open(tmp_path / "full" / "metrics.jsonl").readlines()[-1])
         assert 0 <= row["clamped"] <= 1 and "saturated" not in row
+    if "base_L" in a["G"]:      # --g-base: G's latent is D's fitted mixture, saved once (they share a storage when loaded)
+        for g_name, d_name in (("base_L", "base_L"), ("base_mu", "base_mu"), ("net.1.log_p_bin", "base_log_p_bin")):
+            assert a["G"][g_name].untyped_storage().data_ptr() == a["D"][d_name].untyped_storage().data_ptr(), g_name
 
 
 def test_a_short_image_run_lowers_the_classifier_fid(tmp_path, fashion_root):
