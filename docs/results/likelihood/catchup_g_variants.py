@@ -1,17 +1,18 @@
 """The catch-up phase (D held, G again at the base) with another generator loss or a wider h (issue 29).
 
-    python docs/results/likelihood/catchup_g_variants.py RUN STEPS ALPHA K OUT_DIR [--local C]
+    python docs/results/likelihood/catchup_g_variants.py RUN STEPS K OUT_DIR [--renyi ALPHA] [--local C]
 
 RUN: a 2,000-step `--g-base` checkpoint (its D and fitted base are kept, and held). G is built again at the
 base (q = p_0) with a fresh Adam at the run's lr_G, held constant, as `owf.train`'s catch-up phase does. Each
 step draws S = cfg.samples latents (their batch statistics serve G's BatchNorms) and takes the exact
 log|det J| of the first K (Eq. 10, all n tangents):
-- ALPHA = 1: the phase's own loss, -mean_S D(y) - w exact_entropy_control_variate(logdet, exact logdet of K);
-- ALPHA < 1: the Rényi loss of --g-alpha (losses.generator_loss_renyi) over the K samples with their exact
-  log q: sum_K wbar_i (-w logdet_i - D(y_i)), wbar = softmax((1 - ALPHA)(D/w - log q)) (detached).
---local C adds to h a full-resolution branch, h(u) = h_DCGAN(u) + h_local(u), h_local = 3x3 convs
-C -> BN -> LeakyReLU -> C -> BN -> LeakyReLU -> 1 channel, its last conv zero (so q = p_0 still at the start).
-At the end: OUT_DIR/log.jsonl (the K samples' log-weights every 25 steps), nets.pt, and result.json:
+- by default the phase's own loss, -mean_S D(y) - w exact_entropy_control_variate(logdet, exact logdet of K);
+- --renyi ALPHA: the Rényi loss of --g-alpha (losses.generator_loss_renyi's formula) over the K samples alone
+  with their exact log q: sum_K wbar_i (-w logdet_i - D(y_i)), wbar = softmax((1 - ALPHA)(D/w - log q))
+  (detached); ALPHA = 1 is Eq. 17 on the K samples alone, the control of ALPHA < 1.
+--local C adds to h a full-resolution branch, h(u) = h_DCGAN(u) + h_local(u), h_local = three 3x3 convs
+1 -> C -> BN -> LeakyReLU -> C -> BN -> LeakyReLU -> 1 channel, the last zero (so q = p_0 still at the start).
+At the end: OUT_DIR/log.jsonl (the K samples' log-weights at step 1 and every 25 steps), nets.pt, and result.json:
 training's classifier FID on 10,000 samples (seed 10,000 + seed) and importance sampling with S = 1,000
 exact draws (is_exact.is_from_generator, the draws of is_exact.py).
 """
@@ -50,7 +51,7 @@ class WithLocal(nn.Module):
         return self.g(u) + self.l(u)
 
 
-def main(run, steps, alpha, k, out, local=0):
+def main(run, steps, k, out, renyi=None, local=0):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
@@ -72,15 +73,15 @@ def main(run, steps, alpha, k, out, local=0):
         for step in range(1, steps + 1):
             y, _, logdet, u, _ = G.sample_with_log_prob(cfg.samples, cfg.logdet, gen, return_u=True)
             ld = G.exact_logdet_at_batch(u[:k], u.detach(), chunk=ENTROPY_CHUNK)
-            if alpha == 1:
+            if renyi is None:
                 d_all = D(y)
                 d = d_all[:k]
                 loss = -d_all.mean() - cfg.w * exact_entropy_control_variate(logdet, ld)
             else:
                 d = D(y[:k])
             lw = (d / cfg.w - (G.log_latent(u[:k]).to(ld.dtype) - ld)).detach()
-            if alpha != 1:
-                wbar = torch.softmax((1 - alpha) * lw.double(), 0).to(ld.dtype)
+            if renyi is not None:
+                wbar = torch.softmax((1 - renyi) * lw.double(), 0).to(ld.dtype)
                 loss = (wbar * (-cfg.w * ld - d)).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -93,7 +94,7 @@ def main(run, steps, alpha, k, out, local=0):
     torch.save(dict(G=G.state_dict(), D=D.state_dict()), out / "nets.pt")
     G.eval(), D.eval()
     fid = task._scorer()(generator_samples(G, 10000, 10_000 + cfg.seed))
-    res = dict(run=str(run), steps=steps, alpha=alpha, k=k, local=local, seconds=round(time.time() - t0),
+    res = dict(run=str(run), steps=steps, k=k, renyi=renyi, local=local, seconds=round(time.time() - t0),
                fid=fid["fid"], min_class_share=fid["min_class_share"], class_shares=fid["class_shares"])
     res.update(is_from_generator(G, lambda x: D(x) / cfg.w, 1000))
     print(json.dumps(res), flush=True)
@@ -102,7 +103,8 @@ def main(run, steps, alpha, k, out, local=0):
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for name, kind in (("run", str), ("steps", int), ("alpha", float), ("k", int), ("out", str)):
+    for name, kind in (("run", str), ("steps", int), ("k", int), ("out", str)):
         p.add_argument(name, type=kind)
+    p.add_argument("--renyi", type=float, metavar="ALPHA", help="the Rényi loss on the K samples alone (default: the phase's)")
     p.add_argument("--local", type=int, default=0, help="channels of a full-resolution conv branch in h (0: none)")
     main(**vars(p.parse_args()))
