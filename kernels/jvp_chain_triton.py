@@ -268,7 +268,7 @@ class _ChainFn(torch.autograd.Function):
         want = [x for x, n in zip(inputs, need) if x is not None and n]
         got = iter(torch.autograd.grad(outs, want, gs, allow_unused=True, create_graph=create) if want else ())
         return (None, None, None) + tuple(next(got) if x is not None and n else None
-                                                for x, n in zip(inputs, need))
+                                          for x, n in zip(inputs, need))
 
 
 def chain_triton(chain, ctx, leaves):
