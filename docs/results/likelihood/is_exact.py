@@ -21,19 +21,20 @@ from owf.plots import save_image_grid
 @torch.no_grad()
 def exact_draws(G, n=64, seed=7, chunk=112):
     """n samples of G with their exact log q (Eq. 10, all tangents), 16 at a time from a generator seeded
-    `seed`: yields (y [≤16, *shape], log q [≤16] float64). G as it is (call it in eval mode)."""
+    `seed`: yields (y [≤16, *shape], log q [≤16] float64, their latents u [≤16, n]). G as it is (call it
+    in eval mode)."""
     g = torch.Generator().manual_seed(seed)
     for i in range(0, n, 16):
         u = G.noise(min(16, n - i), g)
         y, ld = G.logdet(u, "exact", chunk=chunk)
-        yield y, (G.log_latent(u) - ld).double()
+        yield y, (G.log_latent(u) - ld).double(), u
 
 
 @torch.no_grad()
 def is_from_generator(G, energy, n=64, seed=7, chunk=112):
     """Importance sampling of log ζ from exact_draws(G, n, seed): log ζ̂ = logsumexp(energy - log q) - log n,
     its ESS, and the log-weights' mean and sd."""
-    lw = torch.cat([energy(y).double() - log_q for y, log_q in exact_draws(G, n, seed, chunk)])
+    lw = torch.cat([energy(y).double() - log_q for y, log_q, _ in exact_draws(G, n, seed, chunk)])
     ess = float(torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0)))
     return dict(is_g_log_zeta=float(torch.logsumexp(lw, 0) - math.log(len(lw))), is_g_ess=ess,
                 is_g_lw_mean=float(lw.mean()), is_g_lw_sd=float(lw.std()))

@@ -31,7 +31,7 @@ def main(run, n=1000, out=None):
     G, D = m.G.eval(), m.D.eval()
     clf = load_classifier(m.config.data, m.config.data_root, progress=False).eval()
     parts = {k: [] for k in ("lw", "energy", "log_base", "log_q", "cls")}
-    for i, (y, log_q) in enumerate(exact_draws(G, n)):
+    for i, (y, log_q, _) in enumerate(exact_draws(G, n)):
         e = m.energy(y).double()
         parts["lw"].append(e - log_q)
         parts["energy"].append(e)

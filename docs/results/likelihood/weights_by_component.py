@@ -42,10 +42,8 @@ def main(run, n=1000, classified=5000):
     mix = G._base_mixture()
     pi = mix.log_pi.exp()
     component = lambda u: mix._log_joint(u.double()).argmax(1)           # noqa: E731
-    lws, ks, g = [], [], torch.Generator().manual_seed(7)
-    # exact_draws' stream, replayed to know each draw's u (G.noise(16) at a time from seed 7)
-    for (y, log_q), i in zip(exact_draws(G, n), range(0, n, 16)):
-        u = G.noise(min(16, n - i), g)
+    lws, ks = [], []
+    for y, log_q, u in exact_draws(G, n):
         lws.append(m.energy(y).double() - log_q)
         ks.append(component(u))
     lw, k = torch.cat(lws), torch.cat(ks)
