@@ -292,7 +292,12 @@ class ConvEnergy(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._energy(x)
 
+    def tilt(self, x: torch.Tensor) -> torch.Tensor:
+        """f(x) [B], the network's part of D = f + w log p_0 (D itself without a base): P_D ∝ p_0 e^{f/w},
+        the tilt owf.ais.slice_ais anneals in."""
+        return energy_head(self.net(x), self.quadratic)
+
     def _energy(self, x: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
         """f(x) + w log p_0(x), or with base components k, f(x) + w log π_k p_0,k(x) (component_energy)."""
-        f = energy_head(self.net(x), self.quadratic)
+        f = self.tilt(x)
         return f + (self.base_w * self.log_base(x, k)).to(f.dtype) if self.base_w else f

@@ -55,8 +55,9 @@ from .data import get_dataset
 from .model import Energy, OneWayFlow, log_normal
 from .preimages import all_preimages
 
-# gaussian: fitted to the training data; base (images): the energy's own base measure p_0 (--d-base); ais: owf.ais
-PROPOSALS = ("generator", "normal", "gaussian", "base", "ais")
+# gaussian: fitted to the training data; base (images): the energy's own base measure p_0 (--d-base); ais: owf.ais;
+# ais-slice: owf.ais.slice_ais from p_0's Gaussian components (images with --d-base)
+PROPOSALS = ("generator", "normal", "gaussian", "base", "ais", "ais-slice")
 AIS_BASES = {"2d": ("defensive", "gaussian", "uniform"),
              "image": ("defensive", "gaussian", "histogram", "uniform", "base")}
 AIS_LOW_ESS_FRACTION = 0.1   # AIS runs ~100 chains: flag an estimate carried by fewer than a tenth of them
@@ -114,6 +115,25 @@ class AISEstimate(ZetaEstimate):
 
 
 @dataclass
+class SliceAISEstimate(AISEstimate):
+    """log ζ̂ by AIS with elliptical slice transitions from each Gaussian component of the energy's base
+    p_0 (owf.ais.slice_ais): num_samples chains in all, chains_per_component each; component_log_zetas
+    and component_ess: each component's log ζ̂_k and the Kish ESS of its weights; evaluations: the
+    energy's evaluations per transition of a chain. base is "base", leapfrog 0 (no gradient). Never
+    saved: samples [num_samples, *event_shape], the chains' final images, component by component, and
+    log_weights [num_samples], log(π_k w_km / M_k) of each, which sum to ζ̂: self-normalised, the weights
+    of those images as draws of P_D."""
+    chains_per_component: int = 0
+    component_log_zetas: list = field(default_factory=list)
+    component_ess: list = field(default_factory=list)
+    evaluations: float = math.nan
+    samples: torch.Tensor | None = field(default=None, repr=False)
+
+    def to_dict(self):
+        return {k: v for k, v in super().to_dict().items() if k != "samples"}
+
+
+@dataclass
 class RaiseEstimate:
     """RAISE (owf.ais): log_prob [N], each point's conservative log-likelihood estimate (a stochastic
     lower bound of the annealing model's log-density, on P_D's domain), from `chains` reverse chains
@@ -129,8 +149,8 @@ class RaiseEstimate:
 
 
 def zeta_from_dict(d: dict) -> ZetaEstimate:
-    """The estimate a checkpoint stored (an AIS one has `steps`)."""
-    return AISEstimate(**d) if "steps" in d else ZetaEstimate(**d)
+    """The estimate a checkpoint stored (an AIS one has `steps`, a slice AIS one `component_ess`)."""
+    return (SliceAISEstimate if "component_ess" in d else AISEstimate if "steps" in d else ZetaEstimate)(**d)
 
 
 def signed_partials(log_w: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
@@ -413,6 +433,34 @@ class OWFModel:
         est.log_weights = log_w.cpu()
         return est
 
+    def _estimate_log_zeta_slice(self, chains: int, steps: int, generator, progress: bool) -> SliceAISEstimate:
+        import time
+        from .ais import Box, coordinate_of, sigmoid_schedule, slice_ais
+        p0 = self.base_density()
+        if p0 is None or not hasattr(self.D, "tilt"):
+            raise ValueError(f"proposal 'ais-slice': this energy has no Gaussian base measure (d_base={self.config.d_base!r})")
+        C = len(p0.log_pi)
+        if chains % C or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"proposal 'ais-slice': num_samples={chains} must be a multiple of the base's {C} components "
+                             f"and steps={steps!r} a positive integer")
+        coordinate, t = coordinate_of(p0, Box(*self.domain)), time.perf_counter()
+        p0.log_pi, p0.mu, p0.L = (v.to(self.device) for v in (p0.log_pi, p0.mu, p0.L))
+
+        @torch.no_grad()
+        def tilt(z):                     # g = f(x(z))/w: D/w less log p_0, which cancels with the coordinate's Jacobian
+            x = coordinate.to_x(z).float().view(len(z), *self.event_shape)
+            return self.D.tilt(x).double() / self.w
+        run = slice_ais(tilt, p0, chains // C, sigmoid_schedule(steps), generator, progress)
+        lz, se, ess = run.estimate()
+        lz_k, ess_k = run.components()
+        return SliceAISEstimate(lz, se, ess, chains, "ais-slice", not ess >= AIS_LOW_ESS_FRACTION * chains, steps=steps,
+                                base="base", schedule="sigmoid", leapfrog=0, log_weight_var=float(run.log_w.var()),
+                                seconds=time.perf_counter() - t, chains_per_component=chains // C,
+                                component_log_zetas=lz_k.tolist(), component_ess=ess_k.tolist(),
+                                evaluations=run.evaluations,
+                                log_weights=(run.log_pi[:, None] + run.log_w - math.log(chains // C)).flatten(),
+                                samples=coordinate.to_x(run.u.flatten(0, 1)).float().view(chains, *self.event_shape).cpu())
+
     def raise_log_prob(self, x: torch.Tensor, steps: int, chains: int = 1, base: str = "defensive", leapfrog: int = 1,
                        schedule: str = "sigmoid", step_sizes=None, pilot_steps: int = 200, batch_size: int = 256,
                        generator: torch.Generator | None = None, progress: bool = False) -> RaiseEstimate:
@@ -485,9 +533,15 @@ class OWFModel:
         (K) HMC transitions of `leapfrog` steps each, from `base` (ais_base) along the `schedule`
         ("sigmoid" or "adaptive"), with step sizes per β from a pilot of `pilot_steps` (or the
         `step_sizes` of an earlier estimate), `batch_size` chains at a time -> AISEstimate. K = 1
-        is importance sampling from the base."""
+        is importance sampling from the base.
+
+        proposal="ais-slice" (images with --d-base): AIS from each Gaussian component of p_0 along a
+        sigmoid schedule of `steps` elliptical slice transitions (owf.ais.slice_ais; the tilt is f/w,
+        D's network part), num_samples chains shared equally by the components -> SliceAISEstimate."""
         if not isinstance(num_samples, int) or num_samples <= 0:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        if proposal == "ais-slice":
+            return self._estimate_log_zeta_slice(num_samples, steps, generator, progress)
         if proposal == "ais":
             with torch.enable_grad():
                 return self._estimate_log_zeta_ais(num_samples, steps, base, leapfrog, schedule, step_sizes,

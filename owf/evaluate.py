@@ -38,7 +38,7 @@ from owf_kernels import log_zeta as log_zeta_of  # noqa: E402
 from .config import MIXTURE_BASES  # noqa: E402
 from .density import AIS_BASES, OWFModel, load, quadrature_log_zeta, signed_estimate, signed_partials, slice_estimates  # noqa: E402,E501
 from .image_eval import (AIS_CHAINS, AIS_REPLICATES, AIS_STEPS, DEFAULT_AIS_BASES, MIXTURE_AIS_BASES,  # noqa: E402
-                         RAISE_POINTS)
+                         RAISE_POINTS, SLICE_CHAINS, SLICE_STEPS)
 from .metrics import EVAL_POINTS, mode_coverage  # noqa: E402
 from .model import FOLD_CHECK_MAX_N  # noqa: E402
 from .plots import save_density, save_energy_hist, save_zeta_convergence  # noqa: E402
@@ -132,13 +132,15 @@ def evaluate_run(run: str, zeta_samples: int | None = None, batch_size: int | No
                  progress: bool = True, seed: int = 0, convergence_max_s: int = 100_000,
                  fid_weights: str | None = None, chunk: int = 112, ais_steps: int = AIS_STEPS,
                  ais_chains: int = AIS_CHAINS, raise_points: int = RAISE_POINTS, ais_bases=None, leapfrog: int = 1,
-                 device: str = "cpu", ais_replicates: int = AIS_REPLICATES) -> dict:
+                 device: str = "cpu", ais_replicates: int = AIS_REPLICATES, slice_steps: int = SLICE_STEPS,
+                 slice_chains: int = SLICE_CHAINS) -> dict:
     """Evaluate the run and write eval.json beside its checkpoint. zeta_samples and batch_size:
     None takes the data kind's defaults (2D: 10^6 in chunks of 65536; images: 200 exact-log-det
     samples in chunks of 16, `chunk` tangents per pass). Images: the AIS / RAISE bracket at
     ais_ladder(ais_steps), with ais_chains chains, raise_points test images, from ais_bases (None:
     owf.image_eval.DEFAULT_AIS_BASES), the best base's top rung run ais_replicates times for log ζ̂'s
-    error bar; 2D: AIS's log ζ̂ (ais_chains · 64 chains of ais_steps / 16 steps) beside
+    error bar, and with --d-base AIS with elliptical slice transitions (slice_steps K, slice_chains chains;
+    slice_steps 0 skips it); 2D: AIS's log ζ̂ (ais_chains · 64 chains of ais_steps / 16 steps) beside
     importance sampling's and the quadrature."""
     if fid_weights and not Path(fid_weights).is_file():       # before minutes of work, not after
         raise FileNotFoundError(f"--fid-weights {fid_weights}: no such file")
@@ -162,12 +164,16 @@ def evaluate_run(run: str, zeta_samples: int | None = None, batch_size: int | No
             raise ValueError(f"AIS bases {bad}: choose from {list(AIS_BASES['image'])}")
         if "base" in (ais_bases or ()):
             model.ais_base("base")     # refused here, before the baselines, when the energy has no base measure
+        p0 = model.base_density() if slice_steps else None
+        if p0 is not None and (slice_chains <= 0 or slice_chains % len(p0.log_pi)):
+            raise ValueError(f"--slice-chains {slice_chains}: give a positive multiple of the base's {len(p0.log_pi)} "
+                             "components")
         defaults = MIXTURE_AIS_BASES if model.config.d_base in MIXTURE_BASES else DEFAULT_AIS_BASES
         res = evaluate_image_run(model, out, zeta_samples or 200, chunk=chunk, batch_size=batch_size or 16,
                                  seed=seed, figures=figures, progress=progress, fid_weights=fid_weights,
                                  ais_steps=ais_steps, ais_bases=tuple(ais_bases or defaults),
                                  ais_chains=ais_chains, raise_points=raise_points, leapfrog=leapfrog,
-                                 ais_replicates=ais_replicates)
+                                 ais_replicates=ais_replicates, slice_steps=slice_steps, slice_chains=slice_chains)
         (out / "eval.json").write_text(json.dumps(res, indent=2) + "\n")
         return res
     if fid_weights:
@@ -253,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ais-replicates", type=int, default=AIS_REPLICATES, help="images: independent runs of the "
                    "best base's top rung; their spread is log ζ̂'s error bar (1: the weights' own se, which at an "
                    "ESS of 1-2 is too small)")
+    p.add_argument("--slice-steps", type=int, default=SLICE_STEPS, help="images with --d-base: K of AIS with "
+                   "elliptical slice transitions from each of p_0's components (0: skip it)")
+    p.add_argument("--slice-chains", type=int, default=SLICE_CHAINS, help="images with --d-base: its chains, shared "
+                   "equally by p_0's components (a multiple of their number)")
     p.add_argument("--leapfrog", type=int, default=1, help="AIS / RAISE: leapfrog steps per HMC transition (1: MALA)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0)
@@ -275,6 +285,8 @@ def _run(a: argparse.Namespace) -> int:
         for k in ("zeta_samples", "batch_size", "chunk", "ais_steps", "ais_chains", "ais_replicates", "leapfrog"):
             if getattr(a, k) is not None and getattr(a, k) <= 0:
                 raise ValueError(f"--{k.replace('_', '-')} must be positive, got {getattr(a, k)}")
+        if a.slice_steps < 0:
+            raise ValueError(f"--slice-steps must be >= 0 (0: skip it), got {a.slice_steps}")
         if a.threads < 0:
             raise ValueError(f"--threads must be >= 0, got {a.threads}")
         if a.threads:
@@ -291,7 +303,8 @@ def _run(a: argparse.Namespace) -> int:
         res = evaluate_run(a.run, a.zeta_samples, a.batch_size, not a.no_figures, seed=a.seed,
                            convergence_max_s=a.convergence_max_s, fid_weights=a.fid_weights, chunk=a.chunk,
                            ais_steps=a.ais_steps, ais_chains=a.ais_chains, raise_points=a.raise_points,
-                           ais_bases=bases, leapfrog=a.leapfrog, device=a.device, ais_replicates=a.ais_replicates)
+                           ais_bases=bases, leapfrog=a.leapfrog, device=a.device, ais_replicates=a.ais_replicates,
+                           slice_steps=a.slice_steps, slice_chains=a.slice_chains)
     if rank_world()[0] != 0:
         return 0
     for w in caught:

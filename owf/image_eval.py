@@ -25,6 +25,9 @@ bits/dim = that / (n log 2). P_D is a density on the pixel box [-1, 1]^n.
   float64), the same samples with Eq. 9's log‖Jv‖ in its place (its bias measured, not assumed),
   a Gaussian fitted to the training images as the proposal, and with --d-base the energy's base
   measure p_0 (log w = f/w; in (-inf, 0] under --d-quadratic); each with its ESS.
+- with --d-base, AIS with elliptical slice transitions from each Gaussian component of p_0 (owf.ais.slice_ais:
+  exact moves along each component's covariance, where the bracket's MALA has one diagonal mass matrix for
+  the whole mixture), `replicates` runs: on the defaults it converges where the bracket's AIS does not.
 - the largest of these lower bounds of log ζ (largest_log_zeta), the NLL with it beside AIS's, and by how
   many nats importance sampling lies above AIS (where it does, AIS has not converged in log ζ by that much).
   That largest is what the checkpoint keeps for log_prob (OWFModel.cache_log_zeta); test_bits_per_dim
@@ -67,6 +70,8 @@ MIXTURE_AIS_BASES = ("defensive", "base")   # --d-base mixture or copula: chains
 AIS_REPLICATES = 2            # runs of the best base's top rung: their spread is log ζ̂'s error bar
 CONVERGED_BPD = 0.05          # the bracket's width, and the move of a doubled K, that count as converged
 IS_ABOVE_AIS_NATS = 3.0       # IS above AIS by more than this warns: by chance with probability <= e^-3 = 5% each
+SLICE_STEPS = 1600            # AIS with elliptical slice transitions from p_0's components (--d-base): K
+SLICE_CHAINS = 640            # its chains in all, shared by the components (64 each for the 10 of a mixture base)
 
 
 def ais_ladder(steps: int = AIS_STEPS, rungs: int = AIS_RUNGS) -> tuple:
@@ -207,18 +212,19 @@ def largest_log_zeta(res: dict, n: int) -> dict:
     importance sampling's (from G with the exact log q, from p_0) are each a lower bound in expectation
     (Jensen: E log ζ̂ ≤ log ζ) and exceed log ζ by t nats with probability at most e^-t (Markov), so
     the largest of the m = 2-3 is the tightest, above log ζ by t with probability at most m e^-t. The
-    NLL moves by Δ log ζ / (n ln 2) bits/dim. is_above_ais_nats: the largest importance-sampling estimate
-    minus AIS's; positive, AIS has not converged in log ζ by that much (the issue's IS-vs-AIS gap), and
+    NLL moves by Δ log ζ / (n ln 2) bits/dim; with --d-base, slice AIS's (owf.ais.slice_ais) is among them.
+    is_above_ais_nats: the largest estimate other than the bracket's AIS minus AIS's; positive, AIS has not converged in log ζ by that much (the issue's IS-vs-AIS gap), and
     above IS_ABOVE_AIS_NATS a `warning_log_zeta` says so (the bracket's `converged` allows 0.05 bits/dim,
     27 nats of log ζ at n = 784)."""
     found = {"ais": res["ais_log_zeta"], "is_generator": res["log_zeta_is"],
-             **({"is_base": res["log_zeta_base"]} if "log_zeta_base" in res else {})}
+             **({"is_base": res["log_zeta_base"]} if "log_zeta_base" in res else {}),
+             **({"ais_slice": res["log_zeta_ais_slice"]} if "log_zeta_ais_slice" in res else {})}
     src = max(found, key=found.get)
     out = {"log_zeta_largest": found[src], "log_zeta_largest_from": src,
            "is_above_ais_nats": max(v for k, v in found.items() if k != "ais") - found["ais"],
            "test_bits_per_dim_largest_zeta": res["test_bits_per_dim"] + (found[src] - found["ais"]) / (n * math.log(2))}
     if out["is_above_ais_nats"] > IS_ABOVE_AIS_NATS:
-        out["warning_log_zeta"] = (f"importance sampling ({src}) puts log ζ {out['is_above_ais_nats']:.1f} nats above AIS's "
+        out["warning_log_zeta"] = (f"{src} puts log ζ {out['is_above_ais_nats']:.1f} nats above AIS's "
                                    f"{found['ais']:.2f}: AIS has not converged in log ζ by at least that much; with the "
                                    f"largest lower bound the test NLL is {out['test_bits_per_dim_largest_zeta']:.3f} "
                                    f"bits/dim (AIS's: {res['test_bits_per_dim']:.3f})")
@@ -334,7 +340,8 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaus
                        chunk: int = 112, batch_size: int = 16, seed: int = 0, figures: bool = True,
                        progress: bool = True, fid_weights: str | None = None, ais_steps: int = AIS_STEPS,
                        ais_bases=DEFAULT_AIS_BASES, ais_chains: int = AIS_CHAINS, raise_points: int = RAISE_POINTS,
-                       leapfrog: int = 1, ais_replicates: int = AIS_REPLICATES) -> dict:
+                       leapfrog: int = 1, ais_replicates: int = AIS_REPLICATES, slice_steps: int = SLICE_STEPS,
+                       slice_chains: int = SLICE_CHAINS) -> dict:
     """Everything in the module docstring into eval.json's dict (and the figures into `out`)."""
     from .baselines import baseline_table
     cfg = model.config
@@ -371,6 +378,17 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaus
                 "gaussian_samples": gauss.num_samples,
                 # the time per generator sample of both log-dets (n tangents, and jvp1's one) and what fits in 30 min
                 "seconds_per_exact_sample": exact_s, "exact_samples_in_30_min": int(1800 / exact_s)})
+    # ---- with a base measure: AIS with elliptical slice transitions from each of its Gaussian components
+    sliced = []
+    if cfg.d_base != "none" and slice_steps:
+        for r in range(ais_replicates):
+            sliced.append(model.estimate_log_zeta(slice_chains, "ais-slice", steps=slice_steps, progress=progress,
+                                                  generator=torch.Generator().manual_seed(seed + 500 + r)))
+        lz = [e.log_zeta for e in sliced]
+        res.update(log_zeta_ais_slice=lz[0], log_zeta_ais_slice_se=sliced[0].se, ess_ais_slice=sliced[0].ess,
+                   ais_slice_steps=slice_steps, ais_slice_chains=slice_chains, ais_slice_replicate_log_zetas=lz,
+                   ais_slice_replicate_sd=statistics.stdev(lz) if len(lz) > 1 else None,
+                   ais_slice_component_ess=sliced[0].component_ess, ais_slice_seconds=sum(e.seconds for e in sliced))
     # ---- the bracket: AIS (log ζ̂, a lower bound of the NLL) and RAISE (an upper bound), against K
     t = time.perf_counter()
     bracket = likelihood_bracket(model, test_u8, ais_ladder(ais_steps), ais_bases, ais_chains, raise_points, leapfrog,
@@ -385,7 +403,8 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaus
     res.update(heldout_nll(model, test_u8, seed, zeta_sd=bracket["ais_log_zeta_replicate_sd"]))
     res.update(largest_log_zeta(res, test_u8[0].numel()))
     # log_prob keeps the tightest of the lower bounds (its NLL is test_bits_per_dim_largest_zeta), in the checkpoint
-    model.cache_log_zeta({"ais": ais_est, "is_generator": est, "is_base": p0}[res["log_zeta_largest_from"]])
+    model.cache_log_zeta({"ais": ais_est, "is_generator": est, "is_base": p0,
+                          "ais_slice": sliced[0] if sliced else None}[res["log_zeta_largest_from"]])
     if "warning_log_zeta" in res:
         warnings.warn(res["warning_log_zeta"])
     if not res["converged"]:
