@@ -42,7 +42,7 @@ import copy
 import math
 import os
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from tqdm import tqdm
@@ -638,6 +638,35 @@ class OWFModel:
             y, ld = self.G.logdet(u, "jvp1", generator)
             dens["jvp1"] = (self.G.log_latent(u) - ld, torch.ones(n, device=u.device))
         return y, dens
+
+    def rebalance_base(self, est: SliceAISEstimate):
+        """P_D with each base component's part given back its base weight (docs/likelihood.md, "Where P_D
+        puts its mass"). Over a mixture base P_D = e^{f/w} Σ_k π_k N_k / ζ, and part k has mass π_k ζ_k / ζ
+        (on the Fashion-MNIST defaults 99% in one component). With slice AIS's ζ̂_k of this D (`est`), D's
+        base weights become π'_k = (π_k / ζ̂_k) / Σ_j π_j / ζ̂_j, so that
+
+            P' = e^{f/w} Σ_k π'_k N_k / ζ' = e^{f/w} Σ_k π_k N_k / ζ̂_k,   log ζ' = -log Σ_j π_j / ζ̂_j,
+
+        and log ζ' is cached for log_prob. In memory only: the checkpoint keeps the trained D. Its se is
+        the components' delta-method errors (sqrt(1/ESS_k - 1/M_k)) weighted by ∂ log ζ'/∂ log ζ_k = π'_k.
+        Once per model: a second call would read π' as π."""
+        if getattr(self, "_rebalanced", False):
+            raise ValueError("rebalance_base: this model's base weights are already rebalanced")
+        log_pi = getattr(self.D, "base_log_pi", None)
+        if log_pi is None or not isinstance(est, SliceAISEstimate) or len(est.component_log_zetas) != len(log_pi):
+            raise ValueError(f"rebalance_base: needs a mixture base (d_base={self.config.d_base!r}) and a slice AIS "
+                             f"estimate of its {0 if log_pi is None else len(log_pi)} components, got {type(est).__name__}")
+        lz_k = torch.tensor(est.component_log_zetas, dtype=torch.float64)
+        a = log_pi.detach().double().cpu() - lz_k                       # log π_k / ζ̂_k
+        log_zeta = -float(torch.logsumexp(a, 0))
+        share = torch.softmax(a, 0)                                      # π'_k
+        M = est.chains_per_component
+        se_k = (1 / torch.tensor(est.component_ess, dtype=torch.float64) - 1 / M).clamp_min(0).sqrt()
+        with torch.no_grad():
+            log_pi.copy_(torch.log_softmax(a, 0).to(log_pi))
+        self._rebalanced = True
+        return self.cache_log_zeta(replace(est, log_zeta=log_zeta, se=float((share * se_k).norm()), samples=None,
+                                           log_weights=None), save=False)
 
     def cache_log_zeta(self, est: ZetaEstimate, save: bool = True):
         """Keep `est` for log_prob, and (save=True) write it into the checkpoint atomically."""

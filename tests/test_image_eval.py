@@ -242,6 +242,32 @@ def test_a_mixture_base_run_is_evaluated_against_its_own_base(tmp_path, fashion_
         assert math.isfinite(res["log_zeta_is"]) and math.isfinite(res["log_zeta_jvp1"])
 
 
+def test_rebalance_base_gives_each_component_its_base_weight_and_stays_normalised(tmp_path, fashion_root):
+    """P' = e^{f/w} Σ_k π_k N_k / ζ̂_k through D's own log_prob once its base weights are π'_k ∝ π_k / ζ̂_k; importance
+    sampling from the rebalanced p_0 (reliable on this tiny D) finds its normaliser ζ' = 1 / Σ_k π_k / ζ̂_k."""
+    run = tmp_path / "r"
+    train(Config(out=str(run), data_root=str(fashion_root), d_base="copula", d_quadratic=4, **TINY), progress=False)
+    model = owf.load(run)
+    D = model.D
+    est = model.estimate_log_zeta(200, "ais-slice", steps=100, generator=torch.Generator().manual_seed(0))
+    test_u8, _ = load_images("fashion-mnist", str(fashion_root), train=False)
+    x = dequantise(test_u8[:50], torch.Generator().manual_seed(1)).float()
+    with torch.no_grad():
+        u, jac = D._coordinate(x)
+        lj = D._log_components(u).T + jac[:, None]                      # log π_k p_0,k(x)
+        expected = D.tilt(x).double() / model.w + torch.logsumexp(lj - torch.tensor(est.component_log_zetas), 1)
+    log_pi = D.base_log_pi.clone()
+    model.rebalance_base(est)
+    masses = torch.softmax(D.base_log_pi + torch.tensor(est.component_log_zetas), 0)     # π'_k ζ̂_k / ζ'
+    torch.testing.assert_close(masses, log_pi.exp())
+    torch.testing.assert_close(model.log_prob(x).double(), expected, rtol=1e-6, atol=1e-3)   # D is float32 (|D/w| ~ 10^5)
+    is_base = model.estimate_log_zeta(20_000, "base", 5000, torch.Generator().manual_seed(2))
+    assert is_base.ess > 1000 and abs(is_base.log_zeta - model.zeta.log_zeta) < 0.1, (is_base.log_zeta, model.zeta.log_zeta)
+    assert model.zeta.log_zeta == pytest.approx(-float(torch.logsumexp(log_pi - torch.tensor(est.component_log_zetas), 0)))
+    with pytest.raises(ValueError, match="already rebalanced"):
+        model.rebalance_base(est)
+
+
 def test_every_sampler_of_a_copula_base_moves_in_its_normal_scores(tmp_path, fashion_root):
     """P_D = p_0 (--d-base copula, D's linear head zeroed, so f = 0 and log ζ = 0): importance sampling
     from p_0 and AIS from p_0 give log ζ̂ = 0, AIS from the defensive base about 0, RAISE gives log p_0 of each
