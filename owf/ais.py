@@ -309,8 +309,8 @@ def raise_chains(path: Path, u: torch.Tensor, betas: torch.Tensor, step_sizes: S
 @dataclass
 class SliceAISRun:
     """slice_ais's chains. log_w [C, M] float64, component k's chains in row k; log_pi [C]; evaluations:
-    the tilt's evaluations per transition of a chain (1 + the bracket's shrinks; 1 at β = 0); u: the
-    final states [C, M, n] (component k's approximate samples of P_D's share r_k P_D)."""
+    the tilt's evaluations per transition of a chain (1 + the bracket's shrinks); u: the last states
+    [C, M, n], those of β_{K-1} (component k's approximate samples of P_D's part π_k N_k e^g / ζ_k)."""
     log_w: torch.Tensor
     log_pi: torch.Tensor
     evaluations: float

@@ -211,9 +211,10 @@ def largest_log_zeta(res: dict, n: int) -> dict:
     """The tightest of eval.json's estimates of log ζ, and the test NLL with it beside AIS's. AIS's and
     importance sampling's (from G with the exact log q, from p_0) are each a lower bound in expectation
     (Jensen: E log ζ̂ ≤ log ζ) and exceed log ζ by t nats with probability at most e^-t (Markov), so
-    the largest of the m = 2-3 is the tightest, above log ζ by t with probability at most m e^-t. The
+    the largest of the m = 2-4 is the tightest, above log ζ by t with probability at most m e^-t. The
     NLL moves by Δ log ζ / (n ln 2) bits/dim; with --d-base, slice AIS's (owf.ais.slice_ais) is among them.
-    is_above_ais_nats: the largest estimate other than the bracket's AIS minus AIS's; positive, AIS has not converged in log ζ by that much (the issue's IS-vs-AIS gap), and
+    is_above_ais_nats: the largest estimate other than the bracket's AIS minus AIS's; positive, AIS has
+    not converged in log ζ by that much (the issue's IS-vs-AIS gap), and
     above IS_ABOVE_AIS_NATS a `warning_log_zeta` says so (the bracket's `converged` allows 0.05 bits/dim,
     27 nats of log ζ at n = 784)."""
     found = {"ais": res["ais_log_zeta"], "is_generator": res["log_zeta_is"],

@@ -296,7 +296,8 @@ def test_bad_requests_are_refused(ring):
 @pytest.mark.parametrize("args, needle", [(["--ais-steps", "0"], "--ais-steps"), (["--ais-chains", "-1"], "--ais-chains"),
                                           (["--raise-points", "-2"], "--raise-points"), (["--device", "tpu"], "tpu"),
                                           (["--leapfrog", "0"], "--leapfrog"), (["--threads", "-1"], "--threads"),
-                                          (["--ais-replicates", "0"], "--ais-replicates")])
+                                          (["--ais-replicates", "0"], "--ais-replicates"),
+                                          (["--slice-steps", "-1"], "--slice-steps")])
 def test_evaluate_names_a_bad_ais_option_in_one_line(ring, args, needle, capsys):
     from owf.evaluate import main
     assert main([str(ring), *args]) == 2
