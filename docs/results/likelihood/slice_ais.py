@@ -9,7 +9,10 @@ One JSON line per run: K, replicate, log ζ̂, its delta-method se, the pooled E
 ESS, the energy's evaluations per transition, seconds. With --classify, each run also reads its chains' final
 images with the project's classifier: P_D's class shares two ways, weighted (the images' self-normalised AIS
 weights, log_weights) and by component (each component's chains unweighted, times its share of ζ̂, π_k ζ̂_k / ζ̂,
-which trusts the chains to have reached P_D's share r_k P_D). Run with one thread (torch.set_num_threads(1)).
+which trusts the chains to have reached P_D's share r_k P_D), and rebalanced (the same per component, times its
+base weight π_k: the shares of P' = e^{f/w} Σ_k π_k N_k / ζ_k, OWFModel.rebalance_base). --picture PNG draws each
+component's first 8 final images, one row per component, for the last run. Run with one thread
+(torch.set_num_threads(1)).
 """
 import argparse
 import json
@@ -18,6 +21,8 @@ import torch
 
 from owf import load
 from owf.classifier import load_classifier
+from owf.images import to_uint8
+from owf.plots import save_image_grid
 
 
 def class_shares(est, classifier) -> dict:
@@ -27,13 +32,15 @@ def class_shares(est, classifier) -> dict:
     C, M = len(est.component_log_zetas), est.chains_per_component
     w = torch.softmax(est.log_weights, 0)
     mass = torch.softmax(est.log_weights.view(C, M).logsumexp(1), 0)                 # π_k ζ̂_k / ζ̂
-    by_component = (mass[:, None] * torch.nn.functional.one_hot(label, 10).double().view(C, M, 10).mean(1)).sum(0)
+    per = torch.nn.functional.one_hot(label, 10).double().view(C, M, 10).mean(1)       # each component's chains
     weighted = torch.zeros(10, dtype=torch.float64).index_add_(0, label, w.double())
+    pi = torch.softmax(est.log_weights.view(C, M).logsumexp(1) - torch.tensor(est.component_log_zetas), 0)  # π_k
     return {"class_shares_weighted": [round(float(v), 4) for v in weighted],
-            "class_shares_by_component": [round(float(v), 4) for v in by_component]}
+            "class_shares_by_component": [round(float(v), 4) for v in (mass[:, None] * per).sum(0)],
+            "class_shares_rebalanced": [round(float(v), 4) for v in (pi[:, None] * per).sum(0)]}
 
 
-def main(run, out, steps=(100, 400, 1600), chains=640, replicates=2, classify=False):
+def main(run, out, steps=(100, 400, 1600), chains=640, replicates=2, classify=False, picture=None):
     torch.set_num_threads(1)
     model = load(run, "cpu")
     classifier = load_classifier(model.config.data) if classify else None
@@ -47,6 +54,11 @@ def main(run, out, steps=(100, 400, 1600), chains=640, replicates=2, classify=Fa
                 print(json.dumps(row), flush=True)
                 f.write(json.dumps(row) + "\n")
                 f.flush()
+    if picture:
+        C, M = len(est.component_log_zetas), est.chains_per_component
+        save_image_grid(picture, to_uint8(est.samples.view(C, M, *est.samples.shape[1:])[:, :8].flatten(0, 1)),
+                        f"slice AIS's final images (K = {K}), a row per base component;\nP_D's mass in each: " + ", ".join(
+                            f"{100 * v:.1f}%" for v in torch.softmax(est.log_weights.view(C, M).logsumexp(1), 0)))
 
 
 if __name__ == "__main__":
@@ -57,4 +69,5 @@ if __name__ == "__main__":
     p.add_argument("--chains", type=int, default=640)
     p.add_argument("--replicates", type=int, default=2)
     p.add_argument("--classify", action="store_true")
+    p.add_argument("--picture", default=None)
     main(**vars(p.parse_args()))
