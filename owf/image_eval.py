@@ -27,7 +27,9 @@ bits/dim = that / (n log 2). P_D is a density on the pixel box [-1, 1]^n.
   measure p_0 (log w = f/w; in (-inf, 0] under --d-quadratic); each with its ESS.
 - with --d-base, AIS with elliptical slice transitions from each Gaussian component of p_0 (owf.ais.slice_ais:
   exact moves along each component's covariance, where the bracket's MALA has one diagonal mass matrix for
-  the whole mixture), `replicates` runs: on the defaults it converges where the bracket's AIS does not.
+  the whole mixture), `replicates` runs: on the defaults it converges where the bracket's AIS does not. Over
+  a mixture base, P_D's mass in each component's part, and the test NLL of the same energy with each part
+  given back its base weight (OWFModel.rebalance_base; the checkpoint's D is left as trained).
 - the largest of these lower bounds of log ζ (largest_log_zeta), the NLL with it beside AIS's, and by how
   many nats importance sampling lies above AIS (where it does, AIS has not converged in log ζ by that much).
   That largest is what the checkpoint keeps for log_prob (OWFModel.cache_log_zeta); test_bits_per_dim
@@ -38,6 +40,7 @@ bits/dim = that / (n log 2). P_D is a density on the pixel box [-1, 1]^n.
 """
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 import time
@@ -389,7 +392,15 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaus
         res.update(log_zeta_ais_slice=lz[0], log_zeta_ais_slice_se=sliced[0].se, ess_ais_slice=sliced[0].ess,
                    ais_slice_steps=slice_steps, ais_slice_chains=slice_chains, ais_slice_replicate_log_zetas=lz,
                    ais_slice_replicate_sd=statistics.stdev(lz) if len(lz) > 1 else None,
+                   ais_slice_component_log_zetas=sliced[0].component_log_zetas,
                    ais_slice_component_ess=sliced[0].component_ess, ais_slice_seconds=sum(e.seconds for e in sliced))
+        if len(sliced[0].component_log_zetas) > 1:
+            # over a mixture base, P_D's mass in each component's part, π_k ζ̂_k / ζ̂, and the test NLL of the same
+            # energy with each part given back its base weight (OWFModel.rebalance_base, on a copy)
+            lz_k = torch.tensor(sliced[0].component_log_zetas, dtype=torch.float64)
+            res["ais_slice_component_masses"] = torch.softmax(model.D.base_log_pi.detach().double().cpu() + lz_k, 0).tolist()
+            res["test_bits_per_dim_rebalanced"] = heldout_nll(copy.deepcopy(model).rebalance_base(sliced[0]), test_u8,
+                                                              seed)["test_bits_per_dim"]
     # ---- the bracket: AIS (log ζ̂, a lower bound of the NLL) and RAISE (an upper bound), against K
     t = time.perf_counter()
     bracket = likelihood_bracket(model, test_u8, ais_ladder(ais_steps), ais_bases, ais_chains, raise_points, leapfrog,

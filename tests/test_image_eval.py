@@ -177,6 +177,15 @@ def test_evaluate_writes_eval_json_and_every_figure(tmp_path, fashion_root, caps
     assert res["ais_slice_steps"] == 6 and res["ais_slice_chains"] == 20
     test_u8, _ = load_images("fashion-mnist", str(fashion_root), train=False)
     assert heldout_nll(model, test_u8)["test_bits_per_dim"] == pytest.approx(res["test_bits_per_dim_largest_zeta"], abs=1e-9)
+    masses = torch.softmax(model.D.base_log_pi.double() + torch.tensor(res["ais_slice_component_log_zetas"], dtype=torch.float64), 0)
+    torch.testing.assert_close(torch.tensor(res["ais_slice_component_masses"], dtype=torch.float64), masses)
+    # the rebalanced energy's NLL is rebalance_base's with the first replicate's components (the checkpoint's D is not)
+    from owf.density import SliceAISEstimate
+    est = SliceAISEstimate(res["log_zeta_ais_slice"], 0.0, 1.0, 20, "ais-slice", False, chains_per_component=2,
+                           component_log_zetas=res["ais_slice_component_log_zetas"],
+                           component_ess=res["ais_slice_component_ess"])
+    balanced = owf.load(run).rebalance_base(est)
+    assert heldout_nll(balanced, test_u8)["test_bits_per_dim"] == pytest.approx(res["test_bits_per_dim_rebalanced"], abs=1e-9)
     assert res["is_above_ais_nats"] == pytest.approx(max(res["log_zeta_is"], res["log_zeta_base"], res["log_zeta_ais_slice"])
                                                      - res["ais_log_zeta"])
     assert res["test_bits_per_dim_largest_zeta"] - res["test_bits_per_dim"] == pytest.approx(
