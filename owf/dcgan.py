@@ -244,6 +244,12 @@ class ConvEnergy(nn.Module):
                      - 0.5 * len(self.base_mu) * math.log(2 * math.pi))
         return log_n + log_jac
 
+    def log_base_components(self, x: torch.Tensor) -> torch.Tensor:
+        """log π_k p_0,k(x) [B, K] (float64) for x [B, C, H, W] and every component k of a mixture base: the
+        terms whose logsumexp over k is log_base(x), each with the coordinate's Jacobian."""
+        u, log_jac = self._coordinate(x)
+        return self._log_components(u).T + log_jac[:, None]
+
     def _coordinate(self, x: torch.Tensor):
         """(the base Gaussians' coordinate [B, n], log|d coordinate/dx| [B]), float64: u = atanh(x) and
         -Σ log(1 - x²), or with histogram margins the normal scores z of y = 128 (x + 1) and

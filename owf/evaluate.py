@@ -164,9 +164,9 @@ def evaluate_run(run: str, zeta_samples: int | None = None, batch_size: int | No
             raise ValueError(f"AIS bases {bad}: choose from {list(AIS_BASES['image'])}")
         if "base" in (ais_bases or ()):
             model.ais_base("base")     # refused here, before the baselines, when the energy has no base measure
-        p0 = model.base_density() if slice_steps else None
-        if p0 is not None and (slice_chains <= 0 or slice_chains % len(p0.log_pi)):
-            raise ValueError(f"--slice-chains {slice_chains}: give a positive multiple of the base's {len(p0.log_pi)} "
+        components = model.D.base_components if model.config.d_base != "none" and slice_steps else None
+        if components and (slice_chains <= 0 or slice_chains % components):
+            raise ValueError(f"--slice-chains {slice_chains}: give a positive multiple of the base's {components} "
                              "components")
         defaults = MIXTURE_AIS_BASES if model.config.d_base in MIXTURE_BASES else DEFAULT_AIS_BASES
         res = evaluate_image_run(model, out, zeta_samples or 200, chunk=chunk, batch_size=batch_size or 16,

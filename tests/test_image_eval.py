@@ -12,7 +12,7 @@ import torch.nn as nn
 import owf
 from owf.config import Config
 from owf.dcgan import DCGANFlow
-from owf.evaluate import main as evaluate_main
+from owf.evaluate import evaluate_run, main as evaluate_main
 from owf.fid import inception_fid
 from owf import image_eval
 from owf.image_eval import dequantise, heldout_nll
@@ -223,6 +223,8 @@ def test_a_mixture_base_run_is_evaluated_against_its_own_base(tmp_path, fashion_
     run = tmp_path / "r"
     train(Config(out=str(run), data_root=str(fashion_root), d_base=d_base, g_mixture=True, g_output=g_output, **TINY),
           progress=False)
+    with pytest.raises(ValueError, match="--slice-chains 15: give a positive multiple of the base's 10 components"):
+        evaluate_run(str(run), slice_chains=15)            # refused before any work
     assert evaluate_main([str(run), "--zeta-samples", "8", "--batch-size", "8", "--chunk", "400", "--ais-steps", "4",
                           "--ais-chains", "8", "--raise-points", "4", "--no-figures", "--slice-steps", "2",
                           "--slice-chains", "10"]) == 0   # default bases
@@ -262,8 +264,7 @@ def test_rebalance_base_gives_each_component_its_base_weight_and_stays_normalise
     test_u8, _ = load_images("fashion-mnist", str(fashion_root), train=False)
     x = dequantise(test_u8[:50], torch.Generator().manual_seed(1)).float()
     with torch.no_grad():
-        u, jac = D._coordinate(x)
-        lj = D._log_components(u).T + jac[:, None]                      # log π_k p_0,k(x)
+        lj = D.log_base_components(x)                                   # log π_k p_0,k(x)
         expected = D.tilt(x).double() / model.w + torch.logsumexp(lj - torch.tensor(est.component_log_zetas), 1)
     log_pi = D.base_log_pi.clone()
     model.rebalance_base(est)

@@ -41,8 +41,7 @@ def main(run, slice_jsonl, n=1000, row=-1):
     lz = float(torch.logsumexp(log_pi + lz_k, 0))
     lw_d, lw_c, ks = [], [], []
     for y, log_q, u in exact_draws(G, int(n)):
-        uz, jac = D._coordinate(y)
-        lj = D._log_components(uz).T + jac[:, None]                     # log π_k p_0,k(y) [B, K]
+        lj = D.log_base_components(y)                                   # log π_k p_0,k(y) [B, K]
         f = D.tilt(y).double() / w
         lw_d.append(f + torch.logsumexp(lj, 1) - log_q)                   # D/w - log q, D's base in float64
         lw_c.append(f + torch.logsumexp(lj - lz_k, 1) - log_q)

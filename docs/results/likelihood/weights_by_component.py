@@ -74,7 +74,7 @@ def main(run, n=1000, classified=5000):
               + f"; pullovers {share[2]:.3f}")
     test, labels = load_images(m.config.data, m.config.data_root, train=False)
     x = dequantise_unit(test, torch.Generator().manual_seed(0))
-    k = torch.cat([m.D._log_components(m.D._coordinate(x[i:i + 500])[0]).argmax(0) for i in range(0, len(x), 500)])
+    k = torch.cat([m.D.log_base_components(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)])
     c = torch.cat([clf(to_unit(test[i:i + 1000])).argmax(1) for i in range(0, len(test), 1000)])
     print(f"the {len(test)} test images:")
     for j in range(len(pi)):
