@@ -19,6 +19,7 @@ D_BASES = ("none", "gaussian", "mixture", "copula")
 MIXTURE_BASES = ("mixture", "copula")      # the bases of K components (a mixture latent can match them)
 ALL_DATA = tuple(DATASETS) + IMAGE_DATASETS
 DEVICES = ("auto", "cpu", "cuda")
+MCMC_KERNELS = ("mala", "slice")
 
 
 def _f(default, help, kind=None):
@@ -126,8 +127,12 @@ class Config:
     g_alpha: float = _f(None, "α of the generator's Rényi divergence D_α(q ‖ P_D) (losses.generator_loss_renyi): 1 is "
                               "Eq. 17's KL; below 1 the samples where G is thin for P_D weigh more (None: per data set)",
                         float)
-    mcmc_chains: int = _f(None, "images: M persistent MALA chains on P_D (owf.negatives), moved one step per D step, "
+    mcmc_chains: int = _f(None, "images: M persistent chains on P_D (owf.negatives; --mcmc-kernel), moved one step per D step, "
                           "whose mean ∇D joins Eq. 16's log ζ̂ in D's gradient (0: Eq. 16 alone)", int)
+    mcmc_kernel: str = _f("mala", "the chains' transition: mala, one MALA step (diagonal mass matrix); slice, over a "
+                                  "mixture base (--d-base mixture or copula), a Gibbs step for the base component and "
+                                  "an elliptical slice step along its covariance, exact for P_D (owf.negatives)",
+                          str)
     mcmc_weight: float = _f(None, "λ: D's gradient of log ζ is (1 - λ) Eq. 16's + λ the chains' (with --mcmc-chains)",
                             float)
     energy_l2: float = _f(3e-3, "α of the energy penalty α·mean((f/w)²) over the data and the chains, f = D - w log p_0 "
@@ -211,7 +216,7 @@ class Config:
         if self.catch_up is None:
             self.catch_up = CATCH_UP if self.g_base else 0
         choices = {"loss": LOSSES, "logdet": LOGDET_METHODS, "defensive_proposal": DEFENSIVE_PROPOSALS, "d_base": D_BASES,
-                   "zeta_proposal": ZETA_PROPOSALS,
+                   "zeta_proposal": ZETA_PROPOSALS, "mcmc_kernel": MCMC_KERNELS,
                    "g_activation": G_ACTIVATIONS, "d_activation": tuple(D_ACTIVATIONS), "g_output": G_OUTPUTS, "device": DEVICES}
         for k, allowed in choices.items():
             if getattr(self, k) not in allowed:
@@ -234,6 +239,9 @@ class Config:
             raise ValueError(f"mcmc_chains={self.mcmc_chains} must be >= 0")
         if not 0 <= self.mcmc_weight <= 1:
             raise ValueError(f"mcmc_weight={self.mcmc_weight} must be in [0, 1]")
+        if self.mcmc_chains and self.mcmc_kernel == "slice" and self.d_base not in MIXTURE_BASES:
+            raise ValueError(f"mcmc_kernel='slice' moves along a mixture base's components: it needs d_base in "
+                             f"{MIXTURE_BASES}, got d_base={self.d_base!r}")
         if self.mcmc_chains and self.loss != "owf":
             raise ValueError(f"mcmc_chains={self.mcmc_chains} samples owf's P_D; loss={self.loss!r} takes 0")
         if self.entropy_samples:
@@ -356,7 +364,7 @@ HELP_GROUPS = (("data", "data"), ("objective", "loss"), ("schedule", "steps"), (
 def build_parser(prog="python -m owf.train") -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description="Train a One-way Flow (or a WGAN baseline) on 2D data or images.")
     choices = {"data": ALL_DATA, "loss": LOSSES, "logdet": LOGDET_METHODS, "defensive_proposal": DEFENSIVE_PROPOSALS,
-               "d_base": D_BASES, "zeta_proposal": ZETA_PROPOSALS,
+               "d_base": D_BASES, "zeta_proposal": ZETA_PROPOSALS, "mcmc_kernel": MCMC_KERNELS,
                "g_activation": G_ACTIVATIONS, "d_activation": tuple(D_ACTIVATIONS), "g_output": G_OUTPUTS, "device": DEVICES}
     starts = dict((first, name) for name, first in HELP_GROUPS)
     group = p

@@ -171,9 +171,10 @@ class ImageTask:
                 with torch.no_grad():
                     G.latent_log_pi.copy_(fitted.log_pi)
             if cfg.mcmc_chains:            # persistent chains on P_D, started from AIS's defensive base
-                from .negatives import PersistentChains
-                self.chains = PersistentChains(cfg.mcmc_chains, self.shape, defensive_base(fitted),
-                                               40_000 + cfg.seed + 1009 * self.rank)
+                from .negatives import PersistentChains, SliceChains
+                seed = 40_000 + cfg.seed + 1009 * self.rank
+                self.chains = (SliceChains(cfg.mcmc_chains, self.shape, fitted, seed) if cfg.mcmc_kernel == "slice" else
+                               PersistentChains(cfg.mcmc_chains, self.shape, defensive_base(fitted), seed))
         return G, D
 
     def batch(self, n, gen, device):

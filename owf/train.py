@@ -348,7 +348,7 @@ def train(cfg: Config | None = None, resume: str | None = None, overwrite: bool 
                         last["log_zeta"] = float(loss_d.detach() + (d_x.detach() / cfg.w).mean())
                         last["ess"] = effective_sample_size(d_y_d, log_q, cfg.w)
                     if getattr(task, "chains", None) is not None and not hold_d:    # mean D/w on the chains minus on the data
-                        last.update(mcmc_accept=task.chains.accept, mcmc_energy_gap=float(task.chains.energy_gap))
+                        last.update(**task.chains.diagnostics(), mcmc_energy_gap=float(task.chains.energy_gap))
                     with open(rows_path, "a") as f:
                         f.write(json.dumps(last) + "\n")
                     shown = {k: v for k, v in last.items()

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from owf.baselines import GaussianBase, MixtureBase, UniformBox
+from owf.baselines import GaussianBase, GaussianMixtureBase, MixtureBase, UniformBox
 from owf.config import Config
-from owf.negatives import RESTART_EVERY, PersistentChains
+from owf.negatives import RESTART_EVERY, PersistentChains, SliceChains
 from owf.train import train
 
 from test_images import TINY_IMAGES
@@ -91,3 +91,66 @@ def test_bad_chain_options_are_refused():
         Config(data="fashion-mnist", loss="wgan-gp", mcmc_chains=4)
     with pytest.raises(ValueError, match="mcmc_chains=4.*2D"):
         Config(data="ring", mcmc_chains=4)
+    with pytest.raises(ValueError, match="mcmc_kernel='slice'.*d_base='gaussian'"):
+        Config(data="fashion-mnist", mcmc_kernel="slice", d_base="gaussian")
+    with pytest.raises(ValueError, match="mcmc_kernel='hmc'"):
+        Config(data="fashion-mnist", mcmc_kernel="hmc")
+
+
+class LinearTilt(nn.Module):
+    """An energy over a base in u = atanh x whose tilt is linear in u: f(x)/w = b·atanh(x)."""
+
+    def __init__(self, b: torch.Tensor, w: float):
+        super().__init__()
+        self.b, self.w = b, w
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def tilt(self, x):
+        u = torch.atanh(x.flatten(1).double().clamp(-1 + 1e-7, 1 - 1e-7))
+        return (self.w * u @ self.b.double()).float() + 0 * self.dummy
+
+
+def test_slice_chains_sample_p_d_with_its_component_masses():
+    """Over p_0 = ½ N((-1, 0), I) + ½ N((1, 0), I) in u, the tilt e^{b·u}, b = (1.5, 0), makes
+    P_D = Σ_k m_k N(μ_k + b, I) with m_k ∝ π_k e^{b·μ_k}: component masses 0.047 and 0.953 where p_0 has ½
+    each. Started from p_0, the chains must move their labels (Gibbs) and their points (elliptical slice)
+    to it: their mean of u_0 (2.406, against p_0's 0) and their share of label 1."""
+    n, M, w = 2, 4000, 0.01
+    b = torch.tensor([1.5, 0.0], dtype=torch.float64)
+    mu = torch.tensor([[-1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    base = GaussianMixtureBase(torch.full((2,), 0.5).log(), mu, torch.eye(n, dtype=torch.float64).repeat(2, 1, 1))
+    ch = SliceChains(M, (1, 1, 2), base, seed=3)
+    D = LinearTilt(b, w)
+    for _ in range(60):
+        x = ch.step(D, w)
+    assert x.shape == (M, 1, 1, 2)
+    m1 = math.exp(1.5) / (math.exp(1.5) + math.exp(-1.5))
+    u0 = torch.atanh(x.flatten(1)[:, 0].double())
+    want = m1 * 2.5 + (1 - m1) * 0.5
+    # M·60/RESTART_EVERY = 3 restarts from p_0: negligible
+    assert abs(float(u0.mean()) - want) < 5 * float(u0.std()) / math.sqrt(M), (float(u0.mean()), want)
+    assert abs(float(ch.k.double().mean()) - m1) < 0.02
+    d = ch.diagnostics()
+    assert 0.05 < d["mcmc_switches"] < 0.5 and d["mcmc_evaluations"] >= 1 and d["mcmc_top_component"] > 0.9
+    assert ch.diagnostics()["mcmc_switches"] == 0          # counted since the last call
+    assert ch.steps == 60 and ch.next == 60 // RESTART_EVERY
+
+
+def test_a_run_with_slice_chains_resumes_exactly_and_logs_them(tmp_path, fashion_root):
+    kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=10, mcmc_chains=8,
+              mcmc_kernel="slice")
+    train(Config(out=str(tmp_path / "full"), **kw), progress=False)
+    train(Config(out=str(tmp_path / "half"), until=5, **kw), progress=False)
+    train(resume=str(tmp_path / "half"), progress=False)
+    a, b = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=False) for r in ("full", "half"))
+    for k in ("G", "D"):
+        for name in a[k]:
+            assert torch.equal(a[k][name], b[k][name]), f"{k}.{name}"
+    assert torch.equal(a["task"]["chains"]["z"], b["task"]["chains"]["z"]) and a["task"]["chains"]["steps"] == 10
+    import json
+    rows = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
+    assert all(0 <= r["mcmc_switches"] <= 1 and r["mcmc_evaluations"] >= 1 and math.isfinite(r["mcmc_energy_gap"])
+               for r in rows)
+    mala = PersistentChains(8, (1, 28, 28), UniformBox(784))
+    with pytest.raises(ValueError, match="'slice' chains, these MALA"):
+        mala.load_state_dict(a["task"]["chains"])
