@@ -170,7 +170,7 @@ class ImageTask:
             if cfg.g_mixture:              # G's latent components take the base's weights π
                 with torch.no_grad():
                     G.latent_log_pi.copy_(fitted.log_pi)
-            if cfg.mcmc_chains:            # persistent chains on P_D, started from AIS's defensive base
+            if cfg.mcmc_chains:            # persistent chains on P_D: MALA from AIS's defensive base, or slice chains from p_0
                 from .negatives import PersistentChains, SliceChains
                 seed = 40_000 + cfg.seed + 1009 * self.rank
                 self.chains = (SliceChains(cfg.mcmc_chains, self.shape, fitted, seed) if cfg.mcmc_kernel == "slice" else
