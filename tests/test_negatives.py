@@ -114,7 +114,7 @@ def test_slice_chains_sample_p_d_with_its_component_masses():
     """Over p_0 = ½ N((-1, 0), I) + ½ N((1, 0), I) in u, the tilt e^{b·u}, b = (1.5, 0), makes
     P_D = Σ_k m_k N(μ_k + b, I) with m_k ∝ π_k e^{b·μ_k}: component masses 0.047 and 0.953 where p_0 has ½
     each. Started from p_0, the chains must move their labels (Gibbs) and their points (elliptical slice)
-    to it: their mean of u_0 (2.406, against p_0's 0) and their share of label 1."""
+    to it: their mean of u_0 (2.405, against p_0's 0) and their share of label 1."""
     n, M, w = 2, 4000, 0.01
     b = torch.tensor([1.5, 0.0], dtype=torch.float64)
     mu = torch.tensor([[-1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
