@@ -382,27 +382,41 @@ def slice_ais(tilt, base, chains: int, betas: torch.Tensor, generator=None, prog
         log_w += (betas[j] - betas[j - 1]) * gz
         if j == K:                                   # z_K is not needed for the weight
             break
-        beta = float(betas[j])
-        nu, d = prior(), z - centre
-        log_y = beta * gz + torch.log(unif(len(z)))
-        theta = 2 * math.pi * unif(len(z))
-        lo, hi = theta - 2 * math.pi, theta.clone()
-        active = torch.arange(len(z), device=mu.device)
-        while len(active):
-            t = theta[active, None]
-            zp = centre[active] + d[active] * torch.cos(t) + nu[active] * torch.sin(t)
-            gp = g(zp)
-            evaluations += len(active)
-            ok = beta * gp > log_y[active]
-            z[active[ok]], gz[active[ok]] = zp[ok], gp[ok]
-            # a bracket shrunk to nothing (θ = 0 up to rounding, where z' is z) keeps z
-            active = active[~ok & (hi[active] - lo[active] > 1e-12)]   # shrink the bracket towards θ = 0
-            below = theta[active] < 0
-            lo[active] = torch.where(below, theta[active], lo[active])
-            hi[active] = torch.where(below, hi[active], theta[active])
-            theta[active] = lo[active] + (hi[active] - lo[active]) * unif(len(active))
+        z, gz, used = elliptical_slice_step(z, gz, centre, prior(), g, float(betas[j]), unif)
+        evaluations += used
     return SliceAISRun(log_w.view(C, chains).cpu(), log_pi.cpu(), evaluations / max(C * chains * (K - 1), 1),
                        z.view(C, chains, n))
+
+
+def elliptical_slice_step(z, gz, centre, nu, g, beta: float, unif):
+    """One elliptical slice step (Murray, Adams & MacKay 2010) of every row of z [B, n] for the density
+    ∝ N(z; centre, Σ) e^{β g(z)}, with ν [B, n] ~ N(0, Σ) drawn by the caller and gz = g(z) [B]:
+    log y = β g(z) + log U, θ ~ U(0, 2π), then
+
+        z' = centre + (z - centre) cos θ + ν sin θ,   θ's bracket [θ_0 - 2π, θ_0] shrunk towards 0 until β g(z') > log y
+
+    Exact for that density, no step size, no gradient, and it always moves (a bracket shrunk to nothing,
+    θ = 0 up to rounding where z' is z, keeps z). unif(m): m uniform draws (float64, on z's device).
+    -> (z' [B, n], g(z') [B], the number of evaluations of g)."""
+    z, gz = z.clone(), gz.clone()
+    d = z - centre
+    log_y = beta * gz + torch.log(unif(len(z)))
+    theta = 2 * math.pi * unif(len(z))
+    lo, hi = theta - 2 * math.pi, theta.clone()
+    active, evaluations = torch.arange(len(z), device=z.device), 0
+    while len(active):
+        t = theta[active, None]
+        zp = centre[active] + d[active] * torch.cos(t) + nu[active] * torch.sin(t)
+        gp = g(zp)
+        evaluations += len(active)
+        ok = beta * gp > log_y[active]
+        z[active[ok]], gz[active[ok]] = zp[ok], gp[ok]
+        active = active[~ok & (hi[active] - lo[active] > 1e-12)]       # shrink the bracket towards θ = 0
+        below = theta[active] < 0
+        lo[active] = torch.where(below, theta[active], lo[active])
+        hi[active] = torch.where(below, hi[active], theta[active])
+        theta[active] = lo[active] + (hi[active] - lo[active]) * unif(len(active))
+    return z, gz, evaluations
 
 
 def _var(inc: torch.Tensor) -> float:

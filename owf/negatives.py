@@ -32,7 +32,7 @@ on the joint of P_D and the base's component label,
     p(k, z) ∝ π_k N(z; μ_k, Σ_k) e^{g(z)},   g = f(x(z))/w (ConvEnergy.tilt),   Σ_k p(k, z) = P_D(z),
 
 by two exact kernels a step: Gibbs for k | z ∝ π_k N(z; μ_k, Σ_k) (the tilt does not depend on k), then
-one elliptical slice step (Murray, Adams & MacKay 2010; owf.ais.slice_ais's transition at β = 1) for
+one elliptical slice step (Murray, Adams & MacKay 2010; owf.ais.elliptical_slice_step, slice AIS's transition, at β = 1) for
 z | k along the component's own covariance: no step size, no gradient, no rejection. So P_D is left
 invariant exactly, component masses included; how often a chain changes component is logged
 (mcmc_switches), as the label moves only where the components overlap. Restarts draw (k, z) from p_0.
@@ -43,7 +43,7 @@ import math
 
 import torch
 
-from .ais import TARGET_ACCEPT, Box, Path, box_log_f, coordinate_of
+from .ais import TARGET_ACCEPT, Box, Path, box_log_f, coordinate_of, elliptical_slice_step
 
 RESTART_EVERY = 16
 
@@ -175,25 +175,10 @@ class SliceChains:
                 raise ValueError(f"the tilt f/w is not finite at {int((~torch.isfinite(out)).sum())} of {len(zz)} chains")
             return out
 
-        # elliptical slice: z' = μ_k + (z - μ_k) cos θ + ν sin θ, θ's bracket shrunk until g(z') > log y
-        centre, nu = self._mu(k), self._prior(k)
-        d, gz = z - centre, g(z)
-        log_y = gz + torch.log(torch.rand(len(z), generator=self.gen, dtype=torch.float64))
-        theta = 2 * math.pi * torch.rand(len(z), generator=self.gen, dtype=torch.float64)
-        lo, hi = theta - 2 * math.pi, theta.clone()
-        active, z = torch.arange(len(z)), z.clone()
-        while len(active):
-            t = theta[active, None]
-            zp = centre[active] + d[active] * torch.cos(t) + nu[active] * torch.sin(t)
-            ok = g(zp) > log_y[active]
-            self.evaluations += len(active)
-            z[active[ok]] = zp[ok]
-            active = active[~ok & (hi[active] - lo[active] > 1e-12)]       # a bracket shrunk to nothing keeps z
-            below = theta[active] < 0
-            lo[active] = torch.where(below, theta[active], lo[active])
-            hi[active] = torch.where(below, hi[active], theta[active])
-            theta[active] = lo[active] + (hi[active] - lo[active]) * torch.rand(len(active), generator=self.gen,
-                                                                               dtype=torch.float64)
+        # elliptical slice (owf.ais.elliptical_slice_step) along component k's covariance, at β = 1
+        unif = lambda m: torch.rand(m, generator=self.gen, dtype=torch.float64)   # noqa: E731
+        z, _, used = elliptical_slice_step(z, g(z), self._mu(k), self._prior(k), g, 1.0, unif)
+        self.evaluations += used
         self.transitions += len(z)
         self.z, self.steps = z, self.steps + 1
         if self.steps % RESTART_EVERY == 0:

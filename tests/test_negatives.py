@@ -52,18 +52,24 @@ def test_the_chains_sample_p_d(k):
     assert ch.steps == 300 and ch.next == (300 // RESTART_EVERY) % M
 
 
-def test_a_run_with_chains_resumes_exactly_and_logs_them(tmp_path, fashion_root):
-    kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=20, mcmc_chains=8)
+def _full_and_resumed(tmp_path, fashion_root, steps: int, **extra):
+    """A tiny image run of `steps` steps with chains, and the same run stopped half way and resumed: their
+    G and D must be equal. -> (both checkpoints' chain states, the full run's metrics rows)."""
+    import json
+    kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=steps, mcmc_chains=8, **extra)
     train(Config(out=str(tmp_path / "full"), **kw), progress=False)
-    train(Config(out=str(tmp_path / "half"), until=10, **kw), progress=False)
+    train(Config(out=str(tmp_path / "half"), until=steps // 2, **kw), progress=False)
     train(resume=str(tmp_path / "half"), progress=False)
     a, b = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=False) for r in ("full", "half"))
     for k in ("G", "D"):
         for name in a[k]:
             assert torch.equal(a[k][name], b[k][name]), f"{k}.{name}"
-    assert torch.equal(a["task"]["chains"]["u"], b["task"]["chains"]["u"]) and a["task"]["chains"]["steps"] == 20
-    import json
-    rows = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
+    return a["task"]["chains"], b["task"]["chains"], [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
+
+
+def test_a_run_with_chains_resumes_exactly_and_logs_them(tmp_path, fashion_root):
+    a, b, rows = _full_and_resumed(tmp_path, fashion_root, 20)
+    assert torch.equal(a["u"], b["u"]) and a["steps"] == 20
     assert all(0 <= r["mcmc_accept"] <= 1 and math.isfinite(r["mcmc_energy_gap"]) for r in rows)
 
 
@@ -137,20 +143,10 @@ def test_slice_chains_sample_p_d_with_its_component_masses():
 
 
 def test_a_run_with_slice_chains_resumes_exactly_and_logs_them(tmp_path, fashion_root):
-    kw = dict(TINY_IMAGES, data="fashion-mnist", data_root=str(fashion_root), steps=10, mcmc_chains=8,
-              mcmc_kernel="slice")
-    train(Config(out=str(tmp_path / "full"), **kw), progress=False)
-    train(Config(out=str(tmp_path / "half"), until=5, **kw), progress=False)
-    train(resume=str(tmp_path / "half"), progress=False)
-    a, b = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=False) for r in ("full", "half"))
-    for k in ("G", "D"):
-        for name in a[k]:
-            assert torch.equal(a[k][name], b[k][name]), f"{k}.{name}"
-    assert torch.equal(a["task"]["chains"]["z"], b["task"]["chains"]["z"]) and a["task"]["chains"]["steps"] == 10
-    import json
-    rows = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
+    a, b, rows = _full_and_resumed(tmp_path, fashion_root, 10, mcmc_kernel="slice")
+    assert torch.equal(a["z"], b["z"]) and a["steps"] == 10
     assert all(0 <= r["mcmc_switches"] <= 1 and r["mcmc_evaluations"] >= 1 and math.isfinite(r["mcmc_energy_gap"])
                for r in rows)
     mala = PersistentChains(8, (1, 28, 28), UniformBox(784))
     with pytest.raises(ValueError, match="'slice' chains, these MALA"):
-        mala.load_state_dict(a["task"]["chains"])
+        mala.load_state_dict(a)
