@@ -20,6 +20,10 @@ MIXTURE_BASES = ("mixture", "copula")      # the bases of K components (a mixtur
 ALL_DATA = tuple(DATASETS) + IMAGE_DATASETS
 DEVICES = ("auto", "cpu", "cuda")
 MCMC_KERNELS = ("mala", "slice")
+# the fields with a fixed set of values: Config checks them, and --help lists them
+CHOICES = {"loss": LOSSES, "logdet": LOGDET_METHODS, "defensive_proposal": DEFENSIVE_PROPOSALS, "d_base": D_BASES,
+           "zeta_proposal": ZETA_PROPOSALS, "mcmc_kernel": MCMC_KERNELS, "g_activation": G_ACTIVATIONS,
+           "d_activation": tuple(D_ACTIVATIONS), "g_output": G_OUTPUTS, "device": DEVICES}
 
 
 def _f(default, help, kind=None):
@@ -215,10 +219,7 @@ class Config:
             self.entropy_samples = 1 if self.g_base else 0
         if self.catch_up is None:
             self.catch_up = CATCH_UP if self.g_base else 0
-        choices = {"loss": LOSSES, "logdet": LOGDET_METHODS, "defensive_proposal": DEFENSIVE_PROPOSALS, "d_base": D_BASES,
-                   "zeta_proposal": ZETA_PROPOSALS, "mcmc_kernel": MCMC_KERNELS,
-                   "g_activation": G_ACTIVATIONS, "d_activation": tuple(D_ACTIVATIONS), "g_output": G_OUTPUTS, "device": DEVICES}
-        for k, allowed in choices.items():
+        for k, allowed in CHOICES.items():
             if getattr(self, k) not in allowed:
                 raise ValueError(f"{k}={getattr(self, k)!r} is not one of {list(allowed)}")
         if self.d_quadratic < 0:
@@ -363,9 +364,7 @@ HELP_GROUPS = (("data", "data"), ("objective", "loss"), ("schedule", "steps"), (
 
 def build_parser(prog="python -m owf.train") -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description="Train a One-way Flow (or a WGAN baseline) on 2D data or images.")
-    choices = {"data": ALL_DATA, "loss": LOSSES, "logdet": LOGDET_METHODS, "defensive_proposal": DEFENSIVE_PROPOSALS,
-               "d_base": D_BASES, "zeta_proposal": ZETA_PROPOSALS, "mcmc_kernel": MCMC_KERNELS,
-               "g_activation": G_ACTIVATIONS, "d_activation": tuple(D_ACTIVATIONS), "g_output": G_OUTPUTS, "device": DEVICES}
+    choices = {"data": ALL_DATA, **CHOICES}
     starts = dict((first, name) for name, first in HELP_GROUPS)
     group = p
     for f in fields(Config):
