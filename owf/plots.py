@@ -77,15 +77,21 @@ def save_density(path, energy_fn, data, device="cpu", res=400, log_zeta=None, ti
     return lz
 
 
+CURVE_COLUMNS = 6                                  # curves.png's panels a row
+
+
 def save_curves(path, rows, keys=("hq", "ess", "log_zeta", "fold"), references=None, phase_at=None):
     """Training curves from metrics.jsonl rows; references {key: (value, label)}: dashed lines;
     phase_at: the step where the catch-up phase starts (Config.catch_up), a dotted vertical line."""
     keys = [k for k in keys if any(k in r for r in rows)]
     if not keys:
         return
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
-    axes = [axes] if len(keys) == 1 else axes
-    for ax, k in zip(axes, keys):
+    cols = min(len(keys), CURVE_COLUMNS)
+    rows_ = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(4 * cols, 3.2 * rows_), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    for ax, k in zip(axes.flat, keys):
         pts = [(r["step"], r[k]) for r in rows if k in r]
         ax.plot([p[0] for p in pts], [p[1] for p in pts])
         if references and k in references:

@@ -112,7 +112,7 @@ class ImageTask:
     summary_only = ("fid_floor", "classifier_accuracy")
     progress_keys = ("fid",)
     curve_keys = ("fid", "min_class_share", "ess", "log_zeta", "loss_d", "loss_g", "probe_log_q", "saturated",
-                  "clamped", "mcmc_energy_gap")
+                  "clamped", "mcmc_energy_gap", "mcmc_accept", "mcmc_switches", "mcmc_jumps", "mcmc_top_component")
     GRID = 64                                         # samples in samples.png
     PROBE = 4                                         # latents of the probe batch (exact log q: n tangents each)
     SATURATION_SAMPLES = 256
