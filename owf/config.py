@@ -137,6 +137,10 @@ class Config:
                                   "mixture base (--d-base mixture or copula), a Gibbs step for the base component and "
                                   "an elliptical slice step along its covariance, exact for P_D (owf.negatives)",
                           str)
+    mcmc_jump_every: int = _f(0, "slice chains: every N steps each chain tries a tempered transition to another base "
+                                 "component (SliceChains.jump), which the Gibbs step cannot make where components do "
+                                 "not overlap (0: never)", int)
+    mcmc_jump_levels: int = _f(400, "the tempered transitions' levels of β each way (--mcmc-jump-every)", int)
     mcmc_weight: float = _f(None, "λ: D's gradient of log ζ is (1 - λ) Eq. 16's + λ the chains' (with --mcmc-chains)",
                             float)
     energy_l2: float = _f(3e-3, "α of the energy penalty α·mean((f/w)²) over the data and the chains, f = D - w log p_0 "
@@ -243,6 +247,12 @@ class Config:
         if self.mcmc_chains and self.mcmc_kernel == "slice" and self.d_base not in MIXTURE_BASES:
             raise ValueError(f"mcmc_kernel='slice' moves along a mixture base's components: it needs d_base in "
                              f"{MIXTURE_BASES}, got d_base={self.d_base!r}")
+        if self.mcmc_jump_every < 0 or self.mcmc_jump_levels < 1:
+            raise ValueError(f"mcmc_jump_every={self.mcmc_jump_every} must be >= 0 and mcmc_jump_levels="
+                             f"{self.mcmc_jump_levels} >= 1")
+        if self.mcmc_jump_every and not (self.mcmc_chains and self.mcmc_kernel == "slice"):
+            raise ValueError(f"mcmc_jump_every={self.mcmc_jump_every} moves slice chains between components: it needs "
+                             f"mcmc_kernel='slice' and mcmc_chains > 0, got {self.mcmc_kernel!r} and {self.mcmc_chains}")
         if self.mcmc_chains and self.loss != "owf":
             raise ValueError(f"mcmc_chains={self.mcmc_chains} samples owf's P_D; loss={self.loss!r} takes 0")
         if self.entropy_samples:

@@ -36,6 +36,13 @@ one elliptical slice step (Murray, Adams & MacKay 2010; owf.ais.elliptical_slice
 z | k along the component's own covariance: no step size, no gradient, no rejection. So P_D is left
 invariant exactly, component masses included; how often a chain changes component is logged
 (mcmc_switches), as the label moves only where the components overlap. Restarts draw (k, z) from p_0.
+
+Jumps between components (Config.mcmc_jump_every). In the Fashion-MNIST copula's 784 dimensions the
+components never overlap where the chains are, so the Gibbs step never changes a label, the chains' occupancy
+stays π, and their mean ∇f/w is that of P' = Σ_k π_k P_k (P_k ∝ N_k e^{f/w}, normalised), not of P_D, whose
+part k has mass π_k ζ_k / ζ (docs/likelihood.md: 90-99% of it in one component). SliceChains.jump makes the
+move the Gibbs step cannot: a tempered transition (Neal 1996) down from β = 1 to 0 in component k, the affine
+map of N_k onto N_j at β = 0, and up to β = 1 in j, accepted by the ratio of the two paths' AIS weights.
 """
 from __future__ import annotations
 
@@ -122,18 +129,20 @@ class SliceChains:
     Gibbs step for k and an elliptical slice step for z (module docstring). The same interface as
     PersistentChains: step(D, w) -> x, state_dict, load_state_dict, diagnostics."""
 
-    def __init__(self, num: int, event_shape, base, seed: int = 0):
+    def __init__(self, num: int, event_shape, base, seed: int = 0, jump_every: int = 0, jump_levels: int = 400):
         if num < 1:
             raise ValueError(f"mcmc chains={num} must be >= 1")
         if not all(hasattr(base, a) for a in ("log_pi", "mu", "L")):
             raise ValueError(f"slice chains need a Gaussian-mixture base (log_pi, mu, L), got {type(base).__name__}")
         self.event_shape, self.base = tuple(event_shape), base
+        self.jump_every, self.jump_levels = jump_every, jump_levels     # a tempered transition every jump_every steps
         self.coordinate = coordinate_of(base, Box(-1.0, 1.0))
         self.gen = torch.Generator().manual_seed(seed)      # the chains' own stream: training's is untouched
         self.k, self.z = self._draw(num)                    # [M], [M, n] float64
         self.next, self.steps = 0, 0
         self.switches = self.moves = 0                      # label changes and Gibbs steps since the last log
         self.evaluations = self.transitions = 0             # energy evaluations and slice steps since the last log
+        self.jumps = self.jumps_tried = 0                   # tempered transitions accepted and tried (jump)
         self.energy_gap = math.nan
 
     def _draw(self, num: int):
@@ -185,26 +194,97 @@ class SliceChains:
             (kn,), (zn,) = self._draw(1)
             self.k[self.next], self.z[self.next] = kn, zn
             self.next = (self.next + 1) % len(self.z)
+        if self.jump_every and self.steps % self.jump_every == 0:
+            self.jump(D, w, self.jump_levels)
         return self.coordinate.to_x(self.z).float().view(len(self.z), *self.event_shape).to(device)
+
+    @torch.no_grad()
+    def jump(self, D, w: float, levels: int) -> torch.Tensor:
+        """One tempered transition (Neal 1996) of every chain from its component k to another, j ~ U({0..C-1} \\ {k}),
+        which the Gibbs step cannot make where the components do not overlap (in the Fashion-MNIST copula's 784
+        dimensions it never does). With g = f/w and γ^k_β(z) = π_k N(z; μ_k, Σ_k) e^{β g(z)}, b = the sigmoid
+        schedule of `levels` (b_0 = 0 < ... < b_T = 1, T = levels):
+
+            down in k:  for t = T-1 ... 1: log r += (b_t - b_{t+1}) g(s),  s <- elliptical slice step at b_t;  log r -= b_1 g(s)
+            jump:       u = μ_j + L_j L_k^{-1} (s - μ_k),                   log r += log π_j - log π_k
+            up in j:    for t = 1 ... T-1: log r += (b_t - b_{t-1}) g(u),  u <- elliptical slice step at b_t;  log r += (1 - b_{T-1}) g(u)
+
+        accepted (k, z) <- (j, u) with probability min(1, r). At β = 0 the affine map carries N_k to N_j, so
+        γ^j_0(u) |det L_j L_k^{-1}| / γ^k_0(s) = π_j / π_k; the slice steps are reversible at each level and
+        the levels a palindrome, so the move leaves p(k, z) ∝ γ^k_1(z) invariant, component masses
+        included (Neal's tempered transitions with the affine map as the hottest move). log r is the ratio of
+        two AIS weights, up in j over down in k: chains move towards the components whose part π_k ζ_k of
+        P_D is large. -> the accepted mask [M]."""
+        device = next(D.parameters()).device
+
+        def g(zz):                          # the tilt f/w at the images x(z), float64 [B]
+            x = self.coordinate.to_x(zz).float().view(len(zz), *self.event_shape).to(device)
+            return (D.tilt(x) / w).double().cpu()
+
+        from .ais import sigmoid_schedule
+        b = sigmoid_schedule(levels).double().tolist()
+        T, C = levels, len(self.base.log_pi)
+        unif = lambda m: torch.rand(m, generator=self.gen, dtype=torch.float64)   # noqa: E731
+        k = self.k
+        j = (k + torch.randint(1, C, k.shape, generator=self.gen)) % C
+        log_pi = self.base.log_pi.double()
+        s, gs = self.z, g(self.z)
+        log_r = torch.zeros(len(s), dtype=torch.float64)
+        for t in range(T - 1, 0, -1):
+            log_r += (b[t] - b[t + 1]) * gs
+            s, gs, used = elliptical_slice_step(s, gs, self._mu(k), self._prior(k), g, b[t], unif)
+            self.evaluations += used
+        log_r -= b[1] * gs
+        u = self._carry(s, k, j)
+        log_r += log_pi[j] - log_pi[k]
+        gu = g(u)
+        for t in range(1, T):
+            log_r += (b[t] - b[t - 1]) * gu
+            u, gu, used = elliptical_slice_step(u, gu, self._mu(j), self._prior(j), g, b[t], unif)
+            self.evaluations += used
+        log_r += (b[T] - b[T - 1]) * gu
+        accept = torch.log(unif(len(u))) < log_r
+        self.z, self.k = torch.where(accept[:, None], u, self.z), torch.where(accept, j, k)
+        self.jumps, self.jumps_tried = self.jumps + int(accept.sum()), self.jumps_tried + len(accept)
+        self.transitions += 2 * (T - 1) * len(u)
+        return accept
+
+    def _carry(self, z, k, j) -> torch.Tensor:
+        """The affine map from component k to j, u = μ_j + L_j L_k^{-1} (z - μ_k), per row [M, n]: it carries
+        N(μ_k, Σ_k) to N(μ_j, Σ_j), with |det| = |L_j| / |L_k|."""
+        L = self.base.L.double()
+        u = torch.empty_like(z)
+        for c in k.unique().tolist():       # ε = L_k^{-1} (z - μ_k)
+            pick = k == c
+            u[pick] = torch.linalg.solve_triangular(L[c], (z[pick] - self._mu(k[pick])).T, upper=False).T
+        for c in j.unique().tolist():       # u = μ_j + L_j ε
+            pick = j == c
+            u[pick] = self._mu(j[pick]) + u[pick] @ L[c].T
+        return u
 
     def diagnostics(self) -> dict:
         """What metrics.jsonl logs of the chains since the last call: the share of Gibbs steps that changed a
         chain's component (mcmc_switches), the energy evaluations per slice step (mcmc_evaluations), and the
-        largest share of the chains in one component now (mcmc_top_component; π's largest is its base weight)."""
+        largest share of the chains in one component now (mcmc_top_component; π's largest is its base weight); with
+        jumps, the share of tempered transitions accepted (mcmc_jumps)."""
         out = {"mcmc_switches": self.switches / max(self.moves, 1),
                "mcmc_evaluations": self.evaluations / max(self.transitions, 1),
                "mcmc_top_component": float(torch.bincount(self.k, minlength=len(self.base.log_pi)).max()) / len(self.k)}
-        self.switches = self.moves = self.evaluations = self.transitions = 0
+        if self.jumps_tried:
+            out["mcmc_jumps"] = self.jumps / self.jumps_tried
+        self.switches = self.moves = self.evaluations = self.transitions = self.jumps = self.jumps_tried = 0
         return out
 
     def state_dict(self) -> dict:
         return {"kernel": "slice", "z": self.z, "k": self.k, "next": self.next, "steps": self.steps,
-                "rng": self.gen.get_state(), "counts": (self.switches, self.moves, self.evaluations, self.transitions)}
+                "rng": self.gen.get_state(),
+                "counts": (self.switches, self.moves, self.evaluations, self.transitions, self.jumps, self.jumps_tried)}
 
     def load_state_dict(self, state: dict):
         if state.get("kernel", "mala") != "slice":
             raise ValueError(f"the checkpoint's chains are {state.get('kernel', 'mala')!r} chains, these slice "
                              "(--mcmc-kernel slice)")
         self.z, self.k, self.next, self.steps = state["z"], state["k"], state["next"], state["steps"]
-        self.switches, self.moves, self.evaluations, self.transitions = state["counts"]
+        counts = tuple(state["counts"]) + (0, 0)[len(state["counts"]) - 4:]    # checkpoints before jumps kept 4
+        self.switches, self.moves, self.evaluations, self.transitions, self.jumps, self.jumps_tried = counts
         self.gen.set_state(state["rng"])

@@ -173,7 +173,8 @@ class ImageTask:
             if cfg.mcmc_chains:            # persistent chains on P_D: MALA from AIS's defensive base, or slice chains from p_0
                 from .negatives import PersistentChains, SliceChains
                 seed = 40_000 + cfg.seed + 1009 * self.rank
-                self.chains = (SliceChains(cfg.mcmc_chains, self.shape, fitted, seed) if cfg.mcmc_kernel == "slice" else
+                self.chains = (SliceChains(cfg.mcmc_chains, self.shape, fitted, seed, cfg.mcmc_jump_every, cfg.mcmc_jump_levels)
+                               if cfg.mcmc_kernel == "slice" else
                                PersistentChains(cfg.mcmc_chains, self.shape, defensive_base(fitted), seed))
         return G, D
 

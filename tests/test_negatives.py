@@ -143,10 +143,50 @@ def test_slice_chains_sample_p_d_with_its_component_masses():
 
 
 def test_a_run_with_slice_chains_resumes_exactly_and_logs_them(tmp_path, fashion_root):
-    a, b, rows = _full_and_resumed(tmp_path, fashion_root, 10, mcmc_kernel="slice")
-    assert torch.equal(a["z"], b["z"]) and a["steps"] == 10
+    """With a tempered transition every third step (one across the half-way stop)."""
+    a, b, rows = _full_and_resumed(tmp_path, fashion_root, 10, mcmc_kernel="slice", mcmc_jump_every=3, mcmc_jump_levels=2)
+    assert torch.equal(a["z"], b["z"]) and torch.equal(a["k"], b["k"]) and a["steps"] == 10
+    assert a["counts"] == b["counts"]
     assert all(0 <= r["mcmc_switches"] <= 1 and r["mcmc_evaluations"] >= 1 and math.isfinite(r["mcmc_energy_gap"])
                for r in rows)
+    assert [r["step"] for r in rows if 0 <= r.get("mcmc_jumps", -1) <= 1] == [5, 10]     # jumps at steps 3, 6 and 9
     mala = PersistentChains(8, (1, 28, 28), UniformBox(784))
     with pytest.raises(ValueError, match="'slice' chains, these MALA"):
         mala.load_state_dict(a)
+
+
+def test_tempered_jumps_move_slice_chains_between_separated_components():
+    """Two components of p_0 six standard deviations apart, with different full covariances, and the linear
+    tilt b·u: P_D = Σ_k m_k N(μ_k + Σ_k b, Σ_k), m_k ∝ π_k exp(b·μ_k + ½ bᵀΣ_k b), here about 1/3 and 2/3 where
+    p_0 has 0.7 / 0.3. The Gibbs step never changes a label there, so slice chains alone keep π; with a
+    tempered transition every other step (SliceChains.jump, 5 levels), or the affine jump alone every step
+    (1 level: a Metropolis test of u = μ_j + L_j L_k⁻¹(z - μ_k)), they must reach m and P_D's mean."""
+    n, M, w = 2, 4000, 0.01
+    b = torch.tensor([0.5, 0.3], dtype=torch.float64)
+    mu = torch.tensor([[-1.5, 0.0], [1.5, 0.3]], dtype=torch.float64)
+    L = torch.tensor([[[0.2, 0.0], [0.1, 0.15]], [[0.1, 0.0], [-0.05, 0.15]]], dtype=torch.float64)
+    pi = torch.tensor([0.7, 0.3], dtype=torch.float64)
+    S = L @ L.transpose(1, 2)
+    m = torch.softmax(pi.log() + mu @ b + 0.5 * torch.einsum("i,kij,j->k", b, S, b), 0)
+    mean = (m[:, None] * (mu + S @ b)).sum(0)
+    D = LinearTilt(b, w)
+    alone = SliceChains(M, (1, 1, 2), GaussianMixtureBase(pi.log(), mu, L), seed=3)
+    tempered = SliceChains(M, (1, 1, 2), GaussianMixtureBase(pi.log(), mu, L), seed=3, jump_every=2, jump_levels=5)
+    affine = SliceChains(M, (1, 1, 2), GaussianMixtureBase(pi.log(), mu, L), seed=4, jump_every=1, jump_levels=1)
+    for _ in range(20):
+        for ch in (alone, tempered, affine):
+            ch.step(D, w)
+    assert alone.diagnostics()["mcmc_switches"] == 0 and abs(float(alone.k.double().mean()) - 0.3) < 0.03
+    se = math.sqrt(float(m[1] * m[0]) / M)
+    for ch in (tempered, affine):
+        d = ch.diagnostics()
+        assert d["mcmc_switches"] == 0 and 0.2 < d["mcmc_jumps"] < 0.95, d
+        assert abs(float(ch.k.double().mean()) - float(m[1])) < 4 * se, (float(ch.k.double().mean()), float(m[1]))
+        assert ((ch.z.mean(0) - mean).abs() < 4 * ch.z.std(0) / math.sqrt(M)).all(), (ch.z.mean(0), mean)
+    # the jump's map carries N(μ_0, Σ_0) to N(μ_1, Σ_1)
+    k = torch.zeros(M, dtype=torch.long)
+    u = alone._carry(mu[0] + torch.randn(M, n, dtype=torch.float64) @ L[0].T, k, k + 1)
+    assert ((u.mean(0) - mu[1]).abs() < 4 * S[1].diagonal().sqrt() / math.sqrt(M)).all()
+    assert torch.allclose(torch.cov(u.T), S[1], rtol=0.1, atol=1e-4), (torch.cov(u.T), S[1])
+    with pytest.raises(ValueError, match="mcmc_jump_every=5.*'mala'"):
+        Config(data="fashion-mnist", mcmc_jump_every=5)
