@@ -214,11 +214,17 @@ class GaussianMixtureBase:
         log_pi, mu, L = (_on(self, name, device) for name in ("log_pi", "mu", "L"))
         k = torch.multinomial(log_pi.exp(), num, replacement=True, generator=generator)
         eps = torch.randn(num, self.n, generator=generator, dtype=torch.float64, device=device)
-        out = torch.empty(num, self.n, dtype=torch.float64, device=device)
-        for j in k.unique().tolist():
-            pick = k == j
-            out[pick] = mu[j] + eps[pick] @ L[j].T
-        return out
+        return mu[k] + component_rows(k, eps, L)
+
+
+def component_rows(k: torch.Tensor, eps: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+    """The rows L_{k_i} ε_i [B, n] for labels k [B], ε [B, n] and factors L [K, n, n]: one matrix product per
+    component present (ε ~ N(0, I) gives N(0, Σ_k))."""
+    out = torch.empty_like(eps)
+    for j in k.unique().tolist():
+        pick = k == j
+        out[pick] = eps[pick] @ L[j].T
+    return out
 
 
 def _kmeans(u: torch.Tensor, k: int, seed: int, dims: int, iterations: int) -> torch.Tensor:

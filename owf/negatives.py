@@ -51,6 +51,7 @@ import math
 import torch
 
 from .ais import TARGET_ACCEPT, Box, Path, box_log_f, coordinate_of, elliptical_slice_step
+from .baselines import component_rows
 
 RESTART_EVERY = 16
 
@@ -155,14 +156,8 @@ class SliceChains:
 
     def _prior(self, k) -> torch.Tensor:
         """ν ~ N(0, Σ_k) per chain [M, n] (float64, CPU): one matrix product per component present."""
-        k = k.cpu()
         eps = torch.randn(len(k), self.base.n, generator=self.gen, dtype=torch.float64)
-        out = torch.empty_like(eps)
-        L = self.base.L.double()
-        for j in k.unique().tolist():
-            pick = k == j
-            out[pick] = eps[pick] @ L[j].T
-        return out
+        return component_rows(k.cpu(), eps, self.base.L.double())
 
     @torch.no_grad()
     def step(self, D, w: float) -> torch.Tensor:
@@ -257,10 +252,7 @@ class SliceChains:
         for c in k.unique().tolist():       # ε = L_k^{-1} (z - μ_k)
             pick = k == c
             u[pick] = torch.linalg.solve_triangular(L[c], (z[pick] - self._mu(k[pick])).T, upper=False).T
-        for c in j.unique().tolist():       # u = μ_j + L_j ε
-            pick = j == c
-            u[pick] = self._mu(j[pick]) + u[pick] @ L[c].T
-        return u
+        return self._mu(j) + component_rows(j, u, L)      # u = μ_j + L_j ε
 
     def diagnostics(self) -> dict:
         """What metrics.jsonl logs of the chains since the last call: the share of Gibbs steps that changed a
