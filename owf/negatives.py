@@ -50,7 +50,7 @@ import math
 
 import torch
 
-from .ais import TARGET_ACCEPT, Box, Path, box_log_f, coordinate_of, elliptical_slice_step
+from .ais import TARGET_ACCEPT, Box, Path, box_log_f, coordinate_of, elliptical_slice_step, sigmoid_schedule
 from .baselines import component_rows
 
 RESTART_EVERY = 16
@@ -164,20 +164,13 @@ class SliceChains:
         """Gibbs for every chain's label, then one elliptical slice step of every z under the current D;
         every RESTART_EVERY calls one chain restarted from p_0. -> images x [M, *event_shape] (detached)."""
         device = next(D.parameters()).device
-        z = self.z
+        z, g = self.z, self._tilt(D, w)
         # Gibbs: k | z ∝ π_k N(z; μ_k, Σ_k), by the Gumbel-max trick
         logits = self.base._log_joint(z)                                           # [M, K] float64
         gumbel = -torch.log(-torch.log(torch.rand(logits.shape, generator=self.gen, dtype=torch.float64)))
         k = (logits + gumbel).argmax(1)
         self.switches, self.moves = self.switches + int((k != self.k).sum()), self.moves + len(k)
         self.k = k
-
-        def g(zz):                          # the tilt f/w at the images x(z), float64 [B]
-            x = self.coordinate.to_x(zz).float().view(len(zz), *self.event_shape).to(device)
-            out = (D.tilt(x) / w).double().cpu()
-            if not torch.isfinite(out).all():
-                raise ValueError(f"the tilt f/w is not finite at {int((~torch.isfinite(out)).sum())} of {len(zz)} chains")
-            return out
 
         # elliptical slice (owf.ais.elliptical_slice_step) along component k's covariance, at β = 1
         unif = lambda m: torch.rand(m, generator=self.gen, dtype=torch.float64)   # noqa: E731
@@ -210,13 +203,7 @@ class SliceChains:
         included (Neal's tempered transitions with the affine map as the hottest move). log r is the ratio of
         two AIS weights, up in j over down in k: chains move towards the components whose part π_k ζ_k of
         P_D is large. -> the accepted mask [M]."""
-        device = next(D.parameters()).device
-
-        def g(zz):                          # the tilt f/w at the images x(z), float64 [B]
-            x = self.coordinate.to_x(zz).float().view(len(zz), *self.event_shape).to(device)
-            return (D.tilt(x) / w).double().cpu()
-
-        from .ais import sigmoid_schedule
+        g = self._tilt(D, w)
         b = sigmoid_schedule(levels).double().tolist()
         T, C = levels, len(self.base.log_pi)
         unif = lambda m: torch.rand(m, generator=self.gen, dtype=torch.float64)   # noqa: E731
@@ -243,6 +230,18 @@ class SliceChains:
         self.jumps, self.jumps_tried = self.jumps + int(accept.sum()), self.jumps_tried + len(accept)
         self.transitions += 2 * (T - 1) * len(u)
         return accept
+
+    def _tilt(self, D, w: float):
+        """z [B, n] -> the tilt f/w at the images x(z) [B] (float64, CPU); a value that is not finite is an error."""
+        device = next(D.parameters()).device
+
+        def g(zz):
+            x = self.coordinate.to_x(zz).float().view(len(zz), *self.event_shape).to(device)
+            out = (D.tilt(x) / w).double().cpu()
+            if not torch.isfinite(out).all():
+                raise ValueError(f"the tilt f/w is not finite at {int((~torch.isfinite(out)).sum())} of {len(zz)} chains")
+            return out
+        return g
 
     def _carry(self, z, k, j) -> torch.Tensor:
         """The affine map from component k to j, u = μ_j + L_j L_k^{-1} (z - μ_k), per row [M, n]: it carries
