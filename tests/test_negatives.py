@@ -156,7 +156,7 @@ def test_a_run_with_slice_chains_resumes_exactly_and_logs_them(tmp_path, fashion
 
 
 def test_tempered_jumps_move_slice_chains_between_separated_components():
-    """Two components of p_0 six standard deviations apart, with different full covariances, and the linear
+    """Two components of p_0 15-30 standard deviations apart along u_0, with different full covariances, and the linear
     tilt b·u: P_D = Σ_k m_k N(μ_k + Σ_k b, Σ_k), m_k ∝ π_k exp(b·μ_k + ½ bᵀΣ_k b), here about 1/3 and 2/3 where
     p_0 has 0.7 / 0.3. The Gibbs step never changes a label there, so slice chains alone keep π; with a
     tempered transition every other step (SliceChains.jump, 5 levels), or the affine jump alone every step
