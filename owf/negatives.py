@@ -275,7 +275,8 @@ class SliceChains:
         if state.get("kernel", "mala") != "slice":
             raise ValueError(f"the checkpoint's chains are {state.get('kernel', 'mala')!r} chains, these slice "
                              "(--mcmc-kernel slice)")
-        self.z, self.k, self.next, self.steps = state["z"], state["k"], state["next"], state["steps"]
+        self.z, self.k = state["z"].clone(), state["k"].clone()       # copies: the caller's state stays as it was
+        self.next, self.steps = state["next"], state["steps"]
         counts = tuple(state["counts"]) + (0, 0)[len(state["counts"]) - 4:]    # checkpoints before jumps kept 4
         self.switches, self.moves, self.evaluations, self.transitions, self.jumps, self.jumps_tried = counts
         self.gen.set_state(state["rng"])
