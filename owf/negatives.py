@@ -173,8 +173,7 @@ class SliceChains:
         self.k = k
 
         # elliptical slice (owf.ais.elliptical_slice_step) along component k's covariance, at β = 1
-        unif = lambda m: torch.rand(m, generator=self.gen, dtype=torch.float64)   # noqa: E731
-        z, _, used = elliptical_slice_step(z, g(z), self._mu(k), self._prior(k), g, 1.0, unif)
+        z, _, used = elliptical_slice_step(z, g(z), self._mu(k), self._prior(k), g, 1.0, self._unif)
         self.evaluations += used
         self.transitions += len(z)
         self.z, self.steps = z, self.steps + 1
@@ -206,15 +205,15 @@ class SliceChains:
         g = self._tilt(D, w)
         b = sigmoid_schedule(levels).double().tolist()
         T, C = levels, len(self.base.log_pi)
-        unif = lambda m: torch.rand(m, generator=self.gen, dtype=torch.float64)   # noqa: E731
         k = self.k
         j = (k + torch.randint(1, C, k.shape, generator=self.gen)) % C
+        mu_k, mu_j = self._mu(k), self._mu(j)
         log_pi = self.base.log_pi.double()
         s, gs = self.z, g(self.z)
         log_r = torch.zeros(len(s), dtype=torch.float64)
         for t in range(T - 1, 0, -1):
             log_r += (b[t] - b[t + 1]) * gs
-            s, gs, used = elliptical_slice_step(s, gs, self._mu(k), self._prior(k), g, b[t], unif)
+            s, gs, used = elliptical_slice_step(s, gs, mu_k, self._prior(k), g, b[t], self._unif)
             self.evaluations += used
         log_r -= b[1] * gs
         u = self._carry(s, k, j)
@@ -222,14 +221,18 @@ class SliceChains:
         gu = g(u)
         for t in range(1, T):
             log_r += (b[t] - b[t - 1]) * gu
-            u, gu, used = elliptical_slice_step(u, gu, self._mu(j), self._prior(j), g, b[t], unif)
+            u, gu, used = elliptical_slice_step(u, gu, mu_j, self._prior(j), g, b[t], self._unif)
             self.evaluations += used
         log_r += (b[T] - b[T - 1]) * gu
-        accept = torch.log(unif(len(u))) < log_r
+        accept = torch.log(self._unif(len(u))) < log_r
         self.z, self.k = torch.where(accept[:, None], u, self.z), torch.where(accept, j, k)
         self.jumps, self.jumps_tried = self.jumps + int(accept.sum()), self.jumps_tried + len(accept)
         self.transitions += 2 * (T - 1) * len(u)
         return accept
+
+    def _unif(self, m: int) -> torch.Tensor:
+        """m uniform draws (float64, CPU) from the chains' stream."""
+        return torch.rand(m, generator=self.gen, dtype=torch.float64)
 
     def _tilt(self, D, w: float):
         """z [B, n] -> the tilt f/w at the images x(z) [B] (float64, CPU); a value that is not finite is an error."""

@@ -170,9 +170,10 @@ def test_tempered_jumps_move_slice_chains_between_separated_components():
     m = torch.softmax(pi.log() + mu @ b + 0.5 * torch.einsum("i,kij,j->k", b, S, b), 0)
     mean = (m[:, None] * (mu + S @ b)).sum(0)
     D = LinearTilt(b, w)
-    alone = SliceChains(M, (1, 1, 2), GaussianMixtureBase(pi.log(), mu, L), seed=3)
-    tempered = SliceChains(M, (1, 1, 2), GaussianMixtureBase(pi.log(), mu, L), seed=3, jump_every=2, jump_levels=5)
-    affine = SliceChains(M, (1, 1, 2), GaussianMixtureBase(pi.log(), mu, L), seed=4, jump_every=1, jump_levels=1)
+    base = GaussianMixtureBase(pi.log(), mu, L)
+    alone = SliceChains(M, (1, 1, 2), base, seed=3)
+    tempered = SliceChains(M, (1, 1, 2), base, seed=3, jump_every=2, jump_levels=5)
+    affine = SliceChains(M, (1, 1, 2), base, seed=4, jump_every=1, jump_levels=1)
     for _ in range(20):
         for ch in (alone, tempered, affine):
             ch.step(D, w)
