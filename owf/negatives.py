@@ -120,7 +120,8 @@ class PersistentChains:
         saved = state.get("coordinate", "Box")     # checkpoints before the copula's own coordinate: atanh
         if saved != self._coordinate_name():
             raise ValueError(f"the checkpoint's chains move in {saved}, this base's in {self._coordinate_name()}")
-        self.u, self.eps, self.next, self.steps = state["u"], state["eps"], state["next"], state["steps"]
+        self.u = state["u"].clone()            # a copy, as SliceChains keeps: the caller's state stays as it was
+        self.eps, self.next, self.steps = state["eps"], state["next"], state["steps"]
         self.gen.set_state(state["rng"])
 
 
