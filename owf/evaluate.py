@@ -158,7 +158,7 @@ def evaluate_run(run: str, zeta_samples: int | None = None, batch_size: int | No
             (out / "eval_distributed.json").write_text(json.dumps(res, indent=2) + "\n")
         return res
     if model.kind == "image":
-        from .image_eval import evaluate_image_run
+        from .image_eval import PARTIAL, evaluate_image_run
         bad = [b for b in (ais_bases or ()) if b not in AIS_BASES["image"]]
         if bad:
             raise ValueError(f"AIS bases {bad}: choose from {list(AIS_BASES['image'])}")
@@ -175,6 +175,7 @@ def evaluate_run(run: str, zeta_samples: int | None = None, batch_size: int | No
                                  ais_chains=ais_chains, raise_points=raise_points, leapfrog=leapfrog,
                                  ais_replicates=ais_replicates, slice_steps=slice_steps, slice_chains=slice_chains)
         (out / "eval.json").write_text(json.dumps(res, indent=2) + "\n")
+        (out / PARTIAL).unlink(missing_ok=True)         # its stages are all in eval.json now
         return res
     if fid_weights:
         raise ValueError("--fid-weights is for image runs; this run is 2D")

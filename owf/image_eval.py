@@ -37,10 +37,15 @@ bits/dim = that / (n log 2). P_D is a density on the pixel box [-1, 1]^n.
 - energy_hist.png (Fig. 3) and the AUC of telling training from test images by D (0.5: no overfit).
 - zeta_convergence.png (Fig. 2b-c): importance sampling's log ζ̂ against S, 10 repeats.
 - samples_by_energy.png (Figs. 4-5), interpolation.png (Fig. 7), same_z.png (Fig. 8).
+
+On the CPU an evaluation takes an hour or more: eval.partial.json holds what is measured so far, rewritten after
+each stage (the baselines, importance sampling, slice AIS, the bracket), so that a run stopped midway keeps its
+finished stages; owf.evaluate removes it once eval.json is written.
 """
 from __future__ import annotations
 
 import copy
+import json
 import math
 import statistics
 import time
@@ -55,6 +60,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .config import MIXTURE_BASES  # noqa: E402
+
+PARTIAL = "eval.partial.json"     # the finished stages of an evaluation still running (module docstring)
 from .density import OWFModel, slice_estimates  # noqa: E402
 from .images import generator_samples, load_images, to_uint8, to_unit  # noqa: E402
 from .baselines import bits_per_dim  # noqa: E402
@@ -357,6 +364,11 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaus
     res = {"baselines": baseline_table(train_u8, test_u8, seed, gaussian=model.fit_gaussian(),
                                        histogram=model.ais_base("histogram"),
                                        mixture=model.ais_base("base") if cfg.d_base in MIXTURE_BASES else None)}
+
+    def keep():
+        """Write what is measured so far to eval.partial.json (PARTIAL)."""
+        (out / PARTIAL).write_text(json.dumps(res, indent=2) + "\n")
+    keep()
     # ---- importance sampling (the paper's estimator, Eq. 2): the generator with the exact Eq. 10
     # log q and with Eq. 9's jvp1 on the same samples, the fitted Gaussian, and p_0 where D has a base;
     # their ESS says how far each is from a usable estimate
@@ -382,6 +394,7 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaus
                 "gaussian_samples": gauss.num_samples,
                 # the time per generator sample of both log-dets (n tangents, and jvp1's one) and what fits in 30 min
                 "seconds_per_exact_sample": exact_s, "exact_samples_in_30_min": int(1800 / exact_s)})
+    keep()
     # ---- with a base measure: AIS with elliptical slice transitions from each of its Gaussian components
     sliced = []
     if cfg.d_base != "none" and slice_steps:
@@ -401,6 +414,7 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaus
             res["ais_slice_component_masses"] = torch.softmax(model.D.base_log_pi.detach().double().cpu() + lz_k, 0).tolist()
             res["test_bits_per_dim_rebalanced"] = heldout_nll(copy.deepcopy(model).rebalance_base(sliced[0]), test_u8,
                                                               seed)["test_bits_per_dim"]
+        keep()
     # ---- the bracket: AIS (log ζ̂, a lower bound of the NLL) and RAISE (an upper bound), against K
     t = time.perf_counter()
     bracket = likelihood_bracket(model, test_u8, ais_ladder(ais_steps), ais_bases, ais_chains, raise_points, leapfrog,
@@ -414,6 +428,7 @@ def evaluate_image_run(model: OWFModel, out: Path, zeta_samples: int = 200, gaus
     # the bracket's NLL with AIS's log ζ̂, its error bar from the replicates where there are two
     res.update(heldout_nll(model, test_u8, seed, zeta_sd=bracket["ais_log_zeta_replicate_sd"]))
     res.update(largest_log_zeta(res, test_u8[0].numel()))
+    keep()
     # log_prob keeps the tightest of the lower bounds (its NLL is test_bits_per_dim_largest_zeta), in the checkpoint
     model.cache_log_zeta({"ais": ais_est, "is_generator": est, "is_base": p0,
                           "ais_slice": sliced[0] if sliced else None}[res["log_zeta_largest_from"]])
