@@ -60,8 +60,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .config import MIXTURE_BASES  # noqa: E402
-
-PARTIAL = "eval.partial.json"     # the finished stages of an evaluation still running (module docstring)
 from .density import OWFModel, slice_estimates  # noqa: E402
 from .images import generator_samples, load_images, to_uint8, to_unit  # noqa: E402
 from .baselines import bits_per_dim  # noqa: E402
@@ -80,6 +78,7 @@ MIXTURE_AIS_BASES = ("defensive", "base")   # --d-base mixture or copula: chains
 AIS_REPLICATES = 2            # runs of the best base's top rung: their spread is log ζ̂'s error bar
 CONVERGED_BPD = 0.05          # the bracket's width, and the move of a doubled K, that count as converged
 IS_ABOVE_AIS_NATS = 3.0       # IS above AIS by more than this warns: by chance with probability <= e^-3 = 5% each
+PARTIAL = "eval.partial.json"     # the finished stages of an evaluation still running (module docstring)
 SLICE_STEPS = 1600            # AIS with elliptical slice transitions from p_0's components (--d-base): K
 SLICE_CHAINS = 640            # its chains in all, shared by the components (64 each for the 10 of a mixture base)
 
