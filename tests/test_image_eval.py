@@ -138,9 +138,27 @@ def test_evaluate_writes_eval_json_and_every_figure(tmp_path, fashion_root, caps
     monkeypatch.setattr(image_eval, "GAUSSIAN_SAMPLES", 4000)     # of 100,000: 200,000 draws took minutes under load
     run = tmp_path / "r"
     train(Config(out=str(run), data_root=str(fashion_root), **TINY), progress=False)
-    assert evaluate_main([str(run), "--zeta-samples", "40", "--batch-size", "8", "--chunk", "400", "--ais-steps", "8",
-                          "--ais-chains", "8", "--raise-points", "4", "--slice-steps", "6", "--slice-chains", "20"]) == 0
+    args = [str(run), "--zeta-samples", "40", "--batch-size", "8", "--chunk", "400", "--ais-steps", "8",
+            "--ais-chains", "8", "--raise-points", "4", "--slice-steps", "6", "--slice-chains", "20"]
+    # first stopped in the bracket (a KeyboardInterrupt, as Ctrl-C): eval.partial.json keeps the stages before it
+    bracket = image_eval.likelihood_bracket
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(image_eval, "likelihood_bracket", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_main(args)
+    assert not (run / "eval.json").exists()
+    part = json.loads((run / image_eval.PARTIAL).read_text())
+    assert "ais_log_zeta" not in part and "test_bits_per_dim" not in part          # the bracket did not finish
+    monkeypatch.setattr(image_eval, "likelihood_bracket", bracket)
+    assert evaluate_main(args) == 0
     res = json.loads((run / "eval.json").read_text())
+    # the partial stages are the finished evaluation's, number for number, and the partial file is gone
+    keys = ("log_zeta_is", "ess_is", "log_zeta_jvp1", "log_zeta_gaussian", "log_zeta_base", "log_zeta_ais_slice",
+            "ais_slice_replicate_log_zetas", "ais_slice_component_masses", "test_bits_per_dim_rebalanced")
+    assert {k: part[k] for k in keys} == {k: res[k] for k in keys} and part["baselines"] == res["baselines"]
+    assert not (run / image_eval.PARTIAL).exists()
     for k in ("log_zeta", "log_zeta_is", "log_zeta_is_se", "ess_is", "log_zeta_jvp1", "log_zeta_jvp1_se", "ess_jvp1",
               "log_zeta_gaussian", "log_zeta_base", "ess_base", "ais_log_zeta", "test_bits_per_dim_ais", "test_bits_per_dim_raise", "bracket_gap_bpd",
               "ais_bases_spread_bpd", "test_nll_nats", "test_bits_per_dim", "test_bits_per_dim_se",
@@ -160,7 +178,6 @@ def test_evaluate_writes_eval_json_and_every_figure(tmp_path, fashion_root, caps
     for f in ("ais_convergence.png", "zeta_convergence.png", "energy_hist.png", "samples_by_energy.png",
               "interpolation.png", "same_z.png"):
         assert (run / f).stat().st_size > 0, f
-    assert not (run / image_eval.PARTIAL).exists()       # eval.json holds every stage: the partial file is gone
     # the NLL is AIS's (the largest AIS log ζ̂ at the largest K); the checkpoint keeps the largest of the
     # lower bounds for log_prob, whose NLL is then test_bits_per_dim_largest_zeta
     assert res["log_zeta"] == res["ais_log_zeta"]
@@ -211,34 +228,6 @@ def test_evaluate_writes_eval_json_and_every_figure(tmp_path, fashion_root, caps
     assert res["low_ess_is"] == (res["ess_is"] < 0.4)
     err = capsys.readouterr().err
     assert ("log ζ estimate (generator, exact) with ESS" in err) == res["low_ess_is"]
-
-
-def test_an_evaluation_stopped_midway_keeps_its_finished_stages(tmp_path, fashion_root, monkeypatch):
-    """An evaluation stopped in the bracket (here by a KeyboardInterrupt, as Ctrl-C would) leaves
-    eval.partial.json with the stages before it, each number what the finished evaluation then writes."""
-    monkeypatch.setattr(image_eval, "GAUSSIAN_SAMPLES", 4000)
-    run = tmp_path / "r"
-    train(Config(out=str(run), data_root=str(fashion_root), **TINY), progress=False)
-    args = [str(run), "--zeta-samples", "16", "--batch-size", "8", "--chunk", "400", "--ais-steps", "4", "--ais-chains", "4",
-            "--raise-points", "2", "--slice-steps", "4", "--slice-chains", "10", "--no-figures"]
-    bracket = image_eval.likelihood_bracket
-
-    def stopped(*a, **k):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(image_eval, "likelihood_bracket", stopped)
-    with pytest.raises(KeyboardInterrupt):
-        evaluate_main(args)
-    assert not (run / "eval.json").exists()
-    part = json.loads((run / image_eval.PARTIAL).read_text())
-    assert "ais_log_zeta" not in part and "test_bits_per_dim" not in part          # the bracket did not finish
-    monkeypatch.setattr(image_eval, "likelihood_bracket", bracket)
-    assert evaluate_main(args) == 0
-    res = json.loads((run / "eval.json").read_text())
-    keys = ("log_zeta_is", "ess_is", "log_zeta_jvp1", "log_zeta_gaussian", "log_zeta_base", "log_zeta_ais_slice",
-            "ais_slice_replicate_log_zetas", "ais_slice_component_masses", "test_bits_per_dim_rebalanced")
-    assert {k: part[k] for k in keys} == {k: res[k] for k in keys}
-    assert part["baselines"] == res["baselines"]
-    assert not (run / image_eval.PARTIAL).exists()
 
 
 @pytest.mark.parametrize("d_base,g_output", [("mixture", "tanh"), ("copula", "tanh"), ("copula", "margins")])
